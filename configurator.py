@@ -1,0 +1,131 @@
+"""
+Settings for every script, nanoGPT style, made safe: a script defines its settings as plain
+module-level names, then calls `configure(globals())`, which applies, left to right,
+
+    python train.py config/some_file.py --batch_size=32 --dropout=0
+
+- an argument without `--` is a Python config file, exec'd over the settings;
+- `--key=value` sets one setting; the value is a Python literal (else taken as a string), split
+  at the first `=` only, so values may contain `=`.
+
+Unlike nanoGPT's configurator: an unknown name (in a flag or a config file) is an error that
+suggests the closest known names; an int is accepted for a float setting; true/false work for
+booleans; a wrong type names the setting and the type; `--help` lists every setting with its
+default and the comment beside it in the script. Errors are one line and exit non-zero.
+"""
+import ast
+import difflib
+import os
+import re
+import sys
+import types
+
+SETTING_TYPES = (bool, int, float, str, type(None))
+
+
+def fail(message):
+    sys.exit(f"error: {message}")
+
+
+def setting_names(scope):
+    return [k for k, v in scope.items() if not k.startswith("_") and isinstance(v, SETTING_TYPES)]
+
+
+def unknown_setting(name, known, where):
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else "; see --help for the list"
+    fail(f"unknown setting '{name}' {where}{hint}")
+
+
+def coerce(name, value, default, where):
+    """Return value converted to the type of default, or fail with a message naming the setting."""
+    if default is None:
+        return value  # a setting without a default type takes any literal
+    kind = type(default)
+    if kind is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)  # --dropout=0 is fine for a float setting
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    fail(f"setting '{name}' {where} expects {kind.__name__} (default {default!r}), got {value!r}")
+
+
+def parse_value(text, default):
+    if isinstance(default, str):
+        return text  # strings are taken as typed: --out_dir=123 is the folder "123"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def comments_by_name(path):
+    """The `# comment` at the end of each top-level `name = value` line of the script, for --help."""
+    comments = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                m = re.match(r"^(\w+)\s*=\s*.*?#\s*(.*)$", line)
+                if m:
+                    comments.setdefault(m.group(1), m.group(2).strip())
+    except (OSError, TypeError):
+        pass
+    return comments
+
+
+def print_help(scope, names):
+    script = os.path.basename(scope.get("__file__") or "script.py")
+    doc = (scope.get("__doc__") or "").strip()
+    print(f"usage: python {script} [config_file.py ...] [--key=value ...]\n")
+    if doc:
+        print(doc + "\n")
+    comments = comments_by_name(scope.get("__file__"))
+    width = max(len(n) for n in names)
+    for n in names:
+        default = repr(scope[n])
+        note = f"  # {comments[n]}" if n in comments else ""
+        print(f"  --{n.ljust(width)} = {default}{note}")
+
+
+def configure(scope, argv=None):
+    """Apply config files and --key=value flags from argv to the settings in scope (a script's
+    globals). Returns the final settings as a dict, in the order the script defines them."""
+    argv = sys.argv[1:] if argv is None else argv
+    names = setting_names(scope)
+    if any(a in ("-h", "--help") for a in argv):
+        print_help(scope, names)
+        sys.exit(0)
+    for arg in argv:
+        if not arg.startswith("--"):
+            if not os.path.isfile(arg):
+                fail(f"config file {arg} not found (arguments without -- are config files; flags look like --key=value)")
+            with open(arg) as f:
+                source = f.read()
+            file_scope = {k: scope[k] for k in names}
+            try:
+                exec(compile(source, arg, "exec"), file_scope)
+            except Exception as e:  # one line, with where it went wrong
+                fail(f"config file {arg} could not be run: {type(e).__name__}: {e}")
+            for key, value in file_scope.items():
+                if key.startswith("_") or isinstance(value, (types.ModuleType, types.FunctionType, type)):
+                    continue  # config files may import or define helpers
+                if key not in names:
+                    unknown_setting(key, names, f"in config file {arg}")
+                scope[key] = coerce(key, value, scope[key], f"in config file {arg}")
+        else:
+            key, eq, text = arg[2:].partition("=")
+            if not eq:
+                fail(f"flag {arg} has no value; write --{key}=VALUE")
+            if key not in names:
+                unknown_setting(key, names, f"(from {arg})")
+            scope[key] = coerce(key, parse_value(text, scope[key]), scope[key], f"(from {arg})")
+    return {k: scope[k] for k in names}
