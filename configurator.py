@@ -6,7 +6,7 @@ module-level names, then calls `configure(globals())`, which applies, left to ri
 
 - an argument without `--` is a Python config file, exec'd over the settings;
 - `--key=value` sets one setting; the value is a Python literal (else taken as a string), split
-  at the first `=` only, so values may contain `=`.
+  at the first `=` only, so values may contain `=`; a bare `--key` sets a boolean to True.
 
 Unlike nanoGPT's configurator: an unknown name (in a flag or a config file) is an error that
 suggests the closest known names; an int is accepted for a float setting; true/false work for
@@ -123,9 +123,12 @@ def configure(scope, argv=None):
                 scope[key] = coerce(key, value, scope[key], f"in config file {arg}")
         else:
             key, eq, text = arg[2:].partition("=")
-            if not eq:
-                fail(f"flag {arg} has no value; write --{key}=VALUE")
             if key not in names:
                 unknown_setting(key, names, f"(from {arg})")
+            if not eq:
+                if isinstance(scope[key], bool):
+                    scope[key] = True  # a bare --force means --force=True
+                    continue
+                fail(f"flag {arg} has no value; write --{key}=VALUE")
             scope[key] = coerce(key, parse_value(text, scope[key]), scope[key], f"(from {arg})")
     return {k: scope[k] for k in names}
