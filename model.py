@@ -1,0 +1,580 @@
+"""
+The GPT language model, in one file.
+
+Defaults are OpenAI's GPT-2 small (124M): learned positions, pre-LayerNorm, tanh-GELU MLP, tied
+embeddings. Switches bring in the modern parts (RoPE, RMSNorm, SwiGLU/ReLU², GQA/MQA, QK-norm,
+untied head). Also here, because they need to know the model's insides:
+- generation with a KV cache (prefill once, then one position per step), streamed or not,
+- loading OpenAI's GPT-2 weights from the Hugging Face hub or a local HF checkpoint,
+- the optimizers (AdamW, or Muon for the hidden matrices + AdamW for the rest),
+- FLOPs per token and MFU against a table of per-GPU peaks.
+Only torch is needed to import this file; safetensors / huggingface_hub are imported when used.
+"""
+import math
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    n_layers: int = 12
+    n_heads: int = 12
+    n_kv_heads: int | None = None  # None = n_heads; fewer = GQA; 1 = MQA
+    d_model: int = 768
+    d_ff: int = 3072               # MLP hidden size (swiglu: size of each of gate and up)
+    max_seq_len: int = 1024
+    vocab_size: int = 50257
+    dropout: float = 0.1
+    bias: bool = True              # biases in Linear and LayerNorm (False is a bit faster)
+    pos_emb: str = "learned"       # learned | rope
+    norm: str = "layernorm"        # layernorm | rmsnorm
+    mlp: str = "gelu"              # gelu | swiglu | relu2
+    qk_norm: bool = False
+    tie_weights: bool = True
+    rope_theta: float = 10000.0
+    pad_vocab_multiple: int = 64   # embedding/lm_head rows padded to a multiple of this for speed (50257 -> 50304); 1 = no padding
+
+    def __post_init__(self):
+        for name in ("n_layers", "n_heads", "d_model", "d_ff", "max_seq_len", "vocab_size", "pad_vocab_multiple"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.n_kv_heads is not None and (self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads):
+            raise ValueError(f"n_kv_heads ({self.n_kv_heads}) must be a divisor of n_heads ({self.n_heads})")
+        choices = {"pos_emb": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu", "relu2")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; expected one of {', '.join(allowed)}")
+        if self.pos_emb == "rope" and self.head_dim % 2:
+            raise ValueError(f"rope needs an even head dim, but d_model / n_heads = {self.head_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.rope_theta <= 0:
+            raise ValueError(f"rope_theta must be positive, got {self.rope_theta}")
+
+    @property
+    def head_dim(self):
+        return self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self):
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def padded_vocab_size(self):
+        m = self.pad_vocab_multiple
+        return (self.vocab_size + m - 1) // m * m
+
+
+def make_norm(config, dim):
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(dim, eps=1e-5)
+    return nn.LayerNorm(dim, eps=1e-5, bias=config.bias)  # GPT-2's eps
+
+
+def apply_rope(x, cos, sin):
+    # x: (B, T, n_heads, head_dim); rotate the pairs (i, i + head_dim/2) by angle pos * freq_i
+    # (the "half split" layout of GPT-NeoX / Llama / nanochat, not the interleaved one)
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class KVCache:
+    """Keys and values of the positions seen so far, for every layer.
+
+    One preallocated (B, n_kv_heads, max_seq_len, head_dim) buffer per layer for k and for v, created
+    at the first write (so it takes the dtype/device the model computes in, bf16 under autocast).
+    `pos` counts the positions filled; every layer writes at the same place during one forward, and
+    the model advances `pos` once all layers are done.
+    """
+
+    def __init__(self, n_layers, max_seq_len):
+        self.max_seq_len = max_seq_len
+        self.k = [None] * n_layers
+        self.v = [None] * n_layers
+        self.pos = 0
+
+    def reset(self):
+        self.pos = 0  # the buffers are simply overwritten
+
+    def update(self, layer, k, v):
+        """Store k, v (B, n_kv_heads, T, head_dim) at positions pos..pos+T; return all keys/values so far."""
+        B, H, T, D = k.shape
+        if self.k[layer] is None:
+            self.k[layer] = k.new_empty(B, H, self.max_seq_len, D)
+            self.v[layer] = v.new_empty(B, H, self.max_seq_len, D)
+        end = self.pos + T
+        self.k[layer][:, :, self.pos:end] = k
+        self.v[layer][:, :, self.pos:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.layer_idx = layer_idx  # which slot of the KV cache is ours
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.kv_heads, config.head_dim
+        # q, k, v in one matmul; laid out [q | k | v] like GPT-2's c_attn (3 * d_model when not GQA)
+        self.c_attn = nn.Linear(config.d_model, (self.n_heads + 2 * self.n_kv_heads) * self.head_dim, bias=config.bias)
+        self.c_proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.dropout = config.dropout
+        if config.qk_norm:
+            # RMSNorm over the head dim, with a gain shared by all heads. We normalise *before* RoPE
+            # (as Qwen3, OLMo 2, Gemma 3): RoPE is a rotation, so it leaves the RMS unchanged and the
+            # order would not matter without a gain; but a per-dim gain applied after the rotation
+            # would scale the two halves of each rotated pair differently and make q.k depend on
+            # absolute position, which is exactly what RoPE exists to avoid.
+            self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-5)
+            self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-5)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def forward(self, x, cos_sin=None, kv_cache=None):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split([self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim,
+                                        self.n_kv_heads * self.head_dim], dim=2)
+        q = q.view(B, T, self.n_heads, self.head_dim)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if cos_sin is not None:
+            q, k = apply_rope(q, *cos_sin), apply_rope(k, *cos_sin)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, T, hd)
+
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer_idx, k, v)  # now every position so far: (B, n_kv, pos0+T, hd)
+        pos0 = k.size(2) - T  # how many earlier positions our T queries can also see
+        mask, is_causal = None, True
+        if pos0 > 0:
+            # is_causal aligns the mask top-left, wrong when the keys run ahead of the queries
+            is_causal = False
+            if T > 1:  # query i sits at position pos0 + i and sees keys 0..pos0+i
+                mask = torch.arange(pos0 + T, device=x.device) <= pos0 + torch.arange(T, device=x.device)[:, None]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                           dropout_p=self.dropout if self.training else 0.0,
+                                           enable_gqa=self.n_kv_heads != self.n_heads)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.kind = config.mlp
+        # swiglu needs a gate and an up projection: one matmul to 2 * d_ff, split in forward.
+        # (so swiglu has 3 d_model d_ff weights against 2 for the others; use d_ff ~ 8/3 d_model to match)
+        hidden = 2 * config.d_ff if self.kind == "swiglu" else config.d_ff
+        self.c_fc = nn.Linear(config.d_model, hidden, bias=config.bias)
+        self.c_proj = nn.Linear(config.d_ff, config.d_model, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        x = self.c_fc(x)
+        if self.kind == "gelu":
+            x = F.gelu(x, approximate="tanh")  # GPT-2's "gelu_new"; the exact erf GELU would not match its weights
+        elif self.kind == "relu2":
+            x = F.relu(x).square()
+        else:
+            gate, up = x.chunk(2, dim=-1)
+            x = F.silu(gate) * up
+        return self.dropout(self.c_proj(x))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.ln_1 = make_norm(config, config.d_model)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ln_2 = make_norm(config, config.d_model)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos_sin=None, kv_cache=None):
+        x = x + self.attn(self.ln_1(x), cos_sin, kv_cache)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        V = config.padded_vocab_size  # rows >= vocab_size are padding: never looked up, never sampled, no loss
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(V, config.d_model),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config, i) for i in range(config.n_layers)]),
+            ln_f=make_norm(config, config.d_model),
+        ))
+        if config.pos_emb == "learned":
+            self.transformer["wpe"] = nn.Embedding(config.max_seq_len, config.d_model)
+        else:
+            # RoPE angles for every position we can ever see (windows never exceed max_seq_len).
+            # Not persistent: they are a function of the config, so checkpoints don't carry them.
+            hd = config.head_dim
+            inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+            freqs = torch.outer(torch.arange(config.max_seq_len, dtype=torch.float32), inv_freq)  # (T, hd/2)
+            self.register_buffer("rope_cos", freqs.cos(), persistent=False)
+            self.register_buffer("rope_sin", freqs.sin(), persistent=False)
+        self.lm_head = nn.Linear(config.d_model, V, bias=False)
+        if config.tie_weights:
+            self.transformer.wte.weight = self.lm_head.weight  # one matrix, both ends (GPT-2 does this)
+
+        # GPT-2 init: N(0, 0.02) everywhere, zero biases, and the projections that write into the
+        # residual stream scaled by 1/sqrt(2 n_layers) so its variance doesn't grow with depth
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
+        with torch.no_grad():  # padding rows: zero, and they stay zero (no gradient ever reaches them)
+            self.transformer.wte.weight[config.vocab_size:].zero_()
+            self.lm_head.weight[config.vocab_size:].zero_()
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding=False):
+        """Logical parameter count: padding rows are left out and tied weights count once.
+
+        non_embedding=True leaves out the lookup tables that do no matmul: the position embedding
+        (as nanoGPT) and, when untied, the token embedding. With tied weights the token embedding is
+        also the lm_head, a real matmul, so it stays in (again as nanoGPT)."""
+        n = sum(p.numel() for p in self.parameters())  # parameters() already yields a tied tensor once
+        pad_rows = self.config.padded_vocab_size - self.config.vocab_size
+        n -= pad_rows * self.config.d_model * (1 if self.config.tie_weights else 2)
+        if non_embedding:
+            if "wpe" in self.transformer:
+                n -= self.transformer.wpe.weight.numel()
+            if not self.config.tie_weights:
+                n -= self.config.vocab_size * self.config.d_model
+        return n
+
+    def _trunk(self, idx, kv_cache=None):
+        """Token ids (B, T) -> final normalised hidden states (B, T, C). With a cache, idx continues it."""
+        B, T = idx.size()
+        pos0 = kv_cache.pos if kv_cache is not None else 0
+        if pos0 + T > self.config.max_seq_len:
+            raise ValueError(f"sequence of {pos0 + T} positions is longer than max_seq_len ({self.config.max_seq_len})")
+        x = self.transformer.wte(idx)
+        cos_sin = None
+        if self.config.pos_emb == "learned":
+            x = x + self.transformer.wpe(torch.arange(pos0, pos0 + T, device=idx.device))
+        else:  # (T, hd/2) -> (1, T, 1, hd/2) to broadcast over batch and heads
+            cos_sin = (self.rope_cos[None, pos0:pos0 + T, None, :], self.rope_sin[None, pos0:pos0 + T, None, :])
+        x = self.transformer.drop(x)
+        for block in self.transformer.h:
+            x = block(x, cos_sin, kv_cache)
+        if kv_cache is not None:
+            kv_cache.pos += T
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx, targets=None):
+        """idx (B, T) token ids -> (logits (B, T, vocab_size), loss or None).
+
+        targets (B, T): the next token at each position; -1 marks positions without loss (SFT masks
+        prompts this way). The loss is the mean cross-entropy over the other positions, in float32;
+        if every target is -1 the loss is 0 (still attached to the graph, so backward() just works)."""
+        x = self._trunk(idx)
+        # the matmul runs over the padded rows (that is the speed-up); their columns are then cut off,
+        # so softmax, loss and sampling only ever see the real vocabulary
+        logits = self.lm_head(x)[..., :self.config.vocab_size]
+        loss = None
+        if targets is not None:
+            loss_sum = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
+                                       ignore_index=-1, reduction="sum")
+            loss = loss_sum / (targets != -1).sum().clamp(min=1)  # "mean" would give NaN when all are ignored
+        return logits, loss
+
+    # ------------------------------------------------------------------------------------------------
+    # generation
+
+    def _last_logits(self, idx, kv_cache=None):
+        x = self._trunk(idx, kv_cache)
+        return self.lm_head(x[:, -1])[:, :self.config.vocab_size].float()  # only the last position is needed
+
+    @contextmanager
+    def _sampling_mode(self):
+        # eval (no dropout) and no autograd while we compute a step; the model's own mode is put back
+        # before every yield, so a caller sees it unchanged even while a stream is half consumed
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            self.train(was_training)
+
+    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                        stop_token=None, generator=None, use_cache=True):
+        """Yield the next token of each row, a LongTensor of shape (B,), one step at a time.
+
+        idx (B, T0) is the prompt; only its last max_seq_len tokens are used. Each step's logits are
+        exactly those of a full forward over the last max_seq_len tokens of the sequence so far
+        (that is what use_cache=False computes). With the cache: prefill the window once, then feed
+        one position per step; once the window is full and starts to slide, every earlier position
+        changes (learned positions shift, and the dropped token no longer feeds the later layers'
+        keys/values), so the cache is refilled from the new window at each step; past the context
+        a step costs a full window, the price of the exact semantics.
+
+        stop_token: a row that has emitted it keeps emitting it; the stream ends after the step at
+        which the last row stops (or after max_new_tokens)."""
+        if idx.dim() != 2 or idx.size(1) == 0:
+            raise ValueError(f"idx must be a (B, T) tensor of token ids with T >= 1, got shape {tuple(idx.shape)}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if top_p is not None and not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        S = self.config.max_seq_len
+        window = idx[:, -S:]  # what the model sees; the caller keeps the full sequence
+        cache = KVCache(self.config.n_layers, S) if use_cache else None
+        done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+        for _ in range(max_new_tokens):
+            with self._sampling_mode():
+                if cache is None:
+                    logits = self._last_logits(window)
+                elif cache.pos == window.size(1) - 1:  # cache holds all but the newest token: feed just that
+                    logits = self._last_logits(window[:, -1:], cache)
+                else:  # first step, or the window slid: (re)prefill the whole window
+                    cache.reset()
+                    logits = self._last_logits(window, cache)
+                next_tok = sample_next(logits, temperature, top_k, top_p, generator)
+                if stop_token is not None:
+                    next_tok = torch.where(done, torch.full_like(next_tok, stop_token), next_tok)
+                    done |= next_tok == stop_token
+                window = torch.cat([window, next_tok[:, None]], dim=1)[:, -S:]
+            yield next_tok
+            if stop_token is not None and bool(done.all()):
+                return
+
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                 stop_token=None, generator=None, use_cache=True):
+        """The prompt idx (B, T0) followed by the sampled tokens: (B, T0 + n), n <= max_new_tokens
+        (fewer when every row has hit stop_token). See generate_stream for the options."""
+        steps = self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, stop_token, generator, use_cache)
+        return torch.cat([idx] + [tok[:, None] for tok in steps], dim=1)
+
+    # ------------------------------------------------------------------------------------------------
+    # OpenAI GPT-2 weights
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir, dropout=0.0):
+        """GPT-2 weights: one of gpt2, gpt2-medium, gpt2-large, gpt2-xl (from the Hugging Face hub), or a
+        local directory with a Hugging Face GPT-2 checkpoint (config.json + model.safetensors or
+        pytorch_model.bin)."""
+        import json
+        name = str(name_or_dir)
+        if os.path.isdir(name):
+            config_path = os.path.join(name, "config.json")
+            if not os.path.isfile(config_path):
+                raise FileNotFoundError(f"{name} has no config.json; expected a Hugging Face GPT-2 checkpoint "
+                                        "(config.json + model.safetensors or pytorch_model.bin)")
+            weights_path = next((os.path.join(name, f) for f in ("model.safetensors", "pytorch_model.bin")
+                                 if os.path.isfile(os.path.join(name, f))), None)
+            if weights_path is None:
+                raise FileNotFoundError(f"{name} has neither model.safetensors nor pytorch_model.bin")
+        elif name in HF_GPT2_NAMES:
+            try:
+                from huggingface_hub import hf_hub_download
+            except ImportError:
+                raise ImportError(f"loading {name} from the hub needs huggingface_hub (pip install huggingface_hub)")
+            try:  # falls back to the local HF cache when offline
+                config_path = hf_hub_download("openai-community/" + name, "config.json")
+                weights_path = hf_hub_download("openai-community/" + name, "model.safetensors")
+            except Exception as e:
+                raise OSError(f"could not download {name} from the Hugging Face hub ({type(e).__name__}: {e}); "
+                              "pass a local directory with config.json and model.safetensors instead") from e
+        else:
+            raise ValueError(f"{name!r} is neither a GPT-2 model name ({', '.join(HF_GPT2_NAMES)}) nor an existing "
+                             "directory holding a Hugging Face GPT-2 checkpoint")
+
+        with open(config_path) as f:
+            hf = json.load(f)
+        # refuse the GPT-2 variants whose maths we don't implement, instead of giving wrong logits
+        if hf.get("model_type", "gpt2") != "gpt2":
+            raise ValueError(f"{config_path} is a {hf['model_type']!r} model, not GPT-2")
+        if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise ValueError(f"activation_function {hf['activation_function']!r} is not supported (only GPT-2's tanh GELU)")
+        if hf.get("layer_norm_epsilon", 1e-5) != 1e-5:
+            raise ValueError(f"layer_norm_epsilon {hf['layer_norm_epsilon']} is not supported (only GPT-2's 1e-5)")
+        for key, ok in (("scale_attn_by_inverse_layer_idx", False), ("reorder_and_upcast_attn", False), ("scale_attn_weights", True)):
+            if hf.get(key, ok) != ok:
+                raise ValueError(f"{key}={hf[key]} is not supported")
+        config = GPTConfig(n_layers=hf["n_layer"], n_heads=hf["n_head"], d_model=hf["n_embd"],
+                           d_ff=hf.get("n_inner") or 4 * hf["n_embd"], max_seq_len=hf["n_positions"],
+                           vocab_size=hf["vocab_size"], dropout=dropout, bias=True,
+                           tie_weights=hf.get("tie_word_embeddings", True))
+        model = cls(config)
+
+        if weights_path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            sd_hf = load_file(weights_path)
+        else:
+            sd_hf = torch.load(weights_path, map_location="cpu", weights_only=True)
+        # OpenAI's uploads have no "transformer." prefix, save_pretrained's do; attn.bias/masked_bias are
+        # the causal-mask buffers of old checkpoints, not weights
+        sd_hf = {k.removeprefix("transformer."): v for k, v in sd_hf.items()
+                 if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+        # HF's GPT-2 uses Conv1D, which stores (in, out): transpose into nn.Linear's (out, in)
+        conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+        sd = model.state_dict()
+        wanted = [k for k in sd if not (k == "lm_head.weight" and config.tie_weights)]  # tied: it is wte
+        missing = [k for k in wanted if k.removeprefix("transformer.") not in sd_hf]
+        if missing:
+            raise ValueError(f"{weights_path} lacks {len(missing)} GPT-2 weights, e.g. {missing[:3]}")
+        with torch.no_grad():
+            for k in wanted:
+                w = sd_hf[k.removeprefix("transformer.")]
+                if k.endswith(conv1d):
+                    w = w.t()
+                if k in ("transformer.wte.weight", "lm_head.weight"):  # fill the real rows, padding stays 0
+                    sd[k][:w.size(0)].copy_(w)
+                elif sd[k].shape != w.shape:
+                    raise ValueError(f"{k} has shape {tuple(w.shape)} in {weights_path}, expected {tuple(sd[k].shape)}")
+                else:
+                    sd[k].copy_(w)
+        return model
+
+    # ------------------------------------------------------------------------------------------------
+    # optimizers
+
+    def configure_optimizers(self, optimizer="adamw", learning_rate=6e-4, weight_decay=0.1, betas=(0.9, 0.95),
+                             device_type="cpu"):
+        """A list of torch optimizers covering every parameter once; step them all.
+
+        adamw: AdamW, weight decay only on matrices (>= 2-D: linear weights, embeddings), none on
+        biases and norm gains. muon: torch.optim.Muon for the 2-D weights inside the blocks (its update
+        is orthogonalised, which suits hidden matrices, not embeddings or the head), scaled with
+        "match_rms_adamw" so that the same learning_rate and weight_decay work; AdamW for the rest.
+        Each param group carries "base_lr", its initial lr, for the training script's schedule."""
+        params = [(n, p) for n, p in self.named_parameters() if p.requires_grad]  # a tied matrix appears once
+        fused = device_type == "cuda"  # fused AdamW: one kernel for all params
+        if optimizer == "adamw":
+            adam_params, muon_params = params, []
+        elif optimizer == "muon":
+            muon_params = [p for n, p in params if n.startswith("transformer.h.") and p.dim() == 2]
+            ids = {id(p) for p in muon_params}
+            adam_params = [(n, p) for n, p in params if id(p) not in ids]
+        else:
+            raise ValueError(f"unknown optimizer {optimizer!r}; expected adamw or muon")
+        decay = [p for n, p in adam_params if p.dim() >= 2]
+        no_decay = [p for n, p in adam_params if p.dim() < 2]
+        groups = [g for g in ({"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+        optimizers = [torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)]
+        if muon_params:
+            optimizers.append(torch.optim.Muon(muon_params, lr=learning_rate, weight_decay=weight_decay,
+                                               adjust_lr_fn="match_rms_adamw"))
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group["base_lr"] = group["lr"]
+        return optimizers
+
+    # ------------------------------------------------------------------------------------------------
+    # FLOPs and MFU
+
+    def flops_per_token(self, seq_len):
+        """Training FLOPs (forward + backward) per token at sequence length seq_len.
+
+        6 N: each weight of a matmul costs 2 FLOPs (multiply, add) per token forward and 4 backward.
+        N counts the 2-D weights of the blocks plus the lm_head over the real vocabulary; the
+        embedding lookups are not matmuls, and biases/norms are elementwise (and negligible).
+        12 L H hd T: attention scores q.k and the weighted sum of v, 2 * 2 * hd * T FLOPs per head
+        forward, times 3 for backward. Like PaLM and nanoGPT we count the full T x T, not the causal
+        half, so the numbers compare with theirs."""
+        cfg = self.config
+        N = sum(p.numel() for p in self.transformer.h.parameters() if p.dim() == 2)
+        N += cfg.vocab_size * cfg.d_model
+        return 6 * N + 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len
+
+    def estimate_mfu(self, tokens_per_sec, seq_len, device):
+        """Model FLOPs utilisation: achieved training FLOPS / the GPU's peak, as a fraction. tokens_per_sec
+        is per GPU (divide a global rate by the world size). None where the peak is unknown (CPU, mps,
+        a GPU missing from PEAK_FLOPS)."""
+        peak = peak_flops(device)
+        if peak is None:
+            return None
+        return tokens_per_sec * self.flops_per_token(seq_len) / peak
+
+
+HF_GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """Pick one token per row from logits (B, V): greedy when temperature == 0, else sample from
+    softmax(logits / temperature) restricted to the top_k tokens and then to the nucleus top_p."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        # keep the smallest set of most likely tokens whose probabilities add up to >= top_p:
+        # drop a token when the ones ranked above it already reach top_p (the first one always stays)
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = F.softmax(sorted_logits, dim=-1)
+        drop = probs.cumsum(dim=-1) - probs >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+# Peak dense (no sparsity) 16-bit tensor-core FLOPS per GPU, bf16 where it exists (fp16 for V100/T4),
+# with fp32 accumulation (GeForce cards run at half rate with it). Matched against
+# torch.cuda.get_device_name as a case-insensitive substring, longest key first, so that "H100 PCIe"
+# wins over "H100" and "L40S" over "L4". Unknown GPUs get no MFU rather than a wrong one.
+PEAK_FLOPS = {
+    "B200": 2250e12,
+    "GH200": 989e12,
+    "H200": 989e12,        # H200 SXM
+    "H200 NVL": 835e12,
+    "H100": 989e12,        # H100 SXM, e.g. "NVIDIA H100 80GB HBM3"
+    "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
+    "A100": 312e12,        # SXM and PCIe alike
+    "L40S": 362e12,
+    "L40": 181e12,
+    "L4": 121e12,
+    "RTX 4090": 165e12,
+    "RTX 3090": 71e12,
+    "V100": 125e12,        # SXM2
+    "V100-PCIE": 112e12,
+    "Tesla T4": 65e12,
+    "MI300X": 1307e12,
+}
+
+
+def peak_flops(device):
+    """Peak dense 16-bit FLOPS of a CUDA device, or None (CPU, mps, or a GPU not in PEAK_FLOPS)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    try:
+        name = torch.cuda.get_device_name(device)
+    except (RuntimeError, AssertionError):  # no CUDA here after all
+        return None
+    for key in sorted(PEAK_FLOPS, key=len, reverse=True):
+        if key.lower() in name.lower():
+            return PEAK_FLOPS[key]
+    return None

@@ -1,0 +1,472 @@
+"""Tests for model.py: shapes, causality, parameter counts, the loss, KV-cache generation against full
+recompute, sampling filters, GPT-2 parity with Hugging Face transformers, optimizers and MFU. CPU only,
+no network, tiny models (the 124M model is only built on the meta device, to count)."""
+import itertools
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import model as M  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# a tiny GPT-2 (learned positions, LayerNorm, GELU, tied, biases, dropout) and a tiny modern model
+CLASSIC = dict(n_layers=2, n_heads=4, d_model=32, d_ff=128, max_seq_len=16, vocab_size=100, dropout=0.1)
+MODERN = dict(CLASSIC, pos_emb="rope", norm="rmsnorm", mlp="swiglu", n_kv_heads=2, qk_norm=True,
+              bias=False, tie_weights=False)
+# more mixes, so every option goes through the cache at least once
+MQA_RELU2 = dict(CLASSIC, n_kv_heads=1, mlp="relu2", qk_norm=True, norm="rmsnorm")
+ROPE_GELU = dict(CLASSIC, pos_emb="rope", dropout=0.0, pad_vocab_multiple=1)
+CONFIGS = {"classic": CLASSIC, "modern": MODERN, "mqa_relu2": MQA_RELU2, "rope_gelu": ROPE_GELU}
+
+
+def make(cfg, seed=0, randomize=True):
+    """A tiny model with weights far from the N(0, 0.02) init, so that attention is sharp and
+    positions matter: a bug in the cache or in positions then moves the logits visibly."""
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(**cfg))
+    if randomize:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if p.dim() >= 2:
+                    p.normal_(0.0, 0.3)
+                else:  # norm gains around 1, biases around 0
+                    p.normal_(1.0 if name.endswith("weight") else 0.0, 0.2)
+    return model.eval()
+
+
+@pytest.fixture
+def recorded_logits(monkeypatch):
+    """Collect the logits each generation step samples from (the same hook for cached and uncached)."""
+    log = []
+    real = M.sample_next
+
+    def recording(logits, *args, **kwargs):
+        log.append(logits.clone())
+        return real(logits, *args, **kwargs)
+
+    monkeypatch.setattr(M, "sample_next", recording)
+    return log
+
+
+# --------------------------------------------------------------------------------------------------
+# config, shapes, counts
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="divisible by n_heads"):
+        GPTConfig(d_model=100, n_heads=12)
+    with pytest.raises(ValueError, match="n_kv_heads"):
+        GPTConfig(n_heads=12, n_kv_heads=5)
+    with pytest.raises(ValueError, match="unknown pos_emb 'alibi'"):
+        GPTConfig(pos_emb="alibi")
+    with pytest.raises(ValueError, match="unknown norm"):
+        GPTConfig(norm="batchnorm")
+    with pytest.raises(ValueError, match="unknown mlp"):
+        GPTConfig(mlp="geglu")
+    with pytest.raises(ValueError, match="even head dim"):
+        GPTConfig(d_model=36, n_heads=4, pos_emb="rope")  # head dim 9
+    GPTConfig(d_model=36, n_heads=4)  # fine with learned positions
+
+
+@pytest.mark.parametrize("name", ["classic", "modern"])
+def test_shapes(name):
+    model = make(CONFIGS[name])
+    idx = torch.randint(0, 100, (3, 7))
+    logits, loss = model(idx)
+    assert logits.shape == (3, 7, 100) and loss is None
+    logits, loss = model(idx, idx)
+    assert loss.shape == () and torch.isfinite(loss)
+    with pytest.raises(ValueError, match="longer than max_seq_len"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+    assert ("wpe" in model.transformer) == (CONFIGS[name].get("pos_emb", "learned") == "learned")
+
+
+@pytest.mark.parametrize("name", ["classic", "modern"])
+def test_causality(name):
+    model = make(CONFIGS[name])
+    idx = torch.randint(0, 100, (2, 16))
+    logits, _ = model(idx)
+    for t in (0, 7, 15):
+        changed = idx.clone()
+        changed[:, t] = (changed[:, t] + 1) % 100
+        logits2, _ = model(changed)
+        torch.testing.assert_close(logits2[:, :t], logits[:, :t], atol=1e-6, rtol=0)
+        assert not torch.allclose(logits2[:, t], logits[:, t])  # the changed position does see it
+
+
+def test_weight_tying():
+    tied = GPT(GPTConfig(**CLASSIC))
+    assert tied.transformer.wte.weight is tied.lm_head.weight
+    assert tied.transformer.wte.weight.data_ptr() == tied.lm_head.weight.data_ptr()
+    untied = GPT(GPTConfig(**dict(CLASSIC, tie_weights=False)))
+    assert untied.transformer.wte.weight.data_ptr() != untied.lm_head.weight.data_ptr()
+    assert untied.num_params() == tied.num_params() + 100 * 32
+
+
+def test_gpt2_small_param_count():
+    with torch.device("meta"):  # counts without allocating 124M floats
+        model = GPT(GPTConfig())
+    assert model.transformer.wte.weight.shape == (50304, 768)  # padded to a multiple of 64
+    assert model.num_params() == 124_439_808  # OpenAI's GPT-2 small
+    assert model.num_params(non_embedding=True) == 124_439_808 - 1024 * 768  # minus wpe
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_padding_rows_not_counted(tie):
+    padded = GPT(GPTConfig(**dict(CLASSIC, tie_weights=tie)))
+    plain = GPT(GPTConfig(**dict(CLASSIC, tie_weights=tie, pad_vocab_multiple=1)))
+    assert padded.lm_head.weight.shape[0] == 128 and plain.lm_head.weight.shape[0] == 100
+    assert padded.num_params() == plain.num_params() == sum(p.numel() for p in plain.parameters())
+    assert padded.num_params(non_embedding=True) == plain.num_params(non_embedding=True)
+
+
+def test_padded_vocab_is_never_seen():
+    model = make(CLASSIC)
+    with torch.no_grad():  # make the padding rows irresistible if they ever leaked into the logits
+        model.lm_head.weight[100:] = 50.0
+    idx = torch.randint(0, 100, (4, 5))
+    logits, loss = model(idx, idx)
+    assert logits.shape[-1] == 100
+    assert torch.isclose(loss, F.cross_entropy(logits.reshape(-1, 100), idx.reshape(-1)))
+    out = model.generate(idx, 20, temperature=2.0, generator=torch.Generator().manual_seed(0))
+    assert out.max() < 100
+
+
+# --------------------------------------------------------------------------------------------------
+# loss
+
+
+def test_loss_ignores_minus_one():
+    model = make(MODERN)
+    idx = torch.randint(0, 100, (3, 10))
+    targets = torch.randint(0, 100, (3, 10))
+    targets[0, :6] = -1  # an SFT-style masked prompt
+    targets[2, 3] = -1
+    logits, loss = model(idx, targets)
+    keep = targets != -1
+    expected = F.cross_entropy(logits[keep].float(), targets[keep])  # mean over the kept positions only
+    torch.testing.assert_close(loss, expected)
+    assert loss.dtype == torch.float32
+
+
+def test_loss_all_ignored_is_zero_with_grad():
+    model = make(CLASSIC)
+    idx = torch.randint(0, 100, (2, 8))
+    _, loss = model(idx, torch.full_like(idx, -1))
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+# --------------------------------------------------------------------------------------------------
+# generation: the KV cache against full recompute
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("prompt_len,new", [(5, 40), (1, 20), (16, 8), (23, 12)])  # past the context, and long prompts
+def test_cache_equals_full_recompute(name, prompt_len, new, recorded_logits):
+    model = make(CONFIGS[name])
+    S = model.config.max_seq_len
+    idx = torch.randint(0, 100, (3, prompt_len))
+    cached = model.generate(idx, new, temperature=0)
+    cached_logits = list(recorded_logits)
+    recorded_logits.clear()
+    full = model.generate(idx, new, temperature=0, use_cache=False)
+    assert cached.shape == (3, prompt_len + new)
+    assert torch.equal(cached, full)
+    assert torch.equal(cached[:, :prompt_len], idx)
+    assert len(cached_logits) == len(recorded_logits) == new
+    for step, (a, b) in enumerate(zip(cached_logits, recorded_logits)):
+        # and both are what a plain forward over the last max_seq_len tokens gives
+        window = cached[:, :prompt_len + step][:, -S:]
+        expected = model(window)[0][:, -1]
+        torch.testing.assert_close(a, expected, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(b, expected, atol=1e-4, rtol=1e-4)
+        assert torch.equal(cached[:, prompt_len + step], expected.argmax(-1))
+
+
+def test_cache_matches_sampling_and_keeps_train_mode():
+    model = make(MODERN)
+    model.train()  # generation samples in eval mode (no dropout), then puts train mode back
+    idx = torch.randint(0, 100, (4, 3))
+    a = model.generate(idx, 30, top_k=10, generator=torch.Generator().manual_seed(1))
+    b = model.generate(idx, 30, top_k=10, generator=torch.Generator().manual_seed(1), use_cache=False)
+    assert torch.equal(a, b)
+    assert model.training and all(m.training for m in model.modules())
+    stream = model.generate_stream(idx, 30, temperature=0)
+    first = list(itertools.islice(stream, 3))  # half-consumed stream: the mode is still the caller's
+    assert model.training and [t.shape for t in first] == [(4,)] * 3
+    assert not any(t.requires_grad for t in first)
+
+
+def test_stream_yields_what_generate_returns():
+    model = make(CLASSIC)
+    idx = torch.randint(0, 100, (2, 4))
+    steps = list(model.generate_stream(idx, 10, temperature=0))
+    assert all(t.dtype == torch.long and t.shape == (2,) for t in steps)
+    assert torch.equal(torch.cat([idx, torch.stack(steps, 1)], 1), model.generate(idx, 10, temperature=0))
+    assert model.generate(idx, 0).shape == (2, 4)
+
+
+# --------------------------------------------------------------------------------------------------
+# sampling
+
+
+def test_sample_next_filters():
+    probs = torch.tensor([0.4, 0.3, 0.2, 0.06, 0.04])
+    logits = probs.log().repeat(4000, 1)
+    g = torch.Generator().manual_seed(0)
+
+    def support(**kw):
+        return set(M.sample_next(logits, generator=g, **kw).tolist())
+
+    assert support(top_k=3) == {0, 1, 2}
+    assert support(top_k=1) == {0}
+    assert support(top_p=0.65) == {0, 1}  # 0.4 < 0.65 <= 0.4 + 0.3
+    assert support(top_p=0.3) == {0}
+    assert support(top_k=2, top_p=0.9) == {0, 1}
+    assert support(top_p=1.0) == {0, 1, 2, 3, 4}
+    assert support(temperature=0) == {0}
+    counts = torch.bincount(M.sample_next(logits, generator=g), minlength=5).float() / 4000
+    torch.testing.assert_close(counts, probs, atol=0.03, rtol=0)  # really samples from softmax(logits)
+
+
+@pytest.mark.parametrize("kw", [dict(top_k=4), dict(top_p=0.6), dict(top_k=6, top_p=0.5, temperature=0.7)])
+def test_generate_samples_only_from_allowed_set(kw, recorded_logits):
+    model = make(MODERN)
+    idx = torch.randint(0, 100, (1, 4)).repeat(64, 1)  # 64 samples of one prompt at once
+    out = model.generate(idx, 6, generator=torch.Generator().manual_seed(0), **kw)
+    temperature = kw.get("temperature", 1.0)
+    for step, logits in enumerate(recorded_logits):
+        probs = F.softmax(logits / temperature, dim=-1)
+        for row in range(64):
+            order = probs[row].argsort(descending=True)
+            allowed = order[:kw.get("top_k", 100)]
+            if "top_p" in kw:  # the smallest prefix (of the top-k, renormalised) that reaches top_p
+                p = probs[row, allowed] / probs[row, allowed].sum()
+                allowed = allowed[:int((p.cumsum(0) < kw["top_p"]).sum()) + 1]
+            assert out[row, 4 + step].item() in allowed.tolist()
+    assert len(set(out[:, 4].tolist())) > 1  # it did sample, not just take the argmax
+
+
+def test_temperature_zero_and_generator_reproducible():
+    model = make(CLASSIC)
+    idx = torch.randint(0, 100, (8, 3))
+    g1 = model.generate(idx, 12, temperature=0, generator=torch.Generator().manual_seed(1))
+    g2 = model.generate(idx, 12, temperature=0, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(g1, g2)
+    s1 = model.generate(idx, 12, generator=torch.Generator().manual_seed(3))
+    s2 = model.generate(idx, 12, generator=torch.Generator().manual_seed(3))
+    s3 = model.generate(idx, 12, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(s1, s2) and not torch.equal(s1, s3)
+    same_prompt = model.generate(idx[:1].repeat(8, 1), 12, generator=torch.Generator().manual_seed(5))
+    assert same_prompt.shape == (8, 15) and len({tuple(r) for r in same_prompt[:, 3:].tolist()}) > 1
+
+
+def test_stop_token_scripted(monkeypatch):
+    script = iter(torch.tensor(s) for s in ([1, 2], [9, 3], [4, 5], [4, 9], [4, 6]))
+    monkeypatch.setattr(M, "sample_next", lambda *a, **k: next(script))
+    model = make(CLASSIC)
+    out = model.generate(torch.zeros(2, 3, dtype=torch.long), 10, stop_token=9)
+    # row 0 stops at step 1 and then only repeats 9; generation ends when row 1 stops at step 3
+    assert out[:, 3:].tolist() == [[1, 9, 9, 9], [2, 3, 5, 9]]
+
+
+def test_stop_token_real():
+    model = make(CLASSIC)
+    idx = torch.randint(0, 100, (3, 4))
+    free = model.generate(idx, 20, temperature=0)[:, 4:]
+    stop = free[0, 2].item()
+    out = model.generate(idx, 20, temperature=0, stop_token=stop)[:, 4:]
+    hits = [(row == stop).nonzero() for row in free]
+    end = max(h[0].item() + 1 for h in hits) if all(len(h) for h in hits) else 20
+    expected = free[:, :end].clone()
+    for r, h in enumerate(hits):
+        if len(h):
+            expected[r, h[0].item():] = stop
+    assert torch.equal(out, expected)
+
+
+# --------------------------------------------------------------------------------------------------
+# GPT-2 weights: parity with Hugging Face transformers
+
+
+def hf_gpt2(tmp_path, tie=True):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=50257,
+                                     tie_word_embeddings=tie, attn_implementation="eager")
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():  # move everything off its init (zero biases, unit gains) so nothing matches by luck
+        for name, p in hf.named_parameters():
+            p.normal_(1.0 if p.dim() == 1 and "ln_" in name and name.endswith("weight") else 0.0, 0.1)
+    hf.save_pretrained(tmp_path)
+    return hf
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_from_pretrained_safetensors_parity(tmp_path, tie):
+    hf = hf_gpt2(tmp_path, tie)
+    assert os.path.exists(tmp_path / "model.safetensors")
+    model = GPT.from_pretrained(tmp_path).eval()
+    assert model.config.tie_weights == tie and model.config.dropout == 0.0
+    idx = torch.randint(0, 50257, (2, 40))
+    with torch.no_grad():
+        ours, _ = model(idx)
+        theirs = hf(idx).logits
+    assert ours.shape == theirs.shape == (2, 40, 50257)
+    assert (ours - theirs).abs().max().item() < 1e-4
+    assert model.num_params() == sum(p.numel() for p in hf.parameters())
+
+
+def test_from_pretrained_bin_parity(tmp_path):
+    # an old-style checkpoint: pytorch_model.bin, keys without "transformer.", with attn.bias mask buffers
+    from safetensors.torch import load_file
+    hf = hf_gpt2(tmp_path / "hf")
+    sd = {k.removeprefix("transformer."): v for k, v in load_file(tmp_path / "hf" / "model.safetensors").items()}
+    for i in range(2):
+        sd[f"h.{i}.attn.bias"] = torch.tril(torch.ones(1, 1, 64, 64))
+        sd[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    (tmp_path / "bin").mkdir()
+    torch.save(sd, tmp_path / "bin" / "pytorch_model.bin")
+    (tmp_path / "bin" / "config.json").write_text((tmp_path / "hf" / "config.json").read_text())
+    model = GPT.from_pretrained(str(tmp_path / "bin"), dropout=0.1).eval()
+    assert model.config.dropout == 0.1
+    idx = torch.randint(0, 50257, (2, 30))
+    with torch.no_grad():
+        assert (model(idx)[0] - hf(idx).logits).abs().max().item() < 1e-4
+
+
+def test_from_pretrained_errors(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # so no local directory can be mistaken for a model name
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        GPT.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="neither model.safetensors nor pytorch_model.bin"):
+        GPT.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="neither a GPT-2 model name"):
+        GPT.from_pretrained("gpt5")
+
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("network is unreachable")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(OSError, match="could not download gpt2 from the Hugging Face hub .*pass a local directory"):
+        GPT.from_pretrained("gpt2")
+
+
+def test_import_needs_only_torch():
+    code = "import sys, model; bad = {'transformers', 'safetensors', 'huggingface_hub', 'numpy'} & set(sys.modules); print(bad)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "transformers" not in out.stdout and "safetensors" not in out.stdout and "huggingface_hub" not in out.stdout
+
+
+# --------------------------------------------------------------------------------------------------
+# optimizers
+
+
+@pytest.mark.parametrize("name", ["classic", "modern"])
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_training_reduces_loss(name, optimizer):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**dict(CONFIGS[name], dropout=0.0)))
+    optimizers = model.configure_optimizers(optimizer, learning_rate=3e-3)
+    x = torch.randint(0, 100, (4, 16))
+    y = torch.roll(x, -1, dims=1)
+    losses = []
+    for _ in range(8):
+        _, loss = model(x, y)
+        losses.append(loss.item())
+        loss.backward()
+        for opt in optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    assert losses[-1] < losses[0] - 0.3, losses
+
+
+@pytest.mark.parametrize("name", ["classic", "modern"])
+def test_optimizer_groups(name):
+    model = GPT(GPTConfig(**CONFIGS[name]))
+    all_ids = {id(p) for p in model.parameters()}
+
+    (adamw,) = model.configure_optimizers("adamw", learning_rate=1e-3, weight_decay=0.1)
+    seen = [id(p) for g in adamw.param_groups for p in g["params"]]
+    assert sorted(seen) == sorted(all_ids)  # every parameter once (a tied matrix too)
+    for g in adamw.param_groups:
+        assert g["base_lr"] == g["lr"] == 1e-3
+        assert all((p.dim() >= 2) == (g["weight_decay"] == 0.1) for p in g["params"])
+    assert not adamw.defaults["fused"]
+
+    adamw, muon = model.configure_optimizers("muon", learning_rate=1e-3, weight_decay=0.1)
+    assert isinstance(muon, torch.optim.Muon) and muon.param_groups[0]["adjust_lr_fn"] == "match_rms_adamw"
+    hidden = {id(p) for n, p in model.named_parameters() if n.startswith("transformer.h.") and p.dim() == 2}
+    assert {id(p) for g in muon.param_groups for p in g["params"]} == hidden
+    rest = [id(p) for g in adamw.param_groups for p in g["params"]]
+    assert sorted(rest) == sorted(all_ids - hidden)
+    assert id(model.transformer.wte.weight) in rest and id(model.lm_head.weight) in rest
+    assert all(g["base_lr"] == g["lr"] for opt in (adamw, muon) for g in opt.param_groups)
+
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        model.configure_optimizers("sgd")
+
+
+def test_fused_adamw_on_cuda_flag():
+    model = GPT(GPTConfig(**CLASSIC))
+    (adamw,) = model.configure_optimizers(device_type="cuda")  # fused AdamW also builds for CPU tensors
+    assert adamw.defaults["fused"]
+
+
+# --------------------------------------------------------------------------------------------------
+# FLOPs and MFU
+
+
+def test_mfu_none_on_cpu():
+    model = GPT(GPTConfig(**CLASSIC))
+    assert M.peak_flops("cpu") is None and M.peak_flops(torch.device("cpu")) is None
+    assert M.peak_flops("mps") is None
+    assert model.estimate_mfu(1e5, 16, "cpu") is None
+
+
+@pytest.mark.parametrize("gpu,peak", [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12),
+                                      ("NVIDIA H100 NVL", 835e12), ("NVIDIA H200", 989e12),
+                                      ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA L40S", 362e12),
+                                      ("NVIDIA L4", 121e12), ("Tesla V100-PCIE-32GB", 112e12),
+                                      ("Some Future GPU", None)])
+def test_peak_flops_table(monkeypatch, gpu, peak):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: gpu)
+    assert M.peak_flops("cuda") == peak
+
+
+def test_flops_and_mfu_gpt2_small(monkeypatch):
+    with torch.device("meta"):
+        model = GPT(GPTConfig())
+    # matmul weights: 12 blocks x (768*2304 + 768*768 + 2 * 768*3072) + lm_head 50257*768 (not the padding)
+    N = 12 * (768 * 2304 + 768 * 768 + 2 * 768 * 3072) + 50257 * 768
+    assert N == 123_532_032
+    expected = 6 * N + 12 * 12 * 12 * 64 * 1024  # + attention at T = 1024
+    assert model.flops_per_token(1024) == expected == 854_438_400
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    assert model.estimate_mfu(100_000, 1024, "cuda") == pytest.approx(100_000 * 854_438_400 / 989e12)
+
+
+@pytest.mark.parametrize("name", ["classic", "modern"])
+def test_kv_cache_chunked_prefill(name):
+    # feeding a sequence to the cache in chunks (several queries after cached keys) equals one pass
+    model = make(CONFIGS[name])
+    idx = torch.randint(0, 100, (2, 16))
+    full = model._trunk(idx)
+    cache = M.KVCache(model.config.n_layers, model.config.max_seq_len)
+    parts = [model._trunk(idx[:, a:b], cache) for a, b in ((0, 5), (5, 6), (6, 13), (13, 16))]
+    assert cache.pos == 16
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="longer than max_seq_len"):
+        model._trunk(idx[:, :1], cache)
