@@ -1,6 +1,76 @@
+"""Shared test plumbing: the repo on sys.path, a runner for the scripts, and tiny datasets and runs
+(session-scoped: built once, then read by train, sample, evaluate, compare and bench tests)."""
+import json
 import os
+import subprocess
 import sys
+
+import pytest
 
 # the scripts live at the top of the repo, flat, nanoGPT style: make them importable from tests
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+# a model small enough that a CPU trains it in seconds (the vocabulary is still GPT-2's 50257)
+TINY_MODEL = ["--n_layers=2", "--n_heads=2", "--d_model=32", "--d_ff=64", "--max_seq_len=32", "--dropout=0.0"]
+TINY_TRAINING = ["--batch_size=4", "--max_steps=20", "--warmup_steps=2", "--eval_interval=10", "--eval_iters=2",
+                 "--log_interval=5", "--checkpoint_interval=10", "--learning_rate=3e-3"]
+
+
+def run_script(script, *args, env=None, check=True, timeout=300):
+    """Run one of the repo's scripts as a user would; returns the CompletedProcess (text output).
+    With check, a non-zero exit fails the test and shows what the script printed."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", **(env or {})}
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], capture_output=True,
+                          text=True, env=full_env, cwd=ROOT, timeout=timeout)
+    if check and proc.returncode != 0:
+        pytest.fail(f"{script} {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def read_metrics(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A prepared pretraining dataset (~20 documents of Shakespeare); returns its folder."""
+    root = tmp_path_factory.mktemp("data")
+    with open(os.path.join(ROOT, "data", "shakespeare", "input.txt")) as f:
+        text = f.read(60_000)
+    chunks = [text[i:i + 3000] for i in range(0, len(text), 3000)]
+    (root / "tiny.txt").write_text("\n<|endoftext|>\n".join(chunks))
+    run_script("prepare.py", f"--input={root / 'tiny.txt'}", "--name=tiny", f"--data_root={root}", "--val_ratio=0.1")
+    return str(root / "tiny")
+
+
+@pytest.fixture(scope="session")
+def sft_data(tmp_path_factory):
+    """A small prompt/completion dataset (train.jsonl, val.jsonl): copy the word after 'Echo:'."""
+    root = tmp_path_factory.mktemp("sft") / "echo"
+    root.mkdir()
+    words = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree", "king", "queen"]
+    for split, n in (("train", 40), ("val", 8)):
+        with open(root / f"{split}.jsonl", "w") as f:
+            for i in range(n):
+                w = words[(i * 7 + (split == "val")) % len(words)]
+                f.write(json.dumps({"prompt": f"Echo: {w}\n", "completion": f" {w}"}) + "\n")
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data, tmp_path_factory):
+    """A finished tiny pretraining run (20 steps); returns its out_dir. Read it, do not write into it."""
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    run_script("train.py", *TINY_MODEL, *TINY_TRAINING, "--dataset=tiny", f"--data_dir={tiny_data}", f"--out_dir={out}")
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_sft_run(sft_data, tmp_path_factory):
+    """A finished tiny SFT run on sft_data (from scratch, 20 steps); returns its out_dir."""
+    out = tmp_path_factory.mktemp("runs") / "tiny_sft"
+    run_script("train.py", *TINY_MODEL, *TINY_TRAINING, "--task=sft", "--dataset=echo", f"--data_dir={sft_data}",
+               f"--out_dir={out}")
+    return str(out)

@@ -1,0 +1,416 @@
+"""
+Train a GPT: pretraining on token shards, or supervised fine-tuning (SFT) on prompt/completion JSONL.
+
+    python train.py                                        # CPU quick start: a small model on Shakespeare
+    python train.py config/train_100m.py --batch_size=32    # GPT-2 124M on one GPU
+    torchrun --standalone --nproc_per_node=8 train.py config/train_100m.py
+
+The settings are the plain names below. Config files (exec'd Python) and --key=value flags override
+them, left to right; `python train.py --help` lists them all with their defaults.
+"""
+import json
+import math
+import os
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from checkpoint import (autocast, checkpoint_path, is_pretrained, load_checkpoint, model_from_checkpoint,
+                        pick_device, pick_dtype, pretrained_model, save_checkpoint)
+from configurator import configure, fail
+from data import SFTExamples, TokenShards, dataset_dir, ensure_prepared
+from model import GPT, GPTConfig
+
+# -----------------------------------------------------------------------------
+# settings
+# model shape (a checkpoint or GPT-2 in init_from brings its own)
+n_layers = 4
+n_heads = 4
+n_kv_heads = None  # None = n_heads; fewer heads share keys/values (GQA), 1 = MQA
+d_model = 128
+d_ff = 512  # hidden size of the MLP
+max_seq_len = 128  # context length, and the length of the training windows
+vocab_size = 50257  # GPT-2 BPE
+dropout = 0.1
+bias = True  # biases in linear layers and norms
+pos_emb = "learned"  # learned | rope
+norm = "layernorm"  # layernorm | rmsnorm
+mlp = "gelu"  # gelu | swiglu | relu2
+qk_norm = False  # normalise queries and keys per head
+tie_weights = True  # lm_head shares the token embedding
+# optimisation
+batch_size = 16  # sequences per micro-step, per process
+grad_accum_steps = 1  # micro-steps per optimizer step, summed over all processes
+learning_rate = 1e-3  # peak learning rate, after warmup
+min_lr = None  # end of the cosine decay; None = learning_rate / 10
+weight_decay = 0.1  # on weight matrices only
+beta1 = 0.9
+beta2 = 0.95
+max_steps = 1000  # optimizer steps
+warmup_steps = 50  # linear warmup from 0 to learning_rate
+lr_decay_steps = 0  # the step where the cosine reaches min_lr; 0 = max_steps (set it to stop a run early on schedule)
+grad_clip = 1.0  # clip the global gradient norm to this; 0 = off
+optimizer = "adamw"  # adamw | muon (Muon for hidden matrices, AdamW for the rest)
+seed = 1337  # batches and dropout are a pure function of (seed, step, rank)
+# evaluation, logging, checkpoints
+eval_interval = 200  # steps between evals (and one at the end); 0 = no evals
+eval_iters = 20  # val batches per eval, the same ones each time; as many train batches for train_loss
+log_interval = 10  # steps between console lines
+checkpoint_interval = 200  # steps between saves of out_dir/ckpt.pt (and one at the end); 0 = never save
+keep_checkpoints = False  # also keep out_dir/ckpt_<step>.pt at each checkpoint_interval
+early_stopping_patience = 0  # stop after this many evals without a better val loss; 0 = never
+# data
+task = "pretrain"  # pretrain (token shards from prepare.py) | sft (train.jsonl/val.jsonl of prompt/completion)
+dataset = "shakespeare"  # folder name under data/
+data_dir = ""  # the dataset's folder, if not data/<dataset>
+# run
+out_dir = "out"
+init_from = "scratch"  # scratch | resume | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | a checkpoint file or run folder
+overwrite = False  # allow a new run to replace the checkpoints of an earlier one in out_dir
+device = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps
+dtype = "auto"  # auto (float16 on CUDA, float32 elsewhere) | float32 | bfloat16 | float16
+compile = False  # torch.compile the model (first steps are slow while it compiles)
+# Weights & Biases (also works with WANDB_MODE=offline)
+wandb_enabled = False
+wandb_project = "nash-llm"
+wandb_run_name = ""  # "" = the name of out_dir
+settings = configure(globals())
+# -----------------------------------------------------------------------------
+# checks that need no data or model: one clear line each, before any work
+
+if task not in ("pretrain", "sft"):
+    fail(f"task={task!r} should be 'pretrain' or 'sft'")
+if optimizer not in ("adamw", "muon"):
+    fail(f"optimizer={optimizer!r} should be 'adamw' or 'muon'")
+for name in ("batch_size", "grad_accum_steps", "max_steps", "max_seq_len", "eval_iters", "log_interval"):
+    if settings[name] < 1:
+        fail(f"{name}={settings[name]} must be at least 1")
+if eval_interval < 0 or checkpoint_interval < 0:
+    fail("eval_interval and checkpoint_interval cannot be negative (0 turns them off)")
+if min_lr is None:
+    min_lr = learning_rate / 10
+if not isinstance(min_lr, (int, float)) or not 0 <= min_lr <= learning_rate:
+    fail(f"min_lr={min_lr!r} should be a number between 0 and learning_rate ({learning_rate})")
+if min(warmup_steps, lr_decay_steps, early_stopping_patience) < 0:
+    fail("warmup_steps, lr_decay_steps and early_stopping_patience cannot be negative")
+
+# -----------------------------------------------------------------------------
+# processes and devices: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE, one process per GPU
+ddp = "RANK" in os.environ
+rank, local_rank, world_size = 0, 0, 1
+if ddp:
+    rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+    if grad_accum_steps % world_size:
+        fail(f"grad_accum_steps={grad_accum_steps} must be a multiple of the number of processes ({world_size}): "
+             f"each process runs grad_accum_steps / {world_size} micro-steps")
+device = pick_device(device)
+if ddp and device.startswith("cuda"):
+    device = f"cuda:{local_rank}"
+    torch.cuda.set_device(device)
+device_type = device.split(":")[0]
+if ddp:
+    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+master = rank == 0  # only the first process prints, logs and saves
+accum_per_rank = grad_accum_steps // world_size
+dtype = pick_dtype(dtype, device_type)
+if dtype == "float16" and device_type == "mps":
+    fail("dtype=float16 training needs CUDA or CPU; use --dtype=float32 or bfloat16 on mps")
+torch.backends.cuda.matmul.allow_tf32 = True  # float32 matmuls on tensor cores where they exist
+torch.backends.cudnn.allow_tf32 = True
+ctx = autocast(device_type, dtype)
+log = print if master else (lambda *args, **kwargs: None)
+
+# -----------------------------------------------------------------------------
+# model: from scratch, resumed, GPT-2, or a checkpoint to fine-tune
+torch.manual_seed(seed)  # the same initial weights in every process
+resume = None  # the checkpoint being resumed, if any
+if init_from == "resume":
+    path = os.path.join(out_dir, "ckpt.pt")
+    if not os.path.isfile(path):
+        fail(f"init_from=resume but {path} does not exist; start a run with --init_from=scratch")
+    resume = load_checkpoint(path)
+    model = model_from_checkpoint(resume)
+elif init_from == "scratch":
+    try:
+        model = GPT(GPTConfig(n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, d_model=d_model, d_ff=d_ff,
+                              max_seq_len=max_seq_len, vocab_size=vocab_size, dropout=dropout, bias=bias,
+                              pos_emb=pos_emb, norm=norm, mlp=mlp, qk_norm=qk_norm, tie_weights=tie_weights))
+    except (ValueError, TypeError) as e:
+        fail(f"bad model settings: {e}")
+elif is_pretrained(init_from):
+    model = pretrained_model(init_from, dropout=dropout)
+else:  # fine-tune the weights of another run (a fresh optimizer, step 0)
+    model = model_from_checkpoint(load_checkpoint(checkpoint_path(init_from, "best")), dropout=dropout)
+config = model.config
+if max_seq_len > config.max_seq_len:
+    fail(f"max_seq_len={max_seq_len} is longer than the model's context ({config.max_seq_len})")
+if master and init_from != "resume" and os.path.exists(os.path.join(out_dir, "ckpt.pt")) and not overwrite:
+    fail(f"{out_dir} already holds a run; continue it with --init_from=resume, replace it with --overwrite, "
+         f"or choose another --out_dir")
+
+# -----------------------------------------------------------------------------
+# data: batches are a pure function of (seed, step, index), so resume and DDP see the same stream
+if task == "pretrain":
+    if master:
+        ensure_prepared(dataset, data_dir)  # prepares the embedded Shakespeare on first use
+    if ddp:
+        dist.barrier()
+    folder = dataset_dir(dataset, data_dir)
+    train_data = TokenShards(folder, "train", vocab_size=config.vocab_size)
+    val_data = TokenShards(folder, "val", vocab_size=config.vocab_size)
+else:
+    folder = dataset_dir(dataset, data_dir)
+    train_data = SFTExamples(os.path.join(folder, "train.jsonl"), max_seq_len)
+    val_data = SFTExamples(os.path.join(folder, "val.jsonl"), max_seq_len)
+for split, data in (("train", train_data), ("val", val_data)):  # (the reader checks ids against the vocab)
+    if task == "pretrain" and data.num_tokens < max_seq_len + 1:
+        fail(f"the {split} split of {folder} has {data.num_tokens} tokens, too few for one window of "
+             f"max_seq_len={max_seq_len}; lower --max_seq_len or prepare more data")
+
+
+def to_device(x, y):
+    if device_type == "cuda":  # pinned host memory lets the copy overlap with compute
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
+
+
+def get_batch(step, micro_step):
+    index = rank * accum_per_rank + micro_step  # the global micro-batch index within the step
+    return to_device(*train_data.get_batch(batch_size, max_seq_len, seed, step, index))
+
+
+# -----------------------------------------------------------------------------
+# optimizer, gradient scaler, compile, DDP
+model.to(device)
+optimizers = model.configure_optimizers(optimizer, learning_rate, weight_decay, (beta1, beta2), device_type)
+scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))  # float16 needs loss scaling
+step, best_val_loss, evals_without_improvement, wandb_run_id = 0, math.inf, 0, None
+if resume is not None:
+    for opt, opt_state in zip(optimizers, resume["optimizers"]):
+        opt.load_state_dict(opt_state)
+    if resume.get("scaler"):
+        scaler.load_state_dict(resume["scaler"])
+    step, best_val_loss = resume["step"], resume["best_val_loss"]
+    evals_without_improvement = resume.get("evals_without_improvement", 0)
+    wandb_run_id = resume.get("wandb_run_id")
+    torch.set_rng_state(resume["rng"]["torch"])
+    if device_type == "cuda" and resume["rng"].get("cuda"):
+        torch.cuda.set_rng_state_all(resume["rng"]["cuda"])
+    log(f"resuming {out_dir} at step {step}")
+raw_model = model  # the plain GPT, for saving and MFU
+if compile:
+    model = torch.compile(model)
+if ddp:
+    model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
+
+
+def lr_multiplier(step):
+    """Linear warmup to 1, then cosine decay to min_lr / learning_rate at lr_decay_steps (or max_steps)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    floor = min_lr / learning_rate if learning_rate > 0 else 0.0
+    decay_end = lr_decay_steps or max_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, decay_end - warmup_steps))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def evaluate():
+    """Val loss, accuracy and perplexity over a fixed set of val batches, and the loss over a fixed set
+    of train batches, so numbers compare across evals and runs. Batches are split over processes."""
+    model.eval()
+    totals = torch.zeros(5, device=device)  # val loss sum, correct, tokens; train loss sum, tokens
+    for i, (x, y) in enumerate(val_data.eval_batches(batch_size, max_seq_len, eval_iters)):
+        if i % world_size == rank:
+            x, y = to_device(x, y)
+            with ctx:
+                logits, loss = model(x, y)
+            counted = y != -1
+            totals[0:3] += torch.stack([loss.float() * counted.sum(), ((logits.argmax(-1) == y) & counted).sum(),
+                                        counted.sum()])
+    for i in range(rank, eval_iters, world_size):
+        x, y = to_device(*train_data.get_batch(batch_size, max_seq_len, seed + 1, 0, i))  # a fixed train sample
+        with ctx:
+            _, loss = model(x, y)
+        totals[3:5] += torch.stack([loss.float() * (y != -1).sum(), (y != -1).sum()])
+    if ddp:
+        dist.all_reduce(totals)
+    model.train()
+    val_loss = (totals[0] / totals[2]).item()
+    return {"val_loss": val_loss, "accuracy": (totals[1] / totals[2]).item(),
+            "perplexity": math.exp(min(val_loss, 700)), "train_loss": (totals[3] / totals[4]).item()}
+
+
+# -----------------------------------------------------------------------------
+# run folder: config.json, metrics.jsonl, optional Weights & Biases
+tokens_per_step = batch_size * max_seq_len * grad_accum_steps
+metrics_path = os.path.join(out_dir, "metrics.jsonl")
+wandb_run = None
+if master:
+    os.makedirs(out_dir, exist_ok=True)
+    if resume is None:  # a new run: the old run's files go (overwrite was checked above)
+        for name in os.listdir(out_dir):
+            if name in ("ckpt.pt", "best.pt", "metrics.jsonl") or name.startswith("ckpt_"):
+                os.remove(os.path.join(out_dir, name))
+    run_info = {**settings, "world_size": world_size, "tokens_per_step": tokens_per_step,
+                "num_params": raw_model.num_params()}
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(run_info, f, indent=2)
+    if wandb_enabled:
+        import wandb
+        wandb_run = wandb.init(project=wandb_project, name=wandb_run_name or os.path.basename(os.path.abspath(out_dir)),
+                               id=wandb_run_id, resume="allow", config=run_info, dir=out_dir)
+        wandb_run_id = wandb_run.id
+
+
+def log_metrics(event, **values):
+    """One JSON line per event in metrics.jsonl (what compare.py reads), mirrored to wandb."""
+    record = {"event": event, "step": step, "tokens": step * tokens_per_step, "time": time.time(), **values}
+    with open(metrics_path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    if wandb_run is not None:
+        wandb_run.log({f"{event}/{k}": v for k, v in values.items() if v is not None}, step=step)
+
+
+def save(path, last_eval):
+    """Save everything needed to continue exactly where we are; refuses to save NaN weights."""
+    if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
+        fail(f"the weights hold NaN or inf at step {step}; not saving over {path}")
+    save_checkpoint(path, {
+        "model": raw_model.state_dict(), "model_config": asdict(config),
+        "optimizers": [opt.state_dict() for opt in optimizers], "scaler": scaler.state_dict(),
+        "step": step, "best_val_loss": best_val_loss, "evals_without_improvement": evals_without_improvement,
+        "settings": settings, "metrics": last_eval, "wandb_run_id": wandb_run_id,
+        "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device_type == "cuda" else []},
+    })
+
+
+# Ctrl-C and SIGTERM (a cluster's preemption) finish the current step, save, and exit;
+# a second Ctrl-C stops at once.
+stop_signal = None
+
+
+def request_stop(signum, frame):
+    global stop_signal
+    stop_signal = signum
+    signal.signal(signum, signal.SIG_DFL)
+
+
+signal.signal(signal.SIGINT, request_stop)
+signal.signal(signal.SIGTERM, request_stop)
+
+
+def format_duration(seconds):
+    h, rest = divmod(int(seconds), 3600)
+    return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
+
+
+# -----------------------------------------------------------------------------
+# the training loop
+log(f"{raw_model.num_params():,} parameters | {task} on {folder} | {world_size} process(es) on {device}, {dtype} | "
+    f"{tokens_per_step:,} tokens per step")
+model.train()
+last_eval = resume.get("metrics") if resume else None
+loss_sum, skipped_steps, steps_since_log, t_log, t_start = torch.zeros((), device=device), 0, 0, time.time(), time.time()
+x, y = get_batch(step, 0)
+while step < max_steps:
+    torch.manual_seed(hash((seed, step, rank)) % 2**63)  # dropout, like the batches, depends on (seed, step, rank)
+    lr_mult = lr_multiplier(step)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * lr_mult
+    for micro_step in range(accum_per_rank):
+        last_micro_step = micro_step == accum_per_rank - 1
+        # DDP all-reduces gradients on every backward; only the last micro-step needs it
+        with model.no_sync() if ddp and not last_micro_step else nullcontext():
+            with ctx:
+                _, loss = model(x, y)
+            x, y = get_batch(step + last_micro_step, 0 if last_micro_step else micro_step + 1)  # prefetch
+            scaler.scale(loss / accum_per_rank).backward()
+        loss_sum += loss.detach() / accum_per_rank
+    if grad_clip > 0:
+        for opt in optimizers:
+            scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
+        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
+    scale_before = scaler.get_scale() if scaler.is_enabled() else None
+    for opt in optimizers:
+        scaler.step(opt)  # skipped if float16 gradients overflowed
+    scaler.update()
+    if scaler.is_enabled() and scaler.get_scale() < scale_before:
+        skipped_steps += 1
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    step += 1
+    steps_since_log += 1
+
+    if step % log_interval == 0 or step == max_steps:
+        train_loss = loss_sum.item() / steps_since_log
+        if not math.isfinite(train_loss):
+            fail(f"the training loss became {train_loss} by step {step}; lower --learning_rate, "
+                 f"set --grad_clip, or use --dtype=bfloat16; the last checkpoint in {out_dir} is untouched")
+        elapsed = time.time() - t_log
+        dt = elapsed / steps_since_log
+        tokens_per_sec = tokens_per_step / dt
+        mfu = raw_model.estimate_mfu(tokens_per_sec / world_size, max_seq_len, device)
+        log(f"step {step}/{max_steps} ({100 * step / max_steps:.1f}%) | loss {train_loss:.4f} | "
+            f"lr {learning_rate * lr_mult:.2e} | {dt * 1000:.0f} ms | {tokens_per_sec:,.0f} tok/s"
+            + (f" | mfu {100 * mfu:.1f}%" if mfu is not None else "")
+            + (f" | skipped {skipped_steps}" if skipped_steps else "")
+            + f" | eta {format_duration(dt * (max_steps - step))}")
+        if master:
+            log_metrics("train", loss=train_loss, lr=learning_rate * lr_mult,
+                        grad_norm=grad_norm.item() if grad_clip > 0 else None, ms_per_step=1000 * dt,
+                        tokens_per_sec=tokens_per_sec, mfu=mfu, skipped_steps=skipped_steps)
+        loss_sum.zero_()
+        steps_since_log, t_log = 0, time.time()
+
+    stop_early = False
+    if eval_interval and (step % eval_interval == 0 or step == max_steps):
+        t_eval = time.time()
+        last_eval = evaluate()
+        improved = last_eval["val_loss"] < best_val_loss
+        if improved:
+            best_val_loss, evals_without_improvement = last_eval["val_loss"], 0
+        else:
+            evals_without_improvement += 1
+        log(f"eval step {step}: val loss {last_eval['val_loss']:.4f} | accuracy {100 * last_eval['accuracy']:.2f}% | "
+            f"perplexity {last_eval['perplexity']:.2f} | train loss {last_eval['train_loss']:.4f}"
+            + (" | best so far" if improved else f" | no better for {evals_without_improvement} eval(s)"))
+        if master:
+            log_metrics("eval", **last_eval)
+            if improved:
+                save(os.path.join(out_dir, "best.pt"), last_eval)
+        stop_early = 0 < early_stopping_patience <= evals_without_improvement
+        if stop_early:
+            log(f"early stopping: val loss has not improved for {evals_without_improvement} evals")
+        t_log += time.time() - t_eval  # eval time does not count as step time
+    stop_now = stop_signal is not None or stop_early  # early stopping is the same in every process (evals are all-reduced)
+    if ddp and step % log_interval == 0:  # a signal may reach the processes at different steps: agree on one
+        stopping = torch.tensor(float(stop_now), device=device)
+        dist.all_reduce(stopping, op=dist.ReduceOp.MAX)  # (not every step: it would stall the GPU pipeline)
+        stop_now = bool(stopping.item())
+    elif ddp:
+        stop_now = stop_early
+    if checkpoint_interval and (step % checkpoint_interval == 0 or step == max_steps or stop_now):
+        if master:
+            save(os.path.join(out_dir, "ckpt.pt"), last_eval)
+            if keep_checkpoints and step % checkpoint_interval == 0:
+                save(os.path.join(out_dir, f"ckpt_{step:07d}.pt"), last_eval)
+    if stop_now:
+        break
+
+if master:
+    how = "stopped by signal" if stop_signal is not None else "finished"
+    log(f"{how} at step {step} after {format_duration(time.time() - t_start)}; best val loss {best_val_loss:.4f}; "
+        f"checkpoints in {out_dir} (sample with `python sample.py --out_dir={out_dir}`)")
+if wandb_run is not None:
+    wandb_run.finish()
+if ddp:
+    dist.destroy_process_group()
+if stop_signal is not None:
+    raise SystemExit(128 + stop_signal)  # the conventional exit code of a process stopped by a signal
