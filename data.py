@@ -1,0 +1,258 @@
+"""
+Reads the data that train.py and evaluate.py learn from: the token shards of prepare.py (TokenShards) and
+prompt/completion JSONL for supervised fine-tuning (SFTExamples). Importing this module does no work.
+
+Batches are a pure function of (seed, step, index): `index` is the global micro-batch index within the step,
+so resume is exact and 2 processes x 1 micro-step see what 1 process x 2 micro-steps see. Each index walks the
+data without replacement, epoch after epoch: epoch e is a seeded permutation of the windows (examples for SFT),
+shared by all indices, which index i walks from a seeded rotation of its own. In an epoch every window is seen
+exactly once per index, in random order, where nanoGPT's random offsets repeat some windows and miss others
+(after as many samples as windows, about 37% were never seen). Each epoch also shifts the window grid by a
+seeded offset, so a token sits at different positions of the context from one epoch to the next.
+"""
+import hashlib
+import json
+import os
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+from tokenizer import EOT_ID, VOCAB_SIZE, get_tokenizer
+
+KNOWN_DATASETS = ("shakespeare", "tinystories_10M", "openwebtext_100M", "fineweb_1B")  # those of prepare.py
+
+
+def die(message):
+    raise SystemExit(f"error: {message}")
+
+
+def dataset_dir(dataset, data_dir=""):
+    """The folder of a dataset: data_dir when given, else data/<dataset> beside this file."""
+    return data_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", dataset)
+
+
+def prepare_command(folder):
+    """The command that (re)creates the dataset in folder."""
+    folder = os.path.normpath(folder)
+    name, root = os.path.basename(folder), os.path.dirname(os.path.abspath(folder))
+    command = "python prepare.py " + (f"--dataset={name}" if name in KNOWN_DATASETS else
+                                      f"--input=YOUR_FILES --name={name}")
+    if root != os.path.join(os.path.dirname(os.path.abspath(__file__)), "data"):
+        command += f" --data_root={root}"
+    return command
+
+
+def ensure_prepared(dataset, data_dir=""):
+    """Returns the dataset's folder; prepares the embedded Shakespeare there if it is not prepared yet (offline,
+    a few seconds), and for any other dataset that is missing raises the one-line error with the command."""
+    folder = os.path.normpath(dataset_dir(dataset, data_dir))
+    if not os.path.exists(os.path.join(folder, "meta.json")):
+        if dataset != "shakespeare":
+            die(f"{folder} holds no prepared dataset (no meta.json); run `{prepare_command(folder)}`")
+        import prepare
+        root = os.path.dirname(os.path.abspath(folder))
+        prepare.prepare(dataset="shakespeare", name=os.path.basename(folder), data_root=root)
+    return folder
+
+
+def mix(*values):
+    """A stable 64-bit seed from a few values (Python's hash() changes between runs for strings)."""
+    return int.from_bytes(hashlib.blake2b(repr(values).encode(), digest_size=8).digest(), "little")
+
+
+class EpochSampler:
+    """Which item (window or example) sample number `ordinal` of index `index` is, out of n items per epoch."""
+
+    def __init__(self):
+        self.cache = OrderedDict()  # (seed, epoch, n, max_offset) -> (permutation, grid offset); a few epochs only
+
+    def epoch(self, seed, epoch, n, max_offset=0):
+        key = (seed, epoch, n, max_offset)
+        if key not in self.cache:
+            rng = np.random.default_rng(mix("epoch", seed, epoch))
+            self.cache[key] = (rng.permutation(n).astype(np.int32 if n < 2**31 else np.int64),
+                               int(rng.integers(0, max_offset + 1)))
+            if len(self.cache) > 4:  # enough for a batch that spans two epochs plus a second seed (train.py's eval)
+                self.cache.popitem(last=False)
+        return self.cache[key]
+
+    def items(self, n, batch_size, seed, step, index, max_offset=0):
+        """(item indices, grid offsets) of the batch_size samples of (seed, step, index)."""
+        ordinals = step * batch_size + np.arange(batch_size, dtype=np.int64)  # this index's samples so far
+        epochs, positions = np.divmod(ordinals, n)
+        positions = (positions + mix("rotation", seed, index) % n) % n  # each index walks its own rotation of the epoch
+        items, offsets = np.empty(batch_size, dtype=np.int64), np.empty(batch_size, dtype=np.int64)
+        for e in np.unique(epochs):
+            perm, offset = self.epoch(seed, int(e), n, max_offset)
+            here = epochs == e
+            items[here], offsets[here] = perm[positions[here]], offset
+        return items, offsets
+
+
+class TokenShards:
+    """One split of a prepared dataset, memory-mapped shard by shard (never concatenated)."""
+
+    def __init__(self, data_dir, split, vocab_size=None):
+        self.folder, self.split = data_dir, split
+        fix = f"prepare it again with `{prepare_command(data_dir)} --force`"
+        meta_path = os.path.join(data_dir, "meta.json")
+        if not os.path.isfile(meta_path):
+            die(f"{data_dir} holds no prepared dataset (no meta.json); run `{prepare_command(data_dir)}`")
+        try:
+            with open(meta_path) as f:
+                self.meta = meta = json.load(f)
+        except (ValueError, OSError) as e:
+            die(f"{meta_path} is not valid JSON ({e}); {fix}")
+        try:
+            if split not in meta["shards"]:
+                die(f"{meta_path} has no split {split!r} (it has {', '.join(meta['shards'])}); use train or val")
+            files, shard_size, total = meta["shards"][split], meta["shard_size"], meta["tokens"][split]
+            dtype, self.vocab_size = meta["dtype"], vocab_size or meta["vocab_size"]
+        except (KeyError, TypeError) as e:
+            die(f"{meta_path} lacks {e}, so prepare.py did not write it; {fix}")
+        if dtype != "uint16":
+            die(f"{meta_path} says dtype {dtype!r}, but shards hold uint16 tokens; {fix}")
+        self.files, self.shards, sizes = [], [], []
+        for i, name in enumerate(files):
+            path = os.path.join(data_dir, name)
+            expected = min(shard_size, total - i * shard_size)  # every shard is full but the last
+            if not os.path.isfile(path):
+                die(f"{path} is missing; {fix}")
+            size = os.path.getsize(path)
+            if size % 2:
+                die(f"{path} has an odd size ({size} bytes), so it is not uint16 tokens; {fix}")
+            if size != 2 * expected:
+                die(f"{path} holds {size // 2:,} tokens where meta.json says {expected:,} (cut short, or from another "
+                    f"run); {fix}")
+            self.files.append(path)
+            self.shards.append(np.memmap(path, dtype=np.uint16, mode="r"))
+            sizes.append(size // 2)
+        self.num_tokens = sum(sizes)
+        if self.num_tokens != total or self.num_tokens < 2:
+            die(f"the {split} split of {data_dir} holds {self.num_tokens:,} tokens where meta.json says {total:,}; {fix}")
+        self.starts = np.cumsum([0] + sizes)  # global position of each shard's first token
+        self.sampler = EpochSampler()
+        for shard, path in zip(self.shards, self.files):  # a sampled check of the ids: 8 blocks of 64k tokens a shard
+            block = min(len(shard), 1 << 16)
+            for a in np.linspace(0, len(shard) - block, num=8).astype(np.int64):
+                self.check_ids(shard[a:a + block], path)
+
+    def check_ids(self, tokens, path):
+        top = int(tokens.max())
+        if top >= self.vocab_size:
+            die(f"{path} holds token id {top}, beyond the vocabulary of {self.vocab_size}; prepare the data with the "
+                f"model's tokenizer (`{prepare_command(self.folder)} --force`) or use a model with a larger vocab_size")
+
+    def windows(self, seq_len):
+        """Windows of seq_len + 1 tokens per epoch, and the largest offset of the window grid."""
+        if self.num_tokens < seq_len + 1:
+            die(f"the {self.split} split of {self.folder} holds {self.num_tokens:,} tokens, too few for one window of "
+                f"{seq_len} + 1; lower max_seq_len or prepare more data (a larger --val_ratio for val)")
+        n = max(1, (self.num_tokens - 1) // seq_len - 1)  # one window fewer than fits leaves room to shift the grid
+        return n, min(seq_len - 1, self.num_tokens - 1 - n * seq_len)
+
+    def read(self, starts, seq_len):
+        """(x, y) for windows starting at the given global token positions, spanning shard boundaries."""
+        buf = np.empty((len(starts), seq_len + 1), dtype=np.int64)
+        for row, start in zip(buf, starts):
+            i = int(np.searchsorted(self.starts, start, side="right")) - 1
+            pos = 0
+            while pos < seq_len + 1:  # copy from this shard, then the next if the window runs over
+                offset = start + pos - self.starts[i]
+                n = min(seq_len + 1 - pos, len(self.shards[i]) - offset)
+                row[pos:pos + n] = self.shards[i][offset:offset + n]
+                pos, i = pos + n, i + 1
+        if buf.size and buf.max() >= self.vocab_size:  # cheap: one pass over the batch
+            bad = int(np.flatnonzero((buf >= self.vocab_size).any(axis=1))[0])
+            self.check_ids(buf[bad], self.files[int(np.searchsorted(self.starts, starts[bad], side="right")) - 1])
+        t = torch.from_numpy(buf)
+        return t[:, :-1].contiguous(), t[:, 1:].contiguous()
+
+    def get_batch(self, batch_size, seq_len, seed, step, index=0):
+        """(x, y), int64 (batch_size, seq_len), y = x shifted by one: a pure function of (seed, step, index)."""
+        n, max_offset = self.windows(seq_len)
+        windows, offsets = self.sampler.items(n, batch_size, seed, step, index, max_offset)
+        return self.read(offsets + windows * seq_len, seq_len)
+
+    def num_eval_batches(self, batch_size, seq_len, max_batches=None):
+        n = -(-((self.num_tokens - 1) // seq_len) // batch_size)  # consecutive windows, the last batch may be short
+        return n if max_batches is None else min(n, max_batches)
+
+    def eval_batches(self, batch_size, seq_len, max_batches=None):
+        """The split in a fixed order: consecutive non-overlapping windows, all of them when max_batches is None."""
+        self.windows(seq_len)
+        n = (self.num_tokens - 1) // seq_len
+        for b in range(self.num_eval_batches(batch_size, seq_len, max_batches)):
+            yield self.read(np.arange(b * batch_size, min(n, (b + 1) * batch_size)) * seq_len, seq_len)
+
+
+class SFTExamples:
+    """Prompt/completion JSONL, one {"prompt": ..., "completion": ...} per line. The tokens of an example are
+    prompt + completion + end-of-text; the loss is on the completion and the end-of-text only (y is -1 on the
+    prompt and the padding). An example longer than max_seq_len + 1 tokens is cut at the end (num_truncated
+    counts them); one whose prompt alone fills max_seq_len is dropped (num_dropped), as it has nothing to learn."""
+
+    def __init__(self, path, max_seq_len):
+        self.path = path
+        if not os.path.isfile(path):
+            die(f"{path} not found; SFT data is JSONL with one {{\"prompt\": ..., \"completion\": ...}} per line "
+                "(see data/sft_demo/)")
+        prompts, completions = [], []
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as e:
+                    die(f"{path}:{lineno}: not valid JSON ({getattr(e, 'msg', e)}); write one JSON object per line")
+                if not (isinstance(row, dict) and all(isinstance(row.get(k), str) for k in ("prompt", "completion"))):
+                    die(f"{path}:{lineno}: needs string fields \"prompt\" and \"completion\", got {str(row)[:80]}")
+                prompts.append(row["prompt"])
+                completions.append(row["completion"])
+        if not prompts:
+            die(f"{path} holds no examples; write one {{\"prompt\": ..., \"completion\": ...}} per line")
+        enc = get_tokenizer()
+        self.examples, self.sequences, self.prompt_lens = [], [], []
+        self.num_truncated = self.num_dropped = 0
+        for p, c in zip(enc.encode_ordinary_batch(prompts), enc.encode_ordinary_batch(completions)):
+            if len(p) > max_seq_len:
+                self.num_dropped += 1
+                continue
+            seq = p + c + [EOT_ID]
+            self.num_truncated += len(seq) > max_seq_len + 1
+            self.examples.append((p, c))  # whole, for exact-match generation
+            self.sequences.append(np.array(seq[:max_seq_len + 1], dtype=np.int64))
+            self.prompt_lens.append(len(p))
+        if not self.examples:
+            die(f"every prompt in {path} is longer than max_seq_len={max_seq_len} tokens; raise max_seq_len")
+        self.num_tokens = sum(len(s) for s in self.sequences)
+        self.meta = dict(tokenizer="gpt2", vocab_size=VOCAB_SIZE, eot_id=EOT_ID)
+        self.sampler = EpochSampler()
+
+    def batch(self, rows, seq_len):
+        """x padded with end-of-text, y with -1, to the longest example rounded up to a multiple of 8 (fewer
+        shapes for torch.compile), at most seq_len."""
+        T = min(seq_len, -(-max(len(self.sequences[r]) - 1 for r in rows) // 8) * 8)
+        x = torch.full((len(rows), T), EOT_ID, dtype=torch.long)
+        y = torch.full((len(rows), T), -1, dtype=torch.long)
+        for i, r in enumerate(rows):
+            seq = torch.from_numpy(self.sequences[r][:T + 1])
+            x[i, :len(seq) - 1], y[i, :len(seq) - 1] = seq[:-1], seq[1:]
+            y[i, :max(0, self.prompt_lens[r] - 1)] = -1  # positions whose next token is still the prompt
+        return x, y
+
+    def get_batch(self, batch_size, seq_len, seed, step, index=0):
+        """(x, y), int64 (batch_size, T): a pure function of (seed, step, index), like TokenShards.get_batch."""
+        rows, _ = self.sampler.items(len(self.sequences), batch_size, seed, step, index)
+        return self.batch(rows, seq_len)
+
+    def num_eval_batches(self, batch_size, seq_len=None, max_batches=None):
+        n = -(-len(self.sequences) // batch_size)
+        return n if max_batches is None else min(n, max_batches)
+
+    def eval_batches(self, batch_size, seq_len, max_batches=None):
+        """Every example in file order (the last batch may be short), the same every time."""
+        for b in range(self.num_eval_batches(batch_size, seq_len, max_batches)):
+            yield self.batch(range(b * batch_size, min(len(self.sequences), (b + 1) * batch_size)), seq_len)
