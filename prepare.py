@@ -118,7 +118,13 @@ def open_source(dataset, input):
         source = f"hf:{path}" + (f" config={config}" if config else "") + " split=train"
         hint = "check the network (and HF_TOKEN), or prepare local files with --input=PATH --name=NAME"
         try:
-            return datasets.load_dataset(path, config, split="train", streaming=True), "hub", source, hint
+            try:
+                return datasets.load_dataset(path, config, split="train", streaming=True), "hub", source, hint
+            except RuntimeError as e:  # datasets 4+ refuses loading scripts (Skylion007/openwebtext still has one):
+                if "scripts are no longer supported" not in str(e):  # read the Hub's own parquet export instead
+                    raise
+                ds = datasets.load_dataset(path, config, split="train", streaming=True, revision="refs/convert/parquet")
+                return ds, "hub", source + " revision=refs/convert/parquet", hint
         except Exception as e:  # no network, no such dataset, gated...: all end here
             fail(f"could not reach {path} on the Hugging Face Hub ({one_line(e)}); {hint}")
     try:

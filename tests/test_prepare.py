@@ -209,6 +209,8 @@ class FakeHub:
         if path in ("text", "json", "parquet"):
             return self.real(path, *args, **kwargs)
         self.calls.append((path, args, kwargs))
+        if self.fail_when == "script" and "revision" not in kwargs:
+            raise RuntimeError("Dataset scripts are no longer supported, but found openwebtext.py")
         if self.serve:
             return self.real("json", data_files=self.serve, split="train", streaming=True)
         if self.fail_when == "load":
@@ -241,6 +243,16 @@ def test_hub_datasets_stream_with_their_cap(tmp_path, monkeypatch):
     assert sum(meta["tokens"].values()) == 300 and meta["max_tokens"] == 300 and meta["capped"]
     assert meta["source"] == "hf:HuggingFaceFW/fineweb-edu config=sample-10BT split=train"
     assert os.path.basename(folder) == "fineweb_1B"
+
+
+def test_hub_datasets_with_a_loading_script_stream_the_hubs_parquet_export(tmp_path, monkeypatch):
+    import datasets
+    fake = FakeHub(datasets.load_dataset, serve=write_jsonl(tmp_path / "docs.jsonl", DOCS), fail_when="script")
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    folder = run(tmp_path, dataset="openwebtext_100M", max_tokens=200)
+    assert [call[2].get("revision") for call in fake.calls] == [None, "refs/convert/parquet"]
+    meta = json.load(open(os.path.join(folder, "meta.json")))
+    assert meta["source"] == "hf:Skylion007/openwebtext split=train revision=refs/convert/parquet"
 
 
 DRIVER = """
