@@ -1,0 +1,131 @@
+"""
+Sample text from a trained run, or from OpenAI's GPT-2, streamed to the terminal as it is generated.
+
+    python sample.py --out_dir=out                          # the run's best checkpoint
+    python sample.py --out_dir=out --ckpt=latest --start="ROMEO:" --num_samples=5
+    python sample.py --init_from=gpt2 --start=FILE:prompt.txt --temperature=0.7 --top_p=0.9
+
+- The prompt is --start, or the contents of a file with --start=FILE:path. For a pretrained checkpoint
+  the default, <|endoftext|>, starts a new document, as every training document was (prepare.py puts
+  an end-of-text before each); the literal <|endoftext|> is that token anywhere in a prompt.
+- A checkpoint fine-tuned with task=sft is prompted the way it was trained: the prompt's text as-is,
+  then the completion it generates, up to end-of-text.
+- Samples come one after another, each streamed token by token (KV cache). Bytes are decoded
+  incrementally, so a character whose UTF-8 bytes span two tokens prints whole, once complete.
+- The same seed gives the same text. Only the samples go to stdout (what was loaded goes to stderr),
+  so `python sample.py ... > samples.txt` keeps just the text.
+"""
+import codecs
+import sys
+
+import torch
+
+from checkpoint import autocast, load_model, pick_device, pick_dtype
+from configurator import configure, fail
+from tokenizer import EOT_ID, get_tokenizer
+
+# -----------------------------------------------------------------------------
+# settings (python sample.py --help lists them)
+init_from = ""  # "" = the run in out_dir; gpt2 | gpt2-medium | gpt2-large | gpt2-xl | a Hugging Face GPT-2 folder | a run folder
+out_dir = "out"  # the run folder train.py wrote
+ckpt = "best"  # best (lowest val loss; the latest when no eval has run) | latest | a checkpoint file
+start = "<|endoftext|>"  # the prompt: text, or FILE:path to read it from a file
+num_samples = 3  # samples, one after another
+max_new_tokens = 200  # tokens generated per sample (fewer if it stops at end-of-text)
+temperature = 0.8  # < 1 sharper, > 1 more random; 0 = always the most likely token (greedy)
+top_k = 200  # sample only among the k most likely tokens; 0 = off
+top_p = 1.0  # sample only among the most likely tokens that together reach probability top_p; 1.0 = off
+seed = 1337  # the same seed gives the same samples
+device = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps
+dtype = "auto"  # auto (bfloat16 on CUDA where supported, else float16; float32 elsewhere) | float32 | bfloat16 | float16
+stop_at_eot = True  # end a sample at end-of-text; False prints <|endoftext|> and goes on
+settings = configure(globals())
+# -----------------------------------------------------------------------------
+# checks that need no model: one clear line each, before any loading
+
+if temperature < 0:
+    fail(f"temperature={temperature} cannot be negative; use 0 for greedy decoding, 1.0 for the model's own distribution")
+if top_k < 0:
+    fail(f"top_k={top_k} cannot be negative; use 0 to turn it off")
+if not 0.0 < top_p <= 1.0:
+    fail(f"top_p={top_p} must be in (0, 1]; use 1.0 to turn it off")
+if num_samples < 1 or max_new_tokens < 1:
+    fail(f"num_samples={num_samples} and max_new_tokens={max_new_tokens} must be at least 1")
+prompt = start
+if start.startswith("FILE:"):
+    path = start[len("FILE:"):]
+    try:
+        with open(path, encoding="utf-8") as f:
+            prompt = f.read()
+    except OSError as e:
+        fail(f"cannot read the prompt file {path} ({e.strerror}); write --start=FILE:path to an existing text file")
+    except UnicodeDecodeError:
+        fail(f"the prompt file {path} is not UTF-8 text")
+
+device = pick_device(device)
+device_type = device.split(":")[0]
+if dtype == "auto" and device_type == "cuda" and torch.cuda.is_bf16_supported():
+    dtype = "bfloat16"  # inference needs no loss scaling, and bfloat16 has float32's range: no overflow, whatever the run trained in
+dtype = pick_dtype(dtype, device_type)
+ctx = autocast(device_type, dtype)
+
+# -----------------------------------------------------------------------------
+# the model and the prompt
+model, state = load_model(init_from, out_dir, ckpt, device)
+run_settings = state["settings"] if state else {}
+sft = run_settings.get("task") == "sft"
+where = init_from if state is None else f"{init_from or out_dir} ({ckpt})" if ckpt in ("best", "latest") else ckpt
+
+enc = get_tokenizer()
+if sft:
+    if start == "<|endoftext|>":
+        fail(f"{where} was fine-tuned on prompts and completions (task=sft); give it a prompt written like those of "
+             f"its training data, with --start=TEXT or --start=FILE:path")
+    prompt_ids = enc.encode_ordinary(prompt)  # exactly as data.py encodes SFT prompts: no special tokens
+else:
+    prompt_ids = enc.encode(prompt, allowed_special={"<|endoftext|>"})
+if not prompt_ids:
+    fail(f"the prompt {start!r} tokenises to nothing; give some text with --start=TEXT or --start=FILE:path")
+if sft and len(prompt_ids) >= model.config.max_seq_len:
+    print(f"warning: the prompt has {len(prompt_ids)} tokens, as many as the model's context "
+          f"({model.config.max_seq_len}); only its end is seen", file=sys.stderr)
+info = f"step {state['step']}" if state else "GPT-2 weights"
+if state and state.get("metrics"):
+    info += f", val loss {state['metrics']['val_loss']:.4f}"
+print(f"sampling from {where} ({info}{', fine-tuned: prompt -> completion' if sft else ''}) on {device}, {dtype}",
+      file=sys.stderr)
+idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+echo = enc.decode([t for t in prompt_ids if t != EOT_ID])  # the prompt as text; a document start is not text
+
+# -----------------------------------------------------------------------------
+# generate, one sample after another, printing each token as it comes
+generator = torch.Generator(device=device).manual_seed(seed)
+torch.manual_seed(seed)
+samples = []  # the generated text of each sample (without the prompt)
+try:
+    for i in range(num_samples):
+        if sft:
+            print("== prompt ==")
+            print(echo, end="" if echo.endswith("\n") else "\n")
+            print("== completion ==")
+        else:
+            print(echo, end="", flush=True)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # holds back an incomplete character
+        pieces = []
+        with ctx:
+            for tok in model.generate_stream(idx, max_new_tokens, temperature=temperature, top_k=top_k or None,
+                                             top_p=top_p, stop_token=EOT_ID if stop_at_eot else None,
+                                             generator=generator, use_cache=True):
+                t = int(tok[0])
+                if stop_at_eot and t == EOT_ID:
+                    break
+                pieces.append(decoder.decode(enc.decode_single_token_bytes(t)))
+                print(pieces[-1], end="", flush=True)
+        pieces.append(decoder.decode(b"", final=True))
+        samples.append("".join(pieces))
+        print(pieces[-1])
+        if i < num_samples - 1:
+            print("-" * 40)
+except KeyboardInterrupt:
+    print()
+    sys.exit(130)
