@@ -1,0 +1,160 @@
+"""
+Measure a checkpoint on a prepared dataset: loss, next-token accuracy, perplexity and bits per byte;
+for a fine-tuned (SFT) checkpoint also the exact match of its greedy completions.
+
+    python evaluate.py --out_dir=out                          # the run's best checkpoint on its dataset's val split
+    python evaluate.py --ckpt=out/ckpt.pt --max_batches=50 --output=eval.json
+    python evaluate.py --init_from=gpt2 --dataset=shakespeare --batch_size=4
+
+- Pretraining data: the split in consecutive windows of seq_len tokens, the same order every time, all
+  of them or the first max_batches batches. Every target counts in loss, accuracy and perplexity
+  (= exp(loss)), as in train.py's evals.
+- Bits per byte = total nats / (ln 2 * total UTF-8 bytes of the target tokens). End-of-text targets are
+  left out of both sums (as nanochat does): they are document boundaries, not text, and have no bytes.
+  Unlike the loss per token, this does not depend on the tokenizer, so models with different ones compare.
+- SFT data (task=sft, or a checkpoint trained with it): <split>.jsonl of prompt/completion pairs; loss,
+  accuracy and bits per byte count the completion tokens and the end-of-text after them, as in training.
+  Exact match: the completion generated greedily (temperature 0) from each prompt, up to end-of-text,
+  equals the reference completion token for token (max_examples caps how many are generated).
+- A table goes to stdout, the progress bar to stderr, and with --output=PATH the numbers as JSON.
+"""
+import json
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from checkpoint import autocast, load_model, pick_device, pick_dtype
+from configurator import configure, fail
+from data import SFTExamples, TokenShards, dataset_dir, ensure_prepared
+from tokenizer import EOT_ID, VOCAB_SIZE, get_tokenizer
+
+# -----------------------------------------------------------------------------
+# settings (python evaluate.py --help lists them)
+init_from = ""  # "" = the run in out_dir; gpt2 | gpt2-medium | gpt2-large | gpt2-xl | a Hugging Face GPT-2 folder | a run folder
+out_dir = "out"  # the run folder train.py wrote
+ckpt = "best"  # best (lowest val loss; the latest when no eval has run) | latest | a checkpoint file
+task = ""  # "" = the checkpoint's (pretrain for GPT-2 weights) | pretrain | sft
+dataset = ""  # "" = the run's dataset (shakespeare for GPT-2 weights); else the folder name under data/
+data_dir = ""  # the dataset's folder, if not data/<dataset>
+split = "val"  # val | train
+batch_size = 8  # sequences per forward pass
+seq_len = 0  # tokens per window; 0 = the run's max_seq_len (the model's context for GPT-2 weights)
+max_batches = 0  # evaluate only the first this many batches; 0 = the whole split
+max_examples = 0  # sft: generate completions of only the first this many prompts for exact match; 0 = all
+device = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps
+dtype = "auto"  # auto (bfloat16 on CUDA where supported, else float16; float32 elsewhere) | float32 | bfloat16 | float16
+output = ""  # also write the results as JSON to this file
+settings = configure(globals())
+# -----------------------------------------------------------------------------
+# checks that need no model
+
+if task not in ("", "pretrain", "sft"):
+    fail(f"task={task!r} should be pretrain or sft (or empty for the checkpoint's own)")
+if split not in ("val", "train"):
+    fail(f"split={split!r} should be val or train")
+if batch_size < 1 or seq_len < 0 or max_batches < 0 or max_examples < 0:
+    fail("batch_size must be at least 1, and seq_len, max_batches and max_examples cannot be negative (0 = default/all)")
+if output and not os.path.isdir(os.path.dirname(os.path.abspath(output))):
+    fail(f"the folder of --output={output} does not exist; create it or choose another path")
+
+device = pick_device(device)
+device_type = device.split(":")[0]
+if dtype == "auto" and device_type == "cuda" and torch.cuda.is_bf16_supported():
+    dtype = "bfloat16"  # inference needs no loss scaling, and bfloat16 has float32's range: no overflow, whatever the run trained in
+dtype = pick_dtype(dtype, device_type)
+ctx = autocast(device_type, dtype)
+
+# -----------------------------------------------------------------------------
+# the model, and the data it is measured on (by default what its run was trained on)
+model, state = load_model(init_from, out_dir, ckpt, device)
+run = state["settings"] if state else {"task": "pretrain", "dataset": "shakespeare", "data_dir": ""}
+where = init_from if state is None else f"{init_from or out_dir} ({ckpt})" if ckpt in ("best", "latest") else ckpt
+task = task or run.get("task", "pretrain")
+if not dataset and not data_dir:
+    dataset, data_dir = run.get("dataset", "shakespeare"), run.get("data_dir", "")
+seq_len = seq_len or min(run.get("max_seq_len", model.config.max_seq_len), model.config.max_seq_len)
+if seq_len > model.config.max_seq_len:
+    fail(f"seq_len={seq_len} is longer than the model's context ({model.config.max_seq_len}); lower --seq_len")
+if task == "pretrain":
+    folder = ensure_prepared(dataset, data_dir)  # prepares the embedded Shakespeare if needed; else says how
+    data = TokenShards(folder, split, vocab_size=model.config.vocab_size)
+else:
+    folder = dataset_dir(dataset, data_dir)
+    data = SFTExamples(os.path.join(folder, f"{split}.jsonl"), seq_len)
+num_batches = data.num_eval_batches(batch_size, seq_len, max_batches or None)
+
+enc = get_tokenizer()
+# UTF-8 bytes of each token id, for bits per byte; end-of-text (and ids beyond the tokenizer's) have none
+token_bytes = torch.tensor([0 if i == EOT_ID or i >= VOCAB_SIZE else len(enc.decode_single_token_bytes(i))
+                            for i in range(model.config.vocab_size)], dtype=torch.long, device=device)
+
+# -----------------------------------------------------------------------------
+# loss, accuracy, bits per byte over the targets (y != -1: SFT prompts and padding are -1)
+nats = torch.zeros((), dtype=torch.float64, device=device)  # all targets
+text_nats = torch.zeros((), dtype=torch.float64, device=device)  # targets that have bytes
+correct = torch.zeros((), dtype=torch.long, device=device)
+targets = torch.zeros((), dtype=torch.long, device=device)
+num_bytes = torch.zeros((), dtype=torch.long, device=device)
+with torch.no_grad():
+    for x, y in tqdm(data.eval_batches(batch_size, seq_len, max_batches or None), total=num_batches, unit="batch",
+                     desc=f"{split} loss", dynamic_ncols=True):
+        x, y = x.to(device), y.to(device)
+        with ctx:
+            logits, _ = model(x)
+        logits = logits.float()
+        counted = y != -1
+        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1, reduction="none").view_as(y)
+        b = token_bytes[y.clamp(min=0)] * counted
+        nats += nll[counted].double().sum()
+        text_nats += nll[b > 0].double().sum()
+        correct += ((logits.argmax(-1) == y) & counted).sum()
+        targets += counted.sum()
+        num_bytes += b.sum()
+if targets.item() == 0:
+    fail(f"the {split} split of {folder} has no target tokens to score")
+loss = (nats / targets).item()
+results = {
+    "checkpoint": where, "step": state["step"] if state else None, "task": task, "dataset": folder, "split": split,
+    "seq_len": seq_len, "batches": num_batches, "tokens": targets.item(), "bytes": num_bytes.item(),
+    "loss": loss, "accuracy": (correct / targets).item(), "perplexity": math.exp(min(loss, 700)),
+    "bits_per_byte": (text_nats / (math.log(2) * num_bytes)).item() if num_bytes.item() else None,
+}
+
+# -----------------------------------------------------------------------------
+# SFT: exact match of greedy completions, one prompt at a time (prompts differ in length)
+if task == "sft":
+    examples = [(p, c) for p, c in data.examples if p]  # an empty prompt gives the model nothing to start from
+    examples = examples[:max_examples or None]
+    matches = 0
+    for prompt_ids, completion_ids in tqdm(examples, unit="example", desc="exact match", dynamic_ncols=True):
+        reference = completion_ids + [EOT_ID]  # a completion ends where the model says end-of-text
+        idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+        with ctx:  # one token more than the reference cannot match, so never generate more
+            out = model.generate(idx, len(reference), temperature=0.0, stop_token=EOT_ID)
+        matches += out[0, len(prompt_ids):].tolist() == reference
+    results["exact_match"] = matches / len(examples) if examples else None
+    results["exact_match_examples"] = len(examples)
+
+# -----------------------------------------------------------------------------
+# report: a table to read, JSON to script with
+scope = f"the first {num_batches} of {data.num_eval_batches(batch_size, seq_len)} batches" if max_batches else "all of it"
+at_step = f" at step {state['step']}" if state else ""
+print(f"{where}{at_step} on the {split} split of {folder} ({scope}): {results['tokens']:,} target tokens, "
+      f"{results['bytes']:,} bytes")
+rows = [("loss", f"{results['loss']:.4f}"), ("accuracy", f"{100 * results['accuracy']:.2f}%"),
+        ("perplexity", f"{results['perplexity']:.2f}"),
+        ("bits per byte", "-" if results["bits_per_byte"] is None else f"{results['bits_per_byte']:.4f}")]
+if task == "sft":
+    rows.append(("exact match", "-" if results["exact_match"] is None else
+                 f"{100 * results['exact_match']:.2f}% of {results['exact_match_examples']} completions"))
+for name, value in rows:
+    print(f"  {name:<14} {value}")
+if output:
+    tmp = output + ".tmp"
+    with open(tmp, "w") as f:  # written beside and renamed: a reader never sees half a file
+        json.dump(results, f, indent=2)
+    os.replace(tmp, output)
+    print(f"wrote {output}")
