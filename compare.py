@@ -27,7 +27,7 @@ from configurator import configure, fail
 
 # -----------------------------------------------------------------------------
 # settings (python compare.py --help lists them)
-metrics = "val_loss,train_loss"  # comma-separated: val_loss, train_loss, accuracy, perplexity (evals); loss, lr, grad_norm, tokens_per_sec, mfu (train steps)
+metrics = "val_loss,train_loss"  # comma-separated, from evals (val_loss, accuracy, ...) or train steps (loss, lr, mfu, ...)
 output = "compare.png"  # the figure (.png, .pdf or .svg); "" = no figure, just the tables
 log_scale = False  # logarithmic y axes
 # bare arguments are runs, not config files: only the flags go to the configurator
@@ -57,7 +57,7 @@ def one_line(e):
 def read_local(path):
     """(config, records) of a run folder; the records in the order they were logged."""
     if not os.path.isdir(path):
-        fail(f"{path} is not a folder; give run folders that train.py wrote (its --out_dir) or wandb:entity/project/run_id")
+        fail(f"{path} is not a folder; give run folders that train.py wrote (--out_dir) or wandb:entity/project/run_id")
     config_path, metrics_path = os.path.join(path, "config.json"), os.path.join(path, "metrics.jsonl")
     if not os.path.isfile(config_path):
         fail(f"{path} is not a run folder (no config.json); give folders that train.py wrote with --out_dir")
@@ -100,7 +100,7 @@ def read_wandb(spec):
         config = {k: v for k, v in dict(run.config).items() if not k.startswith("_")}
         rows = list(run.scan_history())  # every row; run.history() would downsample to 500
     except Exception as e:  # no network, not logged in, no such run: the API raises many kinds
-        fail(f"could not read {spec} from Weights & Biases ({one_line(e)}); check the path, the network and `wandb login`")
+        fail(f"could not read {spec} from Weights & Biases ({one_line(e)}); check the path, network and `wandb login`")
     tokens_per_step = config.get("tokens_per_step")
     records = []
     for row in rows:
@@ -182,17 +182,17 @@ for m in metric_names:
     for run in runs:
         points = run["series"].get(m)
         if not points:
-            table.append({"metric": m, "run": run["name"], "last": None, "last_step": None, "best": None, "best_step": None})
+            table.append(dict(metric=m, run=run["name"], last=None, last_step=None, best=None, best_step=None))
             continue
         last_step = max(points)
         finite = [v for _, v in points.values() if math.isfinite(v)]
         best = rule(finite) if rule and finite else None
-        best_step = min(s for s in points if points[s][1] == best) if best is not None else None  # the first step to reach it
+        best_step = None if best is None else min(s for s in points if points[s][1] == best)  # the first to reach it
         table.append({"metric": m, "run": run["name"], "last": points[last_step][1], "last_step": last_step,
                       "best": best, "best_step": best_step})
 print("final metrics (best = min for losses and perplexity, max for accuracy):")
 print_table(["metric", "run", "last", "at step", "best", "at step"],
-            [[r["metric"], r["run"], fmt(r["last"]), fmt(r["last_step"]), fmt(r["best"]), fmt(r["best_step"])] for r in table])
+            [[r["metric"], r["run"]] + [fmt(r[k]) for k in ("last", "last_step", "best", "best_step")] for r in table])
 
 # the settings that differ
 differing = {}
@@ -207,7 +207,7 @@ if len(runs) > 1:
     if differing:
         print("settings that differ:")
         print_table(["setting"] + [run["name"] for run in runs],
-                    [[k] + ["(absent)" if run["config"].get(k, missing) is missing else repr(v) for run, v in zip(runs, vs)]
+                    [[k] + ["(absent)" if k not in run["config"] else repr(v) for run, v in zip(runs, vs)]
                      for k, vs in differing.items()])
     else:
         print("the runs' settings are the same (apart from out_dir)")
@@ -227,7 +227,8 @@ def plot(path):
                     continue
                 xs = [s if x_key == "step" else points[s][0] for s in steps]
                 ys = [points[s][1] for s in steps]
-                ax.plot(xs, ys, color=f"C{i % 10}", label=run["name"], marker="o" if len(xs) <= 50 else None, markersize=3)
+                ax.plot(xs, ys, color=f"C{i % 10}", label=run["name"], marker="o" if len(xs) <= 50 else None,
+                        markersize=3)  # evals are few: dots show where they are
             ax.set_xlabel("step" if x_key == "step" else "tokens seen")
             ax.set_ylabel(m)
             ax.grid(alpha=0.3)

@@ -26,14 +26,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import tokenizer
 from checkpoint import autocast, load_model, pick_device, pick_dtype
 from configurator import configure, fail
 from data import SFTExamples, TokenShards, dataset_dir, ensure_prepared
-from tokenizer import EOT_ID, VOCAB_SIZE, get_tokenizer
 
 # -----------------------------------------------------------------------------
 # settings (python evaluate.py --help lists them)
-init_from = ""  # "" = the run in out_dir; gpt2 | gpt2-medium | gpt2-large | gpt2-xl | a Hugging Face GPT-2 folder | a run folder
+init_from = ""  # "" = the run in out_dir | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | a Hugging Face GPT-2 folder
 out_dir = "out"  # the run folder train.py wrote
 ckpt = "best"  # best (lowest val loss; the latest when no eval has run) | latest | a checkpoint file
 task = ""  # "" = the checkpoint's (pretrain for GPT-2 weights) | pretrain | sft
@@ -45,7 +45,7 @@ seq_len = 0  # tokens per window; 0 = the run's max_seq_len (the model's context
 max_batches = 0  # evaluate only the first this many batches; 0 = the whole split
 max_examples = 0  # sft: generate completions of only the first this many prompts for exact match; 0 = all
 device = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps
-dtype = "auto"  # auto (bfloat16 on CUDA where supported, else float16; float32 elsewhere) | float32 | bfloat16 | float16
+dtype = "auto"  # auto (CUDA: bfloat16 where supported, else float16; float32 elsewhere) | float32 | bfloat16 | float16
 output = ""  # also write the results as JSON to this file
 settings = configure(globals())
 # -----------------------------------------------------------------------------
@@ -56,14 +56,14 @@ if task not in ("", "pretrain", "sft"):
 if split not in ("val", "train"):
     fail(f"split={split!r} should be val or train")
 if batch_size < 1 or seq_len < 0 or max_batches < 0 or max_examples < 0:
-    fail("batch_size must be at least 1, and seq_len, max_batches and max_examples cannot be negative (0 = default/all)")
+    fail("batch_size must be at least 1; seq_len, max_batches and max_examples cannot be negative (0 = default/all)")
 if output and not os.path.isdir(os.path.dirname(os.path.abspath(output))):
     fail(f"the folder of --output={output} does not exist; create it or choose another path")
 
 device = pick_device(device)
 device_type = device.split(":")[0]
 if dtype == "auto" and device_type == "cuda" and torch.cuda.is_bf16_supported():
-    dtype = "bfloat16"  # inference needs no loss scaling, and bfloat16 has float32's range: no overflow, whatever the run trained in
+    dtype = "bfloat16"  # no loss scaling at inference, and float32's range: no overflow, whatever the run trained in
 dtype = pick_dtype(dtype, device_type)
 ctx = autocast(device_type, dtype)
 
@@ -86,10 +86,11 @@ else:
     data = SFTExamples(os.path.join(folder, f"{split}.jsonl"), seq_len)
 num_batches = data.num_eval_batches(batch_size, seq_len, max_batches or None)
 
-enc = get_tokenizer()
+enc = tokenizer.get_tokenizer()
 # UTF-8 bytes of each token id, for bits per byte; end-of-text (and ids beyond the tokenizer's) have none
-token_bytes = torch.tensor([0 if i == EOT_ID or i >= VOCAB_SIZE else len(enc.decode_single_token_bytes(i))
-                            for i in range(model.config.vocab_size)], dtype=torch.long, device=device)
+token_bytes = [len(enc.decode_single_token_bytes(i)) if i < tokenizer.VOCAB_SIZE and i != tokenizer.EOT_ID else 0
+               for i in range(model.config.vocab_size)]
+token_bytes = torch.tensor(token_bytes, dtype=torch.long, device=device)
 
 # -----------------------------------------------------------------------------
 # loss, accuracy, bits per byte over the targets (y != -1: SFT prompts and padding are -1)
@@ -106,7 +107,8 @@ with torch.no_grad():
             logits, _ = model(x)
         logits = logits.float()
         counted = y != -1
-        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1, reduction="none").view_as(y)
+        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1, reduction="none")
+        nll = nll.view_as(y)  # per target, in float32; 0 where y is -1
         b = token_bytes[y.clamp(min=0)] * counted
         nats += nll[counted].double().sum()
         text_nats += nll[b > 0].double().sum()
@@ -130,17 +132,18 @@ if task == "sft":
     examples = examples[:max_examples or None]
     matches = 0
     for prompt_ids, completion_ids in tqdm(examples, unit="example", desc="exact match", dynamic_ncols=True):
-        reference = completion_ids + [EOT_ID]  # a completion ends where the model says end-of-text
+        reference = completion_ids + [tokenizer.EOT_ID]  # a completion ends where the model says end-of-text
         idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
         with ctx:  # one token more than the reference cannot match, so never generate more
-            out = model.generate(idx, len(reference), temperature=0.0, stop_token=EOT_ID)
+            out = model.generate(idx, len(reference), temperature=0.0, stop_token=tokenizer.EOT_ID)
         matches += out[0, len(prompt_ids):].tolist() == reference
     results["exact_match"] = matches / len(examples) if examples else None
     results["exact_match_examples"] = len(examples)
 
 # -----------------------------------------------------------------------------
 # report: a table to read, JSON to script with
-scope = f"the first {num_batches} of {data.num_eval_batches(batch_size, seq_len)} batches" if max_batches else "all of it"
+total = data.num_eval_batches(batch_size, seq_len)
+scope = f"the first {num_batches} of {total} batches" if num_batches < total else "all of it"
 at_step = f" at step {state['step']}" if state else ""
 print(f"{where}{at_step} on the {split} split of {folder} ({scope}): {results['tokens']:,} target tokens, "
       f"{results['bytes']:,} bytes")

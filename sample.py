@@ -5,11 +5,12 @@ Sample text from a trained run, or from OpenAI's GPT-2, streamed to the terminal
     python sample.py --out_dir=out --ckpt=latest --start="ROMEO:" --num_samples=5
     python sample.py --init_from=gpt2 --start=FILE:prompt.txt --temperature=0.7 --top_p=0.9
 
-- The prompt is --start, or the contents of a file with --start=FILE:path. For a pretrained checkpoint
+- The prompt is --start, or the contents of a file with --start=FILE:path. For a pretraining run (or GPT-2)
   the default, <|endoftext|>, starts a new document, as every training document was (prepare.py puts
   an end-of-text before each); the literal <|endoftext|> is that token anywhere in a prompt.
 - A checkpoint fine-tuned with task=sft is prompted the way it was trained: the prompt's text as-is,
-  then the completion it generates, up to end-of-text.
+  then the completion it generates, up to end-of-text. Write the prompt exactly like the training
+  prompts, trailing newline included if they had one (in bash: --start=$'Reverse: big red car\n').
 - Samples come one after another, each streamed token by token (KV cache). Bytes are decoded
   incrementally, so a character whose UTF-8 bytes span two tokens prints whole, once complete.
 - The same seed gives the same text. Only the samples go to stdout (what was loaded goes to stderr),
@@ -20,13 +21,13 @@ import sys
 
 import torch
 
+import tokenizer
 from checkpoint import autocast, load_model, pick_device, pick_dtype
 from configurator import configure, fail
-from tokenizer import EOT_ID, get_tokenizer
 
 # -----------------------------------------------------------------------------
 # settings (python sample.py --help lists them)
-init_from = ""  # "" = the run in out_dir; gpt2 | gpt2-medium | gpt2-large | gpt2-xl | a Hugging Face GPT-2 folder | a run folder
+init_from = ""  # "" = the run in out_dir | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | a Hugging Face GPT-2 folder
 out_dir = "out"  # the run folder train.py wrote
 ckpt = "best"  # best (lowest val loss; the latest when no eval has run) | latest | a checkpoint file
 start = "<|endoftext|>"  # the prompt: text, or FILE:path to read it from a file
@@ -37,14 +38,14 @@ top_k = 200  # sample only among the k most likely tokens; 0 = off
 top_p = 1.0  # sample only among the most likely tokens that together reach probability top_p; 1.0 = off
 seed = 1337  # the same seed gives the same samples
 device = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps
-dtype = "auto"  # auto (bfloat16 on CUDA where supported, else float16; float32 elsewhere) | float32 | bfloat16 | float16
+dtype = "auto"  # auto (CUDA: bfloat16 where supported, else float16; float32 elsewhere) | float32 | bfloat16 | float16
 stop_at_eot = True  # end a sample at end-of-text; False prints <|endoftext|> and goes on
 settings = configure(globals())
 # -----------------------------------------------------------------------------
 # checks that need no model: one clear line each, before any loading
 
 if temperature < 0:
-    fail(f"temperature={temperature} cannot be negative; use 0 for greedy decoding, 1.0 for the model's own distribution")
+    fail(f"temperature={temperature} cannot be negative; use 0 for greedy decoding, 1 for the model's distribution")
 if top_k < 0:
     fail(f"top_k={top_k} cannot be negative; use 0 to turn it off")
 if not 0.0 < top_p <= 1.0:
@@ -65,7 +66,7 @@ if start.startswith("FILE:"):
 device = pick_device(device)
 device_type = device.split(":")[0]
 if dtype == "auto" and device_type == "cuda" and torch.cuda.is_bf16_supported():
-    dtype = "bfloat16"  # inference needs no loss scaling, and bfloat16 has float32's range: no overflow, whatever the run trained in
+    dtype = "bfloat16"  # no loss scaling at inference, and float32's range: no overflow, whatever the run trained in
 dtype = pick_dtype(dtype, device_type)
 ctx = autocast(device_type, dtype)
 
@@ -76,7 +77,7 @@ run_settings = state["settings"] if state else {}
 sft = run_settings.get("task") == "sft"
 where = init_from if state is None else f"{init_from or out_dir} ({ckpt})" if ckpt in ("best", "latest") else ckpt
 
-enc = get_tokenizer()
+enc = tokenizer.get_tokenizer()
 if sft:
     if start == "<|endoftext|>":
         fail(f"{where} was fine-tuned on prompts and completions (task=sft); give it a prompt written like those of "
@@ -95,7 +96,7 @@ if state and state.get("metrics"):
 print(f"sampling from {where} ({info}{', fine-tuned: prompt -> completion' if sft else ''}) on {device}, {dtype}",
       file=sys.stderr)
 idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-echo = enc.decode([t for t in prompt_ids if t != EOT_ID])  # the prompt as text; a document start is not text
+echo = enc.decode([t for t in prompt_ids if t != tokenizer.EOT_ID])  # the prompt as text; a document start is not text
 
 # -----------------------------------------------------------------------------
 # generate, one sample after another, printing each token as it comes
@@ -114,10 +115,10 @@ try:
         pieces = []
         with ctx:
             for tok in model.generate_stream(idx, max_new_tokens, temperature=temperature, top_k=top_k or None,
-                                             top_p=top_p, stop_token=EOT_ID if stop_at_eot else None,
+                                             top_p=top_p, stop_token=tokenizer.EOT_ID if stop_at_eot else None,
                                              generator=generator, use_cache=True):
                 t = int(tok[0])
-                if stop_at_eot and t == EOT_ID:
+                if stop_at_eot and t == tokenizer.EOT_ID:
                     break
                 pieces.append(decoder.decode(enc.decode_single_token_bytes(t)))
                 print(pieces[-1], end="", flush=True)

@@ -148,7 +148,7 @@ def test_wandb_errors_are_one_line(monkeypatch):
             raise ConnectionError("Max retries exceeded\nwith url: https://api.wandb.ai/graphql")
 
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(Api=OfflineApi))
-    for spec, words in (("wandb:team/proj/abc", "could not read wandb:team/proj/abc from Weights & Biases (ConnectionError"),
+    for spec, words in (("wandb:team/proj/abc", "could not read wandb:team/proj/abc from Weights & Biases (Connection"),
                         ("wandb:team/abc", "should look like wandb:entity/project/run_id")):
         monkeypatch.setattr(sys, "argv", ["compare.py", spec])
         with pytest.raises(SystemExit) as info:
@@ -162,7 +162,7 @@ def test_errors(tiny_run, tmp_path):
     for args, words in (([tmp_path / "empty", never], "is not a run folder (no config.json)"),
                         ([tiny_run, tmp_path / "nowhere", never], "is not a folder"),
                         ([never], "no runs given"),
-                        ([tiny_run, "--metrics=val_los", never], "no run logged the metric 'val_los'; available: accuracy"),
+                        ([tiny_run, "--metrics=val_los", never], "no run logged the metric 'val_los'; available: "),
                         ([tiny_run, "--output=x.jpg"], "should end in .png, .pdf or .svg"),
                         ([tiny_run, "--colour=red", never], "unknown setting 'colour'")):
         proc = run_script("compare.py", *args, check=False)

@@ -172,7 +172,8 @@ def test_bad_values_are_one_line_errors(tiny_run, monkeypatch, flags, words):
 
 def test_empty_file_prompt_and_missing_checkpoint(tiny_run, tmp_path, monkeypatch):
     (tmp_path / "empty.txt").write_text("")
-    assert "tokenises to nothing" in sample_error(monkeypatch, f"--out_dir={tiny_run}", f"--start=FILE:{tmp_path / 'empty.txt'}")
+    message = sample_error(monkeypatch, f"--out_dir={tiny_run}", f"--start=FILE:{tmp_path / 'empty.txt'}")
+    assert "tokenises to nothing" in message
     message = sample_error(monkeypatch, f"--out_dir={tmp_path}")
     assert "no checkpoint in" in message and f"python train.py --out_dir={tmp_path}" in message
 
@@ -182,5 +183,6 @@ def test_errors_from_the_command_line(tiny_sft_run, tmp_path):
                          ([f"--out_dir={tiny_sft_run}"], "was fine-tuned on prompts and completions")):  # after
         proc = run_script("sample.py", *flags, check=False)
         lines = proc.stderr.strip().splitlines()
-        assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], proc.stderr
+        assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+        assert lines[0].startswith("error: ") and words in lines[0], proc.stderr
         assert proc.stdout == ""
