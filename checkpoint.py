@@ -41,10 +41,13 @@ def pick_device(device="auto"):
     return device
 
 
-def pick_dtype(dtype, device_type):
-    """'auto' is float16 on CUDA (with a GradScaler in training) and float32 elsewhere."""
+def pick_dtype(dtype, device_type, inference=False):
+    """'auto' is float32 off CUDA. On CUDA it is float16 for training (with a GradScaler), and for inference
+    bfloat16 where supported: no loss scaling needed, and float32's range, so nothing overflows."""
     if dtype == "auto":
-        return "float16" if device_type == "cuda" else "float32"
+        if device_type != "cuda":
+            return "float32"
+        return "bfloat16" if inference and torch.cuda.is_bf16_supported() else "float16"
     if dtype not in ("float32", "bfloat16", "float16"):
         fail(f"dtype={dtype} is not one of auto, float32, bfloat16, float16")
     return dtype
@@ -137,12 +140,13 @@ def load_model(init_from="", out_dir="out", ckpt="best", device="cpu"):
     """The model that sample.py, evaluate.py and bench.py work on, in eval mode on device.
     init_from a GPT-2 name (or Hugging Face folder) loads those weights; otherwise ckpt ('best',
     'latest' or a file path) picks a checkpoint of the run in init_from or out_dir.
-    Returns (model, checkpoint state, or None for pretrained weights)."""
+    Returns (model, checkpoint state or None for pretrained weights, where it came from: a path or name)."""
     if init_from and is_pretrained(init_from):
-        state, model = None, pretrained_model(init_from, dropout=0.0)
+        source, state, model = init_from, None, pretrained_model(init_from, dropout=0.0)
     else:
         location = ckpt if ckpt not in CHECKPOINT_FILES else (init_from or out_dir)
-        state = load_checkpoint(checkpoint_path(location, ckpt))
+        source = checkpoint_path(location, ckpt)
+        state = load_checkpoint(source)
         model = model_from_checkpoint(state, dropout=0.0)
     model.eval()
-    return model.to(device), state
+    return model.to(device), state, source

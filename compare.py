@@ -32,7 +32,7 @@ output = "compare.png"  # the figure (.png, .pdf or .svg); "" = no figure, just 
 log_scale = False  # logarithmic y axes
 # bare arguments are runs, not config files: only the flags go to the configurator
 run_specs = [a for a in sys.argv[1:] if not a.startswith("-")]
-settings = configure(globals(), [a for a in sys.argv[1:] if a.startswith("-")])
+settings = configure(globals(), [a for a in sys.argv[1:] if a.startswith("-")], usage="RUN [RUN ...] [--key=value ...]")
 # -----------------------------------------------------------------------------
 
 RECORD_KEYS = ("event", "step", "tokens", "time")  # every record has these; the rest are metrics

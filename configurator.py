@@ -28,7 +28,8 @@ def fail(message):
 
 
 def setting_names(scope):
-    return [k for k, v in scope.items() if not k.startswith("_") and isinstance(v, SETTING_TYPES)]
+    """Settings are the script's plain lowercase names; _private and ALL_CAPS constants (often imported) are not."""
+    return [k for k, v in scope.items() if not k.startswith("_") and not k.isupper() and isinstance(v, SETTING_TYPES)]
 
 
 def unknown_setting(name, known, where):
@@ -82,10 +83,10 @@ def comments_by_name(path):
     return comments
 
 
-def print_help(scope, names):
+def print_help(scope, names, usage):
     script = os.path.basename(scope.get("__file__") or "script.py")
     doc = (scope.get("__doc__") or "").strip()
-    print(f"usage: python {script} [config_file.py ...] [--key=value ...]\n")
+    print(f"usage: python {script} {usage}\n")
     if doc:
         print(doc + "\n")
     comments = comments_by_name(scope.get("__file__"))
@@ -96,13 +97,14 @@ def print_help(scope, names):
         print(f"  --{n.ljust(width)} = {default}{note}")
 
 
-def configure(scope, argv=None):
+def configure(scope, argv=None, usage="[config_file.py ...] [--key=value ...]"):
     """Apply config files and --key=value flags from argv to the settings in scope (a script's
-    globals). Returns the final settings as a dict, in the order the script defines them."""
+    globals). Returns the final settings as a dict, in the order the script defines them.
+    usage is the argument synopsis --help shows."""
     argv = sys.argv[1:] if argv is None else argv
     names = setting_names(scope)
     if any(a in ("-h", "--help") for a in argv):
-        print_help(scope, names)
+        print_help(scope, names, usage)
         sys.exit(0)
     for arg in argv:
         if not arg.startswith("--"):

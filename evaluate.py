@@ -62,16 +62,13 @@ if output and not os.path.isdir(os.path.dirname(os.path.abspath(output))):
 
 device = pick_device(device)
 device_type = device.split(":")[0]
-if dtype == "auto" and device_type == "cuda" and torch.cuda.is_bf16_supported():
-    dtype = "bfloat16"  # no loss scaling at inference, and float32's range: no overflow, whatever the run trained in
-dtype = pick_dtype(dtype, device_type)
+dtype = pick_dtype(dtype, device_type, inference=True)
 ctx = autocast(device_type, dtype)
 
 # -----------------------------------------------------------------------------
 # the model, and the data it is measured on (by default what its run was trained on)
-model, state = load_model(init_from, out_dir, ckpt, device)
+model, state, where = load_model(init_from, out_dir, ckpt, device)
 run = state["settings"] if state else {"task": "pretrain", "dataset": "shakespeare", "data_dir": ""}
-where = init_from if state is None else f"{init_from or out_dir} ({ckpt})" if ckpt in ("best", "latest") else ckpt
 task = task or run.get("task", "pretrain")
 if not dataset and not data_dir:
     dataset, data_dir = run.get("dataset", "shakespeare"), run.get("data_dir", "")

@@ -65,17 +65,14 @@ if start.startswith("FILE:"):
 
 device = pick_device(device)
 device_type = device.split(":")[0]
-if dtype == "auto" and device_type == "cuda" and torch.cuda.is_bf16_supported():
-    dtype = "bfloat16"  # no loss scaling at inference, and float32's range: no overflow, whatever the run trained in
-dtype = pick_dtype(dtype, device_type)
+dtype = pick_dtype(dtype, device_type, inference=True)
 ctx = autocast(device_type, dtype)
 
 # -----------------------------------------------------------------------------
 # the model and the prompt
-model, state = load_model(init_from, out_dir, ckpt, device)
+model, state, where = load_model(init_from, out_dir, ckpt, device)
 run_settings = state["settings"] if state else {}
 sft = run_settings.get("task") == "sft"
-where = init_from if state is None else f"{init_from or out_dir} ({ckpt})" if ckpt in ("best", "latest") else ckpt
 
 enc = tokenizer.get_tokenizer()
 if sft:

@@ -2,6 +2,7 @@
 (session-scoped: built once, then read by train, sample, evaluate, compare and bench tests)."""
 import json
 import os
+import runpy
 import subprocess
 import sys
 
@@ -26,6 +27,13 @@ def run_script(script, *args, env=None, check=True, timeout=300):
     if check and proc.returncode != 0:
         pytest.fail(f"{script} {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def run_inline(monkeypatch, script, *args):
+    """`python script args` inside this process (no interpreter or torch start-up); returns the script's
+    globals. A user error surfaces as SystemExit with the message."""
+    monkeypatch.setattr(sys, "argv", [script, *map(str, args)])
+    return runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
 
 
 def read_metrics(run_dir):

@@ -3,13 +3,12 @@ diff), on hand-written logs of a resumed run and a run still writing, on a wandb
 the wandb API, and its errors. compare.py imports no torch, so its runs are quick."""
 import json
 import os
-import runpy
 import sys
 import types
 
 import pytest
 
-from conftest import ROOT, TINY_MODEL, TINY_TRAINING, read_metrics, run_script
+from conftest import ROOT, TINY_MODEL, TINY_TRAINING, read_metrics, run_inline, run_script
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -129,9 +128,8 @@ def test_wandb_run_through_the_public_api(tiny_run, tmp_path, monkeypatch, capsy
             return FakeRun()
 
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(Api=FakeApi))
-    monkeypatch.setattr(sys, "argv", ["compare.py", "wandb:team/proj/abc123", tiny_run, "--metrics=val_loss,loss",
-                                      f"--output={tmp_path / 'w.png'}"])
-    g = runpy.run_path(os.path.join(ROOT, "compare.py"), run_name="__main__")
+    g = run_inline(monkeypatch, "compare.py", "wandb:team/proj/abc123", tiny_run, "--metrics=val_loss,loss",
+                   f"--output={tmp_path / 'w.png'}")
     assert asked == ["team/proj/abc123"]
     table = {(r["metric"], r["run"]): (r["last"], r["last_step"], r["best"], r["best_step"]) for r in g["table"]}
     assert table[("val_loss", "wandb:team/proj/abc123")] == (5.25, 20, 5.25, 20)
@@ -150,9 +148,8 @@ def test_wandb_errors_are_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(Api=OfflineApi))
     for spec, words in (("wandb:team/proj/abc", "could not read wandb:team/proj/abc from Weights & Biases (Connection"),
                         ("wandb:team/abc", "should look like wandb:entity/project/run_id")):
-        monkeypatch.setattr(sys, "argv", ["compare.py", spec])
         with pytest.raises(SystemExit) as info:
-            runpy.run_path(os.path.join(ROOT, "compare.py"), run_name="__main__")
+            run_inline(monkeypatch, "compare.py", spec)
         assert words in info.value.code and "\n" not in info.value.code
 
 

@@ -3,22 +3,19 @@ byte from the raw val tokens, JSON output, the SFT completion-only loss and exac
 import json
 import math
 import os
-import runpy
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 from checkpoint import load_model
-from conftest import ROOT, run_script
+from conftest import run_inline, run_script
 from tokenizer import EOT_ID, get_tokenizer
 
 
 def evaluate(monkeypatch, *args):
     """`python evaluate.py args` in this process; returns the script's globals (results, ...)."""
-    monkeypatch.setattr(sys, "argv", ["evaluate.py", "--device=cpu", "--dtype=float32", *map(str, args)])
-    return runpy.run_path(os.path.join(ROOT, "evaluate.py"), run_name="__main__")
+    return run_inline(monkeypatch, "evaluate.py", "--device=cpu", "--dtype=float32", *args)
 
 
 def by_hand(model, sequences, targets_from):
@@ -64,7 +61,7 @@ def test_pretraining_numbers_match_a_computation_by_hand(tiny_run, tiny_data, tm
     path = tmp_path / "eval.json"
     evaluate(monkeypatch, f"--out_dir={tiny_run}", "--batch_size=3", f"--output={path}")
     results = json.loads(path.read_text())
-    model, _ = load_model("", tiny_run, "best", "cpu")
+    model, _, _ = load_model("", tiny_run, "best", "cpu")
     windows = val_windows(tiny_data, 32)  # the run's max_seq_len, and its dataset: both from the checkpoint
     expected = by_hand(model, windows, [0] * len(windows))
     assert_close(results, expected)
@@ -80,7 +77,7 @@ def test_pretraining_numbers_match_a_computation_by_hand(tiny_run, tiny_data, tm
 def test_max_batches_and_settings_override_the_run(tiny_run, tiny_data, monkeypatch):
     g = evaluate(monkeypatch, f"--out_dir={tiny_run}", "--batch_size=2", "--max_batches=2", "--seq_len=16",
                  "--ckpt=latest", f"--data_dir={tiny_data}")
-    model, _ = load_model("", tiny_run, "latest", "cpu")
+    model, _, _ = load_model("", tiny_run, "latest", "cpu")
     windows = val_windows(tiny_data, 16)[:4]
     assert_close(g["results"], by_hand(model, windows, [0] * 4))
     assert g["results"]["tokens"] == 4 * 16 and g["results"]["batches"] == 2
@@ -88,7 +85,7 @@ def test_max_batches_and_settings_override_the_run(tiny_run, tiny_data, monkeypa
 
 def test_sft_loss_on_completions_and_exact_match(tiny_sft_run, tmp_path, monkeypatch):
     enc = get_tokenizer()
-    model, _ = load_model("", tiny_sft_run, "best", "cpu")
+    model, _, _ = load_model("", tiny_sft_run, "best", "cpu")
     # references built from the model's own greedy completions (computed here, by full forward passes): one
     # that it reproduces, one that it does not, per prompt; so exact match must come out at exactly 1/2
     rows, matching = [], 0

@@ -1,24 +1,20 @@
 """sample.py on the tiny runs: seeded determinism, FILE: prompts, the sampling flags reaching the sampler,
 greedy decoding against an independent argmax loop, UTF-8 streaming, SFT prompting, and the errors.
 Most runs are in-process (runpy), so they cost no interpreter or torch start-up."""
-import os
-import runpy
-import sys
 
 import pytest
 import torch
 
 import model as model_module
 from checkpoint import load_model
-from conftest import ROOT, run_script
+from conftest import run_inline, run_script
 from model import GPT
 from tokenizer import EOT_ID, get_tokenizer
 
 
 def sample(monkeypatch, *args):
     """`python sample.py args` in this process; returns the script's globals (samples, ...)."""
-    monkeypatch.setattr(sys, "argv", ["sample.py", "--device=cpu", *map(str, args)])
-    return runpy.run_path(os.path.join(ROOT, "sample.py"), run_name="__main__")
+    return run_inline(monkeypatch, "sample.py", "--device=cpu", *args)
 
 
 def sample_error(monkeypatch, *args):
@@ -60,7 +56,7 @@ def test_temperature_zero_is_greedy_decoding(tiny_run, monkeypatch, capsys):
     g = sample(monkeypatch, f"--out_dir={tiny_run}", "--start=ROMEO:", "--temperature=0", "--num_samples=1",
                "--max_new_tokens=12")
     enc = get_tokenizer()
-    model, _ = load_model("", tiny_run, "best", "cpu")
+    model, _, _ = load_model("", tiny_run, "best", "cpu")
     tokens = greedy(model, enc.encode("ROMEO:"), 12, stop=EOT_ID)
     expected = b"".join(enc.decode_single_token_bytes(t) for t in tokens if t != EOT_ID).decode("utf-8", "replace")
     assert g["samples"] == [expected]
@@ -146,7 +142,7 @@ def test_sft_checkpoint_prints_the_completion(tiny_sft_run, monkeypatch, capsys)
                "--max_new_tokens=10")
     enc = get_tokenizer()
     assert g["prompt_ids"] == enc.encode_ordinary(prompt)  # as data.py encodes SFT prompts: no end-of-text before
-    model, _ = load_model("", tiny_sft_run, "best", "cpu")
+    model, _, _ = load_model("", tiny_sft_run, "best", "cpu")
     tokens = greedy(model, enc.encode_ordinary(prompt), 10, stop=EOT_ID)
     expected = enc.decode([t for t in tokens if t != EOT_ID])
     assert g["samples"] == [expected]

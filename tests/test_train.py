@@ -237,7 +237,7 @@ def test_ddp_two_processes_match_one(tiny_data, tmp_path):
     common = [*TINY_MODEL, *TINY_TRAINING, "--dataset=tiny", f"--data_dir={tiny_data}", "--max_steps=6",
               "--eval_interval=3", "--grad_accum_steps=2", "--device=cpu",
               "--bias=False"]  # key biases get ~zero gradients, which Adam amplifies from rounding noise
-    single = run_script("train.py", *common, f"--out_dir={tmp_path / 'one'}")
+    run_script("train.py", *common, f"--out_dir={tmp_path / 'one'}")
     proc = torchrun(2, *common, f"--out_dir={tmp_path / 'two'}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("step 5/6") == 1  # only rank 0 prints
