@@ -2,13 +2,15 @@
 Reads the data that train.py and evaluate.py learn from: the token shards of prepare.py (TokenShards) and
 prompt/completion JSONL for supervised fine-tuning (SFTExamples). Importing this module does no work.
 
-Batches are a pure function of (seed, step, index): `index` is the global micro-batch index within the step,
-so resume is exact and 2 processes x 1 micro-step see what 1 process x 2 micro-steps see. Each index walks the
-data without replacement, epoch after epoch: epoch e is a seeded permutation of the windows (examples for SFT),
-shared by all indices, which index i walks from a seeded rotation of its own. In an epoch every window is seen
-exactly once per index, in random order, where nanoGPT's random offsets repeat some windows and miss others
-(after as many samples as windows, about 37% were never seen). Each epoch also shifts the window grid by a
-seeded offset, so a token sits at different positions of the context from one epoch to the next.
+Batches are a pure function of (seed, step, index): `index` is the global micro-batch index within the step
+(0 .. micro_batches - 1, where micro_batches counts the micro-batches of one step over all processes), so resume
+is exact and 2 processes x 1 micro-step see what 1 process x 2 micro-steps see. The data is walked without
+replacement, epoch after epoch: epoch e is a seeded permutation of the windows (examples for SFT), and sample
+number (step * micro_batches + index) * batch_size + b is its next entry. In an epoch every window is seen
+exactly once, in random order, whatever the number of processes, where nanoGPT's random offsets repeat some
+windows and miss others (after as many samples as windows, about 37% were never seen). Each epoch also shifts
+the window grid by a seeded offset, so a token sits at different positions of the context from one epoch to
+the next.
 """
 import hashlib
 import json
@@ -77,11 +79,10 @@ class EpochSampler:
                 self.cache.popitem(last=False)
         return self.cache[key]
 
-    def items(self, n, batch_size, seed, step, index, max_offset=0):
-        """(item indices, grid offsets) of the batch_size samples of (seed, step, index)."""
-        ordinals = step * batch_size + np.arange(batch_size, dtype=np.int64)  # this index's samples so far
-        epochs, positions = np.divmod(ordinals, n)
-        positions = (positions + mix("rotation", seed, index) % n) % n  # each index walks its own rotation of the epoch
+    def items(self, n, batch_size, seed, step, index, micro_batches=1, max_offset=0):
+        """(item indices, grid offsets) of the batch_size samples of micro-batch index of step."""
+        first = (step * micro_batches + index) * batch_size  # samples drawn before this micro-batch, in all processes
+        epochs, positions = np.divmod(first + np.arange(batch_size, dtype=np.int64), n)
         items, offsets = np.empty(batch_size, dtype=np.int64), np.empty(batch_size, dtype=np.int64)
         for e in np.unique(epochs):
             perm, offset = self.epoch(seed, int(e), n, max_offset)
@@ -169,10 +170,11 @@ class TokenShards:
         t = torch.from_numpy(buf)
         return t[:, :-1].contiguous(), t[:, 1:].contiguous()
 
-    def get_batch(self, batch_size, seq_len, seed, step, index=0):
-        """(x, y), int64 (batch_size, seq_len), y = x shifted by one: a pure function of (seed, step, index)."""
+    def get_batch(self, batch_size, seq_len, seed, step, index=0, micro_batches=1):
+        """(x, y), int64 (batch_size, seq_len), y = x shifted by one: a pure function of (seed, step, index);
+        micro_batches is how many indices one step has (over all processes)."""
         n, max_offset = self.windows(seq_len)
-        windows, offsets = self.sampler.items(n, batch_size, seed, step, index, max_offset)
+        windows, offsets = self.sampler.items(n, batch_size, seed, step, index, micro_batches, max_offset)
         return self.read(offsets + windows * seq_len, seq_len)
 
     def num_eval_batches(self, batch_size, seq_len, max_batches=None):
@@ -243,9 +245,9 @@ class SFTExamples:
             y[i, :max(0, self.prompt_lens[r] - 1)] = -1  # positions whose next token is still the prompt
         return x, y
 
-    def get_batch(self, batch_size, seq_len, seed, step, index=0):
+    def get_batch(self, batch_size, seq_len, seed, step, index=0, micro_batches=1):
         """(x, y), int64 (batch_size, T): a pure function of (seed, step, index), like TokenShards.get_batch."""
-        rows, _ = self.sampler.items(len(self.sequences), batch_size, seed, step, index)
+        rows, _ = self.sampler.items(len(self.sequences), batch_size, seed, step, index, micro_batches)
         return self.batch(rows, seq_len)
 
     def num_eval_batches(self, batch_size, seq_len=None, max_batches=None):

@@ -181,7 +181,7 @@ def to_device(x, y):
 
 def get_batch(step, micro_step):
     index = rank * accum_per_rank + micro_step  # the global micro-batch index within the step
-    return to_device(*train_data.get_batch(batch_size, max_seq_len, seed, step, index))
+    return to_device(*train_data.get_batch(batch_size, max_seq_len, seed, step, index, grad_accum_steps))
 
 
 # -----------------------------------------------------------------------------
@@ -234,7 +234,7 @@ def evaluate():
             totals[0:3] += torch.stack([loss.float() * counted.sum(), ((logits.argmax(-1) == y) & counted).sum(),
                                         counted.sum()])
     for i in range(rank, eval_iters, world_size):
-        x, y = to_device(*train_data.get_batch(batch_size, max_seq_len, seed + 1, 0, i))  # a fixed train sample
+        x, y = to_device(*train_data.get_batch(batch_size, max_seq_len, seed + 1, 0, i, eval_iters))  # fixed sample
         with ctx:
             _, loss = model(x, y)
         totals[3:5] += torch.stack([loss.float() * (y != -1).sum(), (y != -1).sum()])

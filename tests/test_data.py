@@ -53,7 +53,7 @@ def test_windows_match_the_tokens_across_shard_boundaries(prepared):
     for step, index in ((0, 0), (3, 1), (40, 2)):  # get_batch rows are windows of the grid of their epoch
         x, y = train.get_batch(8, 64, 1337, step, index)
         assert x.shape == y.shape == (8, 64) and x.dtype == y.dtype == torch.int64
-        windows, offsets = train.sampler.items(n, 8, 1337, step, index, max_offset)
+        windows, offsets = train.sampler.items(n, 8, 1337, step, index, 1, max_offset)
         for row, s in enumerate(offsets + windows * 64):
             assert x[row].tolist() == tokens[s:s + 64].tolist() and y[row].tolist() == tokens[s + 1:s + 65].tolist()
 
@@ -68,14 +68,15 @@ def test_batches_are_a_pure_function_of_seed_step_index(prepared):
     assert not torch.equal(x, a.get_batch(4, 32, 8, 5, 1)[0])  # another seed
 
 
-def test_each_index_sees_every_window_once_per_epoch(prepared):
+def test_every_window_is_seen_once_per_epoch_over_all_micro_batches(prepared):
     train = TokenShards(prepared, "train")
     n, max_offset = train.windows(16)
     assert max_offset == 15  # the grid moves by up to a window from epoch to epoch
-    for index in (0, 1):
-        seen = np.concatenate([train.sampler.items(n, 5, 3, step, index, max_offset)[0] for step in range(n // 5)])
-        assert len(set(seen.tolist())) == len(seen) == n // 5 * 5
-    offsets = {int(train.sampler.items(n, 5, 3, step, 0, max_offset)[1][0]) for step in range(0, 20 * n // 5, n // 5 + 1)}
+    for micro_batches in (1, 3):  # e.g. 3 processes, or 3 accumulation steps: together they walk one permutation
+        seen = np.concatenate([train.sampler.items(n, 5, 3, step, index, micro_batches, max_offset)[0]
+                               for step in range(n // (5 * micro_batches)) for index in range(micro_batches)])
+        assert len(set(seen.tolist())) == len(seen) == n // (5 * micro_batches) * 5 * micro_batches
+    offsets = {int(train.sampler.items(n, 5, 3, step, 0, 1, max_offset)[1][0]) for step in range(0, 20 * n // 5, n // 5 + 1)}
     assert len(offsets) > 1
 
 
@@ -203,6 +204,8 @@ def test_sft_batches_are_pure_and_walk_epochs(tmp_path):
     assert torch.equal(x, SFTExamples(str(tmp_path / "t.jsonl"), 16).get_batch(5, 16, 1, 3, 1)[0])
     assert not torch.equal(x, sft.get_batch(5, 16, 1, 3, 0)[0])
     seen = [sft.sampler.items(10, 5, 1, step, 0)[0] for step in (0, 1)]  # one epoch: each example once
+    assert sorted(np.concatenate(seen).tolist()) == list(range(10))
+    seen = [sft.sampler.items(10, 5, 1, 0, index, 2)[0] for index in (0, 1)]  # the same, as 2 micro-batches
     assert sorted(np.concatenate(seen).tolist()) == list(range(10))
     assert len(list(sft.eval_batches(4, 16))) == sft.num_eval_batches(4, 16) == 3
 

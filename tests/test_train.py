@@ -44,7 +44,7 @@ def test_pretraining_run_leaves_a_complete_run_folder(tiny_run):
         assert math.isclose(e["perplexity"], math.exp(e["val_loss"]), rel_tol=1e-6)
         assert 0 <= e["accuracy"] <= 1 and e["tokens"] == e["step"] * 128
     losses = [e["loss"] for e in events if e["event"] == "train"]
-    assert losses[-1] < losses[0] - 1.0  # it learns: from ~10.8 (uniform over 50257) downwards
+    assert losses[-1] < losses[0] - 0.5  # it learns: from ~10.8 (uniform over 50257) downwards
     latest = load_checkpoint(os.path.join(tiny_run, "ckpt.pt"))
     best = load_checkpoint(os.path.join(tiny_run, "best.pt"))
     assert latest["step"] == 20 and latest["settings"]["max_steps"] == 20
