@@ -1,0 +1,417 @@
+"""
+How fast Nash-LLM trains, samples and prepares data on this machine, measured: prints a table and writes JSON
+(machine, settings, results) so that numbers can be compared between commits and machines.
+
+    python bench.py                                    # CPU: all three at the default sizes (~15 min on 2 cores)
+    python bench.py --what=sample --threads=1 --sample_lengths=64,256
+    python bench.py --what=train --device=cuda --dtype=float16 --compile --n_layers=12 --n_heads=12 --d_model=768 \\
+        --d_ff=3072 --max_seq_len=1024 --batch_size=16 --train_steps=60 --train_warmup=20 --log_interval=10 \\
+        --output=bench_gpu_float16.json                # GPT-2 124M on a GPU; then again with --dtype=bfloat16
+
+Every figure is a median over repeated timed runs, after warm-up, with the device synchronised.
+- train: train.py itself, as a subprocess (no evals, no saves) on random words that prepare.py turns into shards
+  in a temp folder: ms/step from its metrics.jsonl (one figure per log_interval steps), the first train_warmup
+  steps of each run left out. Beside it, the plainest loop on the same GPT, batch shape, optimizer, precision and
+  clipping, on random tokens, timed here. Runs alternate (train.py, plain, train.py, ...): load changes hit both.
+- sample: model.generate tokens/s with the KV cache and with the whole context recomputed at each step, from a
+  one-token prompt, at a few lengths, on a randomly initialised model (speed does not depend on the weights).
+- data: prepare.py's tokens/s (prepare.prepare() here: read, split, tokenise, write shards) against tiktoken's
+  own encode_ordinary_batch on all cores over the same documents; and the peak RSS of `python prepare.py` and of
+  the tiktoken batch, each in a fresh process, at two corpus sizes.
+On a shared machine timings are noisy: the JSON keeps the load average and every run's figure.
+"""
+import collections
+import inspect
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from statistics import median
+
+import numpy as np
+import torch
+
+import prepare
+import tokenizer
+from checkpoint import autocast, pick_device, pick_dtype
+from configurator import configure, fail
+from model import GPT, GPTConfig, peak_flops
+
+# -----------------------------------------------------------------------------
+# settings (python bench.py --help lists them)
+what = "train,sample,data"  # which benchmarks, comma-separated: train, sample, data
+output = "bench.json"  # where the JSON goes; "" = nowhere
+device = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps
+dtype = "auto"  # auto (float16 on CUDA, float32 elsewhere) | float32 | bfloat16 | float16 (train and sample)
+compile = False  # torch.compile the model, in train.py and in the plain loop
+threads = 0  # torch CPU threads, here and in train.py; 0 = torch's default (one per core)
+repeats = 3  # timed runs of each measurement
+seed = 1337
+# train: the model and batch
+n_layers = 4  # the defaults are train.py's CPU quick start
+n_heads = 4
+d_model = 128
+d_ff = 512  # hidden size of the MLP
+max_seq_len = 128  # training window
+dropout = 0.0
+bias = True
+batch_size = 16  # sequences per step (no gradient accumulation)
+grad_clip = 1.0  # as train.py's default; both loops clip
+train_steps = 10  # steps per run, warm-up included
+train_warmup = 3  # first steps of each run left out (compile, allocator, caches)
+log_interval = 1  # steps per figure (the host waits for the device once per interval); on a GPU use 10, as in training
+# sample: the model and lengths
+sample_layers = 6  # the defaults are config/train_small.py's small model
+sample_heads = 6
+sample_d_model = 384
+sample_d_ff = 1536
+sample_context = 256  # the model's max_seq_len; past it the cache is refilled at every step (see model.py)
+sample_lengths = "64,128,256"  # new tokens per generate call, comma-separated
+sample_batch = 1  # sequences generated together
+top_k = 200  # as sample.py's default; 0 = off
+# data
+data_mb = 32.0  # generated corpus for the throughput runs, MB of text
+memory_scale = 4  # peak memory is measured at data_mb and at memory_scale times as much
+data_format = "jsonl"  # jsonl (a document per line) | txt (one file, documents between <|endoftext|> lines)
+settings = configure(globals())
+# -----------------------------------------------------------------------------
+# checks: one line each, before any work
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+# the issue's targets, each with the verdict printed when it is measured
+TRAIN_NOISE = 0.03  # train.py is "no slower" within 3%, about what we can resolve on a shared CPU
+SAMPLE_SPEEDUP, DATA_SHARE, MEMORY_GROWTH, H100_MFU = 5.0, 0.7, 0.10, 0.45
+
+benches = [w.strip() for w in what.split(",") if w.strip()]
+if not benches or set(benches) - {"train", "sample", "data"}:
+    fail(f"what={what!r} should be a comma-separated list of train, sample, data")
+try:
+    lengths = [int(n) for n in sample_lengths.split(",")]
+except ValueError:
+    fail(f"sample_lengths={sample_lengths!r} should be whole numbers separated by commas, like 64,128,256")
+for name in ("repeats", "batch_size", "train_steps", "sample_batch"):
+    if settings[name] < 1:
+        fail(f"{name}={settings[name]} must be at least 1")
+if min(lengths) < 1 or min(threads, top_k, train_warmup) < 0:
+    fail("sample_lengths must be positive, and threads, top_k and train_warmup not negative")
+if train_warmup >= train_steps or log_interval < 1 or train_steps % log_interval or train_warmup % log_interval:
+    fail(f"train_steps={train_steps} must exceed train_warmup={train_warmup}, and both be multiples of "
+         f"log_interval={log_interval}")
+if data_mb <= 0 or memory_scale <= 1 or data_format not in ("jsonl", "txt"):
+    fail(f"data_mb={data_mb} must be positive, memory_scale={memory_scale} above 1, data_format jsonl or txt")
+train_args = dict(n_layers=n_layers, n_heads=n_heads, d_model=d_model, d_ff=d_ff, max_seq_len=max_seq_len,
+                  dropout=dropout, bias=bias)
+sample_args = dict(n_layers=sample_layers, n_heads=sample_heads, d_model=sample_d_model, d_ff=sample_d_ff,
+                   max_seq_len=sample_context, dropout=0.0)
+for args in (train_args, sample_args):
+    try:
+        GPTConfig(**args)
+    except ValueError as e:
+        fail(f"bad model settings: {e}")
+device = pick_device(device)
+device_type = device.split(":")[0]
+dtype = pick_dtype(dtype, device_type)
+if threads:
+    torch.set_num_threads(threads)
+torch.backends.cuda.matmul.allow_tf32 = True  # as train.py
+torch.backends.cudnn.allow_tf32 = True
+ctx = autocast(device_type, dtype)
+
+# -----------------------------------------------------------------------------
+# helpers
+
+
+def sync():
+    if device_type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device_type == "mps":
+        torch.mps.synchronize()
+
+
+def peak_rss_mb(pid):
+    """A live process's peak resident memory so far (VmHWM, Linux), or None. Not ru_maxrss: on Linux a child's
+    starts from its parent's RSS at fork, here this process's torch and models."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:")), None)
+    except OSError:
+        return None
+
+
+def run(args, name, env=None):
+    """Run a command to its end: (wall seconds, peak RSS in MB or None), or fail with its last line. The peak is
+    polled every 10 ms, so it misses at most what the run's last 10 ms add."""
+    t0, peak = time.perf_counter(), None
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, text=True, cwd=HERE,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+        while proc.poll() is None:
+            peak = peak_rss_mb(proc.pid) or peak
+            time.sleep(0.01)
+        log.seek(0)
+        lines = log.read().strip().splitlines()
+    if proc.returncode != 0:
+        fail(f"{name} exited with {proc.returncode}: {lines[-1].removeprefix('error: ') if lines else '(no output)'}")
+    return time.perf_counter() - t0, peak
+
+
+def make_corpus(path, mb):
+    """About mb megabytes of random text: documents of 200-2000 words drawn with Shakespeare's word frequencies,
+    12 to a line, as JSON lines or as one .txt with <|endoftext|> lines between documents; written as it goes."""
+    with open(os.path.join(HERE, "data", "shakespeare", "input.txt"), encoding="utf-8") as f:
+        counts = collections.Counter(f.read().split())
+    words, cdf = np.array(list(counts)), np.cumsum(np.fromiter(counts.values(), dtype=np.float64))
+    rng, chars = np.random.default_rng(seed), 0
+    with open(path, "w", encoding="utf-8") as f:
+        while chars < mb * 2**20:
+            picked = words[np.searchsorted(cdf, rng.random(int(rng.integers(200, 2000))) * cdf[-1], side="right")]
+            doc = "\n".join(" ".join(picked[i:i + 12]) for i in range(0, len(picked), 12))
+            if path.endswith(".jsonl"):
+                f.write(json.dumps({"text": doc}) + "\n")
+            else:
+                f.write(("\n<|endoftext|>\n" if chars else "") + doc)
+            chars += len(doc)
+    return path
+
+
+def read_documents(path):
+    """The documents of a corpus from make_corpus, as prepare.py splits them."""
+    with open(path, encoding="utf-8") as f:
+        if path.endswith(".jsonl"):
+            return [json.loads(line)["text"] for line in f]
+        return [d for d in prepare.SEPARATOR_LINE.split(f.read()) if d.strip()]
+
+
+# tiktoken's batch encoding in a fresh process, for its peak memory (argv: corpus, threads): it needs every
+# document in memory, and gives back every token as a Python int
+TIKTOKEN_BATCH = "\n".join(["import json, sys", "import prepare, tokenizer", inspect.getsource(read_documents),
+                            "docs = read_documents(sys.argv[1])",
+                            "tokenizer.get_tokenizer().encode_ordinary_batch(docs, num_threads=int(sys.argv[2]))"])
+
+
+def machine():
+    """What the numbers were measured on."""
+    cpu = platform.processor()
+    if os.path.isfile("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    try:
+        commit, dirty = (subprocess.run(["git", *args], cwd=HERE, capture_output=True, text=True).stdout.strip()
+                         for args in (["rev-parse", "--short", "HEAD"], ["status", "--porcelain", "-uno"]))
+        commit += "+dirty" if dirty and commit else ""
+    except OSError:  # no git
+        commit = ""
+    return dict(cpu=cpu, cores=CORES, gpu=torch.cuda.get_device_name(device) if device_type == "cuda" else None,
+                torch=torch.__version__, cuda=torch.version.cuda, torch_threads=torch.get_num_threads(),
+                python=platform.python_version(), platform=platform.platform(), commit=commit or None,
+                load_average=list(os.getloadavg()))
+
+
+# -----------------------------------------------------------------------------
+# the benchmarks
+
+
+def plain_loop():
+    """ms per step of the plainest loop on what train.py trains: the same GPT, optimizer, batch shape, precision
+    (a GradScaler for float16) and clipping, on random tokens made before the clock starts. Like train.py's log
+    line, the host waits for the device every log_interval steps, and each wait gives one figure."""
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(**train_args)).to(device)
+    [opt] = model.configure_optimizers("adamw", 1e-3, 0.1, (0.9, 0.95), device_type)  # train.py's defaults
+    scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
+    step_model = torch.compile(model) if compile else model
+    batches = torch.randint(model.config.vocab_size, (train_steps, 2, batch_size, max_seq_len), device=device)
+    times = []
+    sync()
+    t0 = time.perf_counter()
+    for step, (x, y) in enumerate(batches, 1):
+        with ctx:
+            _, loss = step_model(x, y)
+        scaler.scale(loss).backward()
+        if grad_clip > 0:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        if step % log_interval == 0:
+            sync()
+            times.append(1000 * (time.perf_counter() - t0) / log_interval)
+            t0 = time.perf_counter()
+    del model, step_model, opt, batches
+    if device_type == "cuda":
+        torch.cuda.empty_cache()  # hand the memory back before the next train.py shares the GPU
+    return times[train_warmup // log_interval:]
+
+
+def bench_train(tmp):
+    corpus = make_corpus(os.path.join(tmp, "words.jsonl"), 2)  # ~0.5M tokens, plenty of windows
+    data_dir = prepare.prepare(input=corpus, name="words", data_root=tmp, progress=False)
+    flags = [f"--{k}={v}" for k, v in train_args.items()] + [
+        f"--batch_size={batch_size}", f"--grad_clip={grad_clip}", f"--device={device}", f"--dtype={dtype}",
+        f"--compile={compile}", f"--seed={seed}", f"--max_steps={train_steps}", f"--log_interval={log_interval}",
+        "--eval_interval=0", "--checkpoint_interval=0", "--dataset=words", f"--data_dir={data_dir}"]
+    runs = {"train.py": [], "plain loop": []}
+    for r in range(repeats):
+        out_dir = os.path.join(tmp, f"run{r}")
+        run([sys.executable, "train.py", *flags, f"--out_dir={out_dir}"], "train.py",
+            {"OMP_NUM_THREADS": str(threads)} if threads else {})
+        with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+            times = [e["ms_per_step"] for e in map(json.loads, f) if e["event"] == "train"]
+        runs["train.py"].append(times[train_warmup // log_interval:])
+        runs["plain loop"].append(plain_loop())
+    with torch.device("meta"):  # only to count FLOPs: no memory, no init
+        flops = GPT(GPTConfig(**train_args)).flops_per_token(max_seq_len)
+    peak = peak_flops(device)  # None on CPU and on GPUs missing from model.PEAK_FLOPS
+    result = {}
+    for name, times in runs.items():
+        ms = median(sum(times, []))
+        tokens_per_sec = batch_size * max_seq_len / ms * 1000
+        result[name] = dict(ms_per_step=ms, tokens_per_sec=tokens_per_sec,
+                            mfu=tokens_per_sec * flops / peak if peak else None,  # = train.py's estimate_mfu
+                            run_medians_ms=[median(t) for t in times], steps_timed=sum(map(len, times)) * log_interval)
+    return dict(result, ratio=result["train.py"]["tokens_per_sec"] / result["plain loop"]["tokens_per_sec"])
+
+
+def bench_sample():
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(**sample_args)).to(device)
+    prompt = torch.full((sample_batch, 1), tokenizer.EOT_ID, device=device)  # sample.py's default start
+
+    def tokens_per_sec(new_tokens, use_cache):
+        generator = torch.Generator(device=device).manual_seed(seed)
+        sync()
+        t0 = time.perf_counter()
+        with ctx:
+            model.generate(prompt, new_tokens, top_k=top_k or None, generator=generator, use_cache=use_cache)
+        sync()
+        return sample_batch * new_tokens / (time.perf_counter() - t0)
+
+    tokens_per_sec(8, True), tokens_per_sec(8, False)  # warm-up
+    rows = []
+    for n in lengths:
+        runs = [[tokens_per_sec(n, use_cache) for use_cache in (True, False)] for _ in range(repeats)]
+        cache, full = (median(col) for col in zip(*runs))
+        rows.append(dict(new_tokens=n, cache_tokens_per_sec=cache, recompute_tokens_per_sec=full, speedup=cache / full,
+                         runs=runs))
+    return dict(num_params=model.num_params(), rows=rows)
+
+
+def bench_data(tmp):
+    sizes = [data_mb, data_mb * memory_scale]
+    corpora = [make_corpus(os.path.join(tmp, f"words{i}.{data_format}"), mb) for i, mb in enumerate(sizes)]
+    # throughput: both in this process, alternating, after a warm-up round (imports, the tokenizer's tables)
+    docs, enc = read_documents(corpora[0]), tokenizer.get_tokenizer()
+    speeds = {"prepare.py": [], "tiktoken": []}
+    for r in range(repeats + 1):
+        t0 = time.perf_counter()
+        folder = prepare.prepare(input=corpora[0], name="words", data_root=tmp, force=True, progress=False)
+        seconds = time.perf_counter() - t0
+        with open(os.path.join(folder, "meta.json")) as f:
+            tokens = sum(json.load(f)["tokens"].values())  # with one end-of-text per document
+        t0 = time.perf_counter()
+        raw_tokens = sum(map(len, enc.encode_ordinary_batch(docs, num_threads=CORES)))
+        raw_seconds = time.perf_counter() - t0
+        if r:
+            speeds["prepare.py"].append(tokens / seconds)
+            speeds["tiktoken"].append(raw_tokens / raw_seconds)
+    del docs
+    memory = []  # peak RSS, each in a fresh process
+    for path, mb in zip(corpora, sizes):
+        wall, peak = run([sys.executable, "prepare.py", f"--input={path}", "--name=memory", f"--data_root={tmp}",
+                          "--force"], "prepare.py")
+        raw_wall, raw_peak = run([sys.executable, "-c", TIKTOKEN_BATCH, path, str(CORES)], "tiktoken batch")
+        memory.append(dict(data_mb=mb, prepare_peak_mb=peak, prepare_wall_s=wall, tiktoken_peak_mb=raw_peak,
+                           tiktoken_wall_s=raw_wall))
+    speed, raw_speed = median(speeds["prepare.py"]), median(speeds["tiktoken"])
+    peaks = [m["prepare_peak_mb"] for m in memory]
+    return dict(tokens=tokens, threads=CORES, prepare_tokens_per_sec=speed, tiktoken_tokens_per_sec=raw_speed,
+                ratio=speed / raw_speed, runs=speeds, memory=memory,
+                memory_growth=peaks[1] / peaks[0] - 1 if None not in peaks else None)
+
+
+# -----------------------------------------------------------------------------
+# the report
+
+
+def targets(results):
+    """(target, measured, met) for each of the issue's targets that this run measured."""
+    checks = []
+    if "train" in results:
+        r = results["train"]
+        checks.append(("train.py tokens/s no slower than the plain loop", f"{r['ratio']:.3f}x",
+                       r["ratio"] >= 1 - TRAIN_NOISE))
+        if r["train.py"]["mfu"] is not None:
+            checks.append((f"MFU >= {H100_MFU:.0%} (on an H100)", f"{r['train.py']['mfu']:.1%}",
+                           r["train.py"]["mfu"] >= H100_MFU))
+    if "sample" in results:
+        row = results["sample"]["rows"][-1]
+        checks.append((f"KV cache >= {SAMPLE_SPEEDUP:g}x recompute, {row['new_tokens']} new tokens",
+                       f"{row['speedup']:.2f}x", row["speedup"] >= SAMPLE_SPEEDUP))
+    if "data" in results:
+        r = results["data"]
+        checks.append((f"prepare.py >= {DATA_SHARE:.0%} of tiktoken batch tokens/s", f"{r['ratio']:.0%}",
+                       r["ratio"] >= DATA_SHARE))
+        if r["memory_growth"] is not None:
+            checks.append((f"prepare.py peak RSS flat: {memory_scale}x the text, <= +{MEMORY_GROWTH:.0%}",
+                           f"{r['memory_growth']:+.1%}", r["memory_growth"] <= MEMORY_GROWTH))
+    return checks
+
+
+def table(title, header, rows):
+    print(title)
+    rows = [header] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        print("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    print()
+
+
+def report(info, results):
+    print(f"\n{info['cpu']}, {info['cores']} cores{', ' + info['gpu'] if info['gpu'] else ''} | torch {info['torch']}, "
+          f"{info['torch_threads']} threads | load average {info['load_average'][0]:.1f} before, "
+          f"{info['load_average_after'][0]:.1f} after | commit {info['commit']}\n")
+    if "train" in results:
+        r = results["train"]
+        table(f"train: {n_layers} layers x {d_model}, batch {batch_size} x {max_seq_len}, {dtype}, compile={compile}, "
+              f"{device} ({r['train.py']['steps_timed']} steps timed per loop)",
+              ["loop", "ms/step", "tokens/s", "MFU", "run medians, ms"],
+              [[k, f"{r[k]['ms_per_step']:.1f}", f"{r[k]['tokens_per_sec']:,.0f}",
+                f"{r[k]['mfu']:.1%}" if r[k]["mfu"] else "-", ", ".join(f"{m:.0f}" for m in r[k]["run_medians_ms"])]
+               for k in ("train.py", "plain loop")])
+    if "sample" in results:
+        r = results["sample"]
+        table(f"sample: {sample_layers} layers x {sample_d_model} ({r['num_params'] / 1e6:.1f}M parameters), context "
+              f"{sample_context}, batch {sample_batch}, top_k {top_k}, {dtype}, {device}",
+              ["new tokens", "KV cache tok/s", "recompute tok/s", "speedup"],
+              [[row["new_tokens"], f"{row['cache_tokens_per_sec']:.1f}", f"{row['recompute_tokens_per_sec']:.1f}",
+                f"{row['speedup']:.2f}x"] for row in r["rows"]])
+    if "data" in results:
+        r = results["data"]
+        table(f"data: {data_mb:g} MB of random words as {data_format} ({r['tokens']:,} tokens), {r['threads']} threads",
+              ["", "tokens/s", "peak RSS at " + " / ".join(f"{m['data_mb']:g} MB" for m in r["memory"])],
+              [[k, f"{r[k + '_tokens_per_sec'] / 1e6:.2f}M",
+                " / ".join(f"{m[k + '_peak_mb']:.0f} MB" if m[k + "_peak_mb"] else "-" for m in r["memory"])]
+               for k in ("prepare", "tiktoken")])
+    table("targets:", ["target", "measured", "verdict"],
+          [[t, m, "met" if ok else "MISSED"] for t, m, ok in results["targets"]])
+
+
+# -----------------------------------------------------------------------------
+
+info, results = machine(), {}
+with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+    for name in benches:
+        print(f"measuring {name}...", flush=True)
+        results[name] = bench_train(tmp) if name == "train" else bench_sample() if name == "sample" else bench_data(tmp)
+info["load_average_after"] = list(os.getloadavg())
+results["targets"] = targets(results)
+report(info, results)
+if output:
+    with open(output, "w") as f:
+        json.dump(dict(machine=info, settings=settings, results=results), f, indent=2)
+    print(f"wrote {output}")

@@ -1,0 +1,93 @@
+"""bench.py end to end at tiny sizes (train.py, the plain loop, sampling with and without the KV cache, prepare.py
+against tiktoken, peak memory in subprocesses): it finishes, prints the table and writes JSON with every field,
+and its setting errors are one line. Speed is measured by bench.py, never asserted here: these only check that
+the numbers exist and are sane. bench.py runs in this process (runpy), so it costs no interpreter start-up."""
+import json
+import os
+import runpy
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+TINY = ["--n_layers=1", "--n_heads=2", "--d_model=32", "--d_ff=64", "--max_seq_len=32", "--batch_size=2",
+        "--train_steps=4", "--train_warmup=2", "--log_interval=2", "--repeats=1",
+        "--sample_layers=1", "--sample_heads=2", "--sample_d_model=32", "--sample_d_ff=64", "--sample_context=32",
+        "--sample_lengths=4,8", "--data_mb=0.05", "--memory_scale=2", "--device=cpu"]
+
+
+def bench(monkeypatch, *args):
+    """`python bench.py args` in this process; returns the script's globals."""
+    monkeypatch.setattr(sys, "argv", ["bench.py", *map(str, args)])
+    return runpy.run_path(os.path.join(ROOT, "bench.py"), run_name="__main__")
+
+
+def test_runs_end_to_end_and_writes_json(monkeypatch, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    bench(monkeypatch, *TINY, f"--output={out}")
+    printed = capsys.readouterr().out
+    for heading in ("train:", "sample:", "data:", "targets:", f"wrote {out}"):
+        assert heading in printed, printed
+    report = json.loads(out.read_text())
+    assert {"cpu", "cores", "gpu", "torch", "torch_threads", "commit", "load_average"} <= set(report["machine"])
+    assert report["machine"]["cores"] >= 1 and report["machine"]["gpu"] is None
+    assert report["settings"]["batch_size"] == 2 and report["settings"]["what"] == "train,sample,data"
+    results = report["results"]
+
+    train = results["train"]
+    for loop in ("train.py", "plain loop"):
+        r = train[loop]
+        assert r["ms_per_step"] > 0 and r["steps_timed"] == 2  # 4 steps, timed in pairs, the first pair left out
+        assert r["tokens_per_sec"] == pytest.approx(2 * 32 / r["ms_per_step"] * 1000)
+        assert r["mfu"] is None  # no known peak on a CPU
+    assert train["ratio"] > 0
+
+    sample = results["sample"]
+    assert [row["new_tokens"] for row in sample["rows"]] == [4, 8] and sample["num_params"] > 0
+    for row in sample["rows"]:
+        assert row["cache_tokens_per_sec"] > 0 and row["recompute_tokens_per_sec"] > 0
+        assert row["speedup"] == pytest.approx(row["cache_tokens_per_sec"] / row["recompute_tokens_per_sec"])
+
+    data = results["data"]
+    assert data["tokens"] > 1000 and data["prepare_tokens_per_sec"] > 0 and data["tiktoken_tokens_per_sec"] > 0
+    assert [m["data_mb"] for m in data["memory"]] == [0.05, 0.1]
+    for m in data["memory"]:
+        assert m["prepare_wall_s"] > 0 and m["tiktoken_wall_s"] > 0
+        if sys.platform == "linux":  # peak RSS comes from /proc
+            assert 20 < m["prepare_peak_mb"] < 10_000 and 5 < m["tiktoken_peak_mb"] < 10_000
+    if sys.platform == "linux":
+        assert data["memory_growth"] is not None
+
+    verdicts = results["targets"]
+    assert len(verdicts) == 4  # train, sampling, data speed, data memory (no MFU on a CPU)
+    assert all(isinstance(ok, bool) and measured for _, measured, ok in verdicts)
+
+
+def test_help_lists_the_settings(monkeypatch, capsys):
+    with pytest.raises(SystemExit) as info:
+        bench(monkeypatch, "--help")
+    assert info.value.code == 0
+    printed = capsys.readouterr().out
+    for name in ("--what", "--sample_lengths", "--data_mb", "--compile", "--train_warmup"):
+        assert name in printed
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--what=train,gpu"], "what='train,gpu' should be a comma-separated list of train, sample, data"),
+    (["--sample_lengths=64,lots"], "sample_lengths='64,lots' should be whole numbers"),
+    (["--train_steps=3", "--train_warmup=3"], "train_steps=3 must exceed train_warmup=3"),
+    (["--train_steps=10", "--train_warmup=3", "--log_interval=2"], "both be multiples of log_interval=2"),
+    (["--batch_size=0"], "batch_size=0 must be at least 1"),
+    (["--n_heads=3"], "bad model settings: d_model (128) must be divisible by n_heads (3)"),
+    (["--data_format=csv"], "data_format jsonl or txt"),
+    (["--batch_sise=4"], "unknown setting 'batch_sise'"),
+    (["--dtype=float8"], "dtype=float8 is not one of auto, float32, bfloat16, float16"),
+])
+def test_setting_errors_are_one_line(monkeypatch, tmp_path, flags, message):
+    with pytest.raises(SystemExit) as info:
+        bench(monkeypatch, *flags, f"--output={tmp_path / 'never.json'}")
+    text = info.value.code
+    assert isinstance(text, str) and text.startswith("error: ") and "\n" not in text, text
+    assert message in text
+    assert not (tmp_path / "never.json").exists()
