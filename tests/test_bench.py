@@ -1,15 +1,13 @@
 """bench.py end to end at tiny sizes (train.py, the plain loop, sampling with and without the KV cache, prepare.py
 against tiktoken, peak memory in subprocesses): it finishes, prints the table and writes JSON with every field,
 and its setting errors are one line. Speed is measured by bench.py, never asserted here: these only check that
-the numbers exist and are sane. bench.py runs in this process (runpy), so it costs no interpreter start-up."""
+the numbers exist and are sane. bench.py runs in this process (run_inline), so it costs no interpreter start-up."""
 import json
-import os
-import runpy
 import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import run_inline
 
 TINY = ["--n_layers=1", "--n_heads=2", "--d_model=32", "--d_ff=64", "--max_seq_len=32", "--batch_size=2",
         "--train_steps=4", "--train_warmup=2", "--log_interval=2", "--repeats=1",
@@ -18,9 +16,7 @@ TINY = ["--n_layers=1", "--n_heads=2", "--d_model=32", "--d_ff=64", "--max_seq_l
 
 
 def bench(monkeypatch, *args):
-    """`python bench.py args` in this process; returns the script's globals."""
-    monkeypatch.setattr(sys, "argv", ["bench.py", *map(str, args)])
-    return runpy.run_path(os.path.join(ROOT, "bench.py"), run_name="__main__")
+    return run_inline(monkeypatch, "bench.py", *args)
 
 
 def test_runs_end_to_end_and_writes_json(monkeypatch, tmp_path, capsys):
