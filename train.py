@@ -36,7 +36,7 @@ d_model = 128
 d_ff = 512  # hidden size of the MLP
 max_seq_len = 128  # context length, and the length of the training windows
 vocab_size = 50257  # GPT-2 BPE
-dropout = 0.1
+dropout = 0.0  # the quick start sees its data about once: nothing to regularise yet
 bias = True  # biases in linear layers and norms
 pos_emb = "learned"  # learned | rope
 norm = "layernorm"  # layernorm | rmsnorm
@@ -46,22 +46,22 @@ tie_weights = True  # lm_head shares the token embedding
 # optimisation
 batch_size = 16  # sequences per micro-step, per process
 grad_accum_steps = 1  # micro-steps per optimizer step, summed over all processes
-learning_rate = 1e-3  # peak learning rate, after warmup
+learning_rate = 2e-3  # peak learning rate, after warmup
 min_lr = None  # end of the cosine decay; None = learning_rate / 10
 weight_decay = 0.1  # on weight matrices only
 beta1 = 0.9
 beta2 = 0.95
-max_steps = 1000  # optimizer steps
-warmup_steps = 50  # linear warmup from 0 to learning_rate
+max_steps = 400  # optimizer steps
+warmup_steps = 40  # linear warmup from 0 to learning_rate
 lr_decay_steps = 0  # the step where the cosine reaches min_lr; 0 = max_steps (set it to stop a run early on schedule)
 grad_clip = 1.0  # clip the global gradient norm to this; 0 = off
 optimizer = "adamw"  # adamw | muon (Muon for hidden matrices, AdamW for the rest)
 seed = 1337  # batches and dropout are a pure function of (seed, step, rank)
 # evaluation, logging, checkpoints
-eval_interval = 200  # steps between evals (and one at the end); 0 = no evals
-eval_iters = 20  # val batches per eval, the same ones each time; as many train batches for train_loss
+eval_interval = 100  # steps between evals (and one at the end); 0 = no evals
+eval_iters = 10  # val batches per eval, the same ones each time; as many train batches for train_loss
 log_interval = 10  # steps between console lines
-checkpoint_interval = 200  # steps between saves of out_dir/ckpt.pt (and one at the end); 0 = never save
+checkpoint_interval = 100  # steps between saves of out_dir/ckpt.pt (and one at the end); 0 = never save
 keep_checkpoints = False  # also keep out_dir/ckpt_<step>.pt at each checkpoint_interval
 early_stopping_patience = 0  # stop after this many evals without a better val loss; 0 = never
 # data
