@@ -44,7 +44,7 @@ mlp = "gelu"  # gelu | swiglu | relu2
 qk_norm = False  # normalise queries and keys per head
 tie_weights = True  # lm_head shares the token embedding
 # optimisation
-batch_size = 16  # sequences per micro-step, per process
+batch_size = 8  # sequences per micro-step, per process
 grad_accum_steps = 1  # micro-steps per optimizer step, summed over all processes
 learning_rate = 2e-3  # peak learning rate, after warmup
 min_lr = None  # end of the cosine decay; None = learning_rate / 10
