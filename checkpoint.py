@@ -53,6 +53,13 @@ def pick_dtype(dtype, device_type, inference=False):
     return dtype
 
 
+def inference_setup(device="auto", dtype="auto"):
+    """(device, dtype, autocast context) for sample.py, evaluate.py and the like."""
+    device = pick_device(device)
+    dtype = pick_dtype(dtype, device.split(":")[0], inference=True)
+    return device, dtype, autocast(device.split(":")[0], dtype)
+
+
 def autocast(device_type, dtype):
     """Mixed precision context: the matmuls run in dtype, the weights and the loss stay float32."""
     if dtype == "float32":

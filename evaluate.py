@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import tokenizer
-from checkpoint import autocast, load_model, pick_device, pick_dtype
+from checkpoint import inference_setup, load_model
 from configurator import configure, fail
 from data import SFTExamples, TokenShards, dataset_dir, ensure_prepared
 
@@ -60,10 +60,7 @@ if batch_size < 1 or seq_len < 0 or max_batches < 0 or max_examples < 0:
 if output and not os.path.isdir(os.path.dirname(os.path.abspath(output))):
     fail(f"the folder of --output={output} does not exist; create it or choose another path")
 
-device = pick_device(device)
-device_type = device.split(":")[0]
-dtype = pick_dtype(dtype, device_type, inference=True)
-ctx = autocast(device_type, dtype)
+device, dtype, ctx = inference_setup(device, dtype)
 
 # -----------------------------------------------------------------------------
 # the model, and the data it is measured on (by default what its run was trained on)

@@ -22,7 +22,7 @@ import sys
 import torch
 
 import tokenizer
-from checkpoint import autocast, load_model, pick_device, pick_dtype
+from checkpoint import inference_setup, load_model
 from configurator import configure, fail
 
 # -----------------------------------------------------------------------------
@@ -63,10 +63,7 @@ if start.startswith("FILE:"):
     except UnicodeDecodeError:
         fail(f"the prompt file {path} is not UTF-8 text")
 
-device = pick_device(device)
-device_type = device.split(":")[0]
-dtype = pick_dtype(dtype, device_type, inference=True)
-ctx = autocast(device_type, dtype)
+device, dtype, ctx = inference_setup(device, dtype)
 
 # -----------------------------------------------------------------------------
 # the model and the prompt
