@@ -78,7 +78,7 @@ if sft:
              f"its training data, with --start=TEXT or --start=FILE:path")
     prompt_ids = enc.encode_ordinary(prompt)  # exactly as data.py encodes SFT prompts: no special tokens
 else:
-    prompt_ids = enc.encode(prompt, allowed_special={"<|endoftext|>"})
+    prompt_ids = enc.encode(prompt, allowed_special={"<|endoftext|>"}, disallowed_special=())  # chat tokens stay text
 if not prompt_ids:
     fail(f"the prompt {start!r} tokenises to nothing; give some text with --start=TEXT or --start=FILE:path")
 if sft and len(prompt_ids) >= model.config.max_seq_len:

@@ -4,7 +4,7 @@ import os
 import pytest
 
 import tokenizer
-from tokenizer import EOT_ID, VOCAB_SIZE, get_tokenizer
+from tokenizer import CHAT_TOKENS, EOT_ID, SPECIAL_TOKENS, VOCAB_SIZE, get_tokenizer, special_ids
 
 
 def test_known_ids():
@@ -13,7 +13,25 @@ def test_known_ids():
     assert enc.encode("Hello world") == [15496, 995]
     assert enc.encode(" the") == [262]
     assert enc.encode("<|endoftext|>", allowed_special="all") == [EOT_ID]
-    assert enc.n_vocab == VOCAB_SIZE == 50257 and enc.eot_token == EOT_ID == 50256
+    assert VOCAB_SIZE == 50257 and enc.eot_token == EOT_ID == 50256
+    assert enc.n_vocab == 50263  # GPT-2's 50257 + the six chat tokens
+
+
+def test_chat_special_tokens_follow_the_shared_contract():
+    enc = get_tokenizer()
+    assert SPECIAL_TOKENS == ("<|endoftext|>", "<|system_start|>", "<|system_end|>", "<|user_start|>", "<|user_end|>",
+                              "<|assistant_start|>", "<|assistant_end|>")
+    ids = special_ids(enc)
+    assert [ids[name] for name in SPECIAL_TOKENS] == list(range(50256, 50263))
+    for name in CHAT_TOKENS:
+        assert enc.encode(name, allowed_special="all") == [ids[name]]
+        assert enc.decode([ids[name]]) == name and enc.decode_single_token_bytes(ids[name]) == name.encode()
+        assert not set(enc.encode_ordinary(f"say {name} now")) & set(ids.values())  # text never becomes a special
+        assert not set(enc.encode(f"say {name}", disallowed_special=())) & set(ids.values())
+        with pytest.raises(ValueError):
+            enc.encode(name)  # tiktoken's default refuses to guess: a special in text must be asked for
+    # every id an ordinary text can produce is below the chat tokens, so pretraining data never holds one
+    assert max(enc.encode_ordinary("".join(SPECIAL_TOKENS) + " naïve 🦜")) < VOCAB_SIZE
 
 
 @pytest.mark.parametrize("text", [
