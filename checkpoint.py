@@ -15,11 +15,11 @@ import os
 
 import torch
 
+import hf
 from model import GPT, GPTConfig
 
 FORMAT = "nash-llm-checkpoint/1"
 CHECKPOINT_FILES = {"latest": "ckpt.pt", "best": "best.pt"}
-PRETRAINED = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 
 
 def fail(message):
@@ -131,22 +131,23 @@ def model_from_checkpoint(state, **overrides):
 
 
 def pretrained_model(name_or_dir, **overrides):
-    """OpenAI GPT-2 weights from the hub, or a local Hugging Face GPT-2 folder."""
+    """OpenAI GPT-2 weights from the hub, or a local Hugging Face folder (GPT-2, Llama or Qwen3 layout)."""
     try:
-        return GPT.from_pretrained(name_or_dir, **overrides)
+        return hf.load_pretrained(name_or_dir, **overrides)
     except (OSError, ValueError) as e:
         fail(str(e).strip().splitlines()[0])
 
 
 def is_pretrained(init_from):
-    """A GPT-2 name, or a local Hugging Face GPT-2 folder (config.json beside the weights)."""
-    return init_from in PRETRAINED or os.path.isfile(os.path.join(init_from, "config.json"))
+    """A GPT-2 name, or a Hugging Face folder (config.json beside model.safetensors / pytorch_model.bin;
+    a run folder has a config.json too, but checkpoints instead)."""
+    return init_from in hf.HF_GPT2_NAMES or os.path.isdir(init_from) and hf.is_hf_folder(init_from)
 
 
 def load_model(init_from="", out_dir="out", ckpt="best", device="cpu"):
     """The model that sample.py, evaluate.py and bench.py work on, in eval mode on device.
-    init_from a GPT-2 name (or Hugging Face folder) loads those weights; otherwise ckpt ('best',
-    'latest' or a file path) picks a checkpoint of the run in init_from or out_dir.
+    init_from a GPT-2 name or a Hugging Face folder (export.py's, say) loads those weights; otherwise ckpt
+    ('best', 'latest' or a file path) picks a checkpoint of the run in init_from or out_dir.
     Returns (model, checkpoint state or None for pretrained weights, where it came from: a path or name)."""
     if init_from and is_pretrained(init_from):
         source, state, model = init_from, None, pretrained_model(init_from, dropout=0.0)

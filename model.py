@@ -5,13 +5,11 @@ Defaults are OpenAI's GPT-2 small (124M): learned positions, pre-LayerNorm, tanh
 embeddings. Switches bring in the modern parts (RoPE, RMSNorm, SwiGLU/ReLU², GQA/MQA, QK-norm,
 untied head). Also here, because they need to know the model's insides:
 - generation with a KV cache (prefill once, then one position per step), streamed or not,
-- loading OpenAI's GPT-2 weights from the Hugging Face hub or a local HF checkpoint,
 - the optimizers (AdamW, or Muon for the hidden matrices + AdamW for the rest),
 - FLOPs per token and MFU against a table of per-GPU peaks.
-Only torch is needed to import this file; safetensors / huggingface_hub are imported when used.
+Only torch is needed to import this file. Hugging Face loading and export live in hf.py.
 """
 import math
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -373,86 +371,11 @@ class GPT(nn.Module):
         steps = self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, stop_token, generator, use_cache)
         return torch.cat([idx] + [tok[:, None] for tok in steps], dim=1)
 
-    # ------------------------------------------------------------------------------------------------
-    # OpenAI GPT-2 weights
-
     @classmethod
     def from_pretrained(cls, name_or_dir, dropout=0.0):
-        """GPT-2 weights: one of gpt2, gpt2-medium, gpt2-large, gpt2-xl (from the Hugging Face hub), or a
-        local directory with a Hugging Face GPT-2 checkpoint (config.json + model.safetensors or
-        pytorch_model.bin)."""
-        import json
-        name = str(name_or_dir)
-        if os.path.isdir(name):
-            config_path = os.path.join(name, "config.json")
-            if not os.path.isfile(config_path):
-                raise FileNotFoundError(f"{name} has no config.json; expected a Hugging Face GPT-2 checkpoint "
-                                        "(config.json + model.safetensors or pytorch_model.bin)")
-            weights_path = next((os.path.join(name, f) for f in ("model.safetensors", "pytorch_model.bin")
-                                 if os.path.isfile(os.path.join(name, f))), None)
-            if weights_path is None:
-                raise FileNotFoundError(f"{name} has neither model.safetensors nor pytorch_model.bin")
-        elif name in HF_GPT2_NAMES:
-            try:
-                from huggingface_hub import hf_hub_download
-            except ImportError:
-                raise ImportError(f"loading {name} from the hub needs huggingface_hub (pip install huggingface_hub)")
-            try:  # falls back to the local HF cache when offline
-                config_path = hf_hub_download("openai-community/" + name, "config.json")
-                weights_path = hf_hub_download("openai-community/" + name, "model.safetensors")
-            except Exception as e:
-                raise OSError(f"could not download {name} from the Hugging Face hub ({type(e).__name__}: {e}); "
-                              "pass a local directory with config.json and model.safetensors instead") from e
-        else:
-            raise ValueError(f"{name!r} is neither a GPT-2 model name ({', '.join(HF_GPT2_NAMES)}) nor an existing "
-                             "directory holding a Hugging Face GPT-2 checkpoint")
-
-        with open(config_path) as f:
-            hf = json.load(f)
-        # refuse the GPT-2 variants whose maths we don't implement, instead of giving wrong logits
-        if hf.get("model_type", "gpt2") != "gpt2":
-            raise ValueError(f"{config_path} is a {hf['model_type']!r} model, not GPT-2")
-        if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise ValueError(f"activation_function {hf['activation_function']!r} is not supported (only GPT-2's tanh GELU)")
-        if hf.get("layer_norm_epsilon", 1e-5) != 1e-5:
-            raise ValueError(f"layer_norm_epsilon {hf['layer_norm_epsilon']} is not supported (only GPT-2's 1e-5)")
-        for key, ok in (("scale_attn_by_inverse_layer_idx", False), ("reorder_and_upcast_attn", False), ("scale_attn_weights", True)):
-            if hf.get(key, ok) != ok:
-                raise ValueError(f"{key}={hf[key]} is not supported")
-        config = GPTConfig(n_layers=hf["n_layer"], n_heads=hf["n_head"], d_model=hf["n_embd"],
-                           d_ff=hf.get("n_inner") or 4 * hf["n_embd"], max_seq_len=hf["n_positions"],
-                           vocab_size=hf["vocab_size"], dropout=dropout, bias=True,
-                           tie_weights=hf.get("tie_word_embeddings", True))
-        model = cls(config)
-
-        if weights_path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-            sd_hf = load_file(weights_path)
-        else:
-            sd_hf = torch.load(weights_path, map_location="cpu", weights_only=True)
-        # OpenAI's uploads have no "transformer." prefix, save_pretrained's do; attn.bias/masked_bias are
-        # the causal-mask buffers of old checkpoints, not weights
-        sd_hf = {k.removeprefix("transformer."): v for k, v in sd_hf.items()
-                 if not k.endswith((".attn.bias", ".attn.masked_bias"))}
-        # HF's GPT-2 uses Conv1D, which stores (in, out): transpose into nn.Linear's (out, in)
-        conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-        sd = model.state_dict()
-        wanted = [k for k in sd if not (k == "lm_head.weight" and config.tie_weights)]  # tied: it is wte
-        missing = [k for k in wanted if k.removeprefix("transformer.") not in sd_hf]
-        if missing:
-            raise ValueError(f"{weights_path} lacks {len(missing)} GPT-2 weights, e.g. {missing[:3]}")
-        with torch.no_grad():
-            for k in wanted:
-                w = sd_hf[k.removeprefix("transformer.")]
-                if k.endswith(conv1d):
-                    w = w.t()
-                if k in ("transformer.wte.weight", "lm_head.weight"):  # fill the real rows, padding stays 0
-                    sd[k][:w.size(0)].copy_(w)
-                elif sd[k].shape != w.shape:
-                    raise ValueError(f"{k} has shape {tuple(w.shape)} in {weights_path}, expected {tuple(sd[k].shape)}")
-                else:
-                    sd[k].copy_(w)
-        return model
+        """GPT-2 from the hub (gpt2 ... gpt2-xl) or a local Hugging Face folder: see hf.load_pretrained."""
+        from hf import load_pretrained  # hf.py holds all Hugging Face conversion; imported here, it imports us
+        return load_pretrained(name_or_dir, dropout)
 
     # ------------------------------------------------------------------------------------------------
     # optimizers
@@ -514,9 +437,6 @@ class GPT(nn.Module):
         if peak is None:
             return None
         return tokens_per_sec * self.flops_per_token(seq_len) / peak
-
-
-HF_GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):

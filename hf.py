@@ -1,0 +1,401 @@
+"""
+Hugging Face interop, both ways, in one place: our GPT <-> transformers' GPT-2, Llama and Qwen3 layouts.
+
+    export_model(model, "export/")      # config.json, model.safetensors, generation_config.json, tokenizer, card
+    model = load_pretrained("export/")  # any HF folder of those layouts (or gpt2..gpt2-xl from the hub) -> GPT
+
+Exact or refused: a model exports only to a transformers class that computes the very same function, and
+an HF folder loads only if our model computes what transformers would. Which class, by our settings:
+- learned positions + LayerNorm + tanh-GELU, no GQA, no QK-norm   -> GPT2LMHeadModel (bias=False: zero biases)
+- RoPE + RMSNorm + SwiGLU, no QK-norm (GQA, bias, tying any way)  -> LlamaForCausalLM
+- the same + QK-norm, no bias                                     -> Qwen3ForCausalLM
+  (Qwen3's q_norm/k_norm: RMSNorm over head_dim, one gain shared by all heads, before RoPE, the model's
+  rms_norm_eps: exactly our qk_norm; its MLP has no biases, so bias=True does not export there)
+Our RoPE rotates the halves (i, i + head_dim/2) of each head, as HF's rotate_half does, so the q/k rows need
+no permutation. Every norm here uses eps 1e-5 (model.py), written as layer_norm_epsilon / rms_norm_eps.
+
+The weight mapping is one table (key_map): each of our tensors is the concatenation, along its rows, of
+one or more HF tensors (c_attn = q|k|v, SwiGLU's c_fc = gate|up). Converting either way walks that table,
+so export and load cannot disagree. Padded vocabulary rows are dropped on export and re-added on load.
+Only torch is needed to import this file; safetensors / huggingface_hub are imported when used.
+"""
+import json
+import os
+import shutil
+import tempfile
+
+import torch
+
+from model import GPT, GPTConfig
+
+HF_GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+NORM_EPS = 1e-5  # model.py's eps for every LayerNorm / RMSNorm
+CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+EXPORTABLE = ("GPT2LMHeadModel: pos_emb=learned, norm=layernorm, mlp=gelu, no GQA, qk_norm=False; "
+              "LlamaForCausalLM: pos_emb=rope, norm=rmsnorm, mlp=swiglu, qk_norm=False; "
+              "Qwen3ForCausalLM: pos_emb=rope, norm=rmsnorm, mlp=swiglu, qk_norm=True, bias=False "
+              "(bias, tie_weights and, for the RoPE layouts, n_kv_heads are free)")
+
+
+class ExportError(ValueError):
+    """This model has no exact Hugging Face equivalent; the message names the setting and what exports."""
+
+
+# -----------------------------------------------------------------------------
+# which transformers class, and its config.json
+
+def architecture(config):
+    """'gpt2', 'llama' or 'qwen3': the HF layout that computes exactly what config does, else ExportError
+    naming the first setting that stands in the way."""
+    c = config
+    if c.pos_emb == "learned":  # the GPT-2 family: everything else must be GPT-2's
+        wanted = [("norm", "layernorm"), ("mlp", "gelu"), ("qk_norm", False)]
+        blocking = [f"{k}={getattr(c, k)!r}" for k, v in wanted if getattr(c, k) != v]
+        if c.kv_heads != c.n_heads:
+            blocking.append(f"n_kv_heads={c.n_kv_heads} (GPT-2 has no grouped-query attention)")
+        family = "learned positions (GPT2LMHeadModel)"
+    else:  # RoPE: Llama, or Qwen3 with QK-norm
+        wanted = [("norm", "rmsnorm"), ("mlp", "swiglu")]
+        blocking = [f"{k}={getattr(c, k)!r}" for k, v in wanted if getattr(c, k) != v]
+        if c.qk_norm and c.bias:
+            blocking.append("bias=True with qk_norm=True (Qwen3's MLP has no biases)")
+        family = "RoPE (LlamaForCausalLM / Qwen3ForCausalLM)"
+    if blocking:
+        raise ExportError(f"cannot export: {', '.join(blocking)} has no exact Hugging Face equivalent with "
+                          f"{family}. These export: {EXPORTABLE}")
+    if c.pos_emb == "learned":
+        return "gpt2"
+    return "qwen3" if c.qk_norm else "llama"
+
+
+def hf_config(config, arch, bos_token_id=50256, eos_token_id=50256, dtype="float32"):
+    """config.json for arch, carrying every setting that changes the function (and dropout for fine-tuning)."""
+    c = config
+    common = {"architectures": [CLASSES[arch]], "model_type": arch, "vocab_size": c.vocab_size,
+              "bos_token_id": bos_token_id, "eos_token_id": eos_token_id, "tie_word_embeddings": c.tie_weights,
+              "torch_dtype": dtype, "use_cache": True}
+    if arch == "gpt2":
+        return {**common, "n_layer": c.n_layers, "n_head": c.n_heads, "n_embd": c.d_model, "n_inner": c.d_ff,
+                "n_positions": c.max_seq_len, "n_ctx": c.max_seq_len, "activation_function": "gelu_new",
+                "layer_norm_epsilon": NORM_EPS, "resid_pdrop": c.dropout, "embd_pdrop": c.dropout,
+                "attn_pdrop": c.dropout, "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
+                "reorder_and_upcast_attn": False, "initializer_range": 0.02}
+    out = {**common, "hidden_size": c.d_model, "intermediate_size": c.d_ff, "num_hidden_layers": c.n_layers,
+           "num_attention_heads": c.n_heads, "num_key_value_heads": c.kv_heads, "head_dim": c.head_dim,
+           "max_position_embeddings": c.max_seq_len, "hidden_act": "silu", "rms_norm_eps": NORM_EPS,
+           # rope_theta for transformers 4.x (and vLLM), rope_parameters for 5.x: both say the same
+           "rope_theta": c.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},
+           "attention_bias": c.bias, "attention_dropout": c.dropout, "initializer_range": 0.02}
+    if arch == "llama":
+        out.update(mlp_bias=c.bias, pretraining_tp=1)
+    else:
+        out.update(use_sliding_window=False, sliding_window=None, max_window_layers=c.n_layers,
+                   layer_types=["full_attention"] * c.n_layers)
+    return out
+
+
+def config_from_hf(hf, dropout=0.0, bias=None):
+    """Our GPTConfig for an HF config.json (a dict); ValueError naming anything whose maths we don't have.
+    bias: for GPT-2, whether its biases are in use (all-zero biases load as bias=False)."""
+    arch = hf.get("model_type", "gpt2")
+    if arch not in CLASSES:
+        raise ValueError(f"model_type {arch!r} is not supported; Nash-LLM loads {', '.join(CLASSES)} folders")
+    if arch == "gpt2":
+        if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise ValueError(f"activation_function {hf['activation_function']!r} is not supported "
+                             "(only GPT-2's tanh GELU)")
+        if hf.get("layer_norm_epsilon", NORM_EPS) != NORM_EPS:
+            raise ValueError(f"layer_norm_epsilon {hf['layer_norm_epsilon']} is not supported (only {NORM_EPS})")
+        for key, ok in (("scale_attn_by_inverse_layer_idx", False), ("reorder_and_upcast_attn", False),
+                        ("scale_attn_weights", True)):
+            if hf.get(key, ok) != ok:
+                raise ValueError(f"{key}={hf[key]} is not supported")
+        return GPTConfig(n_layers=hf["n_layer"], n_heads=hf["n_head"], d_model=hf["n_embd"],
+                         d_ff=hf.get("n_inner") or 4 * hf["n_embd"], max_seq_len=hf["n_positions"],
+                         vocab_size=hf["vocab_size"], dropout=dropout, bias=True if bias is None else bias,
+                         tie_weights=hf.get("tie_word_embeddings", True))
+    # Llama / Qwen3
+    heads, d = hf["num_attention_heads"], hf["hidden_size"]
+    if hf.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"hidden_act {hf['hidden_act']!r} is not supported (only SwiGLU's silu)")
+    if hf.get("rms_norm_eps", 1e-6) != NORM_EPS:
+        raise ValueError(f"rms_norm_eps {hf.get('rms_norm_eps', 1e-6)} is not supported (Nash-LLM's norms use "
+                         f"{NORM_EPS})")
+    if (hf.get("head_dim") or d // heads) != d // heads or d % heads:
+        raise ValueError(f"head_dim {hf.get('head_dim')} is not hidden_size / num_attention_heads ({d}/{heads}), "
+                         "which Nash-LLM needs")
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        raise ValueError(f"RoPE scaling {rope.get('rope_type', rope.get('type'))!r} is not supported "
+                         "(only plain RoPE)")
+    theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
+    kv = hf.get("num_key_value_heads") or heads
+    if arch == "llama":
+        if hf.get("attention_bias", False) != hf.get("mlp_bias", False):
+            raise ValueError("attention_bias and mlp_bias differ; Nash-LLM has one bias switch for both")
+        has_bias = hf.get("attention_bias", False)
+    else:
+        if hf.get("attention_bias", False):
+            raise ValueError("attention_bias=True is not supported for Qwen3 (its MLP has no biases, ours would)")
+        if hf.get("use_sliding_window") or any(t != "full_attention" for t in hf.get("layer_types") or []):
+            raise ValueError("sliding-window attention is not supported")
+        has_bias = False
+    return GPTConfig(n_layers=hf["num_hidden_layers"], n_heads=heads,
+                     n_kv_heads=kv if kv != heads else None, d_model=d, d_ff=hf["intermediate_size"],
+                     max_seq_len=hf["max_position_embeddings"], vocab_size=hf["vocab_size"], dropout=dropout,
+                     bias=has_bias, pos_emb="rope", norm="rmsnorm", mlp="swiglu", qk_norm=arch == "qwen3",
+                     tie_weights=hf.get("tie_word_embeddings", False), rope_theta=float(theta))
+
+
+# -----------------------------------------------------------------------------
+# the weight table
+
+def key_map(config, arch):
+    """[(our key, [(HF key, rows), ...], transpose)]: our tensor is its HF tensors stacked along dim 0
+    (after transposing them, for GPT-2's Conv1D weights, stored (in, out)). Biases are listed even when
+    config.bias is False: GPT-2 has them (zeros then). Tied weights list the embedding only."""
+    c, hd = config, config.head_dim
+    q, kv = c.n_heads * hd, c.kv_heads * hd
+    table = []
+    if arch == "gpt2":
+        t = "transformer."
+        table += [("transformer.wte.weight", [(t + "wte.weight", c.vocab_size)], False),
+                  ("transformer.wpe.weight", [(t + "wpe.weight", c.max_seq_len)], False)]
+        for i in range(c.n_layers):
+            ours, hf = f"transformer.h.{i}.", f"{t}h.{i}."
+            for name, rows in (("ln_1", c.d_model), ("attn.c_attn", q + 2 * kv), ("attn.c_proj", c.d_model),
+                               ("ln_2", c.d_model), ("mlp.c_fc", c.d_ff), ("mlp.c_proj", c.d_model)):
+                table.append((ours + name + ".weight", [(hf + name + ".weight", rows)], not name.startswith("ln")))
+                table.append((ours + name + ".bias", [(hf + name + ".bias", rows)], False))
+        table += [("transformer.ln_f.weight", [(t + "ln_f.weight", c.d_model)], False),
+                  ("transformer.ln_f.bias", [(t + "ln_f.bias", c.d_model)], False)]
+    else:
+        table.append(("transformer.wte.weight", [("model.embed_tokens.weight", c.vocab_size)], False))
+        for i in range(c.n_layers):
+            ours, hf = f"transformer.h.{i}.", f"model.layers.{i}."
+            table.append((ours + "ln_1.weight", [(hf + "input_layernorm.weight", c.d_model)], False))
+            table.append((ours + "ln_2.weight", [(hf + "post_attention_layernorm.weight", c.d_model)], False))
+            if arch == "qwen3":
+                table.append((ours + "attn.q_norm.weight", [(hf + "self_attn.q_norm.weight", hd)], False))
+                table.append((ours + "attn.k_norm.weight", [(hf + "self_attn.k_norm.weight", hd)], False))
+            for kind in ("weight", "bias"):
+                a, m = hf + "self_attn.", hf + "mlp."
+                table += [(ours + "attn.c_attn." + kind, [(a + "q_proj." + kind, q), (a + "k_proj." + kind, kv),
+                                                          (a + "v_proj." + kind, kv)], False),
+                          (ours + "attn.c_proj." + kind, [(a + "o_proj." + kind, c.d_model)], False),
+                          (ours + "mlp.c_fc." + kind, [(m + "gate_proj." + kind, c.d_ff),
+                                                       (m + "up_proj." + kind, c.d_ff)], False),
+                          (ours + "mlp.c_proj." + kind, [(m + "down_proj." + kind, c.d_model)], False)]
+        table.append(("transformer.ln_f.weight", [("model.norm.weight", c.d_model)], False))
+    if not c.tie_weights:
+        table.append(("lm_head.weight", [("lm_head.weight", c.vocab_size)], False))
+    if arch != "gpt2" and not c.bias:
+        table = [row for row in table if not row[0].endswith(".bias")]
+    return table
+
+
+def to_hf_state_dict(state_dict, config, arch):
+    """Our state dict -> the HF one for arch (fresh contiguous tensors, padded vocab rows dropped)."""
+    out = {}
+    for ours, parts, transpose in key_map(config, arch):
+        if ours in state_dict:
+            w = state_dict[ours]
+        else:  # a GPT-2 bias of a bias=False model: zeros compute the same
+            w = torch.zeros(sum(rows for _, rows in parts))
+        w = w[:sum(rows for _, rows in parts)]  # drops padded vocabulary rows
+        for (key, rows), piece in zip(parts, w.split([rows for _, rows in parts])):
+            out[key] = (piece.t() if transpose else piece).contiguous().clone()
+    return out
+
+
+def from_hf_state_dict(sd_hf, config, arch, into):
+    """Copy the HF state dict sd_hf into our state dict `into` (e.g. model.state_dict()), in place."""
+    missing = [k for _, parts, _ in key_map(config, arch) for k, _ in parts if k not in sd_hf]
+    if missing:
+        raise ValueError(f"the weights lack {len(missing)} {CLASSES[arch]} tensors, e.g. {missing[:3]}")
+    with torch.no_grad():
+        for ours, parts, transpose in key_map(config, arch):
+            if ours not in into:
+                continue  # a GPT-2 bias we don't use (all zeros: checked by the caller)
+            w = torch.cat([sd_hf[k].t() if transpose else sd_hf[k] for k, _ in parts])
+            if ours in ("transformer.wte.weight", "lm_head.weight"):
+                if w.shape[1:] != into[ours].shape[1:] or w.size(0) > into[ours].size(0):
+                    raise ValueError(f"{ours} has shape {tuple(w.shape)}, expected {tuple(into[ours].shape)}")
+                into[ours][:w.size(0)].copy_(w)  # the real rows; padding stays zero
+            elif w.shape != into[ours].shape:
+                raise ValueError(f"{parts[0][0]} has shape {tuple(w.shape)} (as our {ours}), "
+                                 f"expected {tuple(into[ours].shape)}")
+            else:
+                into[ours].copy_(w)
+
+
+# -----------------------------------------------------------------------------
+# loading a Hugging Face folder (or OpenAI's GPT-2 from the hub)
+
+def is_hf_folder(path):
+    """A Hugging Face model folder: config.json beside weights (model.safetensors, sharded or not, or
+    pytorch_model.bin). A run folder also has a config.json, but checkpoints instead of these."""
+    return os.path.isfile(os.path.join(path, "config.json")) and weights_file(path) is not None
+
+
+def weights_file(folder):
+    for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"):
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    return None
+
+
+def read_weights(path):
+    """An HF state dict from model.safetensors, a sharded safetensors index, or pytorch_model.bin (data only)."""
+    if path.endswith(".index.json"):
+        with open(path) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        sd = {}
+        for shard in shards:
+            sd.update(read_weights(os.path.join(os.path.dirname(path), shard)))
+        return sd
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_pretrained(name_or_dir, dropout=0.0):
+    """A GPT with the weights of a Hugging Face folder (GPT-2, Llama or Qwen3 layout: config.json +
+    model.safetensors or pytorch_model.bin), or of gpt2 / gpt2-medium / gpt2-large / gpt2-xl from the hub.
+    Raises FileNotFoundError / OSError / ValueError with a one-line reason."""
+    name = str(name_or_dir)
+    if os.path.isdir(name):
+        config_path = os.path.join(name, "config.json")
+        if not os.path.isfile(config_path):
+            raise FileNotFoundError(f"{name} has no config.json; expected a Hugging Face model folder "
+                                    "(config.json + model.safetensors or pytorch_model.bin)")
+        weights_path = weights_file(name)
+        if weights_path is None:
+            raise FileNotFoundError(f"{name} has neither model.safetensors nor pytorch_model.bin")
+    elif name in HF_GPT2_NAMES:
+        try:
+            from huggingface_hub import hf_hub_download
+        except ImportError:
+            raise ImportError(f"loading {name} from the hub needs huggingface_hub (pip install huggingface_hub)")
+        try:  # falls back to the local HF cache when offline
+            config_path = hf_hub_download("openai-community/" + name, "config.json")
+            weights_path = hf_hub_download("openai-community/" + name, "model.safetensors")
+        except Exception as e:
+            raise OSError(f"could not download {name} from the Hugging Face hub ({type(e).__name__}: {e}); "
+                          "pass a local directory with config.json and model.safetensors instead") from e
+    else:
+        raise ValueError(f"{name!r} is neither a GPT-2 model name ({', '.join(HF_GPT2_NAMES)}) nor an existing "
+                         "directory holding a Hugging Face checkpoint")
+
+    with open(config_path) as f:
+        hf = json.load(f)
+    arch = hf.get("model_type", "gpt2")
+    config_from_hf(hf)  # refuse what we can't compute before reading any weights
+    sd_hf = read_weights(weights_path)
+    # OpenAI's uploads have no "transformer." prefix, save_pretrained's do; attn.bias/masked_bias are the
+    # causal-mask buffers of old checkpoints, not weights
+    if arch == "gpt2":
+        sd_hf = {("transformer." + k if not k.startswith(("transformer.", "lm_head.")) else k): v
+                 for k, v in sd_hf.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    # all-zero GPT-2 biases are a bias=False model (ours exports them so): load it as one, exactly
+    zero_bias = arch == "gpt2" and all(not v.any() for k, v in sd_hf.items() if k.endswith(".bias"))
+    model = GPT(config_from_hf(hf, dropout, bias=False if zero_bias else None))
+    sd = model.state_dict()
+    from_hf_state_dict(sd_hf, model.config, arch, sd)
+    return model
+
+
+# -----------------------------------------------------------------------------
+# writing a Hugging Face folder
+
+def write_gpt2_tokenizer(folder, max_seq_len=1024):
+    """GPT-2's BPE as HF tokenizer files (tokenizer.json + vocab.json/merges.txt), from the same installed
+    files tokenizer.py uses; <|endoftext|> is bos, eos and unk, as in OpenAI's GPT-2. Returns the ids
+    generation_config.json needs and the vocabulary size."""
+    import tokenizer
+    src = tokenizer.bpe_data_dir()
+    tokenizer.get_tokenizer()  # checks the files' sha256 (one clear error if they are not GPT-2's)
+    with open(os.path.join(src, "encoder.json")) as f:
+        vocab = json.load(f)
+    with open(os.path.join(src, "vocab.bpe"), encoding="utf-8") as f:
+        merges = [line for line in f.read().split("\n")[1:] if line]  # line 0 is "#version: 0.2"
+    eot = "<|endoftext|>"
+    assert vocab[eot] == tokenizer.EOT_ID and len(vocab) == tokenizer.VOCAB_SIZE
+    byte_level = {"add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    tok = {"version": "1.0", "truncation": None, "padding": None,
+           "added_tokens": [{"id": tokenizer.EOT_ID, "content": eot, "single_word": False, "lstrip": False,
+                             "rstrip": False, "normalized": False, "special": True}],
+           "normalizer": None, "pre_tokenizer": {"type": "ByteLevel", **byte_level},
+           "post_processor": {"type": "ByteLevel", **byte_level, "trim_offsets": False},
+           "decoder": {"type": "ByteLevel", **byte_level},
+           "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
+                     "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False,
+                     "vocab": vocab, "merges": merges}}
+    # clean_up_tokenization_spaces would turn " ." into "." on decode: off, so decode(encode(s)) == s
+    config = {"tokenizer_class": "GPT2Tokenizer", "bos_token": eot, "eos_token": eot, "unk_token": eot,
+              "add_prefix_space": False, "add_bos_token": False, "clean_up_tokenization_spaces": False,
+              "model_max_length": max_seq_len}
+    files = {"tokenizer.json": tok, "vocab.json": vocab, "tokenizer_config.json": config,
+             "special_tokens_map.json": {"bos_token": eot, "eos_token": eot, "unk_token": eot}}
+    for name, obj in files.items():
+        with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
+            json.dump(obj, f, ensure_ascii=False, indent=None if name in ("tokenizer.json", "vocab.json") else 2)
+    with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return {"bos_token_id": tokenizer.EOT_ID, "eos_token_id": tokenizer.EOT_ID, "vocab_size": tokenizer.VOCAB_SIZE}
+
+
+def check_output(output, force=False):
+    """Refuse an output that would lose something: a file, a non-empty folder without force, a run folder."""
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise ExportError(f"--output={output} is a file; give a folder path")
+    if os.path.isdir(output) and os.listdir(output):
+        if any(os.path.exists(os.path.join(output, n)) for n in ("ckpt.pt", "best.pt")):
+            raise ExportError(f"{output} holds a training run (checkpoints); export into another folder")
+        if not force:
+            raise ExportError(f"{output} is not empty; choose an empty or new folder, or pass --force to replace it")
+    parent = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(parent):
+        raise ExportError(f"the parent folder of --output={output} does not exist; create it first")
+
+
+def export_model(model, output, card="", force=False, write_tokenizer=write_gpt2_tokenizer, dtype=torch.float32):
+    """Write model as a Hugging Face folder at output: config.json, model.safetensors, generation_config.json,
+    the tokenizer files (write_tokenizer(folder, max_seq_len) -> {bos_token_id, eos_token_id, vocab_size}),
+    and README.md (card). Everything goes to a temporary folder beside output, renamed into place at the end,
+    so output is either untouched or complete. Returns the architecture ('gpt2', 'llama', 'qwen3').
+    Raises ExportError (a ValueError) for a model with no exact equivalent or an output that would lose files."""
+    from safetensors.torch import save_file
+    config = model.config
+    arch = architecture(config)  # refuse before touching the disk
+    check_output(output, force)
+    parent = os.path.dirname(os.path.abspath(output))
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(output))}.", suffix=".tmp", dir=parent)
+    try:
+        tok = write_tokenizer(tmp, config.max_seq_len)
+        if tok["vocab_size"] > config.vocab_size:
+            raise ExportError(f"the tokenizer has {tok['vocab_size']} tokens but the model only {config.vocab_size} "
+                              "rows; it cannot have been trained with this tokenizer")
+        hf = hf_config(config, arch, tok["bos_token_id"], tok["eos_token_id"], str(dtype).removeprefix("torch."))
+        sd = {k: v.detach().to("cpu", dtype) for k, v in to_hf_state_dict(model.state_dict(), config, arch).items()}
+        save_file(sd, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        generation = {"bos_token_id": tok["bos_token_id"], "eos_token_id": tok["eos_token_id"],
+                      "pad_token_id": tok["eos_token_id"], "max_length": config.max_seq_len}
+        for name, obj in (("config.json", hf), ("generation_config.json", generation)):
+            with open(os.path.join(tmp, name), "w") as f:
+                json.dump(obj, f, indent=2)
+        with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
+            f.write(card)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; an export is meant to be shared
+        if os.path.isdir(output):  # empty, or force: swap the old one out, the new one in, then delete the old
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(output))}.", suffix=".old", dir=parent)
+            os.rename(output, os.path.join(old, "x"))
+            os.rename(tmp, output)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, output)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp)
+    return arch
