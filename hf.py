@@ -309,23 +309,28 @@ def load_pretrained(name_or_dir, dropout=0.0):
 # -----------------------------------------------------------------------------
 # writing a Hugging Face folder
 
-def write_gpt2_tokenizer(folder, max_seq_len=1024):
+def write_gpt2_tokenizer(folder, config):
     """GPT-2's BPE as HF tokenizer files (tokenizer.json + vocab.json/merges.txt), from the same installed
-    files tokenizer.py uses; <|endoftext|> is bos, eos and unk, as in OpenAI's GPT-2. Returns the ids
-    generation_config.json needs and the vocabulary size."""
+    files tokenizer.py uses; <|endoftext|> is bos, eos and unk, as in OpenAI's GPT-2. The chat tokens
+    (ids 50257..50262) go in as special tokens when the model has rows for them (vocab_size >= 50263);
+    for a model without, their spellings are ordinary text, as in our encode_ordinary. Returns the ids
+    generation_config.json needs and the size of the vocabulary written."""
     import tokenizer
     src = tokenizer.bpe_data_dir()
-    tokenizer.get_tokenizer()  # checks the files' sha256 (one clear error if they are not GPT-2's)
+    enc = tokenizer.get_tokenizer()  # checks the files' sha256 (one clear error if they are not GPT-2's)
     with open(os.path.join(src, "encoder.json")) as f:
         vocab = json.load(f)
     with open(os.path.join(src, "vocab.bpe"), encoding="utf-8") as f:
         merges = [line for line in f.read().split("\n")[1:] if line]  # line 0 is "#version: 0.2"
     eot = "<|endoftext|>"
     assert vocab[eot] == tokenizer.EOT_ID and len(vocab) == tokenizer.VOCAB_SIZE
+    specials = {eot: tokenizer.EOT_ID}
+    if config.vocab_size >= tokenizer.CHAT_VOCAB_SIZE:
+        specials = tokenizer.special_ids(enc)
     byte_level = {"add_prefix_space": False, "trim_offsets": True, "use_regex": True}
     tok = {"version": "1.0", "truncation": None, "padding": None,
-           "added_tokens": [{"id": tokenizer.EOT_ID, "content": eot, "single_word": False, "lstrip": False,
-                             "rstrip": False, "normalized": False, "special": True}],
+           "added_tokens": [{"id": i, "content": name, "single_word": False, "lstrip": False, "rstrip": False,
+                             "normalized": False, "special": True} for name, i in specials.items()],
            "normalizer": None, "pre_tokenizer": {"type": "ByteLevel", **byte_level},
            "post_processor": {"type": "ByteLevel", **byte_level, "trim_offsets": False},
            "decoder": {"type": "ByteLevel", **byte_level},
@@ -333,17 +338,24 @@ def write_gpt2_tokenizer(folder, max_seq_len=1024):
                      "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False,
                      "vocab": vocab, "merges": merges}}
     # clean_up_tokenization_spaces would turn " ." into "." on decode: off, so decode(encode(s)) == s
-    config = {"tokenizer_class": "GPT2Tokenizer", "bos_token": eot, "eos_token": eot, "unk_token": eot,
-              "add_prefix_space": False, "add_bos_token": False, "clean_up_tokenization_spaces": False,
-              "model_max_length": max_seq_len}
-    files = {"tokenizer.json": tok, "vocab.json": vocab, "tokenizer_config.json": config,
-             "special_tokens_map.json": {"bos_token": eot, "eos_token": eot, "unk_token": eot}}
+    chat = [name for name in specials if name != eot]
+    config_json = {"tokenizer_class": "GPT2Tokenizer", "bos_token": eot, "eos_token": eot, "unk_token": eot,
+                   "add_prefix_space": False, "add_bos_token": False, "clean_up_tokenization_spaces": False,
+                   "model_max_length": config.max_seq_len,
+                   "added_tokens_decoder": {str(t["id"]): {k: v for k, v in t.items() if k != "id"}
+                                            for t in tok["added_tokens"]}}
+    special_map = {"bos_token": eot, "eos_token": eot, "unk_token": eot}
+    if chat:
+        config_json["additional_special_tokens"] = special_map["additional_special_tokens"] = chat
+    files = {"tokenizer.json": tok, "vocab.json": vocab, "tokenizer_config.json": config_json,
+             "special_tokens_map.json": special_map}
     for name, obj in files.items():
         with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
             json.dump(obj, f, ensure_ascii=False, indent=None if name in ("tokenizer.json", "vocab.json") else 2)
     with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
         f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
-    return {"bos_token_id": tokenizer.EOT_ID, "eos_token_id": tokenizer.EOT_ID, "vocab_size": tokenizer.VOCAB_SIZE}
+    return {"bos_token_id": tokenizer.EOT_ID, "eos_token_id": tokenizer.EOT_ID,
+            "vocab_size": max(specials.values()) + 1}
 
 
 def check_output(output, force=False):
@@ -362,7 +374,7 @@ def check_output(output, force=False):
 
 def export_model(model, output, card="", force=False, write_tokenizer=write_gpt2_tokenizer, dtype=torch.float32):
     """Write model as a Hugging Face folder at output: config.json, model.safetensors, generation_config.json,
-    the tokenizer files (write_tokenizer(folder, max_seq_len) -> {bos_token_id, eos_token_id, vocab_size}),
+    the tokenizer files (write_tokenizer(folder, config) -> {bos_token_id, eos_token_id, vocab_size}),
     and README.md (card). Everything goes to a temporary folder beside output, renamed into place at the end,
     so output is either untouched or complete. Returns the architecture ('gpt2', 'llama', 'qwen3').
     Raises ExportError (a ValueError) for a model with no exact equivalent or an output that would lose files."""
@@ -373,7 +385,7 @@ def export_model(model, output, card="", force=False, write_tokenizer=write_gpt2
     parent = os.path.dirname(os.path.abspath(output))
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(output))}.", suffix=".tmp", dir=parent)
     try:
-        tok = write_tokenizer(tmp, config.max_seq_len)
+        tok = write_tokenizer(tmp, config)
         if tok["vocab_size"] > config.vocab_size:
             raise ExportError(f"the tokenizer has {tok['vocab_size']} tokens but the model only {config.vocab_size} "
                               "rows; it cannot have been trained with this tokenizer")

@@ -115,18 +115,26 @@ def test_gpt2_without_bias_exports_zero_biases(tmp_path):
     assert "lm_head.weight" in sd and sd["lm_head.weight"].shape == (50257, 32)
 
 
-def test_tokenizer_files_give_our_ids(tmp_path):
-    hf.export_model(make("gpt2"), str(tmp_path / "x"))
+TEXTS = ["Hello world", "<|endoftext|>ROMEO: O, she doth teach the torches to burn bright!<|endoftext|>",
+         "  spaces   and\n\n\ttabs, 1234 numbers 's 're 've", "émoji 🎉, 中文, naïve café", " . , ! ?", "x" * 300,
+         "a<|endoftext|>b <|endoftext|> c", "<|user_start|>Reverse: big red car<|user_end|><|assistant_start|>car"]
+
+
+@pytest.mark.parametrize("vocab_size", [50257, 50263])
+def test_tokenizer_files_give_our_ids(vocab_size, tmp_path):
+    """A GPT-2-vocabulary model gets <|endoftext|> as its one special token (the chat tokens' spellings are
+    text to it); a chat model (50263 rows) gets the six chat tokens as specials too, at our ids."""
+    torch.manual_seed(0)
+    hf.export_model(GPT(GPTConfig(**TINY, vocab_size=vocab_size)), str(tmp_path / "x"))
     theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "x")
     enc = get_tokenizer()
-    texts = ["Hello world", "<|endoftext|>ROMEO: O, she doth teach the torches to burn bright!<|endoftext|>",
-             "  spaces   and\n\n\ttabs, 1234 numbers 's 're 've", "émoji 🎉, 中文, naïve café", "a<|endoftext|>b <|endoftext|> c",
-             " . , ! ?", "x" * 300]
-    for text in texts:
-        ids = enc.encode(text, allowed_special="all")
+    allowed = "all" if vocab_size == 50263 else {"<|endoftext|>"}
+    for text in TEXTS:
+        ids = enc.encode(text, allowed_special=allowed, disallowed_special=())
         assert theirs(text)["input_ids"] == ids, text
         assert theirs.decode(ids) == text
-    assert theirs.bos_token_id == theirs.eos_token_id == EOT_ID and len(theirs) == 50257
+    assert (50259 in theirs(TEXTS[-1])["input_ids"]) == (vocab_size == 50263)  # <|user_start|>
+    assert theirs.bos_token_id == theirs.eos_token_id == EOT_ID and len(theirs) == vocab_size
     gen = json.loads((tmp_path / "x" / "generation_config.json").read_text())
     assert gen["eos_token_id"] == gen["bos_token_id"] == EOT_ID
 
