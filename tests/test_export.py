@@ -53,9 +53,10 @@ def make_run(tmp_path, name):
     run.mkdir()
     settings = {"task": "pretrain", "dataset": "shakespeare", "data_dir": "", "batch_size": 4, "max_seq_len": 32,
                 "grad_accum_steps": 2, "init_from": "scratch", **{k: v for k, v in MAPPINGS[name][0].items()}}
-    save_checkpoint(str(run / "best.pt"), {"model": model.state_dict(), "model_config": asdict(model.config),
-                                           "step": 20, "settings": settings,
-                                           "metrics": {"val_loss": 3.25, "perplexity": 25.79, "accuracy": 0.125}})
+    for name in ("best.pt", "ckpt.pt"):
+        save_checkpoint(str(run / name), {"model": model.state_dict(), "model_config": asdict(model.config),
+                                          "step": 20, "settings": settings,
+                                          "metrics": {"val_loss": 3.25, "perplexity": 25.79, "accuracy": 0.125}})
     return model, str(run)
 
 
@@ -248,7 +249,7 @@ def test_output_never_loses_files(tmp_path, monkeypatch):
     assert "holds a training run" in message and os.path.exists(os.path.join(run, "best.pt"))
     assert "is a file" in export_error(monkeypatch, f"--out_dir={run}", f"--output={out / 'notes.txt'}")
     assert "--output" in export_error(monkeypatch, f"--out_dir={run}")
-    run_inline(monkeypatch, "export.py", f"--out_dir={run}", f"--output={out}", "--force")
+    run_inline(monkeypatch, "export.py", f"--out_dir={run}", "--ckpt=latest", f"--output={out}", "--force")
     assert not (out / "notes.txt").exists() and hf.is_hf_folder(str(out))
     assert sorted(os.listdir(tmp_path)) == ["out", "run_llama_gqa"]  # nothing temporary left behind
     (tmp_path / "empty").mkdir()  # an empty folder is fine without --force
@@ -320,9 +321,9 @@ def test_lm_eval_runs_on_an_export(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(ROOT)  # the task's data_files path is relative to the repo
     hf.export_model(make("qwen3"), str(tmp_path / "export"))
-    task_manager = TaskManager(include_path="tests/lm_eval_task", include_defaults=False)
+    tasks = TaskManager(include_path="tests/lm_eval_task", include_defaults=False)  # as in the README
     results = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={tmp_path / 'export'},dtype=float32",
-                                      tasks=["nash_tiny_mc"], task_manager=task_manager, device="cpu", batch_size=4)
+                                      tasks=["nash_tiny_mc"], task_manager=tasks)
     scores = results["results"]["nash_tiny_mc"]
     assert scores["sample_len"] == 8
     # the accuracy it reports is the one our model gives: the choice with the highest log-likelihood
