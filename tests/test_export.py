@@ -323,7 +323,7 @@ def test_lm_eval_runs_on_an_export(tmp_path, monkeypatch):
     hf.export_model(make("qwen3"), str(tmp_path / "export"))
     tasks = TaskManager(include_path="tests/lm_eval_task", include_defaults=False)  # as in the README
     results = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={tmp_path / 'export'},dtype=float32",
-                                      tasks=["nash_tiny_mc"], task_manager=tasks)
+                                      tasks=["nash_tiny_mc"], task_manager=tasks, device="cpu", batch_size=4)
     scores = results["results"]["nash_tiny_mc"]
     assert scores["sample_len"] == 8
     # the accuracy it reports is the one our model gives: the choice with the highest log-likelihood
