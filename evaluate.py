@@ -33,7 +33,7 @@ from data import SFTExamples, TokenShards, dataset_dir, ensure_prepared
 
 # -----------------------------------------------------------------------------
 # settings (python evaluate.py --help lists them)
-init_from = ""  # "" = the run in out_dir | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | a Hugging Face GPT-2 folder
+init_from = ""  # "" = the run in out_dir | gpt2 ... gpt2-xl | a Hugging Face folder (GPT-2, Llama, Qwen3; export.py's)
 out_dir = "out"  # the run folder train.py wrote
 ckpt = "best"  # best (lowest val loss; the latest when no eval has run) | latest | a checkpoint file
 task = ""  # "" = the checkpoint's (pretrain for GPT-2 weights) | pretrain | sft

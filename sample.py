@@ -27,7 +27,7 @@ from configurator import configure, fail
 
 # -----------------------------------------------------------------------------
 # settings (python sample.py --help lists them)
-init_from = ""  # "" = the run in out_dir | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | a Hugging Face GPT-2 folder
+init_from = ""  # "" = the run in out_dir | gpt2 ... gpt2-xl | a Hugging Face folder (GPT-2, Llama, Qwen3; export.py's)
 out_dir = "out"  # the run folder train.py wrote
 ckpt = "best"  # best (lowest val loss; the latest when no eval has run) | latest | a checkpoint file
 start = "<|endoftext|>"  # the prompt: text, or FILE:path to read it from a file
@@ -84,7 +84,7 @@ if not prompt_ids:
 if sft and len(prompt_ids) >= model.config.max_seq_len:
     print(f"warning: the prompt has {len(prompt_ids)} tokens, as many as the model's context "
           f"({model.config.max_seq_len}); only its end is seen", file=sys.stderr)
-info = f"step {state['step']}" if state else "GPT-2 weights"
+info = f"step {state['step']}" if state else "Hugging Face weights"
 if state and state.get("metrics"):
     info += f", val loss {state['metrics']['val_loss']:.4f}"
 print(f"sampling from {where} ({info}{', fine-tuned: prompt -> completion' if sft else ''}) on {device}, {dtype}",

@@ -70,7 +70,7 @@ dataset = "shakespeare"  # folder name under data/
 data_dir = ""  # the dataset's folder, if not data/<dataset>
 # run
 out_dir = "out"
-init_from = "scratch"  # scratch | resume | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | a checkpoint file or run folder
+init_from = "scratch"  # scratch | resume | gpt2 ... gpt2-xl | a Hugging Face folder | a checkpoint file or run folder
 overwrite = False  # allow a new run to replace the checkpoints of an earlier one in out_dir
 device = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps
 dtype = "auto"  # auto (float16 on CUDA, float32 elsewhere) | float32 | bfloat16 | float16

@@ -189,7 +189,8 @@ def test_model_card(tmp_path, monkeypatch):
     run_inline(monkeypatch, "export.py", f"--out_dir={run}", f"--output={out}")
     card = (out / "README.md").read_text()
     for words in ("Qwen3ForCausalLM", "qk_norm=True", "20 steps", f"{20 * 4 * 32 * 2:,} tokens", "3.2500",
-                  "perplexity 25.79", "RoPE base 20000", "AutoModelForCausalLM.from_pretrained", '"grad_accum_steps": 2'):
+                  "perplexity 25.79", "RoPE base 20000", "AutoModelForCausalLM.from_pretrained",
+                  '"grad_accum_steps": 2'):
         assert words in card, words
     assert f"{make('qwen3').num_params():,}" in card
 
@@ -205,6 +206,17 @@ def test_export_of_a_trained_run_and_bfloat16(tiny_run, tmp_path, monkeypatch):
     idx = torch.randint(0, 50257, (2, 32))
     assert 0 < max_diff(ours, theirs, idx) < 0.1  # rounded to bfloat16, so close but not exact
     assert "final val loss" in (out / "README.md").read_text()
+
+
+def test_an_export_exports_again_unchanged(tmp_path, monkeypatch):
+    """--init_from=DIR reads an export back (hf.load_pretrained) and writes the very same weights and config."""
+    hf.export_model(make("llama_bias_tied"), str(tmp_path / "a"))
+    run_inline(monkeypatch, "export.py", f"--init_from={tmp_path / 'a'}", f"--output={tmp_path / 'b'}")
+    from safetensors.torch import load_file
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "a" / "config.json").read_text() == (tmp_path / "b" / "config.json").read_text()
+    assert "not trained here" in (tmp_path / "b" / "README.md").read_text()
 
 
 def export_error(monkeypatch, *args):
