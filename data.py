@@ -20,7 +20,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from tokenizer import EOT_ID, VOCAB_SIZE, get_tokenizer
+from tokenizer import get_tokenizer
 
 KNOWN_DATASETS = ("shakespeare", "tinystories_10M", "openwebtext_100M", "fineweb_1B")  # those of prepare.py
 
@@ -112,8 +112,9 @@ class TokenShards:
             dtype, self.vocab_size = meta["dtype"], vocab_size or meta["vocab_size"]
         except (KeyError, TypeError) as e:
             die(f"{meta_path} lacks {e}, so prepare.py did not write it; {fix}")
-        if dtype != "uint16":
-            die(f"{meta_path} says dtype {dtype!r}, but shards hold uint16 tokens; {fix}")
+        if dtype not in ("uint16", "uint32"):  # uint32 when the vocabulary has more than 65,536 tokens
+            die(f"{meta_path} says dtype {dtype!r}, but shards hold uint16 or uint32 tokens; {fix}")
+        itemsize = np.dtype(dtype).itemsize
         self.files, self.shards, sizes = [], [], []
         for i, name in enumerate(files):
             path = os.path.join(data_dir, name)
@@ -121,14 +122,14 @@ class TokenShards:
             if not os.path.isfile(path):
                 die(f"{path} is missing; {fix}")
             size = os.path.getsize(path)
-            if size % 2:
-                die(f"{path} has an odd size ({size} bytes), so it is not uint16 tokens; {fix}")
-            if size != 2 * expected:
-                die(f"{path} holds {size // 2:,} tokens where meta.json says {expected:,} (cut short, or from another "
-                    f"run); {fix}")
+            if size % itemsize:
+                die(f"{path} has a size of {size} bytes, not a whole number of {dtype} tokens; {fix}")
+            if size != itemsize * expected:
+                die(f"{path} holds {size // itemsize:,} tokens where meta.json says {expected:,} (cut short, or from "
+                    f"another run); {fix}")
             self.files.append(path)
-            self.shards.append(np.memmap(path, dtype=np.uint16, mode="r"))
-            sizes.append(size // 2)
+            self.shards.append(np.memmap(path, dtype=dtype, mode="r"))
+            sizes.append(size // itemsize)
         self.num_tokens = sum(sizes)
         if self.num_tokens != total or self.num_tokens < 2:
             die(f"the {split} split of {data_dir} holds {self.num_tokens:,} tokens where meta.json says {total:,}; {fix}")
@@ -195,7 +196,7 @@ class SFTExamples:
     prompt and the padding). An example longer than max_seq_len + 1 tokens is cut at the end (num_truncated
     counts them); one whose prompt alone fills max_seq_len is dropped (num_dropped), as it has nothing to learn."""
 
-    def __init__(self, path, max_seq_len):
+    def __init__(self, path, max_seq_len, enc=None):
         self.path = path
         if not os.path.isfile(path):
             die(f"{path} not found; SFT data is JSONL with one {{\"prompt\": ..., \"completion\": ...}} per line "
@@ -215,14 +216,15 @@ class SFTExamples:
                 completions.append(row["completion"])
         if not prompts:
             die(f"{path} holds no examples; write one {{\"prompt\": ..., \"completion\": ...}} per line")
-        enc = get_tokenizer()
+        enc = enc or get_tokenizer()  # the model's tokenizer (GPT-2's unless it was trained with its own)
+        eot = enc.eot_token
         self.examples, self.sequences, self.prompt_lens = [], [], []
         self.num_truncated = self.num_dropped = 0
         for p, c in zip(enc.encode_ordinary_batch(prompts), enc.encode_ordinary_batch(completions)):
             if len(p) > max_seq_len:
                 self.num_dropped += 1
                 continue
-            seq = p + c + [EOT_ID]
+            seq = p + c + [eot]
             self.num_truncated += len(seq) > max_seq_len + 1
             self.examples.append((p, c))  # whole, for exact-match generation
             self.sequences.append(np.array(seq[:max_seq_len + 1], dtype=np.int64))
@@ -230,14 +232,14 @@ class SFTExamples:
         if not self.examples:
             die(f"every prompt in {path} is longer than max_seq_len={max_seq_len} tokens; raise max_seq_len")
         self.num_tokens = sum(len(s) for s in self.sequences)
-        self.meta = dict(tokenizer="gpt2", vocab_size=VOCAB_SIZE, eot_id=EOT_ID)
+        self.meta = dict(tokenizer=enc.name, vocab_size=enc.n_vocab, eot_id=eot)
         self.sampler = EpochSampler()
 
     def batch(self, rows, seq_len):
         """x padded with end-of-text, y with -1, to the longest example rounded up to a multiple of 8 (fewer
         shapes for torch.compile), at most seq_len."""
         T = min(seq_len, -(-max(len(self.sequences[r]) - 1 for r in rows) // 8) * 8)
-        x = torch.full((len(rows), T), EOT_ID, dtype=torch.long)
+        x = torch.full((len(rows), T), self.meta["eot_id"], dtype=torch.long)
         y = torch.full((len(rows), T), -1, dtype=torch.long)
         for i, r in enumerate(rows):
             seq = torch.from_numpy(self.sequences[r][:T + 1])

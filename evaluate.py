@@ -72,17 +72,23 @@ if not dataset and not data_dir:
 seq_len = seq_len or min(run.get("max_seq_len", model.config.max_seq_len), model.config.max_seq_len)
 if seq_len > model.config.max_seq_len:
     fail(f"seq_len={seq_len} is longer than the model's context ({model.config.max_seq_len}); lower --seq_len")
+spec = tokenizer.checkpoint_spec(state)  # the model's tokenizer: its checkpoint's own, GPT-2's for GPT-2 weights
+enc = tokenizer.from_spec(spec)
 if task == "pretrain":
     folder = ensure_prepared(dataset, data_dir)  # prepares the embedded Shakespeare if needed; else says how
+    if tokenizer.dataset_spec(folder) != spec:  # the same ids would mean other text: the numbers would be noise
+        fail(f"{folder} was tokenised with {tokenizer.describe(tokenizer.dataset_spec(folder))}, but {where} reads "
+             f"{tokenizer.describe(spec)} ids; evaluate on data prepared with the model's tokenizer")
     data = TokenShards(folder, split, vocab_size=model.config.vocab_size)
 else:
     folder = dataset_dir(dataset, data_dir)
-    data = SFTExamples(os.path.join(folder, f"{split}.jsonl"), seq_len)
+    data = SFTExamples(os.path.join(folder, f"{split}.jsonl"), seq_len, enc)
 num_batches = data.num_eval_batches(batch_size, seq_len, max_batches or None)
 
-enc = tokenizer.get_tokenizer()
-# UTF-8 bytes of each token id, for bits per byte; end-of-text (and ids beyond the tokenizer's) have none
-token_bytes = [len(enc.decode_single_token_bytes(i)) if i < tokenizer.VOCAB_SIZE and i != tokenizer.EOT_ID else 0
+# UTF-8 bytes of each token id, for bits per byte; special tokens (end-of-text, chat turns) and ids beyond the
+# tokenizer's have none. Counting bytes, not tokens, is what makes bits per byte compare across tokenizers.
+specials = {enc.encode_single_token(s) for s in enc.special_tokens_set}
+token_bytes = [len(enc.decode_single_token_bytes(i)) if i < enc.n_vocab and i not in specials else 0
                for i in range(model.config.vocab_size)]
 token_bytes = torch.tensor(token_bytes, dtype=torch.long, device=device)
 
@@ -126,10 +132,10 @@ if task == "sft":
     examples = examples[:max_examples or None]
     matches = 0
     for prompt_ids, completion_ids in tqdm(examples, unit="example", desc="exact match", dynamic_ncols=True):
-        reference = completion_ids + [tokenizer.EOT_ID]  # a completion ends where the model says end-of-text
+        reference = completion_ids + [enc.eot_token]  # a completion ends where the model says end-of-text
         idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
         with ctx:  # one token more than the reference cannot match, so never generate more
-            out = model.generate(idx, len(reference), temperature=0.0, stop_token=tokenizer.EOT_ID)
+            out = model.generate(idx, len(reference), temperature=0.0, stop_token=enc.eot_token)
         matches += out[0, len(prompt_ids):].tolist() == reference
     results["exact_match"] = matches / len(examples) if examples else None
     results["exact_match_examples"] = len(examples)

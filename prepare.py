@@ -48,6 +48,8 @@ shard_size = 100_000_000  # tokens per shard file
 max_tokens = 0  # stop after this many tokens; 0 means the dataset's own cap (none for local input)
 num_workers = 0  # tokenizer threads; 0 means one per CPU core
 force = False  # overwrite an existing prepared dataset
+tokenizer_vocab_size = 0  # train a byte-level BPE of this many tokens on the train split (8192 is a good start); 0 = GPT-2's
+tokenizer_max_chars = 2_000_000_000  # at most this many characters of train text teach it (with a token cap: 5 per token)
 # -----------------------------------------------------------------------------
 
 # name -> (Hub path, Hub config, token cap); shakespeare is embedded in the repo, its path relative to this script
@@ -161,29 +163,34 @@ def iter_documents(ds, kind, text_field, source, hint, batch_size=1000):
                     yield doc
 
 
-def encode_chunk(texts):
-    """Tokens of a chunk of documents, each preceded by end-of-text, as one uint16 array + document lengths."""
-    enc = tokenizer.get_tokenizer()
+def shard_dtype(enc):
+    """uint16 while every id fits (GPT-2, trained vocabularies up to 65,536), uint32 beyond."""
+    return np.uint16 if enc.n_vocab <= 1 << 16 else np.uint32
+
+
+def encode_chunk(texts, enc=None):
+    """Tokens of a chunk of documents, each preceded by end-of-text, as one uint16 (or uint32) array + lengths."""
+    enc = enc or tokenizer.get_tokenizer()
     # encode_to_numpy skips the Python list of ints (about 2x faster than encode_ordinary); with no special tokens
     # allowed or disallowed, it encodes "<|endoftext|>" in the text as ordinary text, like encode_ordinary
     encoded = [enc.encode_to_numpy(t, disallowed_special=()) for t in texts]
     lens = np.array([a.size + 1 for a in encoded], dtype=np.int64)
-    tokens = np.empty(int(lens.sum()), dtype=np.uint16)
+    tokens = np.empty(int(lens.sum()), dtype=shard_dtype(enc))
     pos = 0
     for a in encoded:
-        tokens[pos] = tokenizer.EOT_ID
-        tokens[pos + 1:pos + 1 + a.size] = a  # GPT-2 ids are < 2**16
+        tokens[pos] = enc.eot_token
+        tokens[pos + 1:pos + 1 + a.size] = a  # every id fits: shard_dtype
         pos += a.size + 1
     return tokens, lens
 
 
-def tokenize_documents(docs, num_workers=0, chunk_chars=1 << 20):
+def tokenize_documents(docs, num_workers=0, chunk_chars=1 << 20, enc=None):
     """Yields (tokens, lens) per chunk of about chunk_chars characters of documents, in document order: tokens is
     uint16 with end-of-text before each document, lens the tokens of each document. tiktoken releases the GIL, so
     threads use every core; at most 2 chunks per thread are in flight, which bounds memory."""
     if not num_workers:
         num_workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    tokenizer.get_tokenizer()  # build it once here, not in every thread at the same time
+    enc = enc or tokenizer.get_tokenizer()  # build it once here, not in every thread at the same time
     pending = deque()
     with ThreadPoolExecutor(num_workers) as pool:
         try:
@@ -192,12 +199,12 @@ def tokenize_documents(docs, num_workers=0, chunk_chars=1 << 20):
                 chunk.append(doc)
                 chars += len(doc)
                 if chars >= chunk_chars:
-                    pending.append(pool.submit(encode_chunk, chunk))
+                    pending.append(pool.submit(encode_chunk, chunk, enc))
                     chunk, chars = [], 0
                     if len(pending) >= 2 * num_workers:
                         yield pending.popleft().result()
             if chunk:
-                pending.append(pool.submit(encode_chunk, chunk))
+                pending.append(pool.submit(encode_chunk, chunk, enc))
             while pending:
                 yield pending.popleft().result()
         finally:  # on an early stop (token cap, error, Ctrl-C) drop the queued work instead of waiting for it
@@ -264,6 +271,42 @@ def write_shards(chunks, folder, shard_size, val_ratio, max_tokens=0, progress=N
     return writers
 
 
+def train_tokenizer(dataset, input, text_field, val_ratio, vocab_size, max_chars, folder, progress=True):
+    """Learns a byte-level BPE from the train split's documents (a streamed pass of its own over the source: val
+    documents are skipped, so the tokenizer never sees them), saves it in folder and returns (Encoding, the
+    meta.json fields about it)."""
+    ds, kind, source, hint = open_source(dataset, input)
+    bar = tqdm(unit="char", unit_scale=True, disable=not progress, dynamic_ncols=True,
+               desc=f"learning a {vocab_size}-token BPE")
+
+    def train_texts():
+        chars = 0
+        for i, doc in enumerate(iter_documents(ds, kind, text_field, source, hint)):
+            if is_val(i, val_ratio):
+                continue
+            doc = doc[:max_chars - chars]
+            chars += len(doc)
+            bar.update(len(doc))
+            yield doc
+            if chars >= max_chars:
+                return
+
+    t0 = time.time()
+    with bar:
+        spec = tokenizer.train_bpe(train_texts(), vocab_size)
+    seconds, chars = time.time() - t0, bar.n
+    if chars == 0:
+        fail(f"found no train text in {input or source} to learn a tokenizer from; {hint}")
+    fields = tokenizer.save_spec(spec, folder)
+    fields["tokenizer_training"] = {"trainer": "rustbpe", "characters": chars, "seconds": round(seconds, 2),
+                                    "vocab_size_asked": vocab_size}
+    n_vocab = tokenizer.spec_vocab_size(spec)
+    if progress:
+        print(f"learnt {spec['name']} from {chars:,} characters in {seconds:.1f}s"
+              + (f" (asked for {vocab_size}: the text had no more pairs to merge)" if n_vocab < vocab_size else ""))
+    return tokenizer.from_spec(spec), fields
+
+
 def remove_stale_temp_folders(root, name):
     """Temp folders of killed runs (their process is gone) are removed; those of live runs are left alone."""
     for entry in os.listdir(root) if os.path.isdir(root) else []:
@@ -288,7 +331,7 @@ def install(tmp, target, force):
             fail(f"{target} already holds a prepared dataset (another run just finished it?); pass --force to overwrite it")
         os.remove(os.path.join(target, "meta.json"))  # from here on the old dataset no longer looks complete
     for f in os.listdir(target):
-        if SHARD_FILE.match(f):
+        if SHARD_FILE.match(f) or f == tokenizer.TOKENIZER_FILE:
             os.remove(os.path.join(target, f))
     for f in sorted(os.listdir(tmp), key=lambda f: f == "meta.json"):
         os.replace(os.path.join(tmp, f), os.path.join(target, f))
@@ -296,7 +339,8 @@ def install(tmp, target, force):
 
 
 def prepare(dataset=dataset, input=input, text_field=text_field, name=name, data_root=data_root, val_ratio=val_ratio,
-            shard_size=shard_size, max_tokens=max_tokens, num_workers=num_workers, force=force, progress=True):
+            shard_size=shard_size, max_tokens=max_tokens, num_workers=num_workers, force=force,
+            tokenizer_vocab_size=tokenizer_vocab_size, tokenizer_max_chars=tokenizer_max_chars, progress=True):
     """Prepares one dataset (the command line's settings, as arguments) and returns its folder."""
     if input and dataset:
         fail(f"give either --dataset={dataset} or --input={input}, not both")
@@ -305,6 +349,9 @@ def prepare(dataset=dataset, input=input, text_field=text_field, name=name, data
         fail(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)} (or local files with --input=PATH)")
     if not 0 < val_ratio < 1:
         fail(f"val_ratio={val_ratio} must be between 0 and 1 (0.01 holds out 1% of the documents)")
+    if tokenizer_vocab_size < 0 or tokenizer_max_chars < 1:
+        fail(f"tokenizer_vocab_size={tokenizer_vocab_size} cannot be negative (0 = GPT-2's tokenizer) and "
+             f"tokenizer_max_chars={tokenizer_max_chars} must be positive")
     if shard_size < 1 or max_tokens < 0:
         fail(f"shard_size={shard_size} must be positive and max_tokens={max_tokens} not negative")
     name = name or dataset or os.path.splitext(os.path.basename(os.path.normpath(input)))[0]
@@ -323,11 +370,16 @@ def prepare(dataset=dataset, input=input, text_field=text_field, name=name, data
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     try:
-        ds, kind, source, hint = open_source(dataset, input)
         t0 = time.time()
+        enc, tokenizer_meta = tokenizer.get_tokenizer(), {"tokenizer": "gpt2"}
+        if tokenizer_vocab_size:  # a tokenizer of its own, learnt from the train split first
+            enc, tokenizer_meta = train_tokenizer(dataset, input, text_field, val_ratio, tokenizer_vocab_size,
+                                                  min(tokenizer_max_chars, 5 * cap) if cap else tokenizer_max_chars,
+                                                  tmp, progress)
+        ds, kind, source, hint = open_source(dataset, input)
         bar = tqdm(total=cap or None, unit="tok", unit_scale=True, disable=not progress, dynamic_ncols=True,
                    desc=f"{name}" + (f" (cap {cap:,} tokens)" if cap else ""))
-        chunks = tokenize_documents(iter_documents(ds, kind, text_field, source, hint), num_workers)
+        chunks = tokenize_documents(iter_documents(ds, kind, text_field, source, hint), num_workers, enc=enc)
         with bar:
             try:
                 writers = write_shards(chunks, tmp, shard_size, val_ratio, cap, bar)
@@ -342,7 +394,8 @@ def prepare(dataset=dataset, input=input, text_field=text_field, name=name, data
                  "two (the first goes to val); separate documents in a .txt with lines that read <|endoftext|>, or give "
                  "a folder of several files" + (", or raise --max_tokens" if cap else ""))
         meta = dict(name=name, source=source, text_field=None if kind == "text" else text_field,
-                    tokenizer="gpt2", vocab_size=tokenizer.VOCAB_SIZE, eot_id=tokenizer.EOT_ID, dtype="uint16",
+                    **tokenizer_meta, vocab_size=enc.n_vocab, eot_id=enc.eot_token,
+                    dtype=np.dtype(shard_dtype(enc)).name,
                     eot="before each document", tokens=tokens, documents=documents, shard_size=shard_size,
                     shards={split: w.files for split, w in writers.items()}, val_ratio=val_ratio,
                     max_tokens=cap, capped=bool(cap) and sum(tokens.values()) >= cap)
@@ -366,7 +419,8 @@ if __name__ == "__main__":
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # kill (SIGTERM) cleans up like Ctrl-C does
     try:
         prepare(dataset=dataset, input=input, text_field=text_field, name=name, data_root=data_root, val_ratio=val_ratio,
-                shard_size=shard_size, max_tokens=max_tokens, num_workers=num_workers, force=force)
+                shard_size=shard_size, max_tokens=max_tokens, num_workers=num_workers, force=force,
+                tokenizer_vocab_size=tokenizer_vocab_size, tokenizer_max_chars=tokenizer_max_chars)
     except KeyboardInterrupt:
         print(file=sys.stderr)
         fail("interrupted; the partial preparation was removed and nothing was written; run the command again")

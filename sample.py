@@ -71,7 +71,8 @@ model, state, where = load_model(init_from, out_dir, ckpt, device)
 run_settings = state["settings"] if state else {}
 sft = run_settings.get("task") == "sft"
 
-enc = tokenizer.get_tokenizer()
+enc = tokenizer.from_spec(tokenizer.checkpoint_spec(state))  # the run's own tokenizer (GPT-2's for GPT-2 weights)
+eot = enc.eot_token
 if sft:
     if start == "<|endoftext|>":
         fail(f"{where} was fine-tuned on prompts and completions (task=sft); give it a prompt written like those of "
@@ -90,7 +91,7 @@ if state and state.get("metrics"):
 print(f"sampling from {where} ({info}{', fine-tuned: prompt -> completion' if sft else ''}) on {device}, {dtype}",
       file=sys.stderr)
 idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-echo = enc.decode([t for t in prompt_ids if t != tokenizer.EOT_ID])  # the prompt as text; a document start is not text
+echo = enc.decode([t for t in prompt_ids if t != eot])  # the prompt as text; a document start is not text
 
 # -----------------------------------------------------------------------------
 # generate, one sample after another, printing each token as it comes
@@ -109,10 +110,10 @@ try:
         pieces = []
         with ctx:
             for tok in model.generate_stream(idx, max_new_tokens, temperature=temperature, top_k=top_k or None,
-                                             top_p=top_p, stop_token=tokenizer.EOT_ID if stop_at_eot else None,
+                                             top_p=top_p, stop_token=eot if stop_at_eot else None,
                                              generator=generator, use_cache=True):
                 t = int(tok[0])
-                if stop_at_eot and t == tokenizer.EOT_ID:
+                if stop_at_eot and t == eot:
                     break
                 pieces.append(decoder.decode(enc.decode_single_token_bytes(t)))
                 print(pieces[-1], end="", flush=True)

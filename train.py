@@ -25,6 +25,7 @@ from checkpoint import (autocast, checkpoint_path, is_pretrained, load_checkpoin
 from configurator import configure, fail
 from data import SFTExamples, TokenShards, dataset_dir, ensure_prepared
 from model import GPT, GPTConfig
+import tokenizer
 
 # -----------------------------------------------------------------------------
 # settings
@@ -35,7 +36,7 @@ n_kv_heads = None  # None = n_heads; fewer heads share keys/values (GQA), 1 = MQ
 d_model = 128
 d_ff = 512  # hidden size of the MLP
 max_seq_len = 128  # context length, and the length of the training windows
-vocab_size = 50257  # GPT-2 BPE
+vocab_size = 0  # 0 = the tokenizer's: the dataset's (its meta.json: 50257 for GPT-2's BPE), or GPT-2's for SFT
 dropout = 0.0  # the quick start sees its data about once: nothing to regularise yet
 bias = True  # biases in linear layers and norms
 pos_emb = "learned"  # learned | rope
@@ -126,16 +127,32 @@ ctx = autocast(device_type, dtype)
 log = print if master else (lambda *args, **kwargs: None)
 
 # -----------------------------------------------------------------------------
-# model: from scratch, resumed, GPT-2, or a checkpoint to fine-tune
+# pretraining data comes first: its meta.json says which tokenizer (and so which vocabulary) the model needs
+folder = dataset_dir(dataset, data_dir)
+if task == "pretrain":
+    if master:
+        ensure_prepared(dataset, data_dir)  # prepares the embedded Shakespeare on first use
+    if ddp:
+        dist.barrier()
+data_tokenizer = tokenizer.dataset_spec(folder) if task == "pretrain" else None
+
+# -----------------------------------------------------------------------------
+# model: from scratch, resumed, GPT-2, or a checkpoint to fine-tune; a checkpoint brings its tokenizer along
 torch.manual_seed(seed)  # the same initial weights in every process
 resume = None  # the checkpoint being resumed, if any
+model_tokenizer = data_tokenizer or tokenizer.GPT2_SPEC  # the tokenizer the model's ids mean, saved in checkpoints
 if init_from == "resume":
     path = os.path.join(out_dir, "ckpt.pt")
     if not os.path.isfile(path):
         fail(f"init_from=resume but {path} does not exist; start a run with --init_from=scratch")
     resume = load_checkpoint(path)
     model = model_from_checkpoint(resume)
+    model_tokenizer = tokenizer.checkpoint_spec(resume)
 elif init_from == "scratch":
+    vocab_size = vocab_size or tokenizer.spec_vocab_size(model_tokenizer)
+    if vocab_size < tokenizer.spec_vocab_size(model_tokenizer):
+        fail(f"vocab_size={vocab_size} is smaller than the tokenizer's {tokenizer.spec_vocab_size(model_tokenizer)} "
+             f"tokens ({tokenizer.describe(model_tokenizer)}); leave it at 0 to take the tokenizer's")
     try:
         model = GPT(GPTConfig(n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, d_model=d_model, d_ff=d_ff,
                               max_seq_len=max_seq_len, vocab_size=vocab_size, dropout=dropout, bias=bias,
@@ -144,9 +161,15 @@ elif init_from == "scratch":
         fail(f"bad model settings: {e}")
 elif is_pretrained(init_from):
     model = pretrained_model(init_from, dropout=dropout)
+    model_tokenizer = tokenizer.GPT2_SPEC
 else:  # fine-tune the weights of another run (a fresh optimizer, step 0)
-    model = model_from_checkpoint(load_checkpoint(checkpoint_path(init_from, "best")), dropout=dropout)
+    source = load_checkpoint(checkpoint_path(init_from, "best"))
+    model = model_from_checkpoint(source, dropout=dropout)
+    model_tokenizer = tokenizer.checkpoint_spec(source)
 config = model.config
+if data_tokenizer is not None and data_tokenizer != model_tokenizer:
+    fail(f"{folder} was tokenised with {tokenizer.describe(data_tokenizer)} but the model's ids are those of "
+         f"{tokenizer.describe(model_tokenizer)}; train it on data prepared with the same tokenizer (or from scratch)")
 if max_seq_len > config.max_seq_len:
     fail(f"max_seq_len={max_seq_len} is longer than the model's context ({config.max_seq_len})")
 if master and init_from != "resume" and os.path.exists(os.path.join(out_dir, "ckpt.pt")) and not overwrite:
@@ -156,17 +179,12 @@ if master and init_from != "resume" and os.path.exists(os.path.join(out_dir, "ck
 # -----------------------------------------------------------------------------
 # data: batches are a pure function of (seed, step, index), so resume and DDP see the same stream
 if task == "pretrain":
-    if master:
-        ensure_prepared(dataset, data_dir)  # prepares the embedded Shakespeare on first use
-    if ddp:
-        dist.barrier()
-    folder = dataset_dir(dataset, data_dir)
     train_data = TokenShards(folder, "train", vocab_size=config.vocab_size)
     val_data = TokenShards(folder, "val", vocab_size=config.vocab_size)
 else:
-    folder = dataset_dir(dataset, data_dir)
-    train_data = SFTExamples(os.path.join(folder, "train.jsonl"), max_seq_len)
-    val_data = SFTExamples(os.path.join(folder, "val.jsonl"), max_seq_len)
+    enc = tokenizer.from_spec(model_tokenizer)  # prompts and completions are encoded as the model reads them
+    train_data = SFTExamples(os.path.join(folder, "train.jsonl"), max_seq_len, enc)
+    val_data = SFTExamples(os.path.join(folder, "val.jsonl"), max_seq_len, enc)
 for split, data in (("train", train_data), ("val", val_data)):  # (the reader checks ids against the vocab)
     if task == "pretrain" and data.num_tokens < max_seq_len + 1:
         fail(f"the {split} split of {folder} has {data.num_tokens} tokens, too few for one window of "
@@ -285,7 +303,7 @@ def save(path, last_eval):
         "model": raw_model.state_dict(), "model_config": asdict(config),
         "optimizers": [opt.state_dict() for opt in optimizers], "scaler": scaler.state_dict(),
         "step": step, "best_val_loss": best_val_loss, "evals_without_improvement": evals_without_improvement,
-        "settings": settings, "metrics": last_eval, "wandb_run_id": wandb_run_id,
+        "settings": settings, "metrics": last_eval, "wandb_run_id": wandb_run_id, "tokenizer": model_tokenizer,
         "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device_type == "cuda" else []},
     })
 

@@ -115,8 +115,9 @@ def break_meta(folder, **changes):
     ("no_meta", r"holds no prepared dataset \(no meta.json\)"),
     ("bad_json", r"meta.json is not valid JSON"),
     ("no_shards_key", r"meta.json lacks 'shards'"),
-    ("dtype", r"says dtype 'uint32', but shards hold uint16 tokens"),
-    ("odd", r"train_001.bin has an odd size \(1999 bytes\)"),
+    ("dtype", r"says dtype 'int8', but shards hold uint16 or uint32 tokens"),
+    ("dtype32", r"train_000.bin holds 500 tokens where meta.json says 1,000"),  # uint16 shards that say uint32
+    ("odd", r"train_001.bin has a size of 1999 bytes, not a whole number of uint16 tokens"),
     ("short", r"train_001.bin holds 900 tokens where meta.json says 1,000 .*prepare it again with `python prepare.py "
               r"--input=YOUR_FILES --name=stories --data_root=.* --force`"),
     ("missing", r"train_002.bin is missing"),
@@ -135,6 +136,8 @@ def test_reader_validation_errors(copy, damage, message):
         del meta["shards"]
         json.dump(meta, open(copy / "meta.json", "w"))
     elif damage == "dtype":
+        break_meta(copy, dtype="int8")
+    elif damage == "dtype32":
         break_meta(copy, dtype="uint32")
     elif damage == "odd":
         with open(copy / "train_001.bin", "r+b") as f:
