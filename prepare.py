@@ -279,8 +279,10 @@ def train_tokenizer(dataset, input, text_field, val_ratio, vocab_size, max_chars
     bar = tqdm(unit="char", unit_scale=True, disable=not progress, dynamic_ncols=True,
                desc=f"learning a {vocab_size}-token BPE")
 
+    chars = 0
+
     def train_texts():
-        chars = 0
+        nonlocal chars
         for i, doc in enumerate(iter_documents(ds, kind, text_field, source, hint)):
             if is_val(i, val_ratio):
                 continue
@@ -294,7 +296,7 @@ def train_tokenizer(dataset, input, text_field, val_ratio, vocab_size, max_chars
     t0 = time.time()
     with bar:
         spec = tokenizer.train_bpe(train_texts(), vocab_size)
-    seconds, chars = time.time() - t0, bar.n
+    seconds = time.time() - t0
     if chars == 0:
         fail(f"found no train text in {input or source} to learn a tokenizer from; {hint}")
     fields = tokenizer.save_spec(spec, folder)
