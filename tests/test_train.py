@@ -172,7 +172,7 @@ def test_config_file_and_flags(tiny_data, tmp_path):
     (["--dataset=nope", "--data_dir="], "python prepare.py"),
     (["--init_from=resume"], "init_from=resume but .* does not exist"),
     (["--max_seq_len=100000"], "too few for one window"),
-    (["--vocab_size=1000"], "holds token id 50256, beyond the vocabulary of 1000"),
+    (["--vocab_size=1000"], r"vocab_size=1000 is smaller than the tokenizer.s 50257 tokens \(gpt2\); leave it at 0"),
     (["--task=finetune"], "task='finetune' should be"),
     (["--optimizer=sgd"], "optimizer='sgd' should be"),
     (["--batch_size=0"], "batch_size=0 must be at least 1"),
