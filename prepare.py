@@ -396,8 +396,8 @@ def prepare(dataset=dataset, input=input, text_field=text_field, name=name, data
                  "two (the first goes to val); separate documents in a .txt with lines that read <|endoftext|>, or give "
                  "a folder of several files" + (", or raise --max_tokens" if cap else ""))
         meta = dict(name=name, source=source, text_field=None if kind == "text" else text_field,
-                    **tokenizer_meta, vocab_size=enc.n_vocab, eot_id=enc.eot_token,
-                    dtype=np.dtype(shard_dtype(enc)).name,
+                    **tokenizer_meta, eot_id=enc.eot_token, dtype=np.dtype(shard_dtype(enc)).name,
+                    vocab_size=enc.n_vocab if tokenizer_vocab_size else tokenizer.VOCAB_SIZE,  # GPT-2: no chat rows
                     eot="before each document", tokens=tokens, documents=documents, shard_size=shard_size,
                     shards={split: w.files for split, w in writers.items()}, val_ratio=val_ratio,
                     max_tokens=cap, capped=bool(cap) and sum(tokens.values()) >= cap)
