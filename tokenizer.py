@@ -184,6 +184,22 @@ def describe(spec):
     return spec.get("name", "?")
 
 
+def to_hf(spec):
+    """A trained tokenizer as a transformers PreTrainedTokenizerFast with the very same ids, for export.py's
+    tokenizer.json. transformers' own TikTokenConverter turns the ranks into BPE merges, listing every split of each
+    token so that the merges reproduce tiktoken's choices; the special tokens follow the ordinary ones, and, as
+    in any Hugging Face tokenizer, their spellings in text encode to them (tiktoken's encode(allowed_special="all"))."""
+    import tempfile
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+    with tempfile.TemporaryDirectory() as tmp:
+        save_spec(spec, tmp)
+        converted = TikTokenConverter(vocab_file=os.path.join(tmp, TOKENIZER_FILE), pattern=spec["pattern"],
+                                      extra_special_tokens=list(spec["special_tokens"])).converted()
+    eot = spec["special_tokens"][0]
+    return PreTrainedTokenizerFast(tokenizer_object=converted, bos_token=eot, eos_token=eot,
+                                   additional_special_tokens=list(spec["special_tokens"][1:]))
+
 # -----------------------------------------------------------------------------
 # GPT-4's cl100k_base, for comparison only (tok_eval.py, bench.py)
 

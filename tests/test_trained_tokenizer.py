@@ -296,3 +296,19 @@ def test_bench_tokenizer_section(monkeypatch, tmp_path, capsys):
     for row in r["compression"].values():
         for name in ("gpt2", "cl100k_base", "rustbpe", "hf_tokenizers", "rustbpe_own_source"):
             assert 1 < row[name] < 8, (name, row)
+
+
+def test_hugging_face_tokenizer_has_the_same_ids(spec, tmp_path):
+    """What export.py writes as tokenizer.json: AutoTokenizer loads it and gives tiktoken's ids, id for id."""
+    from transformers import AutoTokenizer
+    tokenizer.to_hf(spec).save_pretrained(tmp_path)
+    hf = AutoTokenizer.from_pretrained(tmp_path)
+    enc = tokenizer.from_spec(spec)
+    assert len(hf) == enc.n_vocab and hf.eos_token_id == enc.eot_token
+    rng = random.Random(7)
+    texts = [random_text(rng, rng.choice([10, 300])) for _ in range(40)] + SPECIAL_CASES + [shakespeare(20_000)]
+    texts.append("<|user_start|>Hi<|user_end|><|assistant_start|>Hello.<|assistant_end|><|endoftext|>")
+    for text in texts:
+        ids = enc.encode(text, allowed_special="all")  # HF tokenizers always read special-token spellings as such
+        assert hf.encode(text, add_special_tokens=False) == ids
+        assert hf.decode(ids) == text
