@@ -77,8 +77,8 @@ enc = tokenizer.from_spec(spec)
 if task == "pretrain":
     folder = ensure_prepared(dataset, data_dir)  # prepares the embedded Shakespeare if needed; else says how
     if tokenizer.dataset_spec(folder) != spec:  # the same ids would mean other text: the numbers would be noise
-        fail(f"{folder} was tokenised with {tokenizer.describe(tokenizer.dataset_spec(folder))}, but {where} reads "
-             f"{tokenizer.describe(spec)} ids; evaluate on data prepared with the model's tokenizer")
+        fail(f"{folder} was tokenised with {tokenizer.dataset_spec(folder)['name']}, but {where} reads "
+             f"{spec['name']} ids; evaluate on data prepared with the model's tokenizer")
     data = TokenShards(folder, split, vocab_size=model.config.vocab_size)
 else:
     folder = dataset_dir(dataset, data_dir)

@@ -179,11 +179,6 @@ def checkpoint_spec(state):
     return (state or {}).get("tokenizer") or dict(GPT2_SPEC)
 
 
-def describe(spec):
-    """A short name for messages: gpt2, or bpe-8192 (a trained tokenizer)."""
-    return spec.get("name", "?")
-
-
 def to_hf(spec):
     """A trained tokenizer as a transformers PreTrainedTokenizerFast with the very same ids, for export.py's
     tokenizer.json. transformers' own TikTokenConverter turns the ranks into BPE merges, listing every split of each

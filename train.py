@@ -152,7 +152,7 @@ elif init_from == "scratch":
     vocab_size = vocab_size or tokenizer.spec_vocab_size(model_tokenizer)
     if vocab_size < tokenizer.spec_vocab_size(model_tokenizer):
         fail(f"vocab_size={vocab_size} is smaller than the tokenizer's {tokenizer.spec_vocab_size(model_tokenizer)} "
-             f"tokens ({tokenizer.describe(model_tokenizer)}); leave it at 0 to take the tokenizer's")
+             f"tokens ({model_tokenizer['name']}); leave it at 0 to take the tokenizer's")
     try:
         model = GPT(GPTConfig(n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, d_model=d_model, d_ff=d_ff,
                               max_seq_len=max_seq_len, vocab_size=vocab_size, dropout=dropout, bias=bias,
@@ -163,13 +163,13 @@ elif is_pretrained(init_from):
     model = pretrained_model(init_from, dropout=dropout)
     model_tokenizer = tokenizer.GPT2_SPEC
 else:  # fine-tune the weights of another run (a fresh optimizer, step 0)
-    source = load_checkpoint(checkpoint_path(init_from, "best"))
-    model = model_from_checkpoint(source, dropout=dropout)
-    model_tokenizer = tokenizer.checkpoint_spec(source)
+    start = load_checkpoint(checkpoint_path(init_from, "best"))
+    model = model_from_checkpoint(start, dropout=dropout)
+    model_tokenizer = tokenizer.checkpoint_spec(start)
 config = model.config
 if data_tokenizer is not None and data_tokenizer != model_tokenizer:
-    fail(f"{folder} was tokenised with {tokenizer.describe(data_tokenizer)} but the model's ids are those of "
-         f"{tokenizer.describe(model_tokenizer)}; train it on data prepared with the same tokenizer (or from scratch)")
+    fail(f"{folder} was tokenised with {data_tokenizer['name']} but the model's ids are those of "
+         f"{model_tokenizer['name']}; train it on data prepared with the same tokenizer (or from scratch)")
 if max_seq_len > config.max_seq_len:
     fail(f"max_seq_len={max_seq_len} is longer than the model's context ({config.max_seq_len})")
 if master and init_from != "resume" and os.path.exists(os.path.join(out_dir, "ckpt.pt")) and not overwrite:
