@@ -195,6 +195,29 @@ def to_hf(spec):
     return PreTrainedTokenizerFast(tokenizer_object=converted, bos_token=eot, eos_token=eot,
                                    additional_special_tokens=list(spec["special_tokens"][1:]))
 
+
+def hf_folder_spec(folder):
+    """The spec of a Hugging Face folder's tokenizer: a trained one, read back from the tokenizer.json that to_hf
+    wrote (GPT-4's split, byte-level BPE), or GPT-2's for anything else (OpenAI's GPT-2 and its exports)."""
+    path = os.path.join(folder, "tokenizer.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            tok = json.load(f)
+        split, byte_level = tok["pre_tokenizer"]["pretokenizers"]  # GPT-2's has a single ByteLevel pre-tokenizer
+        pattern, vocab = split["pattern"]["Regex"], tok["model"]["vocab"]
+        if byte_level["type"] != "ByteLevel" or pattern != GPT4_PATTERN:
+            return dict(GPT2_SPEC)
+    except (OSError, ValueError, KeyError, TypeError):
+        return dict(GPT2_SPEC)
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    byte_of = {c: b for b, c in bytes_to_unicode().items()}  # byte-level BPE spells each byte as a printable char
+    tokens = [b""] * len(vocab)
+    for text, i in vocab.items():
+        tokens[i] = bytes(byte_of[c] for c in text)
+    specials = [t["content"] for t in sorted(tok["added_tokens"], key=lambda t: t["id"])]
+    return {"name": f"bpe-{len(tokens) + len(specials)}", "pattern": pattern, "tokens": tokens,
+            "special_tokens": specials}
+
 # -----------------------------------------------------------------------------
 # GPT-4's cl100k_base, for comparison only (tok_eval.py, bench.py)
 

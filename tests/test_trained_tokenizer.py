@@ -312,3 +312,5 @@ def test_hugging_face_tokenizer_has_the_same_ids(spec, tmp_path):
         ids = enc.encode(text, allowed_special="all")  # HF tokenizers always read special-token spellings as such
         assert hf.encode(text, add_special_tokens=False) == ids
         assert hf.decode(ids) == text
+    assert tokenizer.hf_folder_spec(str(tmp_path)) == spec  # and the folder gives the very same tokenizer back
+    assert tokenizer.hf_folder_spec(str(tmp_path / "nothing")) == tokenizer.GPT2_SPEC
