@@ -1,9 +1,10 @@
 """
-Turns text into GPT-2 token shards that train.py and evaluate.py read (see data.py).
+Turns text into token shards that train.py and evaluate.py read (see data.py): GPT-2's BPE, or a BPE learnt here.
 
     python prepare.py                                   # the embedded Shakespeare, offline (--dataset=shakespeare)
     python prepare.py --dataset=tinystories_10M         # or openwebtext_100M, fineweb_1B: streamed from the Hub
     python prepare.py --input=notes/ --name=notes       # local .txt, .jsonl/.json or .parquet files
+    python prepare.py --input=notes/ --name=notes --tokenizer_vocab_size=8192   # with a tokenizer of its own
 
 Output, in data/<name>/: train_000.bin, train_001.bin, ..., val_000.bin, ... (uint16 GPT-2 tokens, shard_size
 tokens per file, the last one shorter) and meta.json, written last: a folder without meta.json is not a dataset.
@@ -17,6 +18,9 @@ tokens per file, the last one shorter) and meta.json, written last: a folder wit
 - --max_tokens stops at exactly that many tokens (both splits, end-of-text included); the last document is cut.
 - Work happens in data/.tmp-<name>-<pid>/ and moves into place only when complete, so an interrupted run leaves
   no dataset behind (and the next run removes the temp folder of a killed one).
+- --tokenizer_vocab_size=N first learns a byte-level BPE of N tokens from the train documents (a streamed pass of
+  its own over the source; see tokenizer.py), saves it as tokenizer.tiktoken beside the shards and tokenises with
+  it; ids are uint16 while they fit, uint32 beyond 65,536 tokens (meta.json's dtype).
 Memory stays flat whatever the dataset's size: documents stream through the `datasets` library in chunks of
 about a megabyte, tokenised by a pool of threads, and tokens go straight into the open shard files.
 """
@@ -186,7 +190,7 @@ def encode_chunk(texts, enc=None):
 
 def tokenize_documents(docs, num_workers=0, chunk_chars=1 << 20, enc=None):
     """Yields (tokens, lens) per chunk of about chunk_chars characters of documents, in document order: tokens is
-    uint16 with end-of-text before each document, lens the tokens of each document. tiktoken releases the GIL, so
+    uint16 (uint32 past 65,536 tokens) with end-of-text before each document, lens the tokens of each document. tiktoken releases the GIL, so
     threads use every core; at most 2 chunks per thread are in flight, which bounds memory."""
     if not num_workers:
         num_workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
