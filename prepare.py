@@ -190,8 +190,9 @@ def encode_chunk(texts, enc=None):
 
 def tokenize_documents(docs, num_workers=0, chunk_chars=1 << 20, enc=None):
     """Yields (tokens, lens) per chunk of about chunk_chars characters of documents, in document order: tokens is
-    uint16 (uint32 past 65,536 tokens) with end-of-text before each document, lens the tokens of each document. tiktoken releases the GIL, so
-    threads use every core; at most 2 chunks per thread are in flight, which bounds memory."""
+    uint16 (uint32 past 65,536 tokens) with end-of-text before each document, lens the tokens of each document.
+    tiktoken releases the GIL, so threads use every core; at most 2 chunks per thread are in flight, which bounds
+    memory. enc is the tokenizer (GPT-2's by default)."""
     if not num_workers:
         num_workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     enc = enc or tokenizer.get_tokenizer()  # build it once here, not in every thread at the same time
