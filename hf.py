@@ -4,6 +4,14 @@ Hugging Face interop, both ways, in one place: our GPT <-> transformers' GPT-2, 
     export_model(model, "export/")      # config.json, model.safetensors, generation_config.json, tokenizer, card
     model = load_pretrained("export/")  # any HF folder of those layouts (or gpt2..gpt2-xl from the hub) -> GPT
 
+The pieces, for code that builds on them (adapters, other layouts, other tokenizers):
+    architecture(config) -> 'gpt2' | 'llama' | 'qwen3', or ExportError naming the setting in the way
+    hf_config(config, arch) / config_from_hf(hf_dict)     our GPTConfig <-> config.json
+    key_map(config, arch)                                 our tensor names <-> HF tensor names and row slices
+    to_hf_state_dict(sd, config, arch) / from_hf_state_dict(sd_hf, config, arch, into)
+    write_gpt2_tokenizer(folder, config)                  the tokenizer files; export_model takes another writer
+    is_hf_folder(path), read_weights(path)                recognising and reading HF folders
+
 Exact or refused: a model exports only to a transformers class that computes the very same function, and
 an HF folder loads only if our model computes what transformers would. Which class, by our settings:
 - learned positions + LayerNorm + tanh-GELU, no GQA, no QK-norm   -> GPT2LMHeadModel (bias=False: zero biases)
