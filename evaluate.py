@@ -72,7 +72,7 @@ if not dataset and not data_dir:
 seq_len = seq_len or min(run.get("max_seq_len", model.config.max_seq_len), model.config.max_seq_len)
 if seq_len > model.config.max_seq_len:
     fail(f"seq_len={seq_len} is longer than the model's context ({model.config.max_seq_len}); lower --seq_len")
-spec = tokenizer.checkpoint_spec(state)  # the model's tokenizer: its checkpoint's own, GPT-2's for GPT-2 weights
+spec = tokenizer.model_spec(state, init_from)  # the model's tokenizer: its checkpoint's, an export's, GPT-2's
 enc = tokenizer.from_spec(spec)
 if task == "pretrain":
     folder = ensure_prepared(dataset, data_dir)  # prepares the embedded Shakespeare if needed; else says how

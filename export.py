@@ -6,7 +6,9 @@ Export a trained run as a Hugging Face model folder, for transformers, lm-evalua
     python export.py --init_from=gpt2 --output=export/gpt2               # GPT-2 (or any HF folder) again
 
 The folder holds config.json, model.safetensors, generation_config.json, GPT-2's tokenizer files
-(tokenizer.json, vocab.json, merges.txt; <|endoftext|> is bos and eos) and a README.md model card.
+(tokenizer.json, vocab.json, merges.txt; <|endoftext|> is bos and eos) and a README.md model card. A run
+trained on data with its own tokenizer (prepare.py --tokenizer_vocab_size) exports that one instead, as a
+tokenizer.json with the very same ids.
 `AutoModelForCausalLM.from_pretrained(DIR)` and `AutoTokenizer.from_pretrained(DIR)` load it offline, and
 `--init_from=DIR` in train.py, sample.py and evaluate.py brings it back. The class follows the model's
 settings (see hf.py): GPT-2 layout -> GPT2LMHeadModel, RoPE+RMSNorm+SwiGLU -> LlamaForCausalLM, plus
@@ -49,6 +51,9 @@ try:
 except hf.ExportError as e:
     fail(str(e))
 cls = hf.CLASSES[arch]
+spec = tokenizer.model_spec(state, init_from)  # GPT-2's, or the tokenizer the run learnt (prepare.py)
+write_tokenizer = hf.write_gpt2_tokenizer if spec["name"] == "gpt2" else \
+    lambda folder, config: hf.write_trained_tokenizer(folder, config, spec)
 
 
 def model_card():
@@ -61,7 +66,9 @@ def model_card():
             ("layers / heads / kv heads", f"{c.n_layers} / {c.n_heads} / {c.kv_heads}"),
             ("d_model / d_ff / head_dim", f"{c.d_model} / {c.d_ff} / {c.head_dim}"),
             ("context", f"{c.max_seq_len} tokens" + (f", RoPE base {c.rope_theta:g}" if c.pos_emb == "rope" else "")),
-            ("vocabulary", f"{c.vocab_size:,} (GPT-2 BPE; `<|endoftext|>` = {tokenizer.EOT_ID} is bos and eos)")]
+            ("vocabulary", f"{c.vocab_size:,} (GPT-2 BPE; `<|endoftext|>` = {tokenizer.EOT_ID} is bos and eos)"
+                           if spec["name"] == "gpt2" else f"{c.vocab_size:,} ({spec['name']}, a byte-level BPE learnt by "
+                           f"Nash-LLM; `<|endoftext|>` = {len(spec['tokens'])} is bos and eos)")]
     if state:
         tokens = state["step"] * run.get("batch_size", 0) * run.get("max_seq_len", 0) * run.get("grad_accum_steps", 1)
         rows += [("trained", f"{state['step']:,} steps, {tokens:,} tokens, task {run.get('task', 'pretrain')} on "
@@ -107,7 +114,8 @@ Context is {c.max_seq_len} tokens: {"positions beyond it do not exist (learned p
 
 
 try:
-    hf.export_model(model, output, card=model_card(), force=force, dtype=getattr(torch, dtype))
+    hf.export_model(model, output, card=model_card(), force=force, write_tokenizer=write_tokenizer,
+                    dtype=getattr(torch, dtype))
 except hf.ExportError as e:
     fail(str(e))
 print(f"exported {source} as {cls} ({model.num_params():,} parameters, {dtype}) to {output}")

@@ -366,6 +366,73 @@ def write_gpt2_tokenizer(folder, config):
             "vocab_size": max(specials.values()) + 1}
 
 
+def byte_chars():
+    """Byte-level BPE's alphabet: each byte as a printable character (GPT-2's bytes_to_unicode), so that a
+    tokenizer.json vocabulary of byte strings is plain text."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]  # control bytes, space, ...: moved past 255
+    return {**{b: chr(b) for b in printable}, **{b: chr(256 + i) for i, b in enumerate(others)}}
+
+
+def write_trained_tokenizer(folder, config, spec):
+    """A tokenizer learnt by prepare.py (tokenizer.py's spec) as HF tokenizer files with the very same ids: GPT-4's
+    split then byte-level BPE. tiktoken merges any adjacent pair whose concatenation is a token, lowest id first;
+    listing every split of each token as a merge, in id order, makes HF's BPE do exactly that (transformers'
+    TikTokenConverter does the same). The special tokens follow the ordinary ones; <|endoftext|> is bos and eos.
+    Returns what generation_config.json needs and the size of the vocabulary written."""
+    char = byte_chars()
+    tokens = spec["tokens"]
+    ids = {t: i for i, t in enumerate(tokens)}
+    spell = lambda t: "".join(char[b] for b in t)  # noqa: E731
+    merges = [[spell(t[:k]), spell(t[k:])] for t in tokens if len(t) > 1
+              for k in sorted(range(1, len(t)), key=lambda k: (ids.get(t[:k], 1 << 62), ids.get(t[k:], 1 << 62)))
+              if t[:k] in ids and t[k:] in ids]  # (for a token, its splits by their pieces' ids)
+    specials = {name: len(tokens) + i for i, name in enumerate(spec["special_tokens"])}
+    eot = spec["special_tokens"][0]
+    byte_level = {"add_prefix_space": False, "trim_offsets": True, "use_regex": False}
+    tok = {"version": "1.0", "truncation": None, "padding": None,
+           "added_tokens": [{"id": i, "content": name, "single_word": False, "lstrip": False, "rstrip": False,
+                             "normalized": False, "special": True} for name, i in specials.items()],
+           "normalizer": None,
+           "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+               {"type": "Split", "pattern": {"Regex": spec["pattern"]}, "behavior": "Isolated", "invert": False},
+               {"type": "ByteLevel", **byte_level}]},
+           "post_processor": {"type": "ByteLevel", **byte_level, "trim_offsets": False},
+           "decoder": {"type": "ByteLevel", **byte_level},
+           "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
+                     "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False,
+                     "ignore_merges": True,  # a whole piece that is a token is that token, as in tiktoken
+                     "vocab": {spell(t): i for i, t in enumerate(tokens)}, "merges": merges}}
+    config_json = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": eot, "eos_token": eot,
+                   "additional_special_tokens": spec["special_tokens"][1:], "add_bos_token": False,
+                   "clean_up_tokenization_spaces": False, "model_max_length": config.max_seq_len,
+                   "added_tokens_decoder": {str(t["id"]): {k: v for k, v in t.items() if k != "id"}
+                                            for t in tok["added_tokens"]}}
+    for name, obj in (("tokenizer.json", tok), ("tokenizer_config.json", config_json)):
+        with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
+            json.dump(obj, f, ensure_ascii=False, indent=None if name == "tokenizer.json" else 2)
+    return {"bos_token_id": specials[eot], "eos_token_id": specials[eot], "vocab_size": len(tokens) + len(specials)}
+
+
+def read_trained_tokenizer(folder):
+    """The spec of a tokenizer that write_trained_tokenizer wrote into folder, or None (GPT-2's files, or none)."""
+    try:
+        with open(os.path.join(folder, "tokenizer.json"), encoding="utf-8") as f:
+            tok = json.load(f)
+        split, byte_level = tok["pre_tokenizer"]["pretokenizers"]  # GPT-2's is one ByteLevel pre-tokenizer
+        if split["type"] != "Split" or byte_level["type"] != "ByteLevel":
+            return None
+        byte_of = {c: b for b, c in byte_chars().items()}
+        tokens = [b""] * len(tok["model"]["vocab"])
+        for text, i in tok["model"]["vocab"].items():
+            tokens[i] = bytes(byte_of[c] for c in text)
+        specials = [t["content"] for t in sorted(tok["added_tokens"], key=lambda t: t["id"])]
+        return {"name": f"bpe-{len(tokens) + len(specials)}", "pattern": split["pattern"]["Regex"], "tokens": tokens,
+                "special_tokens": specials}
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
 def check_output(output, force=False):
     """Refuse an output that would lose something: a file, a non-empty folder without force, a run folder."""
     if os.path.exists(output) and not os.path.isdir(output):

@@ -71,7 +71,7 @@ model, state, where = load_model(init_from, out_dir, ckpt, device)
 run_settings = state["settings"] if state else {}
 sft = run_settings.get("task") == "sft"
 
-enc = tokenizer.from_spec(tokenizer.checkpoint_spec(state))  # the run's own tokenizer (GPT-2's for GPT-2 weights)
+enc = tokenizer.from_spec(tokenizer.model_spec(state, init_from))  # the run's own (GPT-2's for GPT-2 weights)
 eot = enc.eot_token
 if sft:
     if start == "<|endoftext|>":

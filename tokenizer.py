@@ -179,44 +179,16 @@ def checkpoint_spec(state):
     return (state or {}).get("tokenizer") or dict(GPT2_SPEC)
 
 
-def to_hf(spec):
-    """A trained tokenizer as a transformers PreTrainedTokenizerFast with the very same ids, for export.py's
-    tokenizer.json. transformers' own TikTokenConverter turns the ranks into BPE merges, listing every split of each
-    token so that the merges reproduce tiktoken's choices; the special tokens follow the ordinary ones, and, as
-    in any Hugging Face tokenizer, their spellings in text encode to them (tiktoken's encode(allowed_special="all"))."""
-    import tempfile
-    from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import TikTokenConverter
-    with tempfile.TemporaryDirectory() as tmp:
-        save_spec(spec, tmp)
-        converted = TikTokenConverter(vocab_file=os.path.join(tmp, TOKENIZER_FILE), pattern=spec["pattern"],
-                                      extra_special_tokens=list(spec["special_tokens"])).converted()
-    eot = spec["special_tokens"][0]
-    return PreTrainedTokenizerFast(tokenizer_object=converted, bos_token=eot, eos_token=eot,
-                                   additional_special_tokens=list(spec["special_tokens"][1:]))
+def model_spec(state, init_from=""):
+    """The spec of a loaded model's tokenizer (checkpoint.load_model's state and init_from): its checkpoint's, the
+    trained tokenizer of a Hugging Face folder that export.py wrote, or GPT-2's."""
+    if state:
+        return checkpoint_spec(state)
+    if init_from and os.path.isdir(init_from):
+        import hf
+        return hf.read_trained_tokenizer(init_from) or dict(GPT2_SPEC)
+    return dict(GPT2_SPEC)
 
-
-def hf_folder_spec(folder):
-    """The spec of a Hugging Face folder's tokenizer: a trained one, read back from the tokenizer.json that to_hf
-    wrote (GPT-4's split, byte-level BPE), or GPT-2's for anything else (OpenAI's GPT-2 and its exports)."""
-    path = os.path.join(folder, "tokenizer.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            tok = json.load(f)
-        split, byte_level = tok["pre_tokenizer"]["pretokenizers"]  # GPT-2's has a single ByteLevel pre-tokenizer
-        pattern, vocab = split["pattern"]["Regex"], tok["model"]["vocab"]
-        if byte_level["type"] != "ByteLevel" or pattern != GPT4_PATTERN:
-            return dict(GPT2_SPEC)
-    except (OSError, ValueError, KeyError, TypeError):
-        return dict(GPT2_SPEC)
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-    byte_of = {c: b for b, c in bytes_to_unicode().items()}  # byte-level BPE spells each byte as a printable char
-    tokens = [b""] * len(vocab)
-    for text, i in vocab.items():
-        tokens[i] = bytes(byte_of[c] for c in text)
-    specials = [t["content"] for t in sorted(tok["added_tokens"], key=lambda t: t["id"])]
-    return {"name": f"bpe-{len(tokens) + len(specials)}", "pattern": pattern, "tokens": tokens,
-            "special_tokens": specials}
 
 # -----------------------------------------------------------------------------
 # GPT-4's cl100k_base, for comparison only (tok_eval.py, bench.py)

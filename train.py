@@ -161,7 +161,7 @@ elif init_from == "scratch":
         fail(f"bad model settings: {e}")
 elif is_pretrained(init_from):
     model = pretrained_model(init_from, dropout=dropout)
-    model_tokenizer = tokenizer.GPT2_SPEC
+    model_tokenizer = tokenizer.model_spec(None, init_from)  # GPT-2's, or an exported run's own
 else:  # fine-tune the weights of another run (a fresh optimizer, step 0)
     start = load_checkpoint(checkpoint_path(init_from, "best"))
     model = model_from_checkpoint(start, dropout=dropout)

@@ -298,13 +298,17 @@ def test_bench_tokenizer_section(monkeypatch, tmp_path, capsys):
             assert 1 < row[name] < 8, (name, row)
 
 
-def test_hugging_face_tokenizer_has_the_same_ids(spec, tmp_path):
-    """What export.py writes as tokenizer.json: AutoTokenizer loads it and gives tiktoken's ids, id for id."""
+
+def test_export_writes_the_tokenizer_with_the_same_ids(bpe_data, bpe_run, tmp_path, monkeypatch, capsys):
+    """export.py on a run with its own tokenizer: AutoTokenizer loads the folder and gives tiktoken's ids, id for
+    id, and the folder brings the run back (the same tokenizer, the same greedy sample)."""
     from transformers import AutoTokenizer
-    tokenizer.to_hf(spec).save_pretrained(tmp_path)
-    hf = AutoTokenizer.from_pretrained(tmp_path)
+    out = tmp_path / "export"
+    run_inline(monkeypatch, "export.py", f"--out_dir={bpe_run}", f"--output={out}")
+    spec = tokenizer.dataset_spec(bpe_data)
     enc = tokenizer.from_spec(spec)
-    assert len(hf) == enc.n_vocab and hf.eos_token_id == enc.eot_token
+    hf = AutoTokenizer.from_pretrained(out)
+    assert len(hf) == enc.n_vocab == 512 and hf.eos_token_id == hf.bos_token_id == enc.eot_token
     rng = random.Random(7)
     texts = [random_text(rng, rng.choice([10, 300])) for _ in range(40)] + SPECIAL_CASES + [shakespeare(20_000)]
     texts.append("<|user_start|>Hi<|user_end|><|assistant_start|>Hello.<|assistant_end|><|endoftext|>")
@@ -312,5 +316,10 @@ def test_hugging_face_tokenizer_has_the_same_ids(spec, tmp_path):
         ids = enc.encode(text, allowed_special="all")  # HF tokenizers always read special-token spellings as such
         assert hf.encode(text, add_special_tokens=False) == ids
         assert hf.decode(ids) == text
-    assert tokenizer.hf_folder_spec(str(tmp_path)) == spec  # and the folder gives the very same tokenizer back
-    assert tokenizer.hf_folder_spec(str(tmp_path / "nothing")) == tokenizer.GPT2_SPEC
+    assert json.load(open(out / "generation_config.json"))["eos_token_id"] == enc.eot_token
+    assert tokenizer.model_spec(None, str(out)) == spec  # read back from tokenizer.json
+    capsys.readouterr()
+    samples = [run_inline(monkeypatch, "sample.py", f"--init_from={where}", "--start=ROMEO:", "--temperature=0",
+                          "--num_samples=1", "--max_new_tokens=16", "--device=cpu")["samples"]
+               for where in (bpe_run, str(out))]
+    assert samples[0] == samples[1] and samples[0][0]
