@@ -10,6 +10,7 @@ The pieces, for code that builds on them (adapters, other layouts, other tokeniz
     key_map(config, arch)                                 our tensor names <-> HF tensor names and row slices
     to_hf_state_dict(sd, config, arch) / from_hf_state_dict(sd_hf, config, arch, into)
     write_gpt2_tokenizer(folder, config)                  the tokenizer files; export_model takes another writer
+    write_trained_tokenizer(folder, config, spec) / read_trained_tokenizer(folder)   a tokenizer prepare.py learnt
     is_hf_folder(path), read_weights(path)                recognising and reading HF folders
 
 Exact or refused: a model exports only to a transformers class that computes the very same function, and
