@@ -323,3 +323,19 @@ def test_export_writes_the_tokenizer_with_the_same_ids(bpe_data, bpe_run, tmp_pa
                           "--num_samples=1", "--max_new_tokens=16", "--device=cpu")["samples"]
                for where in (bpe_run, str(out))]
     assert samples[0] == samples[1] and samples[0][0]
+
+
+def test_token_cap_bounds_the_tokenizer_text_and_bad_sizes_are_refused(tmp_path):
+    docs = plays_txt()[1]
+    with open(tmp_path / "plays.jsonl", "w") as f:
+        f.writelines(json.dumps({"text": d}) + "\n" for d in docs)
+    folder = prepare.prepare(input=str(tmp_path / "plays.jsonl"), data_root=str(tmp_path / "out"), val_ratio=0.1,
+                             max_tokens=6000, tokenizer_vocab_size=300, progress=False)
+    meta = json.load(open(os.path.join(folder, "meta.json")))
+    assert sum(meta["tokens"].values()) == 6000 and meta["capped"]
+    assert meta["tokenizer_training"]["characters"] == 5 * 6000  # 5 characters per capped token, no more
+    for size in (-1, 100):  # negative; fewer than the 256 bytes + 7 specials
+        with pytest.raises(SystemExit, match=r"^error: tokenizer_vocab_size=-?\d+ (cannot be negative|is too small)"):
+            prepare.prepare(input=str(tmp_path / "plays.jsonl"), name="bad", data_root=str(tmp_path / "out"),
+                            tokenizer_vocab_size=size, progress=False)
+    assert sorted(os.listdir(tmp_path / "out")) == ["plays"]  # nothing half-made left behind
