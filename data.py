@@ -1,6 +1,7 @@
 """
-Reads the data that train.py and evaluate.py learn from: the token shards of prepare.py (TokenShards) and
-prompt/completion JSONL for supervised fine-tuning (SFTExamples). Importing this module does no work.
+Reads the data that train.py and evaluate.py learn from: the token shards of prepare.py (TokenShards),
+prompt/completion JSONL for supervised fine-tuning (SFTExamples) and conversations for chat fine-tuning
+(ChatExamples). Importing this module does no work.
 
 Batches are a pure function of (seed, step, index): `index` is the global micro-batch index within the step
 (0 .. micro_batches - 1, where micro_batches counts the micro-batches of one step over all processes), so resume
@@ -20,7 +21,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from tokenizer import get_tokenizer
+from tokenizer import check_messages, get_tokenizer, render_conversation
 
 KNOWN_DATASETS = ("shakespeare", "tinystories_10M", "openwebtext_100M", "fineweb_1B")  # those of prepare.py
 
@@ -260,3 +261,54 @@ class SFTExamples:
         """Every example in file order (the last batch may be short), the same every time."""
         for b in range(self.num_eval_batches(batch_size, seq_len, max_batches)):
             yield self.batch(range(b * batch_size, min(len(self.sequences), (b + 1) * batch_size)), seq_len)
+
+
+class ChatExamples(SFTExamples):
+    """Conversations, one {"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]} per line
+    (the format of Hugging Face chat datasets and of the OpenAI API), any number of turns. Each is rendered by
+    tokenizer.render_conversation, and the loss is on every assistant reply and its <|assistant_end|> (y is -1
+    elsewhere). Batches are SFTExamples': padded to the longest conversation in the batch (rounded up to 8).
+    A conversation longer than max_seq_len + 1 tokens is cut at the end (num_truncated); one with no assistant
+    token left to learn within that is dropped (num_dropped)."""
+
+    def __init__(self, path, max_seq_len, enc=None):
+        self.path = path
+        form = 'one {"messages": [{"role": "user", "content": ...}, {"role": "assistant", ...}]} per line'
+        if not os.path.isfile(path):
+            die(f"{path} not found; chat data is JSONL with {form} (see data/chat_demo/)")
+        enc = enc or get_tokenizer()  # the model's tokenizer, as for SFTExamples
+        self.examples, self.sequences, self.masks, self.prompt_lens = [], [], [], []
+        self.num_truncated = self.num_dropped = 0
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    messages = row["messages"] if isinstance(row, dict) else None
+                    check_messages(messages)
+                except (ValueError, KeyError) as e:
+                    die(f"{path}:{lineno}: {getattr(e, 'msg', None) or str(e).strip(chr(39))}; write {form}")
+                tokens, mask = render_conversation(enc, messages)
+                self.num_truncated += len(tokens) > max_seq_len + 1
+                tokens, mask = tokens[:max_seq_len + 1], mask[:max_seq_len + 1]
+                if not any(mask[1:]):  # no assistant token to predict within the context
+                    self.num_dropped += 1
+                    continue
+                self.examples.append(messages)
+                self.sequences.append(np.array(tokens, dtype=np.int64))
+                self.masks.append(np.array(mask, dtype=bool))
+                self.prompt_lens.append(0)  # SFTExamples.batch masks nothing itself; batch() below applies the mask
+        if not self.examples:
+            die(f"{path} holds no conversation with an assistant reply (within max_seq_len={max_seq_len} tokens); "
+                f"write {form}")
+        self.num_tokens = sum(len(s) for s in self.sequences)
+        self.meta = dict(tokenizer=enc.name, vocab_size=enc.n_vocab, eot_id=enc.eot_token)
+        self.sampler = EpochSampler()
+
+    def batch(self, rows, seq_len):
+        x, y = super().batch(rows, seq_len)
+        for i, r in enumerate(rows):
+            trained = torch.from_numpy(self.masks[r][1:y.size(1) + 1])  # mask of the token each position predicts
+            y[i, :len(trained)][~trained] = -1
+        return x, y

@@ -11,7 +11,7 @@ Only torch is needed to import this file. Hugging Face loading and export live i
 """
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -248,6 +248,33 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    @torch.no_grad()
+    def grow_vocab(self, vocab_size, seed=0):
+        """Widen the vocabulary to vocab_size tokens (the chat special tokens, for a model pretrained without
+        them), keeping every trained row. A new row starts as the mean of the trained rows plus noise of a tenth
+        of their spread: an average token, so its first logits are ordinary rather than spikes that would swamp
+        the early loss, and the new tokens still differ from each other. The padded rows usually have room
+        (50257 -> 50263 stays within 50304 rows); otherwise the matrices are reallocated."""
+        old = self.config.vocab_size
+        if vocab_size <= old:
+            return
+        config = replace(self.config, vocab_size=vocab_size)
+        wte, head = self.transformer.wte, self.lm_head
+        if config.padded_vocab_size > wte.weight.size(0):
+            V, dev, dt = config.padded_vocab_size, wte.weight.device, wte.weight.dtype
+            self.transformer.wte = nn.Embedding(V, config.d_model, device=dev, dtype=dt)
+            self.lm_head = nn.Linear(config.d_model, V, bias=False, device=dev, dtype=dt)
+            self.transformer.wte.weight.zero_()[:old] = wte.weight[:old]
+            self.lm_head.weight.zero_()[:old] = head.weight[:old]
+            if config.tie_weights:
+                self.transformer.wte.weight = self.lm_head.weight
+        g = torch.Generator().manual_seed(seed)
+        for w in {id(p): p for p in (self.transformer.wte.weight, self.lm_head.weight)}.values():  # tied: once
+            rows = w[:old].float()
+            noise = torch.randn(vocab_size - old, w.size(1), generator=g) * 0.1 * rows.std()
+            w[old:vocab_size] = (rows.mean(0) + noise.to(w.device)).to(w.dtype)
+        self.config = config
 
     def num_params(self, non_embedding=False):
         """Logical parameter count: padding rows are left out and tied weights count once.

@@ -212,3 +212,49 @@ def get_cl100k():
     ranks = load_tiktoken_bpe(path, expected_hash=CL100K_SHA256)  # raises on any other file
     return tiktoken.Encoding(name="cl100k_base", pat_str=GPT4_PATTERN, mergeable_ranks=ranks,
                              special_tokens={"<|endoftext|>": 100257})
+
+
+# -----------------------------------------------------------------------------
+# conversations: the one place that turns messages into tokens (training, chat.py and the server all use it)
+#
+#   <|endoftext|> <|system_start|> You are ... <|system_end|> <|user_start|> Hi <|user_end|>
+#   <|assistant_start|> Hello! <|assistant_end|> <|user_start|> ... <|user_end|> <|assistant_start|>
+#
+# A conversation starts with <|endoftext|>, as every pretraining document does. The loss is on each
+# assistant reply and the <|assistant_end|> after it, never on the <|assistant_start|> before it: chat.py
+# writes that one itself to ask for a reply, and the model's own <|assistant_end|> is how it hands back.
+
+ROLES = ("system", "user", "assistant")
+
+
+def check_messages(messages):
+    """Raise ValueError naming what is wrong unless messages is a list of {"role", "content"} dicts with a known
+    role and string content."""
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("messages must be a non-empty list of {\"role\": ..., \"content\": ...} objects")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise ValueError(f"messages[{i}] must be an object with \"role\" and \"content\", got {str(m)[:60]}")
+        if m.get("role") not in ROLES:
+            raise ValueError(f"messages[{i}] has role {m.get('role')!r}; expected one of {', '.join(ROLES)}")
+        if not isinstance(m.get("content"), str):
+            raise ValueError(f"messages[{i}] needs a string \"content\", got {str(m.get('content'))[:60]}")
+
+
+def render_conversation(enc, messages, for_reply=False):
+    """(ids, mask): the tokens of a conversation, and 1 where a token is trained on (assistant text and the
+    <|assistant_end|> after it), else 0. for_reply appends <|assistant_start|>: the prompt that asks for the
+    next reply. Content is encoded with encode_ordinary, so nothing a user writes can forge a turn."""
+    check_messages(messages)
+    ids = special_ids(enc)
+    tokens, mask = [ids["<|endoftext|>"]], [0]
+    for m in messages:
+        role = m["role"]
+        body = enc.encode_ordinary(m["content"])
+        tokens += [ids[f"<|{role}_start|>"]] + body + [ids[f"<|{role}_end|>"]]
+        trained = int(role == "assistant")
+        mask += [0] + [trained] * (len(body) + 1)
+    if for_reply:
+        tokens.append(ids["<|assistant_start|>"])
+        mask.append(0)
+    return tokens, mask

@@ -1,5 +1,6 @@
 """
-Train a GPT: pretraining on token shards, or supervised fine-tuning (SFT) on prompt/completion JSONL.
+Train a GPT: pretraining on token shards, or supervised fine-tuning (SFT) on prompt/completion JSONL,
+or chat fine-tuning on conversations (task=chat; then talk to it with chat.py).
 
     python train.py                                        # CPU quick start: a small model on Shakespeare
     python train.py config/train_100m.py --batch_size=32    # GPT-2 124M on one GPU
@@ -23,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from checkpoint import (autocast, checkpoint_path, is_pretrained, load_checkpoint, model_from_checkpoint,
                         pick_device, pick_dtype, pretrained_model, save_checkpoint)
 from configurator import configure, fail
-from data import SFTExamples, TokenShards, dataset_dir, ensure_prepared
+from data import ChatExamples, SFTExamples, TokenShards, dataset_dir, ensure_prepared
 from model import GPT, GPTConfig
 import tokenizer
 
@@ -66,7 +67,7 @@ checkpoint_interval = 100  # steps between saves of out_dir/ckpt.pt (and one at 
 keep_checkpoints = False  # also keep out_dir/ckpt_<step>.pt at each checkpoint_interval
 early_stopping_patience = 0  # stop after this many evals without a better val loss; 0 = never
 # data
-task = "pretrain"  # pretrain (token shards from prepare.py) | sft (train.jsonl/val.jsonl of prompt/completion)
+task = "pretrain"  # pretrain (token shards from prepare.py) | sft (train.jsonl/val.jsonl of prompt/completion) | chat (conversations)
 dataset = "shakespeare"  # folder name under data/
 data_dir = ""  # the dataset's folder, if not data/<dataset>
 # run
@@ -84,8 +85,8 @@ settings = configure(globals())
 # -----------------------------------------------------------------------------
 # checks that need no data or model: one clear line each, before any work
 
-if task not in ("pretrain", "sft"):
-    fail(f"task={task!r} should be 'pretrain' or 'sft'")
+if task not in ("pretrain", "sft", "chat"):
+    fail(f"task={task!r} should be 'pretrain', 'sft' or 'chat'")
 if optimizer not in ("adamw", "muon"):
     fail(f"optimizer={optimizer!r} should be 'adamw' or 'muon'")
 for name in ("batch_size", "grad_accum_steps", "max_steps", "max_seq_len", "eval_iters", "log_interval"):
@@ -166,6 +167,11 @@ else:  # fine-tune the weights of another run (a fresh optimizer, step 0)
     start = load_checkpoint(checkpoint_path(init_from, "best"))
     model = model_from_checkpoint(start, dropout=dropout)
     model_tokenizer = tokenizer.checkpoint_spec(start)
+if task == "chat":  # the chat tokens need rows: GPT-2's BPE has them past its 50257, so add those rows
+    needed = max(tokenizer.special_ids(tokenizer.from_spec(model_tokenizer)).values()) + 1
+    if model.config.vocab_size < needed:
+        log(f"adding the chat tokens: vocab_size {model.config.vocab_size} -> {needed} (new rows start as the mean)")
+        model.grow_vocab(needed)
 config = model.config
 if data_tokenizer is not None and data_tokenizer != model_tokenizer:
     fail(f"{folder} was tokenised with {data_tokenizer['name']} but the model's ids are those of "
@@ -183,8 +189,9 @@ if task == "pretrain":
     val_data = TokenShards(folder, "val", vocab_size=config.vocab_size)
 else:
     enc = tokenizer.from_spec(model_tokenizer)  # prompts and completions are encoded as the model reads them
-    train_data = SFTExamples(os.path.join(folder, "train.jsonl"), max_seq_len, enc)
-    val_data = SFTExamples(os.path.join(folder, "val.jsonl"), max_seq_len, enc)
+    Examples = ChatExamples if task == "chat" else SFTExamples  # conversations, or prompt/completion pairs
+    train_data = Examples(os.path.join(folder, "train.jsonl"), max_seq_len, enc)
+    val_data = Examples(os.path.join(folder, "val.jsonl"), max_seq_len, enc)
 for split, data in (("train", train_data), ("val", val_data)):  # (the reader checks ids against the vocab)
     if task == "pretrain" and data.num_tokens < max_seq_len + 1:
         fail(f"the {split} split of {folder} has {data.num_tokens} tokens, too few for one window of "
