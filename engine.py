@@ -98,7 +98,7 @@ class ChatEngine:
                 self.finish_reason = "stop"
                 return
             yield token
-            if len(self.cached) >= self.max_seq_len:  # the context is full: this token cannot be fed
+            if len(self.cached) + 1 >= self.max_seq_len:  # prompt + reply fill the context: no room for more
                 self.finish_reason = "length"
                 return
             logits = self._feed([token])
@@ -132,14 +132,14 @@ class Conversation:
     def fit(self, reserve):
         """Drop the oldest turns (never the system prompt) until the prompt leaves `reserve` positions for
         the reply; returns how many messages were dropped. ValueError if the last message alone is too long."""
-        dropped = 0
-        while len(self.engine.render(self.messages)) + reserve > self.engine.max_seq_len:
-            first = 1 if self.messages[0]["role"] == "system" else 0
-            if len(self.messages) - first <= 1:  # only the new user message is left
+        messages = list(self.messages)  # committed only if it fits: a refused message changes nothing
+        while len(self.engine.render(messages)) + reserve > self.engine.max_seq_len:
+            first = 1 if messages[0]["role"] == "system" else 0
+            if len(messages) - first <= 1:  # only the new user message is left
                 raise ValueError(f"the message is too long for the model's context of {self.engine.max_seq_len} "
-                                 f"tokens ({len(self.engine.render(self.messages))} with the chat markup)")
-            del self.messages[first]
-            dropped += 1
+                                 f"tokens ({len(self.engine.render(messages))} with the chat markup)")
+            del messages[first]
+        dropped, self.messages = len(self.messages) - len(messages), messages
         return dropped
 
     def reply(self, text, sampling):

@@ -82,3 +82,22 @@ def tiny_sft_run(sft_data, tmp_path_factory):
     run_script("train.py", *TINY_MODEL, *TINY_TRAINING, "--task=sft", "--dataset=echo", f"--data_dir={sft_data}",
                f"--out_dir={out}")
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def chat_data(tmp_path_factory):
+    """Conversations from the embedded demo set, a few of them (train 60, val 10)."""
+    root = tmp_path_factory.mktemp("chat") / "demo"
+    root.mkdir()
+    for split, n in (("train", 60), ("val", 10)):
+        with open(os.path.join(ROOT, "data", "chat_demo", f"{split}.jsonl")) as src:
+            (root / f"{split}.jsonl").write_text("".join(src.readlines()[:n]))
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_run(chat_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "tiny_chat"
+    run_script("train.py", *TINY_MODEL, *TINY_TRAINING, "--task=chat", "--dataset=demo", f"--data_dir={chat_data}",
+               "--vocab_size=50263", f"--out_dir={out}")
+    return str(out)

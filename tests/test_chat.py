@@ -120,25 +120,6 @@ def test_grow_vocab_keeps_the_trained_rows_and_starts_new_ones_near_the_mean(pad
     model(torch.tensor([[EOT_ID, CHAT_VOCAB_SIZE - 1]]), torch.tensor([[CHAT_VOCAB_SIZE - 1, 5]]))[1].backward()
 
 
-@pytest.fixture(scope="session")
-def chat_data(tmp_path_factory):
-    """Conversations from the embedded demo set, a few of them (train 60, val 10)."""
-    root = tmp_path_factory.mktemp("chat") / "demo"
-    root.mkdir()
-    for split, n in (("train", 60), ("val", 10)):
-        with open(os.path.join(ROOT, "data", "chat_demo", f"{split}.jsonl")) as src:
-            (root / f"{split}.jsonl").write_text("".join(src.readlines()[:n]))
-    return str(root)
-
-
-@pytest.fixture(scope="session")
-def tiny_chat_run(chat_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "tiny_chat"
-    run_script("train.py", *TINY_MODEL, *TINY_TRAINING, "--task=chat", "--dataset=demo", f"--data_dir={chat_data}",
-               "--vocab_size=50263", f"--out_dir={out}")
-    return str(out)
-
-
 def test_chat_fine_tuning_grows_a_pretrained_vocabulary_and_resumes(tiny_run, chat_data, tmp_path):
     out = tmp_path / "chat"
     flags = [*TINY_MODEL, *TINY_TRAINING, "--task=chat", "--dataset=demo", f"--data_dir={chat_data}",
