@@ -144,7 +144,7 @@ def greedy_reference(model, prompt, n):
         for _ in range(n):
             if len(seq) >= model.config.max_seq_len:
                 break
-            t = int(model(torch.tensor([seq]))[0][0, -1].argmax())
+            t = int(model._last_logits(torch.tensor([seq]))[0].argmax())  # a full forward, no cache
             if t in stops:
                 break
             out.append(t)

@@ -1,0 +1,297 @@
+"""
+The web side of `python chat.py --serve`: one page (ui.html) and an OpenAI-compatible API, FastAPI + uvicorn.
+
+    GET  /                      the chat page (self-contained: no CDN, no build step)
+    POST /v1/chat/completions   OpenAI's chat completions, streamed as server-sent events or not
+    GET  /v1/models             the one model served
+    GET  /health                {"status": "ok", ...}
+
+Any OpenAI client works unchanged:
+    from openai import OpenAI
+    client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="none")
+    client.chat.completions.create(model="nash", messages=[{"role": "user", "content": "Who are you?"}])
+
+One model, one KV cache, so requests are served one at a time: a single worker thread owns the engine and
+takes jobs from a FIFO queue, in arrival order; nothing else touches the cache, so requests cannot corrupt
+each other. Prompts that extend the previous conversation reuse its cache (engine.py). A client that goes
+away (a closed tab, the stop button, a dropped connection) sets its job's cancel flag and the worker stops
+generating at the next token. Bad requests get a 4xx with OpenAI's error object
+{"error": {"message", "type", "param", "code"}}; an exception inside a job fails that request only.
+"""
+import asyncio
+import json
+import os
+import queue
+import threading
+import time
+import uuid
+from dataclasses import replace
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+
+from engine import Decoder, Sampling
+
+UI_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ui.html")
+
+
+class BadRequest(Exception):
+    def __init__(self, message, param=None, code=None, status=400):
+        super().__init__(message)
+        self.param, self.code, self.status = param, code, status
+
+
+def error_response(message, status=400, param=None, code=None, kind="invalid_request_error"):
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
+
+
+class Job:
+    """One request's generation: filled by the worker thread, read by the request's coroutine."""
+
+    def __init__(self, prompt, sampling, stop, loop):
+        self.prompt, self.sampling, self.stop = prompt, sampling, stop
+        self.loop, self.out = loop, asyncio.Queue()
+        self.cancel = threading.Event()
+
+    def put(self, kind, value=None):
+        self.loop.call_soon_threadsafe(self.out.put_nowait, (kind, value))
+
+
+class Worker:
+    """The one thread that runs the engine, a job at a time, in the order they were submitted."""
+
+    def __init__(self, engine):
+        self.engine, self.jobs = engine, queue.Queue()
+        self.busy, self.served, self.cancelled, self.tokens_generated = False, 0, 0, 0
+        threading.Thread(target=self.run, daemon=True, name="chat-engine").start()
+
+    def run(self):
+        while True:
+            job = self.jobs.get()
+            self.busy = True
+            try:
+                self.serve(job)
+            except Exception as e:  # a bug or a bad state: fail this request, keep serving
+                self.engine.reset()
+                job.put("error", f"{type(e).__name__}: {e}")
+            finally:
+                self.busy = False
+                self.served += 1
+
+    def serve(self, job):
+        if job.cancel.is_set():  # the client left while waiting in the queue
+            self.cancelled += 1
+            return job.put("done", ("cancelled", 0))
+        decoder, text, sent, n, finish = Decoder(self.engine.enc), "", 0, 0, None
+        for token in self.engine.generate(job.prompt, job.sampling, should_stop=job.cancel.is_set):
+            n += 1
+            self.tokens_generated += 1
+            text += decoder(token)
+            cut = min((i for i in (text.find(s) for s in job.stop) if i >= 0), default=-1)
+            if cut >= 0:  # a stop string: the reply ends before it, and none of it is sent
+                text, finish = text[:cut], "stop"
+                break
+            # hold back an end that may be the start of a stop string, send the rest
+            held = max((k for s in job.stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+            if len(text) - held > sent:
+                job.put("text", text[sent:len(text) - held])
+                sent = len(text) - held
+        if finish is None:
+            text += decoder.flush()
+            finish = "cancelled" if job.cancel.is_set() else self.engine.finish_reason
+        if len(text) > sent:
+            job.put("text", text[sent:])
+        if job.cancel.is_set():
+            self.cancelled += 1
+        job.put("done", (finish, n))
+
+
+def parse_request(body, engine, defaults):
+    """(prompt ids, Sampling, stop strings, stream, include_usage) from an OpenAI chat completions body."""
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("'messages' must be a non-empty array of {\"role\", \"content\"} objects", "messages")
+    clean = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise BadRequest(f"messages[{i}] must be an object", f"messages[{i}]")
+        role, content = m.get("role"), m.get("content")
+        if role == "developer":  # OpenAI's newer name for the system role
+            role = "system"
+        if role not in ("system", "user", "assistant"):
+            raise BadRequest(f"messages[{i}].role is {role!r}; this model knows system, user and assistant",
+                             f"messages[{i}].role")
+        if isinstance(content, list):  # content parts: only text ones
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                       for p in content):
+                raise BadRequest(f"messages[{i}].content may only hold text parts", f"messages[{i}].content")
+            content = "".join(p["text"] for p in content)
+        if content is None and role == "assistant":
+            content = ""
+        if not isinstance(content, str):
+            raise BadRequest(f"messages[{i}].content must be a string", f"messages[{i}].content")
+        clean.append({"role": role, "content": content})
+    if not any(m["content"].strip() for m in clean if m["role"] == "user"):
+        raise BadRequest("the messages hold no user message with text", "messages")
+
+    def number(name, low, high, default, kind=float):
+        value = body.get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+            raise BadRequest(f"'{name}' must be {'an integer' if kind is int else 'a number'}", name)
+        if not low <= value <= high:
+            raise BadRequest(f"'{name}' is {value}; it must be between {low} and {high}", name)
+        return kind(value)
+
+    ctx = engine.max_seq_len
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    param = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
+                                   or not 1 <= max_tokens <= ctx):
+        raise BadRequest(f"'{param}' is {max_tokens!r}; it must be an integer from 1 to {ctx} (the context)", param)
+    if body.get("n") not in (None, 1):
+        raise BadRequest("only n=1 is supported: one reply per request", "n")
+    top_k = number("top_k", 0, 1_000_000, defaults.top_k or 0, int)  # not OpenAI's; pass it with extra_body
+    top_p = number("top_p", 0.0, 1.0, defaults.top_p or 1.0)
+    if top_p == 0:
+        raise BadRequest("'top_p' must be above 0", "top_p")
+    sampling = replace(defaults, temperature=number("temperature", 0.0, 2.0, defaults.temperature),
+                       top_k=top_k or None, top_p=top_p if top_p < 1 else None,
+                       max_new_tokens=max_tokens or defaults.max_new_tokens,
+                       seed=number("seed", -2**63, 2**63 - 1, None, int))
+    stop = body.get("stop")
+    stop = [stop] if isinstance(stop, str) else stop
+    if stop is not None and not (isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) and s
+                                                                                    for s in stop)):
+        raise BadRequest("'stop' must be a string or an array of up to 4 non-empty strings", "stop")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequest("'stream' must be true or false", "stream")
+    options = body.get("stream_options") or {}
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    prompt = engine.render(clean)
+    if len(prompt) >= ctx:
+        raise BadRequest(f"the conversation is {len(prompt)} tokens, and this model's context is {ctx}; "
+                         "send fewer or shorter messages (start a new chat)", "messages", "context_length_exceeded")
+    return prompt, sampling, stop or [], stream, include_usage
+
+
+def create_app(engine, name="nash", defaults=None):
+    defaults = defaults or Sampling()
+    worker = Worker(engine)
+    app = FastAPI(title="Nash-LLM chat", docs_url=None, redoc_url=None)
+    app.state.worker = worker
+    created = int(time.time())
+
+    @app.exception_handler(404)
+    async def not_found(request, exc):
+        return error_response(f"no route {request.method} {request.url.path}; see /v1/chat/completions", 404)
+
+    @app.exception_handler(405)
+    async def wrong_method(request, exc):
+        return error_response(f"{request.method} is not allowed on {request.url.path}", 405)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        with open(UI_PATH, encoding="utf-8") as f:
+            return f.read()
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": name, "busy": worker.busy, "waiting": worker.jobs.qsize(),
+                "served": worker.served, "cancelled": worker.cancelled, "tokens_generated": worker.tokens_generated}
+
+    model_card = {"id": name, "object": "model", "created": created, "owned_by": "nash-llm",
+                  "context_length": engine.max_seq_len}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [model_card]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def one_model(model_id: str):
+        if model_id != name:
+            return error_response(f"the model {model_id!r} does not exist; this server has {name!r}", 404,
+                                  "model", "model_not_found")
+        return model_card
+
+    @app.post("/v1/chat/completions")
+    async def completions(request: Request):
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError) as e:
+            return error_response(f"the request body is not valid JSON ({e})")
+        try:
+            prompt, sampling, stop, stream, include_usage = parse_request(body, engine, defaults)
+        except BadRequest as e:
+            return error_response(str(e), e.status, e.param, e.code)
+        job = Job(prompt, sampling, stop, asyncio.get_running_loop())
+        worker.jobs.put(job)  # FIFO: served after every job submitted before it
+        rid, now = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        head = {"id": rid, "created": now, "model": name, "system_fingerprint": None}
+
+        def usage(n):
+            return {"prompt_tokens": len(prompt), "completion_tokens": n, "total_tokens": len(prompt) + n}
+
+        async def events():
+            def chunk(delta, finish=None, **extra):
+                return "data: " + json.dumps({**head, "object": "chat.completion.chunk", "choices": [
+                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra}) + "\n\n"
+            try:
+                yield chunk({"role": "assistant", "content": ""})
+                while True:
+                    kind, value = await job.out.get()
+                    if kind == "text":
+                        yield chunk({"content": value})
+                    elif kind == "error":
+                        yield "data: " + json.dumps({"error": {"message": value, "type": "server_error",
+                                                               "param": None, "code": None}}) + "\n\n"
+                        return
+                    else:
+                        finish, n = value
+                        yield chunk({}, "length" if finish == "length" else "stop")
+                        if include_usage:
+                            yield "data: " + json.dumps({**head, "object": "chat.completion.chunk", "choices": [],
+                                                         "usage": usage(n)}) + "\n\n"
+                        yield "data: [DONE]\n\n"
+                        return
+            finally:  # also when the client went away mid-stream: tell the worker to stop
+                job.cancel.set()
+
+        if stream:
+            return StreamingResponse(events(), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        pieces = []
+        try:
+            while True:
+                try:
+                    kind, value = await asyncio.wait_for(job.out.get(), timeout=0.25)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        return error_response("the client disconnected", 499)
+                    continue
+                if kind == "text":
+                    pieces.append(value)
+                elif kind == "error":
+                    return error_response(f"generation failed: {value}", 500, kind="server_error")
+                else:
+                    finish, n = value
+                    break
+        finally:
+            job.cancel.set()
+        return {**head, "object": "chat.completion", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "".join(pieces), "refusal": None},
+             "logprobs": None, "finish_reason": "length" if finish == "length" else "stop"}], "usage": usage(n)}
+
+    return app
+
+
+def serve(engine, name="nash", host="127.0.0.1", port=8000, defaults=None):
+    import uvicorn
+    app = create_app(engine, name, defaults)
+    print(f"serving {name} on http://{host}:{port} (the chat page; API at http://{host}:{port}/v1); Ctrl-C stops",
+          flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,74 @@
+"""The chat page in a real headless browser (Debian's chromium driven by selenium, as .ci/run installs it): type a
+message, watch the reply stream in, stop a reply, start a new chat, and take a screenshot."""
+import contextlib
+import os
+import shutil
+
+import httpx
+import pytest
+
+from test_server import expected, long_chat_ckpt, serving  # noqa: F401  (long_chat_ckpt is a fixture)
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs chromium and chromium-driver (.ci/run installs "
+                                "them: apt-get install chromium chromium-driver)")
+
+
+@contextlib.contextmanager
+def browser(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+                 "--window-size=420,800", f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)  # a phone-sized window: the page must read well there
+    driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=options)  # no driver download
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_chat_page_streams_a_reply_stops_and_starts_over(long_chat_ckpt, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+    with serving(f"--init_from={long_chat_ckpt}") as url, browser(tmp_path) as driver:
+        driver.get(url + "/")
+        wait = WebDriverWait(driver, 120, poll_frequency=0.05)
+        wait.until(lambda d: "long" in d.find_element(By.ID, "title").text)  # the page asked /v1/models
+        driver.execute_script("document.getElementById('temperature').value = '0';"
+                              "document.getElementById('max_tokens').value = '40';")
+        box = driver.find_element(By.ID, "input")
+        box.send_keys("Who are you?", Keys.ENTER)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".msg.user"))
+        assert driver.find_element(By.CSS_SELECTOR, ".msg.user").text == "Who are you?"
+        wait.until(lambda d: d.find_element(By.ID, "send").is_displayed())  # the reply is done
+        reply = driver.find_element(By.CSS_SELECTOR, ".msg.assistant")
+        want = expected((long_chat_ckpt, long_chat_ckpt), [{"role": "user", "content": "Who are you?"}], 40)[0]
+        assert reply.text == want.strip() and "streaming" not in reply.get_attribute("class")
+        assert "token limit" in driver.find_element(By.CSS_SELECTOR, ".note").text
+        driver.save_screenshot(str(tmp_path / "chat.png"))
+        if os.environ.get("CHAT_SCREENSHOT"):  # for a person to look at
+            driver.save_screenshot(os.environ["CHAT_SCREENSHOT"])
+        assert (tmp_path / "chat.png").stat().st_size > 1000
+
+        # a long reply, stopped from the page: the server stops generating too
+        driver.execute_script("document.getElementById('max_tokens').value = '1000';")
+        box.send_keys("Go on", Keys.ENTER)
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".msg.assistant")) == 2
+                   and d.find_elements(By.CSS_SELECTOR, ".msg.assistant")[1].text)  # streaming has begun
+        streaming = driver.find_elements(By.CSS_SELECTOR, ".msg.assistant.streaming")
+        driver.find_element(By.ID, "stop").click()
+        wait.until(lambda d: "(stopped)" in d.find_element(By.ID, "log").text)
+        assert streaming, "the reply was visible while it streamed"
+        for _ in range(100):
+            health = httpx.get(url + "/health", timeout=30).json()
+            if not health["busy"]:
+                break
+        assert health["cancelled"] == 1 and health["tokens_generated"] < 40 + 1000
+
+        driver.find_element(By.ID, "new").click()
+        assert driver.find_elements(By.CSS_SELECTOR, ".msg") == []
