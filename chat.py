@@ -52,11 +52,12 @@ if not 0 < port < 65536:
 import torch  # noqa: E402  (after the checks: --help and bad flags answer at once)
 
 from engine import ChatEngine, Conversation, Sampling  # noqa: E402
+from tokenizer import checkpoint_spec, from_spec  # noqa: E402
 
 device, dtype, ctx = inference_setup(device, dtype)
 model, state, where = load_model(init_from, out_dir, ckpt, device)
 try:
-    engine = ChatEngine(model, ctx)
+    engine = ChatEngine(model, ctx, from_spec(checkpoint_spec(state)))  # the tokenizer the run was trained with
 except ValueError as e:
     fail(f"{where}: {e}")
 if seed >= 0:
