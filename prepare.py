@@ -5,6 +5,7 @@ Turns text into token shards that train.py and evaluate.py read (see data.py): G
     python prepare.py --dataset=tinystories_10M         # or openwebtext_100M, fineweb_1B: streamed from the Hub
     python prepare.py --input=notes/ --name=notes       # local .txt, .jsonl/.json or .parquet files
     python prepare.py --input=notes/ --name=notes --tokenizer_vocab_size=8192   # with a tokenizer of its own
+    python prepare.py --dataset=smoltalk                # conversations for train.py task=chat (see the end)
 
 Output, in data/<name>/: train_000.bin, train_001.bin, ..., val_000.bin, ... (uint16 GPT-2 tokens, shard_size
 tokens per file, the last one shorter) and meta.json, written last: a folder without meta.json is not a dataset.
@@ -42,7 +43,7 @@ from configurator import configure, fail
 
 # -----------------------------------------------------------------------------
 # settings (python prepare.py --help lists them)
-dataset = ""  # shakespeare (embedded, the default), tinystories_10M, openwebtext_100M or fineweb_1B
+dataset = ""  # shakespeare (embedded, the default), tinystories_10M, openwebtext_100M, fineweb_1B; smoltalk (chat)
 input = ""  # local data instead: a .txt, .jsonl/.json or .parquet file, or a folder of one kind of them
 text_field = "text"  # the column that holds the text in .jsonl/.json/.parquet input (.txt has no columns)
 name = ""  # output folder data/<name>; defaults to the dataset's name or the input's file/folder name
@@ -352,6 +353,8 @@ def prepare(dataset=dataset, input=input, text_field=text_field, name=name, data
     if input and dataset:
         fail(f"give either --dataset={dataset} or --input={input}, not both")
     dataset = "" if input else (dataset or "shakespeare")
+    if dataset in CHAT_DATASETS:  # conversations: JSONL, not token shards
+        return prepare_chat(dataset, name or dataset, data_root, force, progress)
     if dataset and dataset not in DATASETS:
         fail(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)} (or local files with --input=PATH)")
     if not 0 < val_ratio < 1:
@@ -421,6 +424,59 @@ def prepare(dataset=dataset, input=input, text_field=text_field, name=name, data
     return target
 
 
+# -----------------------------------------------------------------------------
+# chat datasets: streamed from the Hub into data/<name>/train.jsonl and val.jsonl, one
+# {"messages": [{"role", "content"}, ...]} per line, the form train.py task=chat reads (it tokenises them itself)
+
+CHAT_DATASETS = {"smoltalk": ("HuggingFaceTB/smol-smoltalk", {"train": "train", "val": "test"})}  # ours -> Hub split
+
+
+def prepare_chat(dataset, name, data_root="", force=False, progress=True):
+    import datasets
+    from tokenizer import check_messages
+    path, splits = CHAT_DATASETS[dataset]
+    root = data_root or os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+    target = os.path.join(root, name)
+    if os.path.exists(os.path.join(target, "train.jsonl")) and not force:
+        fail(f"{target} already holds conversations; pass --force to overwrite them, or choose another --name")
+    os.makedirs(root, exist_ok=True)
+    remove_stale_temp_folders(root, name)
+    tmp = os.path.join(root, f".tmp-{name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    counts = {}
+    try:
+        for ours, theirs in splits.items():
+            written = skipped = 0
+            try:
+                rows = datasets.load_dataset(path, split=theirs, streaming=True)
+                with open(os.path.join(tmp, f"{ours}.jsonl"), "w", encoding="utf-8") as f:
+                    for row in tqdm(rows, desc=f"{name} {ours}", unit=" conversations", disable=not progress):
+                        messages = [{"role": m.get("role"), "content": m.get("content")} if isinstance(m, dict) else m
+                                    for m in row.get("messages") or []]
+                        try:
+                            check_messages(messages)
+                        except ValueError:
+                            skipped += 1  # a role or shape task=chat does not know: leave it out, say how many
+                            continue
+                        f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+                        written += 1
+            except Exception as e:  # the Hub unreachable, or a dataset that changed shape
+                fail(f"could not stream {path} split {theirs} ({one_line(e)}); check the network, or write your own "
+                     f"train.jsonl/val.jsonl of {{\"messages\": [...]}} lines into {target}")
+            if not written:
+                fail(f"{path} split {theirs} gave no usable conversation ({skipped} skipped)")
+            counts[ours] = (written, skipped)
+        install(tmp, target, force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if progress:
+        print(f"wrote {target}: " + ", ".join(f"{n:,} {split} conversations" + (f" ({k:,} skipped)" if k else "")
+                                               for split, (n, k) in counts.items()))
+    return target
+
+
 if __name__ == "__main__":
     configure(globals())
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # kill (SIGTERM) cleans up like Ctrl-C does
@@ -431,3 +487,4 @@ if __name__ == "__main__":
     except KeyboardInterrupt:
         print(file=sys.stderr)
         fail("interrupted; the partial preparation was removed and nothing was written; run the command again")
+

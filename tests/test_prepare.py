@@ -313,3 +313,28 @@ def test_command_line_errors_are_one_line(tmp_path):
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.strip() == ("error: unknown dataset 'wikitext'; known: shakespeare, tinystories_10M, "
                                      "openwebtext_100M, fineweb_1B (or local files with --input=PATH)")
+
+
+def test_smoltalk_streams_conversations_as_jsonl(tmp_path, monkeypatch):
+    import datasets
+    rows = [{"messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}],
+             "source": "smol"} for i in range(5)]
+    rows.append({"messages": [{"role": "tool", "content": "not a role task=chat knows"}]})
+    data = tmp_path / "smol.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fake = FakeHub(datasets.load_dataset, serve=str(data))
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    folder = run(tmp_path, dataset="smoltalk")
+    assert [c[0] for c in fake.calls] == ["HuggingFaceTB/smol-smoltalk"] * 2
+    assert [c[2]["split"] for c in fake.calls] == ["train", "test"] and all(c[2]["streaming"] for c in fake.calls)
+    for split in ("train", "val"):
+        lines = [json.loads(line) for line in open(os.path.join(folder, f"{split}.jsonl"))]
+        assert lines == [{"messages": r["messages"]} for r in rows[:5]]  # the unknown role is left out
+    from data import ChatExamples
+    assert len(ChatExamples(os.path.join(folder, "train.jsonl"), 64).examples) == 5  # what task=chat reads
+    with pytest.raises(SystemExit, match="already holds conversations"):
+        run(tmp_path, dataset="smoltalk")
+    monkeypatch.setattr(datasets, "load_dataset", FakeHub(datasets.load_dataset))
+    with pytest.raises(SystemExit, match="could not stream HuggingFaceTB/smol-smoltalk.*ConnectionError"):
+        run(tmp_path, dataset="smoltalk", name="other")
+    assert sorted(os.listdir(tmp_path / "out")) == ["smoltalk"]  # nothing half-made left behind
