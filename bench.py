@@ -20,6 +20,9 @@ closest to what the machine itself can do. The JSON keeps every run's figure and
 - data: prepare.py's tokens/s (prepare.prepare() here: read, split, tokenise, write shards) against tiktoken's
   own encode_ordinary_batch on all cores over the same documents; and the peak RSS of `python prepare.py` and of
   the tiktoken batch, each in a fresh process, at two corpus sizes.
+- chat: a multi-turn conversation streamed through chat.py's server (FastAPI, on a free local port, in this
+  process) with the KV cache kept across turns, then the same conversation re-prefilled at every turn: time to
+  the first token and tokens/s of each reply, on a randomly initialised model (replies never stop early).
 - tokenizer: learning a BPE of tok_vocab_size tokens from tok_mb MB of Shakespeare and Python sources installed
   here, with rustbpe (what prepare.py uses) and with Hugging Face tokenizers set up alike, both streaming the
   documents; prepare.py --tokenizer_vocab_size on the same JSONL (wall time, peak RSS); encoding speed against
@@ -86,6 +89,11 @@ data_format = "jsonl"  # jsonl (a document per line) | txt (one file, documents 
 # tokenizer (prepare.py --tokenizer_vocab_size)
 tok_mb = 100.0  # text the BPE trainers learn from, MB: Shakespeare (at most half), then Python sources installed here
 tok_vocab_size = 8192  # the learnt vocabulary, special tokens included
+# chat: a conversation through the server (bench_chat)
+chat_shape = "demo"  # demo (config/chat_demo.py: 4 layers x 128, context 128) | 124m (GPT-2 small, context 1024)
+chat_turns = 3  # user turns; the whole conversation must fit the context
+chat_user_words = 8  # words per user message
+chat_reply_tokens = 16  # tokens per reply
 settings = configure(globals())
 # -----------------------------------------------------------------------------
 # checks: one line each, before any work
@@ -97,8 +105,8 @@ TRAIN_NOISE = 0.03  # train.py is "no slower" within 3%, about what we can resol
 SAMPLE_SPEEDUP, DATA_SHARE, MEMORY_GROWTH, H100_MFU = 5.0, 0.7, 0.10, 0.45
 
 benches = [w.strip() for w in what.split(",") if w.strip()]
-if not benches or set(benches) - {"train", "sample", "data", "tokenizer", "plain_loop"}:
-    fail(f"what={what!r} should be a comma-separated list of train, sample, data, tokenizer")
+if not benches or set(benches) - {"train", "sample", "data", "tokenizer", "chat", "plain_loop"}:
+    fail(f"what={what!r} should be a comma-separated list of train, sample, data, tokenizer, chat")
 try:
     lengths = [int(n) for n in sample_lengths.split(",")]
 except ValueError:
@@ -315,6 +323,80 @@ def bench_sample():
         rows.append(dict(new_tokens=n, cache_tokens_per_sec=cache, recompute_tokens_per_sec=full, speedup=cache / full,
                          runs=runs))
     return dict(num_params=model.num_params(), rows=rows)
+
+
+def bench_chat():
+    """One conversation streamed through server.py, turn after turn, with the KV cache kept across turns and then
+    with every prompt prefilled from scratch (engine.reuse=False): time to first token and tokens/s per reply."""
+    import contextlib
+    import socket
+    import threading
+
+    import httpx
+    import uvicorn
+
+    import server
+    from engine import ChatEngine, Sampling
+    shape = {"demo": dict(n_layers=4, n_heads=4, d_model=128, d_ff=512, max_seq_len=128),
+             "124m": dict(n_layers=12, n_heads=12, d_model=768, d_ff=3072, max_seq_len=1024)}.get(chat_shape)
+    if shape is None:
+        fail(f"chat_shape={chat_shape!r} should be demo or 124m")
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(**shape, vocab_size=tokenizer.CHAT_VOCAB_SIZE, dropout=0.0)).to(device).eval()
+    engine = ChatEngine(model, ctx)
+    engine.stop_ids = set()  # a random model: let every reply run to its full length
+    words = "the quick brown fox jumps over a lazy dog while seven small birds sing".split()
+    rng = np.random.default_rng(seed)
+    users = [" ".join(rng.choice(words, chat_user_words)) for _ in range(chat_turns)]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    app = server.create_app(engine, "bench", Sampling(temperature=1.0, top_k=top_k or None, seed=seed))
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    while not uv.started:
+        time.sleep(0.05)
+
+    def conversation(reuse):
+        engine.reuse, messages, rows = reuse, [], []
+        engine.reset()
+        for text in users:
+            messages.append({"role": "user", "content": text})
+            prompt_tokens = len(engine.render(messages))
+            if prompt_tokens + chat_reply_tokens > engine.max_seq_len:
+                fail(f"{chat_turns} turns of {chat_user_words} words and {chat_reply_tokens}-token replies do not fit "
+                     f"the context of {engine.max_seq_len}; lower chat_turns, chat_user_words or chat_reply_tokens")
+            t0, stamps, reply = time.perf_counter(), [], ""
+            with client.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions", json={
+                    "messages": messages, "stream": True, "max_tokens": chat_reply_tokens}) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data: {"):
+                        delta = json.loads(line[6:])["choices"][0]["delta"].get("content")
+                        if delta:
+                            stamps.append(time.perf_counter())
+                            reply += delta
+            messages.append({"role": "assistant", "content": reply})
+            rows.append(dict(prompt_tokens=prompt_tokens, ttft_ms=1000 * (stamps[0] - t0),
+                             tokens_per_sec=(len(stamps) - 1) / max(stamps[-1] - stamps[0], 1e-9), prefilled=engine.prefilled))
+        return rows
+
+    with contextlib.ExitStack() as stack:
+        stack.callback(thread.join)
+        stack.callback(setattr, uv, "should_exit", True)
+        client = stack.enter_context(httpx.Client(timeout=600))
+        conversation(True)  # warm-up
+        runs = [(conversation(True), conversation(False)) for _ in range(repeats)]
+    rows = []
+    for turn in range(chat_turns):
+        cache = [run[0][turn] for run in runs]
+        full = [run[1][turn] for run in runs]
+        rows.append(dict(turn=turn + 1, prompt_tokens=cache[0]["prompt_tokens"],
+                         cache_prefilled=cache[0]["prefilled"], prefill_prefilled=full[0]["prefilled"],
+                         cache_ttft_ms=min(r["ttft_ms"] for r in cache), prefill_ttft_ms=min(r["ttft_ms"] for r in full),
+                         cache_tokens_per_sec=max(r["tokens_per_sec"] for r in cache),
+                         prefill_tokens_per_sec=max(r["tokens_per_sec"] for r in full)))
+    return dict(num_params=model.num_params(), context=engine.max_seq_len, rows=rows)
 
 
 def bench_data(tmp):
@@ -546,6 +628,14 @@ def report(info, results):
               "alone)", ["source", "bytes", *names],
               [[source, f"{row['bytes']:,}", *(f"{row[n]:.3f}" for n in names)]
                for source, row in r["compression"].items()])
+    if "chat" in results:
+        r = results["chat"]
+        table(f"chat: {chat_shape} shape ({r['num_params'] / 1e6:.1f}M parameters, context {r['context']}), "
+              f"{chat_turns} turns of {chat_user_words} words, replies of {chat_reply_tokens} tokens, streamed "
+              f"through the server, {device}",
+              ["turn", "prompt tokens", "first token, ms: cache / re-prefill", "tokens/s: cache / re-prefill"],
+              [[row["turn"], row["prompt_tokens"], f"{row['cache_ttft_ms']:.1f} / {row['prefill_ttft_ms']:.1f}",
+                f"{row['cache_tokens_per_sec']:.1f} / {row['prefill_tokens_per_sec']:.1f}"] for row in r["rows"]])
     table("targets:", ["target", "measured", "verdict"],
           [[t, m, "met" if ok else "MISSED"] for t, m, ok in results["targets"]])
 
@@ -560,7 +650,7 @@ with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
     for name in benches:
         print(f"measuring {name}...", flush=True)
         results[name] = {"train": bench_train, "sample": lambda tmp: bench_sample(), "data": bench_data,
-                         "tokenizer": bench_tokenizer}[name](tmp)
+                         "tokenizer": bench_tokenizer, "chat": lambda tmp: bench_chat()}[name](tmp)
 info["load_average_after"] = list(os.getloadavg())
 results["targets"] = targets(results)
 report(info, results)

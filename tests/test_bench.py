@@ -87,3 +87,21 @@ def test_setting_errors_are_one_line(monkeypatch, tmp_path, flags, message):
     assert isinstance(text, str) and text.startswith("error: ") and "\n" not in text, text
     assert message in text
     assert not (tmp_path / "never.json").exists()
+
+
+def test_chat_through_the_server_with_and_without_the_cache(monkeypatch, tmp_path, capsys):
+    out = tmp_path / "chat.json"
+    bench(monkeypatch, "--what=chat", "--repeats=1", "--device=cpu", "--chat_turns=2", "--chat_user_words=4",
+          "--chat_reply_tokens=5", f"--output={out}")
+    assert "chat: demo shape" in capsys.readouterr().out
+    r = json.loads(out.read_text())["results"]["chat"]
+    assert r["context"] == 128 and len(r["rows"]) == 2
+    first, second = r["rows"]
+    assert second["prompt_tokens"] > first["prompt_tokens"] + 5  # turn 2 carries turn 1 and its reply
+    # with the cache, turn 2 prefills only its new tokens; without, the whole conversation
+    assert second["prefill_prefilled"] == second["prompt_tokens"]
+    assert second["cache_prefilled"] < second["prompt_tokens"] - first["prompt_tokens"] + 2
+    for row in r["rows"]:
+        assert row["cache_ttft_ms"] > 0 and row["prefill_ttft_ms"] > 0 and row["cache_tokens_per_sec"] > 0
+    with pytest.raises(SystemExit, match="do not fit the context of 128"):
+        bench(monkeypatch, "--what=chat", "--repeats=1", "--chat_turns=9", "--chat_reply_tokens=20", "--output=")
