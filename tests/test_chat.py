@@ -203,3 +203,24 @@ def test_conversation_drops_the_oldest_turns_but_keeps_the_system_prompt():
     with pytest.raises(ValueError, match="too long"):
         next(conversation.reply("word " * 60, sampling))
     assert conversation.messages[-2]["content"] == "question number 5"  # the refused message is not kept
+
+
+def test_demo_set_is_generated_deterministically(tmp_path):
+    import shutil
+    shutil.copy(os.path.join(ROOT, "data", "chat_demo", "generate.py"), tmp_path / "generate.py")
+    run_script(str(tmp_path / "generate.py"))
+    for split in ("train", "val"):
+        with open(os.path.join(ROOT, "data", "chat_demo", f"{split}.jsonl"), "rb") as f:
+            assert (tmp_path / f"{split}.jsonl").read_bytes() == f.read()  # byte for byte what is committed
+    train = ChatExamples(str(tmp_path / "train.jsonl"), 128)
+    val = ChatExamples(str(tmp_path / "val.jsonl"), 128)
+    assert (len(train.examples), len(val.examples), train.num_truncated) == (3000, 150, 0)
+    assert not {json.dumps(m) for m in val.examples} & {json.dumps(m) for m in train.examples}
+
+
+def test_demo_config_trains(tmp_path):
+    # the README's `python train.py config/chat_demo.py`, for 2 steps
+    run_script("train.py", "config/chat_demo.py", "--max_steps=2", "--eval_interval=2", "--eval_iters=1",
+               "--warmup_steps=1", f"--out_dir={tmp_path / 'demo'}")
+    state = load_checkpoint(str(tmp_path / "demo" / "ckpt.pt"))
+    assert state["settings"]["task"] == "chat" and state["model_config"]["vocab_size"] == CHAT_VOCAB_SIZE
