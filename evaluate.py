@@ -29,14 +29,14 @@ from tqdm import tqdm
 import tokenizer
 from checkpoint import inference_setup, load_model
 from configurator import configure, fail
-from data import SFTExamples, TokenShards, dataset_dir, ensure_prepared
+from data import ChatExamples, SFTExamples, TokenShards, dataset_dir, ensure_prepared
 
 # -----------------------------------------------------------------------------
 # settings (python evaluate.py --help lists them)
 init_from = ""  # "" = the run in out_dir | gpt2 ... gpt2-xl | a Hugging Face folder (GPT-2, Llama, Qwen3; export.py's)
 out_dir = "out"  # the run folder train.py wrote
 ckpt = "best"  # best (lowest val loss; the latest when no eval has run) | latest | a checkpoint file
-task = ""  # "" = the checkpoint's (pretrain for GPT-2 weights) | pretrain | sft
+task = ""  # "" = the checkpoint's (pretrain for GPT-2 weights) | pretrain | sft | chat
 dataset = ""  # "" = the run's dataset (shakespeare for GPT-2 weights); else the folder name under data/
 data_dir = ""  # the dataset's folder, if not data/<dataset>
 split = "val"  # val | train
@@ -51,8 +51,8 @@ settings = configure(globals())
 # -----------------------------------------------------------------------------
 # checks that need no model
 
-if task not in ("", "pretrain", "sft"):
-    fail(f"task={task!r} should be pretrain or sft (or empty for the checkpoint's own)")
+if task not in ("", "pretrain", "sft", "chat"):
+    fail(f"task={task!r} should be pretrain, sft or chat (or empty for the checkpoint's own)")
 if split not in ("val", "train"):
     fail(f"split={split!r} should be val or train")
 if batch_size < 1 or seq_len < 0 or max_batches < 0 or max_examples < 0:
@@ -82,7 +82,8 @@ if task == "pretrain":
     data = TokenShards(folder, split, vocab_size=model.config.vocab_size)
 else:
     folder = dataset_dir(dataset, data_dir)
-    data = SFTExamples(os.path.join(folder, f"{split}.jsonl"), seq_len, enc)
+    Examples = ChatExamples if task == "chat" else SFTExamples  # chat: loss on the assistant replies
+    data = Examples(os.path.join(folder, f"{split}.jsonl"), seq_len, enc)
 num_batches = data.num_eval_batches(batch_size, seq_len, max_batches or None)
 
 # UTF-8 bytes of each token id, for bits per byte; special tokens (end-of-text, chat turns) and ids beyond the

@@ -70,6 +70,8 @@ device, dtype, ctx = inference_setup(device, dtype)
 model, state, where = load_model(init_from, out_dir, ckpt, device)
 run_settings = state["settings"] if state else {}
 sft = run_settings.get("task") == "sft"
+if run_settings.get("task") == "chat":
+    fail(f"{where} was fine-tuned on conversations (task=chat); talk to it with `python chat.py --out_dir={out_dir}`")
 
 enc = tokenizer.from_spec(tokenizer.model_spec(state, init_from))  # the run's own (GPT-2's for GPT-2 weights)
 eot = enc.eot_token

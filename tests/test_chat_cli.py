@@ -98,3 +98,13 @@ def test_errors_are_one_line(tiny_run, tiny_chat_run):
                           ("--port=70000", "not a TCP port")):
         proc = run_script("chat.py", f"--out_dir={tiny_chat_run}", flag, check=False)
         assert proc.returncode == 1 and proc.stderr.strip().startswith("error: ") and message in proc.stderr
+
+
+def test_evaluate_measures_chat_runs_on_their_replies_and_sample_points_to_chat(tiny_chat_run, tmp_path):
+    import json
+    out = tmp_path / "eval.json"
+    run_script("evaluate.py", f"--out_dir={tiny_chat_run}", f"--output={out}")
+    results = json.loads(out.read_text())
+    assert results["task"] == "chat" and 0 < results["loss"] < 11
+    proc = run_script("sample.py", f"--out_dir={tiny_chat_run}", check=False)
+    assert proc.returncode == 1 and "python chat.py" in proc.stderr
