@@ -4,6 +4,8 @@ How fast Nash-LLM trains, samples and prepares data on this machine, measured: p
 
     python bench.py                                    # CPU: all three at the default sizes (~15 min on 2 cores)
     python bench.py --what=sample --threads=1 --sample_lengths=64,256
+    python bench.py --what=tasks --sample_layers=12 --sample_heads=12 --sample_d_model=768 --sample_d_ff=3072 \\
+        --sample_context=1024                          # benchmark scoring (HellaSwag items) on a GPT-2 124M shape
     python bench.py --what=train --device=cuda --dtype=float16 --compile --n_layers=12 --n_heads=12 --d_model=768 \\
         --d_ff=3072 --max_seq_len=1024 --batch_size=16 --train_steps=60 --train_warmup=20 --log_interval=10 \\
         --output=bench_gpu_float16.json                # GPT-2 124M on a GPU; then again with --dtype=bfloat16
@@ -17,6 +19,8 @@ closest to what the machine itself can do. The JSON keeps every run's figure and
   clipping, on random tokens, also in a fresh process. Runs alternate (train.py, plain, ...): load hits both.
 - sample: model.generate tokens/s with the KV cache and with the whole context recomputed at each step, from a
   one-token prompt, at a few lengths, on a randomly initialised model (speed does not depend on the weights).
+- tasks: multiple-choice scoring examples/s (tasks/: every continuation of HellaSwag items through the model, as
+  evaluate.py --tasks does) on the sample model, in padded batches of task_batch and one continuation per forward.
 - data: prepare.py's tokens/s (prepare.prepare() here: read, split, tokenise, write shards) against tiktoken's
   own encode_ordinary_batch on all cores over the same documents; and the peak RSS of `python prepare.py` and of
   the tiktoken batch, each in a fresh process, at two corpus sizes.
@@ -45,6 +49,7 @@ import numpy as np
 import torch
 
 import prepare
+import tasks as downstream
 import tokenizer
 from checkpoint import autocast, pick_device, pick_dtype
 from configurator import configure, fail
@@ -52,7 +57,7 @@ from model import GPT, GPTConfig, peak_flops
 
 # -----------------------------------------------------------------------------
 # settings (python bench.py --help lists them)
-what = "train,sample,data"  # which benchmarks, comma-separated: train, sample, data, tokenizer (plain_loop: see bench_train)
+what = "train,sample,data"  # comma-separated: train, sample, data, tokenizer, tasks (plain_loop: see bench_train)
 output = "bench.json"  # where the JSON goes; "" = nowhere
 device = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps
 dtype = "auto"  # auto (float16 on CUDA, float32 elsewhere) | float32 | bfloat16 | float16 (train and sample)
@@ -94,6 +99,10 @@ chat_shape = "demo"  # demo (config/chat_demo.py: 4 layers x 128, context 128) |
 chat_turns = 3  # user turns; the whole conversation must fit the context
 chat_user_words = 8  # words per user message
 chat_reply_tokens = 16  # tokens per reply
+# tasks: benchmark scoring on the sample model
+task_data = os.path.join("tests", "task_data")  # a folder holding hellaswag.jsonl (the test fixture by default)
+task_examples = 64  # items scored per run; the file's items repeated (each with its own prefix) if it has fewer
+task_batch = 8  # continuations per forward pass
 settings = configure(globals())
 # -----------------------------------------------------------------------------
 # checks: one line each, before any work
@@ -105,13 +114,13 @@ TRAIN_NOISE = 0.03  # train.py is "no slower" within 3%, about what we can resol
 SAMPLE_SPEEDUP, DATA_SHARE, MEMORY_GROWTH, H100_MFU = 5.0, 0.7, 0.10, 0.45
 
 benches = [w.strip() for w in what.split(",") if w.strip()]
-if not benches or set(benches) - {"train", "sample", "data", "tokenizer", "chat", "plain_loop"}:
-    fail(f"what={what!r} should be a comma-separated list of train, sample, data, tokenizer, chat")
+if not benches or set(benches) - {"train", "sample", "data", "tokenizer", "chat", "tasks", "plain_loop"}:
+    fail(f"what={what!r} should be a comma-separated list of train, sample, data, tokenizer, chat, tasks")
 try:
     lengths = [int(n) for n in sample_lengths.split(",")]
 except ValueError:
     fail(f"sample_lengths={sample_lengths!r} should be whole numbers separated by commas, like 64,128,256")
-for name in ("repeats", "batch_size", "train_steps", "sample_batch"):
+for name in ("repeats", "batch_size", "train_steps", "sample_batch", "task_examples", "task_batch"):
     if settings[name] < 1:
         fail(f"{name}={settings[name]} must be at least 1")
 if min(lengths) < 1 or min(threads, top_k, train_warmup) < 0:
@@ -399,6 +408,29 @@ def bench_chat():
     return dict(num_params=model.num_params(), context=engine.max_seq_len, rows=rows)
 
 
+def bench_tasks():
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(**sample_args)).to(device)
+    task, docs, _ = downstream.prepare(["hellaswag"], os.path.join(HERE, task_data))[0]
+    docs = (docs * -(-task_examples // len(docs)))[:task_examples]
+    docs = [dict(d, text=f"{i}. {d['text']}") for i, d in enumerate(docs)]  # no two items share an input
+    enc = tokenizer.get_tokenizer()
+
+    def examples_per_sec(batch):
+        sync()
+        t0 = time.perf_counter()
+        downstream.score_choice(task, model, enc, docs, [[]] * len(docs), batch, ctx, False)
+        sync()
+        return len(docs) / (time.perf_counter() - t0)
+
+    examples_per_sec(task_batch)  # warm-up
+    runs = [[examples_per_sec(b) for b in (task_batch, 1)] for _ in range(repeats)]
+    batched, single = (max(col) for col in zip(*runs))
+    return dict(task="hellaswag", examples=len(docs), continuations=sum(len(d["choices"]) for d in docs),
+                num_params=model.num_params(), batch=task_batch, examples_per_sec=batched,
+                unbatched_examples_per_sec=single, speedup=batched / single, runs=runs)
+
+
 def bench_data(tmp):
     sizes = [data_mb, data_mb * memory_scale]
     corpora = [make_corpus(os.path.join(tmp, f"words{i}.{data_format}"), mb) for i, mb in enumerate(sizes)]
@@ -602,6 +634,12 @@ def report(info, results):
               ["new tokens", "KV cache tok/s", "recompute tok/s", "speedup"],
               [[row["new_tokens"], f"{row['cache_tokens_per_sec']:.1f}", f"{row['recompute_tokens_per_sec']:.1f}",
                 f"{row['speedup']:.2f}x"] for row in r["rows"]])
+    if "tasks" in results:
+        r = results["tasks"]
+        table(f"tasks: {r['task']} multiple choice, {r['examples']} items ({r['continuations']} continuations), "
+              f"{sample_layers} layers x {sample_d_model} ({r['num_params'] / 1e6:.1f}M parameters), {dtype}, {device}",
+              ["continuations per forward", "examples/s"],
+              [[r["batch"], f"{r['examples_per_sec']:.1f}"], [1, f"{r['unbatched_examples_per_sec']:.1f}"]])
     if "data" in results:
         r = results["data"]
         table(f"data: {data_mb:g} MB of random words as {data_format} ({r['tokens']:,} tokens), {r['threads']} threads",
@@ -650,7 +688,8 @@ with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
     for name in benches:
         print(f"measuring {name}...", flush=True)
         results[name] = {"train": bench_train, "sample": lambda tmp: bench_sample(), "data": bench_data,
-                         "tokenizer": bench_tokenizer, "chat": lambda tmp: bench_chat()}[name](tmp)
+                         "tokenizer": bench_tokenizer, "chat": lambda tmp: bench_chat(),
+                         "tasks": lambda tmp: bench_tasks()}[name](tmp)
 info["load_average_after"] = list(os.getloadavg())
 results["targets"] = targets(results)
 report(info, results)

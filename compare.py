@@ -37,7 +37,7 @@ settings = configure(globals(), [a for a in sys.argv[1:] if a.startswith("-")], 
 
 RECORD_KEYS = ("event", "step", "tokens", "time")  # every record has these; the rest are metrics
 LOWER_IS_BETTER = ("loss", "perplexity", "bits_per_byte", "ms_per_step")  # matched as substrings of a metric name
-HIGHER_IS_BETTER = ("accuracy", "exact_match", "tokens_per_sec", "mfu")
+HIGHER_IS_BETTER = ("accuracy", "exact_match", "tokens_per_sec", "mfu", "_acc", "core", "pass@1")  # + benchmarks
 NOT_COMPARED = ("out_dir",)  # differs between any two runs by construction; the runs are named by it already
 
 metric_names = [m.strip() for m in metrics.split(",") if m.strip()]

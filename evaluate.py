@@ -16,16 +16,23 @@ for a fine-tuned (SFT) checkpoint also the exact match of its greedy completions
   accuracy and bits per byte count the completion tokens and the end-of-text after them, as in training.
   Exact match: the completion generated greedily (temperature 0) from each prompt, up to end-of-text,
   equals the reference completion token for token (max_examples caps how many are generated).
+- Downstream benchmarks instead of the loss: --tasks=hellaswag,arc_easy,arc_challenge,mmlu,gsm8k,humaneval,sst2
+  (the machinery and each task's definition live in tasks/), scored as lm-evaluation-harness does; a table of
+  task, metric, value, standard error and examples, and `core` (mean centered accuracy of the multiple-choice tasks).
+- --report writes out_dir/report.md: the run's card (settings, hardware, tokens, time, loss curves, the loss and any
+  --tasks results, a few samples).
 - A table goes to stdout, the progress bar to stderr, and with --output=PATH the numbers as JSON.
 """
 import json
 import math
 import os
+import time
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import tasks as downstream
 import tokenizer
 from checkpoint import inference_setup, load_model
 from configurator import configure, fail
@@ -43,7 +50,12 @@ split = "val"  # val | train
 batch_size = 8  # sequences per forward pass
 seq_len = 0  # tokens per window; 0 = the run's max_seq_len (the model's context for GPT-2 weights)
 max_batches = 0  # evaluate only the first this many batches; 0 = the whole split
-max_examples = 0  # sft: generate completions of only the first this many prompts for exact match; 0 = all
+max_examples = 0  # the first this many items of each task (sft: prompts generated for exact match); 0 = all
+tasks = ""  # downstream benchmarks instead of the loss, comma-separated (see tasks/): hellaswag,arc_easy,gsm8k,...
+num_fewshot = 0  # tasks: K-shot prompts, the shots drawn deterministically from each task's train split
+task_data = ""  # tasks: a folder of <task>.jsonl in the hub datasets' own row schema; "" = the Hugging Face hub
+max_gen_tokens = 256  # tasks: the longest generated answer (gsm8k, humaneval)
+report = False  # also write out_dir/report.md: the run's settings, hardware, curves, benchmarks and a few samples
 device = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps
 dtype = "auto"  # auto (CUDA: bfloat16 where supported, else float16; float32 elsewhere) | float32 | bfloat16 | float16
 output = ""  # also write the results as JSON to this file
@@ -55,107 +67,136 @@ if task not in ("", "pretrain", "sft", "chat"):
     fail(f"task={task!r} should be pretrain, sft or chat (or empty for the checkpoint's own)")
 if split not in ("val", "train"):
     fail(f"split={split!r} should be val or train")
-if batch_size < 1 or seq_len < 0 or max_batches < 0 or max_examples < 0:
-    fail("batch_size must be at least 1; seq_len, max_batches and max_examples cannot be negative (0 = default/all)")
+if batch_size < 1 or seq_len < 0 or max_batches < 0 or max_examples < 0 or num_fewshot < 0 or max_gen_tokens < 1:
+    fail("batch_size and max_gen_tokens must be at least 1; seq_len, max_batches, max_examples and num_fewshot "
+         "cannot be negative (0 = default/all)")
+task_names = downstream.parse(tasks)
+if task_data and not os.path.isdir(task_data):
+    fail(f"--task_data={task_data} is not a folder; it should hold <task>.jsonl files")
+if report and not os.path.isdir(out_dir):
+    fail(f"--report writes the report into the run folder, and {out_dir} is not one; give --out_dir=RUN")
 if output and not os.path.isdir(os.path.dirname(os.path.abspath(output))):
     fail(f"the folder of --output={output} does not exist; create it or choose another path")
 
 device, dtype, ctx = inference_setup(device, dtype)
+prepared = downstream.prepare(task_names, task_data, max_examples, num_fewshot)  # bad task data: before any work
 
 # -----------------------------------------------------------------------------
-# the model, and the data it is measured on (by default what its run was trained on)
+# the model, and its tokenizer
 model, state, where = load_model(init_from, out_dir, ckpt, device)
-run = state["settings"] if state else {"task": "pretrain", "dataset": "shakespeare", "data_dir": ""}
-task = task or run.get("task", "pretrain")
-if not dataset and not data_dir:
-    dataset, data_dir = run.get("dataset", "shakespeare"), run.get("data_dir", "")
-seq_len = seq_len or min(run.get("max_seq_len", model.config.max_seq_len), model.config.max_seq_len)
-if seq_len > model.config.max_seq_len:
-    fail(f"seq_len={seq_len} is longer than the model's context ({model.config.max_seq_len}); lower --seq_len")
 spec = tokenizer.model_spec(state, init_from)  # the model's tokenizer: its checkpoint's, an export's, GPT-2's
 enc = tokenizer.from_spec(spec)
-if task == "pretrain":
-    folder = ensure_prepared(dataset, data_dir)  # prepares the embedded Shakespeare if needed; else says how
-    if tokenizer.dataset_spec(folder) != spec:  # the same ids would mean other text: the numbers would be noise
-        fail(f"{folder} was tokenised with {tokenizer.dataset_spec(folder)['name']}, but {where} reads "
-             f"{spec['name']} ids; evaluate on data prepared with the model's tokenizer")
-    data = TokenShards(folder, split, vocab_size=model.config.vocab_size)
-else:
-    folder = dataset_dir(dataset, data_dir)
-    Examples = ChatExamples if task == "chat" else SFTExamples  # chat: loss on the assistant replies
-    data = Examples(os.path.join(folder, f"{split}.jsonl"), seq_len, enc)
-num_batches = data.num_eval_batches(batch_size, seq_len, max_batches or None)
 
-# UTF-8 bytes of each token id, for bits per byte; special tokens (end-of-text, chat turns) and ids beyond the
-# tokenizer's have none. Counting bytes, not tokens, is what makes bits per byte compare across tokenizers.
-specials = {enc.encode_single_token(s) for s in enc.special_tokens_set}
-token_bytes = [len(enc.decode_single_token_bytes(i)) if i < enc.n_vocab and i not in specials else 0
-               for i in range(model.config.vocab_size)]
-token_bytes = torch.tensor(token_bytes, dtype=torch.long, device=device)
+
+def measure_loss():
+    """Loss, accuracy, perplexity, bits per byte (and SFT exact match) on the data the run was trained on
+    (unless dataset/data_dir/task say otherwise); prints them and returns them as a dict."""
+    global task, dataset, data_dir, seq_len
+    run = state["settings"] if state else {"task": "pretrain", "dataset": "shakespeare", "data_dir": ""}
+    task = task or run.get("task", "pretrain")
+    if not dataset and not data_dir:
+        dataset, data_dir = run.get("dataset", "shakespeare"), run.get("data_dir", "")
+    seq_len = seq_len or min(run.get("max_seq_len", model.config.max_seq_len), model.config.max_seq_len)
+    if seq_len > model.config.max_seq_len:
+        fail(f"seq_len={seq_len} is longer than the model's context ({model.config.max_seq_len}); lower --seq_len")
+    if task == "pretrain":
+        folder = ensure_prepared(dataset, data_dir)  # prepares the embedded Shakespeare if needed; else says how
+        if tokenizer.dataset_spec(folder) != spec:  # the same ids would mean other text: the numbers would be noise
+            fail(f"{folder} was tokenised with {tokenizer.dataset_spec(folder)['name']}, but {where} reads "
+                 f"{spec['name']} ids; evaluate on data prepared with the model's tokenizer")
+        data = TokenShards(folder, split, vocab_size=model.config.vocab_size)
+    else:
+        folder = dataset_dir(dataset, data_dir)
+        Examples = ChatExamples if task == "chat" else SFTExamples  # chat: loss on the assistant replies
+        data = Examples(os.path.join(folder, f"{split}.jsonl"), seq_len, enc)
+    num_batches = data.num_eval_batches(batch_size, seq_len, max_batches or None)
+
+    # UTF-8 bytes of each token id, for bits per byte; special tokens (end-of-text, chat turns) and ids beyond the
+    # tokenizer's have none. Counting bytes, not tokens, is what makes bits per byte compare across tokenizers.
+    specials = {enc.encode_single_token(s) for s in enc.special_tokens_set}
+    token_bytes = [len(enc.decode_single_token_bytes(i)) if i < enc.n_vocab and i not in specials else 0
+                   for i in range(model.config.vocab_size)]
+    token_bytes = torch.tensor(token_bytes, dtype=torch.long, device=device)
+
+    # loss, accuracy, bits per byte over the targets (y != -1: SFT prompts and padding are -1)
+    nats = torch.zeros((), dtype=torch.float64, device=device)  # all targets
+    text_nats = torch.zeros((), dtype=torch.float64, device=device)  # targets that have bytes
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    targets = torch.zeros((), dtype=torch.long, device=device)
+    num_bytes = torch.zeros((), dtype=torch.long, device=device)
+    with torch.no_grad():
+        for x, y in tqdm(data.eval_batches(batch_size, seq_len, max_batches or None), total=num_batches, unit="batch",
+                         desc=f"{split} loss", dynamic_ncols=True):
+            x, y = x.to(device), y.to(device)
+            with ctx:
+                logits, _ = model(x)
+            logits = logits.float()
+            counted = y != -1
+            nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1, reduction="none")
+            nll = nll.view_as(y)  # per target, in float32; 0 where y is -1
+            b = token_bytes[y.clamp(min=0)] * counted
+            nats += nll[counted].double().sum()
+            text_nats += nll[b > 0].double().sum()
+            correct += ((logits.argmax(-1) == y) & counted).sum()
+            targets += counted.sum()
+            num_bytes += b.sum()
+    if targets.item() == 0:
+        fail(f"the {split} split of {folder} has no target tokens to score")
+    loss = (nats / targets).item()
+    results = {
+        "checkpoint": where, "step": state["step"] if state else None, "task": task, "dataset": folder, "split": split,
+        "seq_len": seq_len, "batches": num_batches, "tokens": targets.item(), "bytes": num_bytes.item(),
+        "loss": loss, "accuracy": (correct / targets).item(), "perplexity": math.exp(min(loss, 700)),
+        "bits_per_byte": (text_nats / (math.log(2) * num_bytes)).item() if num_bytes.item() else None,
+    }
+
+    # SFT: exact match of greedy completions, one prompt at a time (prompts differ in length)
+    if task == "sft":
+        examples = [(p, c) for p, c in data.examples if p]  # an empty prompt gives the model nothing to start from
+        examples = examples[:max_examples or None]
+        matches = 0
+        for prompt_ids, completion_ids in tqdm(examples, unit="example", desc="exact match", dynamic_ncols=True):
+            reference = completion_ids + [enc.eot_token]  # a completion ends where the model says end-of-text
+            idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+            with ctx:  # one token more than the reference cannot match, so never generate more
+                out = model.generate(idx, len(reference), temperature=0.0, stop_token=enc.eot_token)
+            matches += out[0, len(prompt_ids):].tolist() == reference
+        results["exact_match"] = matches / len(examples) if examples else None
+        results["exact_match_examples"] = len(examples)
+
+    # a table to read
+    total = data.num_eval_batches(batch_size, seq_len)
+    scope = f"the first {num_batches} of {total} batches" if num_batches < total else "all of it"
+    at_step = f" at step {state['step']}" if state else ""
+    print(f"{where}{at_step} on the {split} split of {folder} ({scope}): {results['tokens']:,} target tokens, "
+          f"{results['bytes']:,} bytes")
+    rows = [("loss", f"{results['loss']:.4f}"), ("accuracy", f"{100 * results['accuracy']:.2f}%"),
+            ("perplexity", f"{results['perplexity']:.2f}"),
+            ("bits per byte", "-" if results["bits_per_byte"] is None else f"{results['bits_per_byte']:.4f}")]
+    if task == "sft":
+        rows.append(("exact match", "-" if results["exact_match"] is None else
+                     f"{100 * results['exact_match']:.2f}% of {results['exact_match_examples']} completions"))
+    for name, value in rows:
+        print(f"  {name:<14} {value}")
+    return results
+
 
 # -----------------------------------------------------------------------------
-# loss, accuracy, bits per byte over the targets (y != -1: SFT prompts and padding are -1)
-nats = torch.zeros((), dtype=torch.float64, device=device)  # all targets
-text_nats = torch.zeros((), dtype=torch.float64, device=device)  # targets that have bytes
-correct = torch.zeros((), dtype=torch.long, device=device)
-targets = torch.zeros((), dtype=torch.long, device=device)
-num_bytes = torch.zeros((), dtype=torch.long, device=device)
-with torch.no_grad():
-    for x, y in tqdm(data.eval_batches(batch_size, seq_len, max_batches or None), total=num_batches, unit="batch",
-                     desc=f"{split} loss", dynamic_ncols=True):
-        x, y = x.to(device), y.to(device)
-        with ctx:
-            logits, _ = model(x)
-        logits = logits.float()
-        counted = y != -1
-        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1, reduction="none")
-        nll = nll.view_as(y)  # per target, in float32; 0 where y is -1
-        b = token_bytes[y.clamp(min=0)] * counted
-        nats += nll[counted].double().sum()
-        text_nats += nll[b > 0].double().sum()
-        correct += ((logits.argmax(-1) == y) & counted).sum()
-        targets += counted.sum()
-        num_bytes += b.sum()
-if targets.item() == 0:
-    fail(f"the {split} split of {folder} has no target tokens to score")
-loss = (nats / targets).item()
-results = {
-    "checkpoint": where, "step": state["step"] if state else None, "task": task, "dataset": folder, "split": split,
-    "seq_len": seq_len, "batches": num_batches, "tokens": targets.item(), "bytes": num_bytes.item(),
-    "loss": loss, "accuracy": (correct / targets).item(), "perplexity": math.exp(min(loss, 700)),
-    "bits_per_byte": (text_nats / (math.log(2) * num_bytes)).item() if num_bytes.item() else None,
-}
-
-# -----------------------------------------------------------------------------
-# SFT: exact match of greedy completions, one prompt at a time (prompts differ in length)
-if task == "sft":
-    examples = [(p, c) for p, c in data.examples if p]  # an empty prompt gives the model nothing to start from
-    examples = examples[:max_examples or None]
-    matches = 0
-    for prompt_ids, completion_ids in tqdm(examples, unit="example", desc="exact match", dynamic_ncols=True):
-        reference = completion_ids + [enc.eot_token]  # a completion ends where the model says end-of-text
-        idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-        with ctx:  # one token more than the reference cannot match, so never generate more
-            out = model.generate(idx, len(reference), temperature=0.0, stop_token=enc.eot_token)
-        matches += out[0, len(prompt_ids):].tolist() == reference
-    results["exact_match"] = matches / len(examples) if examples else None
-    results["exact_match_examples"] = len(examples)
-
-# -----------------------------------------------------------------------------
-# report: a table to read, JSON to script with
-total = data.num_eval_batches(batch_size, seq_len)
-scope = f"the first {num_batches} of {total} batches" if num_batches < total else "all of it"
-at_step = f" at step {state['step']}" if state else ""
-print(f"{where}{at_step} on the {split} split of {folder} ({scope}): {results['tokens']:,} target tokens, "
-      f"{results['bytes']:,} bytes")
-rows = [("loss", f"{results['loss']:.4f}"), ("accuracy", f"{100 * results['accuracy']:.2f}%"),
-        ("perplexity", f"{results['perplexity']:.2f}"),
-        ("bits per byte", "-" if results["bits_per_byte"] is None else f"{results['bits_per_byte']:.4f}")]
-if task == "sft":
-    rows.append(("exact match", "-" if results["exact_match"] is None else
-                 f"{100 * results['exact_match']:.2f}% of {results['exact_match_examples']} completions"))
-for name, value in rows:
-    print(f"  {name:<14} {value}")
+# downstream benchmarks and/or the loss; then the report card and the JSON
+results = {"checkpoint": where, "step": state["step"] if state else None}
+if task_names:
+    t0 = time.time()
+    task_results = downstream.run(prepared, model, enc, batch_size, ctx, max_gen_tokens, keep_items=True)
+    at_step = f" at step {state['step']}" if state else ""
+    print(f"{where}{at_step}: {len(task_names)} task(s), {num_fewshot}-shot, {time.time() - t0:.0f} s")
+    print("\n".join(downstream.table(task_results)))
+    results.update(tasks={k: {m: v for m, v in r.items() if m != "items"} for k, r in task_results.items()
+                          if k != "core"}, core=task_results["core"])
+if not task_names or report:
+    results.update(measure_loss())
+if report:
+    from tasks.report import write_report
+    print(f"wrote {write_report(out_dir, model, enc, results, settings, ctx, device)}")
 if output:
     tmp = output + ".tmp"
     with open(tmp, "w") as f:  # written beside and renamed: a reader never sees half a file

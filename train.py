@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import tasks as downstream
+import tokenizer
 from checkpoint import (autocast, checkpoint_path, is_pretrained, load_checkpoint, model_from_checkpoint,
                         pick_device, pick_dtype, pretrained_model, save_checkpoint)
 from configurator import configure, fail
@@ -66,6 +68,9 @@ log_interval = 10  # steps between console lines
 checkpoint_interval = 100  # steps between saves of out_dir/ckpt.pt (and one at the end); 0 = never save
 keep_checkpoints = False  # also keep out_dir/ckpt_<step>.pt at each checkpoint_interval
 early_stopping_patience = 0  # stop after this many evals without a better val loss; 0 = never
+eval_tasks = ""  # downstream benchmarks at each eval, comma-separated (see tasks/), e.g. hellaswag,arc_easy
+eval_task_examples = 200  # the first this many items of each of eval_tasks
+task_data = ""  # eval_tasks: a folder of <task>.jsonl in the hub datasets' row schema; "" = the Hugging Face hub
 # data
 task = "pretrain"  # pretrain (token shards from prepare.py) | sft (train.jsonl/val.jsonl of prompt/completion) | chat (conversations)
 dataset = "shakespeare"  # folder name under data/
@@ -196,6 +201,9 @@ for split, data in (("train", train_data), ("val", val_data)):  # (the reader ch
     if task == "pretrain" and data.num_tokens < max_seq_len + 1:
         fail(f"the {split} split of {folder} has {data.num_tokens} tokens, too few for one window of "
              f"max_seq_len={max_seq_len}; lower --max_seq_len or prepare more data")
+
+# downstream benchmarks (eval_tasks), loaded up front so that a data problem stops the run now, not at its first eval
+task_eval = downstream.prepare(downstream.parse(eval_tasks), task_data, eval_task_examples) if master else []
 
 
 def to_device(x, y):
@@ -397,7 +405,11 @@ while step < max_steps:
     stop_early = False
     if eval_interval and (step % eval_interval == 0 or step == max_steps):
         t_eval = time.time()
-        last_eval = evaluate()
+        last_eval, task_metrics = evaluate(), {}
+        if task_eval:  # on the first process only: the others wait for it at the next gradient all-reduce
+            task_metrics = downstream.flat(downstream.run(task_eval, raw_model, tokenizer.get_tokenizer(), batch_size,
+                                                          ctx, progress=False))
+            last_eval.update(task_metrics)
         improved = last_eval["val_loss"] < best_val_loss
         if improved:
             best_val_loss, evals_without_improvement = last_eval["val_loss"], 0
@@ -405,6 +417,7 @@ while step < max_steps:
             evals_without_improvement += 1
         log(f"eval step {step}: val loss {last_eval['val_loss']:.4f} | accuracy {100 * last_eval['accuracy']:.2f}% | "
             f"perplexity {last_eval['perplexity']:.2f} | train loss {last_eval['train_loss']:.4f}"
+            + "".join(f" | {k} {v:.4f}" for k, v in task_metrics.items())
             + (" | best so far" if improved else f" | no better for {evals_without_improvement} eval(s)"))
         if master:
             log_metrics("eval", **last_eval)

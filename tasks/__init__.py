@@ -1,0 +1,87 @@
+"""
+Downstream benchmarks, one short file each, on one interface (tasks/base.py), used by evaluate.py (--tasks=...),
+train.py (eval_tasks=...) and bench.py (--what=tasks):
+
+    prepared = tasks.prepare(["hellaswag", "gsm8k"], task_data="", max_examples=500, num_fewshot=0)
+    results = tasks.run(prepared, model, enc)  # {"hellaswag": {"acc": ..., "acc_norm": ..., "n": ...}, "core": ...}
+
+core: the mean over the multiple-choice tasks run of centered accuracy, (acc - chance) / (1 - chance), chance being
+the mean of 1 / (number of choices) over the items, as nanochat's CORE centers its tasks: 0 is guessing, 1 perfect.
+"""
+import time
+
+from tasks import arc, gsm8k, hellaswag, humaneval, mmlu, sst2
+from tasks.base import fail, fewshot_examples, load_rows, score_choice, score_generate, summarize
+
+TASKS = {t.name: t for t in (hellaswag.TASK, arc.EASY, arc.CHALLENGE, mmlu.TASK, gsm8k.TASK, humaneval.TASK,
+                             sst2.TASK)}
+
+
+def parse(names):
+    """A comma-separated list of task names -> the list, or one clear error."""
+    names = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in names if n not in TASKS]
+    if unknown:
+        fail(f"unknown task(s) {', '.join(unknown)}; the tasks are {', '.join(TASKS)}")
+    return list(dict.fromkeys(names))
+
+
+def prepare(names, task_data="", max_examples=0, num_fewshot=0):
+    """Load each task's items (and their shots) once, up front: [(task, docs, shots)]."""
+    prepared = []
+    for name in names:
+        task = TASKS[name]
+        docs = load_rows(task, task.split, task_data, max_examples)
+        if not docs:
+            fail(f"{name} has no items to evaluate")
+        k = num_fewshot if task.fewshot_split else 0  # HumanEval is zero-shot
+        pool = load_rows(task, task.fewshot_split, task_data) if k else []
+        prepared.append((task, docs, fewshot_examples(task, docs, pool, k)))
+    return prepared
+
+
+def run(prepared, model, enc, batch_size=8, ctx=None, max_gen_tokens=256, progress=True, keep_items=False):
+    """Score the model on prepared tasks: {task: summary (+ "items" with keep_items), ..., "core": ...}."""
+    results = {}
+    for task, docs, shots in prepared:
+        t0 = time.time()
+        if task.kind == "choice":
+            items = score_choice(task, model, enc, docs, shots, batch_size, ctx, progress)
+        else:
+            items = score_generate(task, model, enc, docs, shots, max_gen_tokens, ctx, progress)
+        results[task.name] = summarize(task, items, len(shots[0]))
+        results[task.name]["seconds"] = time.time() - t0
+        if keep_items:
+            results[task.name]["items"] = items
+    centered = [(r["acc"] - r["chance"]) / (1 - r["chance"]) for r in results.values() if r.get("chance")]
+    results["core"] = sum(centered) / len(centered) if centered else None
+    return results
+
+
+def rows(results):
+    """(task, metric, value, stderr, n) for a table."""
+    out = []
+    for name, r in results.items():
+        if name != "core":
+            out += [(name, m, r[m], r[m + "_stderr"], r["n"]) for m in TASKS[name].metrics]
+    if results.get("core") is not None:
+        out.append(("core", "centered acc", results["core"], None, sum(r["n"] for r in results.values()
+                                                                        if isinstance(r, dict) and r.get("chance"))))
+    return out
+
+
+def table(results):
+    """The results as aligned text lines: task, metric, value, stderr, n."""
+    lines = [("task", "metric", "value", "stderr", "n")]
+    lines += [(t, m, f"{v:.4f}", "-" if s is None else f"{s:.4f}", str(n)) for t, m, v, s, n in rows(results)]
+    widths = [max(len(line[i]) for line in lines) for i in range(5)]
+    return ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+            for line in lines]
+
+
+def flat(results):
+    """{"hellaswag_acc": ..., "core": ...}: task metrics as train.py logs them (metrics.jsonl, wandb)."""
+    out = {f"{t}_{m}": v for t, m, v, _, _ in rows(results) if t != "core"}
+    if results.get("core") is not None:
+        out["core"] = results["core"]
+    return out

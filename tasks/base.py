@@ -1,0 +1,271 @@
+"""
+What every benchmark shares: a Task (where its rows come from and how a row becomes a prompt), loading rows from
+the hub or from local JSONL, few-shot prompts, and the three ways of scoring a model:
+
+- choice: multiple choice by the log-likelihood of each continuation, as lm-evaluation-harness does it. The context
+  is description + shots + the item's text, a continuation is " " + a choice. The pair is encoded whole and cut at
+  the context's length (trailing spaces of the context move to the continuation first), the last max_seq_len + 1
+  tokens are kept, and the continuation's tokens' log-probabilities are summed. acc: the highest log-likelihood is
+  the gold choice; acc_norm: the same after dividing each by the choice's length in characters. Ties go to the
+  first choice (np.argmax). All continuations of all items go through the model in padded batches, longest
+  first, one forward per batch; rows with the same input (one-token choices like MMLU's A/B/C/D) share one.
+- generate: greedy decoding until a stop string, end-of-text or max_gen_tokens, then the task's check.
+- code: the same, then the program runs in a separate, limited process (tasks/execution.py).
+
+Standard errors are lm-eval's: the sample standard deviation of the per-item scores over sqrt(n).
+"""
+import json
+import math
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+FEWSHOT_SEED = 1234  # lm-eval's default fewshot_random_seed: with it, K-shot prompts are the ones lm-eval builds
+
+
+def fail(message):
+    raise SystemExit(f"error: {message}")
+
+
+@dataclass
+class Task:
+    name: str
+    kind: str  # choice | generate | code
+    hub: tuple  # (dataset path, config name or None) for datasets.load_dataset
+    split: str  # the split that is evaluated
+    doc: Callable  # a row -> {"text", "choices", "gold"} (choice) or {"text", "target", ...} (generate, code);
+    # optionally "description" (text before the shots) and "group" (the first sampler takes shots from it)
+    fewshot_split: str = "train"  # where K-shot examples come from
+    fewshot_sampler: str = "random"  # random: lm-eval's default sampler | first: the first K of the same group (MMLU)
+    # lm-eval draws K + 1 shots and keeps the first K where its task config names neither a few-shot nor a test
+    # split (hellaswag, sst2): drawing the same way gives the same shots
+    fewshot_extra_draw: bool = False
+    prompt: Callable = None  # generate/code: (doc, shot docs) -> prompt; swap it for a chat format (see gsm8k.py)
+    check: Callable = None  # generate/code: (doc, completion) -> correct?
+    stop: tuple = ()  # generate/code: the completion ends before the first of these
+    read_rows: Callable = None  # rows from somewhere other than the hub (HumanEval's packaged problems)
+    metrics: tuple = ("acc", "acc_norm")
+    hub_url: str = field(init=False, default="")
+
+    def __post_init__(self):
+        self.hub_url = f"https://huggingface.co/datasets/{self.hub[0]}" if self.hub else ""
+
+
+def target(doc):
+    return doc["target"] if "target" in doc else doc["choices"][doc["gold"]]
+
+
+def plain_prompt(doc, shots):
+    """lm-eval's layout: description, then each shot as text + " " + its answer + a blank line, then the item."""
+    return doc.get("description", "") + "".join(f"{s['text']} {target(s)}\n\n" for s in shots) + doc["text"]
+
+
+# -----------------------------------------------------------------------------
+# data: the hub through `datasets`, or <task_data>/<task>.jsonl in the hub dataset's own row schema
+
+def read_jsonl(path):
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError as e:
+                    fail(f"{path} line {i} is not JSON ({e}); each line should be one row of the dataset")
+    return rows
+
+
+def local_file(task, split, task_data):
+    """<task>.jsonl holds the evaluated split, <task>.<split>.jsonl any other (the few-shot pool)."""
+    return os.path.join(task_data, f"{task.name}.jsonl" if split == task.split else f"{task.name}.{split}.jsonl")
+
+
+def load_rows(task, split, task_data="", limit=0):
+    if task.read_rows is not None:
+        rows = task.read_rows()
+    elif task_data:
+        path = local_file(task, split, task_data)
+        if not os.path.isfile(path):
+            fail(f"{path} does not exist; put the {split} split of {task.hub[0]} there as JSON lines "
+                 f"(the dataset's own row schema), or leave out --task_data to read it from the hub")
+        rows = read_jsonl(path)
+    else:
+        try:
+            import datasets
+            rows = datasets.load_dataset(task.hub[0], task.hub[1], split=split)
+        except Exception as e:  # offline, no such dataset, hub errors: datasets raises many kinds
+            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            fail(f"could not load {task.hub[0]}{' (' + task.hub[1] + ')' if task.hub[1] else ''} split {split} "
+                 f"for {task.name} from the Hugging Face hub ({reason}); offline, pass --task_data=DIR holding "
+                 f"{os.path.basename(local_file(task, split, 'DIR'))} in that dataset's row schema")
+        rows = rows.select(range(min(limit, len(rows)))) if limit else rows
+        rows = list(rows)
+    rows = rows[:limit] if limit else rows
+    try:
+        return [task.doc(row) for row in rows]
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        fail(f"a row of {task.name} does not have the schema of {task.hub[0] if task.hub else task.name} "
+             f"({type(e).__name__}: {e})")
+
+
+def fewshot_examples(task, docs, pool, k):
+    """The K shots of each doc, deterministic: lm-eval's random sampler (one Random(1234) drawn from in doc order,
+    the doc itself left out when the pool is the evaluated split), or the first K of the doc's group."""
+    if k == 0:
+        return [[] for _ in docs]
+    if task.fewshot_sampler == "first":
+        by_group = {}
+        for d in pool:
+            by_group.setdefault(d["group"], []).append(d)
+        shots = [[s for s in by_group.get(d["group"], []) if s != d][:k] for d in docs]
+    else:
+        rnd = random.Random(FEWSHOT_SEED)
+        same = task.fewshot_split == task.split
+        extra = same or task.fewshot_extra_draw
+        shots = [[s for s in rnd.sample(pool, k + extra) if not same or s != d][:k] for d in docs]
+    if any(len(s) < k for s in shots):
+        fail(f"{task.name}: the {task.fewshot_split} split has fewer than {k} examples for some items; "
+             f"lower --num_fewshot")
+    return shots
+
+
+# -----------------------------------------------------------------------------
+# multiple choice by log-likelihood, batched
+
+def encode_pair(enc, context, continuation):
+    """lm-eval's split of a (context, continuation) request into tokens."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    whole = enc.encode_ordinary(context + continuation)
+    context_ids = enc.encode_ordinary(context)
+    return context_ids, whole[len(context_ids):]
+
+
+@torch.no_grad()
+def loglikelihoods(model, enc, requests, batch_size, ctx=None, progress=True):
+    """(log-likelihood, is_greedy) of each (context, continuation) request. Each input is the last max_seq_len
+    tokens before the continuation's end; identical inputs are computed once; padded batches, longest first."""
+    max_len = model.config.max_seq_len
+    device = next(model.parameters()).device
+    rows, scored = {}, []  # input ids -> row index; per request (row, continuation ids)
+    for context, continuation in requests:
+        context_ids, cont = encode_pair(enc, context, continuation)
+        if not cont or len(cont) > max_len:
+            fail(f"a continuation of {len(cont)} tokens cannot be scored with a context of {max_len}")
+        inp = tuple((context_ids + cont)[-(max_len + 1):][:-1])
+        scored.append((rows.setdefault(inp, len(rows)), cont))
+    inputs = list(rows)
+    order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))
+    requests_of = [[] for _ in inputs]
+    for r, (row, _) in enumerate(scored):
+        requests_of[row].append(r)
+    results = [None] * len(scored)
+    was_training = model.training
+    model.eval()
+    for start in tqdm(range(0, len(order), batch_size), desc="scoring", unit="batch", disable=not progress,
+                      dynamic_ncols=True):
+        batch = order[start:start + batch_size]
+        T = len(inputs[batch[0]])
+        x = torch.zeros((len(batch), T), dtype=torch.long)  # right padding: a causal model never looks at it
+        for b, i in enumerate(batch):
+            x[b, :len(inputs[i])] = torch.tensor(inputs[i])
+        # the positions whose next token some continuation scores, as (row in batch, position) -> index
+        where = {}
+        for b, i in enumerate(batch):
+            n = len(inputs[i])
+            for r in requests_of[i]:
+                for p in range(n - len(scored[r][1]), n):
+                    where.setdefault((b, p), len(where))
+        rows_at, positions = zip(*where)
+        with ctx or torch.autocast("cpu", enabled=False):
+            # model(x) would give the same numbers; but only the scored positions need the (large) vocabulary
+            # projection: for GPT-2 on HellaSwag that is about a tenth of them
+            hidden = model._trunk(x.to(device))
+            logits = model.lm_head(hidden[list(rows_at), list(positions)])[:, :model.config.vocab_size]
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        greedy = logp.argmax(-1)
+        for b, i in enumerate(batch):
+            n = len(inputs[i])
+            for r in requests_of[i]:
+                cont = scored[r][1]
+                k = torch.tensor([where[(b, p)] for p in range(n - len(cont), n)], device=logp.device)
+                target = torch.tensor(cont, device=logp.device)
+                results[r] = (logp[k, target].sum().item(), bool((greedy[k] == target).all()))
+    model.train(was_training)
+    return results
+
+
+def score_choice(task, model, enc, docs, shots, batch_size, ctx, progress):
+    requests, spans = [], []
+    for doc, doc_shots in zip(docs, shots):
+        context = plain_prompt(doc, doc_shots)
+        spans.append((len(requests), len(doc["choices"])))
+        requests += [(context, " " + choice) for choice in doc["choices"]]
+    lls = loglikelihoods(model, enc, requests, batch_size, ctx, progress)
+    items = []
+    for doc, (start, n) in zip(docs, spans):
+        ll = np.array([lls[start + j][0] for j in range(n)])
+        lengths = np.array([float(len(c)) for c in doc["choices"]])
+        items.append({"loglikelihoods": ll.tolist(), "gold": doc["gold"], "acc": float(np.argmax(ll) == doc["gold"]),
+                      "acc_norm": float(np.argmax(ll / lengths) == doc["gold"]), "chance": 1 / n})
+    return items
+
+
+# -----------------------------------------------------------------------------
+# generation: greedy, one prompt at a time (prompts differ in length), with the KV cache
+
+@torch.no_grad()
+def complete(model, enc, prompt, stop, max_tokens, ctx=None):
+    """The greedy completion of prompt, cut before the first stop string (or end-of-text)."""
+    device = next(model.parameters()).device
+    idx = torch.tensor([enc.encode_ordinary(prompt)], dtype=torch.long, device=device)
+    out, text = [], ""
+    with ctx or torch.autocast("cpu", enabled=False):
+        for tok in model.generate_stream(idx, max_tokens, temperature=0.0, stop_token=enc.eot_token):
+            if tok.item() == enc.eot_token:
+                break
+            out.append(tok.item())
+            text = enc.decode(out)
+            if any(s in text for s in stop):
+                break
+    cut = min([text.index(s) for s in stop if s in text], default=len(text))
+    return text[:cut]
+
+
+def score_generate(task, model, enc, docs, shots, max_tokens, ctx, progress):
+    items = []
+    for doc, doc_shots in tqdm(list(zip(docs, shots)), desc=task.name, unit="example", disable=not progress,
+                               dynamic_ncols=True):
+        completion = complete(model, enc, task.prompt(doc, doc_shots), task.stop,
+                              max_tokens, ctx)
+        items.append({"completion": completion, **task.check(doc, completion)})
+    return items
+
+
+# -----------------------------------------------------------------------------
+# aggregate
+
+def stderr(values):
+    """lm-eval's: sample standard deviation / sqrt(n); None for fewer than two items."""
+    n = len(values)
+    if n < 2:
+        return None
+    mu = sum(values) / n
+    return math.sqrt(sum((v - mu) ** 2 for v in values) / (n - 1)) / math.sqrt(n)
+
+
+def summarize(task, items, num_fewshot):
+    out = {"n": len(items), "num_fewshot": num_fewshot}
+    for m in task.metrics:
+        values = [it[m] for it in items]
+        out[m] = sum(values) / len(values) if values else None
+        out[m + "_stderr"] = stderr(values)
+    if task.kind == "choice":
+        out["chance"] = sum(it["chance"] for it in items) / len(items) if items else None
+    return out
