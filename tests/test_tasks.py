@@ -72,13 +72,14 @@ def test_scores_equal_a_computation_by_hand_whatever_the_batch(tiny_run):
         assert one[name]["acc"] == many[name]["acc"]
 
 
-def test_gsm8k_reads_the_reference_after_hashes_and_the_models_last_number():
+def test_gsm8k_reads_the_reference_after_hashes_and_the_models_last_number():  # lm-eval flexible-extract
     doc = gsm8k.doc({"question": "How many?", "answer": "He has 2 + 1,000 = <<2+1000=1002>>1,002.\n#### 1,002"})
     assert doc["answer"] == "1002" and doc["text"] == "Question: How many?\nAnswer:"
     assert gsm8k.check(doc, " 2 + 1000 makes $1,002.")["exact_match"] == 1.0
     assert gsm8k.check(doc, " 1002 is wrong, it is 1003")["exact_match"] == 0.0
     assert gsm8k.check(doc, " no idea")["exact_match"] == 0.0
-    assert gsm8k.check(doc, " 1002.0")["exact_match"] == 1.0
+    assert gsm8k.check(doc, " 1002.0")["exact_match"] == 0.0  # compared as text, as lm-eval does
+    assert gsm8k.check(doc, " -1002")["exact_match"] == 0.0 and gsm8k.last_number("so 3.5.") == "3.5"
 
 
 def test_errors_are_one_line(tiny_run, tmp_path, monkeypatch):
@@ -86,7 +87,8 @@ def test_errors_are_one_line(tiny_run, tmp_path, monkeypatch):
         evaluate(monkeypatch, f"--out_dir={tiny_run}", "--tasks=hellaswag,nope", f"--task_data={FIXTURES}")
     with pytest.raises(SystemExit, match="hellaswag.train.jsonl does not exist.*Rowan/hellaswag"):
         shutil.copy(os.path.join(FIXTURES, "hellaswag.jsonl"), tmp_path)
-        evaluate(monkeypatch, f"--out_dir={tiny_run}", "--tasks=hellaswag", "--num_fewshot=1", f"--task_data={tmp_path}")
+        evaluate(monkeypatch, f"--out_dir={tiny_run}", "--tasks=hellaswag", "--num_fewshot=1",
+                 f"--task_data={tmp_path}")
     (tmp_path / "sst2.jsonl").write_text('{"sentence": "fine"}\n')  # no label
     with pytest.raises(SystemExit, match="row of sst2 does not have the schema of stanfordnlp/sst2"):
         evaluate(monkeypatch, f"--out_dir={tiny_run}", "--tasks=sst2", f"--task_data={tmp_path}")
@@ -126,3 +128,15 @@ def test_report_card(tiny_run, tmp_path, monkeypatch):
     assert "![loss curves](report_curves.png)" in report
     assert (run / "report_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| sst2 | acc |" in report and "| loss |" in report and report.count("```") >= 8
+
+
+def test_bench_reports_scoring_examples_per_second(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "bench.json"
+    run_inline(monkeypatch, "bench.py", "--what=tasks", "--sample_layers=1", "--sample_heads=2", "--sample_d_model=32",
+               "--sample_d_ff=64", "--sample_context=64", "--task_examples=8", "--task_batch=4", "--repeats=1",
+               "--device=cpu", f"--output={out}")
+    r = json.loads(out.read_text())["results"]["tasks"]
+    assert r["examples"] == 8 and r["continuations"] == 32 and r["batch"] == 4
+    assert r["examples_per_sec"] > 0 and r["unbatched_examples_per_sec"] > 0
+    assert r["speedup"] == pytest.approx(r["examples_per_sec"] / r["unbatched_examples_per_sec"])
+    assert "tasks: hellaswag multiple choice, 8 items (32 continuations)" in capsys.readouterr().out
