@@ -1,16 +1,16 @@
 """evaluate.py --tasks against lm-evaluation-harness itself, item by item, on the same model and the same items.
 
-The model is a Hugging Face GPT-2 folder (a small random GPT2LMHeadModel with GPT-2's tokenizer, built here by
-transformers); evaluate.py loads it with --init_from=DIR, lm-eval with model="hf". lm-eval runs its own installed
-task definitions (hellaswag, arc_easy, arc_challenge, mmlu's template, sst2), included by local YAML files that only
-point the data at our JSONL fixtures in tests/task_data. Per item: every choice's log-likelihood within 1e-4, acc
-and acc_norm identical; per task the means identical. Zero-shot for all five, and 2-shot where lm-eval's random
-sampler draws the shots (hellaswag, arc_easy, sst2), so the K-shot prompts are the same too."""
+The model is the tiny test run exported by export.py; evaluate.py loads the export with --init_from=DIR, lm-eval
+with model="hf". lm-eval runs its own installed task definitions (hellaswag, arc_easy, arc_challenge, mmlu's
+template, sst2), included by local YAML files that only point the data at our JSONL fixtures in tests/task_data.
+Per item: every choice's log-likelihood within 1e-4, acc and acc_norm identical; per task the means identical.
+Zero-shot for all five, and 2-shot where lm-eval's random sampler draws the shots (hellaswag, arc_easy, sst2), so
+the K-shot prompts are the same too."""
 import os
 
 import pytest
 
-from conftest import ROOT, run_inline
+from conftest import ROOT, run_inline, run_script
 
 lm_eval = pytest.importorskip("lm_eval")
 LM_EVAL_TASKS = os.path.join(os.path.dirname(lm_eval.__file__), "tasks")
@@ -34,18 +34,11 @@ FEWSHOT = ["hellaswag", "arc_easy", "sst2"]  # lm-eval's random sampler draws th
 
 
 @pytest.fixture(scope="module")
-def hf_model(tmp_path_factory):
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
-
-    import tokenizer
-    folder = tmp_path_factory.mktemp("hf") / "tiny-gpt2"
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=128, n_embd=32, n_layer=2, n_head=2))
-    model.save_pretrained(folder)
-    bpe = tokenizer.bpe_data_dir()  # GPT-2's own files, as our tokenizer uses them
-    hf_tokenizer = GPT2Tokenizer(vocab=os.path.join(bpe, "encoder.json"), merges=os.path.join(bpe, "vocab.bpe"))
-    hf_tokenizer.save_pretrained(folder)
+def hf_model(tiny_run, tmp_path_factory):
+    """The tiny run, exported as users export (a GPT-2 folder with GPT-2's tokenizer; a 32-token context, so most
+    items are also left-truncated, by both tools alike)."""
+    folder = tmp_path_factory.mktemp("export") / "tiny"
+    run_script("export.py", f"--out_dir={tiny_run}", f"--output={folder}")
     return str(folder)
 
 
@@ -60,6 +53,9 @@ def lm_eval_run(hf_model, yaml_dir, names):
 def assert_same(ours, theirs, name):
     summary, samples = theirs
     items = ours["items"]
+    diff = max(abs(a - r[0]) for item, sample in zip(items, samples)
+               for a, r in zip(item["loglikelihoods"], sample["filtered_resps"]))
+    print(f"{name}: {len(items)} items, largest log-likelihood difference {diff:.2e}")  # (shown with pytest -s)
     assert len(items) == len(samples) == summary["sample_len"] == ours["n"], name
     for item, sample in zip(items, samples):
         lls = [r[0] for r in sample["filtered_resps"]]
