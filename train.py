@@ -22,7 +22,6 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import tasks as downstream
-import tokenizer
 from checkpoint import (autocast, checkpoint_path, is_pretrained, load_checkpoint, model_from_checkpoint,
                         pick_device, pick_dtype, pretrained_model, save_checkpoint)
 from configurator import configure, fail
@@ -407,8 +406,8 @@ while step < max_steps:
         t_eval = time.time()
         last_eval, task_metrics = evaluate(), {}
         if task_eval:  # on the first process only: the others wait for it at the next gradient all-reduce
-            task_metrics = downstream.flat(downstream.run(task_eval, raw_model, tokenizer.get_tokenizer(), batch_size,
-                                                          ctx, progress=False))
+            task_metrics = downstream.flat(downstream.run(task_eval, raw_model, tokenizer.from_spec(model_tokenizer),
+                                                          batch_size, ctx, progress=False))
             last_eval.update(task_metrics)
         improved = last_eval["val_loss"] < best_val_loss
         if improved:
