@@ -57,7 +57,7 @@ from model import GPT, GPTConfig, peak_flops
 
 # -----------------------------------------------------------------------------
 # settings (python bench.py --help lists them)
-what = "train,sample,data"  # comma-separated: train, sample, data, tokenizer, chat, tasks (plain_loop: see bench_train)
+what = "train,sample,data"  # comma-separated: train, sample, data, tokenizer, chat, tasks (plain_loop: internal)
 output = "bench.json"  # where the JSON goes; "" = nowhere
 device = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps
 dtype = "auto"  # auto (float16 on CUDA, float32 elsewhere) | float32 | bfloat16 | float16 (train and sample)
