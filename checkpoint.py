@@ -118,8 +118,12 @@ def load_checkpoint(path, map_location="cpu"):
     return state
 
 
-def model_from_checkpoint(state, **overrides):
-    """The GPT a checkpoint describes, with its weights. overrides change config fields (e.g. dropout)."""
+def model_from_checkpoint(state, merge_lora=True, **overrides):
+    """The GPT a checkpoint describes, with its weights. overrides change config fields (e.g. dropout).
+    An adapter checkpoint (LoRA) loads its base and puts the adapters on it, merged into the weights unless
+    merge_lora=False (train.py resuming)."""
+    if state.get("lora"):
+        return lora_model_from_checkpoint(state, merge_lora, **overrides)
     try:
         config = GPTConfig(**{**state["model_config"], **overrides})
         model = GPT(config)
@@ -128,6 +132,41 @@ def model_from_checkpoint(state, **overrides):
         reason = str(e).strip().splitlines()[0][:200]
         fail(f"checkpoint does not match this version of model.py ({reason})")
     return model
+
+
+def base_source(init_from):
+    """How an adapter checkpoint names the model it adapts: a GPT-2 name, or an absolute path (a Hugging Face
+    folder, or the checkpoint file of a run)."""
+    if init_from in hf.HF_GPT2_NAMES:
+        return init_from
+    return os.path.abspath(init_from if is_pretrained(init_from) else checkpoint_path(init_from, "best"))
+
+
+def load_base(source, **overrides):
+    """The model named by base_source(): GPT-2 weights, a Hugging Face folder, or a run's checkpoint (with its own
+    adapters, if any, merged in)."""
+    if is_pretrained(source):
+        return pretrained_model(source, **overrides)
+    return model_from_checkpoint(load_checkpoint(checkpoint_path(source, "best")), **overrides)
+
+
+def lora_model_from_checkpoint(state, merge_lora=True, **overrides):
+    """Base + adapters from an adapter checkpoint, refusing a base whose weights changed since training."""
+    import lora  # here, not at the top: lora.py is only needed for adapter checkpoints
+    info = state["lora"]
+    base = info["base"]
+    if base not in hf.HF_GPT2_NAMES and not os.path.exists(base):
+        fail(f"this LoRA checkpoint adapts {base}, which no longer exists; put it back, or use a merged export")
+    model = load_base(base, **{"dropout": state["model_config"].get("dropout", 0.0), **overrides})
+    if lora.fingerprint(model.state_dict()) != info["base_fingerprint"]:
+        fail(f"this LoRA checkpoint adapts {base}, whose weights have changed since it was trained "
+             f"(fingerprint {lora.fingerprint(model.state_dict())}, expected {info['base_fingerprint']})")
+    lora.apply_lora(model, info["rank"], info["alpha"], info["dropout"], info["targets"])
+    try:
+        lora.load_adapters(model, state["model"])
+    except (ValueError, RuntimeError) as e:
+        fail(f"checkpoint does not match its base model {base} ({str(e).strip().splitlines()[0][:200]})")
+    return lora.merge_lora(model) if merge_lora else model
 
 
 def pretrained_model(name_or_dir, **overrides):

@@ -1,7 +1,8 @@
 """
 Reads the data that train.py and evaluate.py learn from: the token shards of prepare.py (TokenShards),
-prompt/completion JSONL for supervised fine-tuning (SFTExamples) and conversations for chat fine-tuning
-(ChatExamples). Importing this module does no work.
+prompt/completion JSONL for supervised fine-tuning (SFTExamples), conversations for chat fine-tuning
+(ChatExamples) and prompt/chosen/rejected JSONL for preference training (PreferenceExamples). Importing this
+module does no work.
 
 Batches are a pure function of (seed, step, index): `index` is the global micro-batch index within the step
 (0 .. micro_batches - 1, where micro_batches counts the micro-batches of one step over all processes), so resume
@@ -191,6 +192,29 @@ class TokenShards:
             yield self.read(np.arange(b * batch_size, min(n, (b + 1) * batch_size)) * seq_len, seq_len)
 
 
+def read_jsonl(path, fields, what):
+    """The rows of a JSONL file as tuples of the string fields named; one clear error for anything else.
+    what: the file's kind and an example, for the messages (e.g. 'SFT data', 'data/sft_demo/')."""
+    shape = "{" + ", ".join(f'"{k}": ...' for k in fields) + "}"
+    if not os.path.isfile(path):
+        die(f"{path} not found; {what[0]} is JSONL with one {shape} per line (see {what[1]})")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                die(f"{path}:{lineno}: not valid JSON ({getattr(e, 'msg', e)}); write one JSON object per line")
+            if not (isinstance(row, dict) and all(isinstance(row.get(k), str) for k in fields)):
+                die(f"{path}:{lineno}: needs string fields {' and '.join(json.dumps(k) for k in fields)}, got {str(row)[:80]}")
+            rows.append(tuple(row[k] for k in fields))
+    if not rows:
+        die(f"{path} holds no examples; write one {shape} per line")
+    return rows
+
+
 class SFTExamples:
     """Prompt/completion JSONL, one {"prompt": ..., "completion": ...} per line. The tokens of an example are
     prompt + completion + end-of-text; the loss is on the completion and the end-of-text only (y is -1 on the
@@ -199,24 +223,11 @@ class SFTExamples:
 
     def __init__(self, path, max_seq_len, enc=None):
         self.path = path
-        if not os.path.isfile(path):
-            die(f"{path} not found; SFT data is JSONL with one {{\"prompt\": ..., \"completion\": ...}} per line "
-                "(see data/sft_demo/)")
-        prompts, completions = [], []
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError as e:
-                    die(f"{path}:{lineno}: not valid JSON ({getattr(e, 'msg', e)}); write one JSON object per line")
-                if not (isinstance(row, dict) and all(isinstance(row.get(k), str) for k in ("prompt", "completion"))):
-                    die(f"{path}:{lineno}: needs string fields \"prompt\" and \"completion\", got {str(row)[:80]}")
-                prompts.append(row["prompt"])
-                completions.append(row["completion"])
-        if not prompts:
-            die(f"{path} holds no examples; write one {{\"prompt\": ..., \"completion\": ...}} per line")
+        rows = read_jsonl(path, ("prompt", "completion"), ("SFT data", "data/sft_demo/"))
+        self.tokenize([p for p, _ in rows], [c for _, c in rows], max_seq_len, enc)
+
+    def tokenize(self, prompts, completions, max_seq_len, enc=None):
+        """Fills examples, sequences and prompt_lens; PreferenceExamples tokenises its pairs through here too."""
         enc = enc or get_tokenizer()  # the model's tokenizer (GPT-2's unless it was trained with its own)
         eot = enc.eot_token
         self.examples, self.sequences, self.prompt_lens = [], [], []
@@ -231,7 +242,7 @@ class SFTExamples:
             self.sequences.append(np.array(seq[:max_seq_len + 1], dtype=np.int64))
             self.prompt_lens.append(len(p))
         if not self.examples:
-            die(f"every prompt in {path} is longer than max_seq_len={max_seq_len} tokens; raise max_seq_len")
+            die(f"every prompt in {self.path} is longer than max_seq_len={max_seq_len} tokens; raise max_seq_len")
         self.num_tokens = sum(len(s) for s in self.sequences)
         self.meta = dict(tokenizer=enc.name, vocab_size=enc.n_vocab, eot_id=eot)
         self.sampler = EpochSampler()
@@ -312,3 +323,35 @@ class ChatExamples(SFTExamples):
             trained = torch.from_numpy(self.masks[r][1:y.size(1) + 1])  # mask of the token each position predicts
             y[i, :len(trained)][~trained] = -1
         return x, y
+
+
+class PreferenceExamples(SFTExamples):
+    """Preference pairs for DPO: JSONL of {"prompt": ..., "chosen": ..., "rejected": ...} (TRL's format). Each pair
+    is tokenised as two SFT examples, prompt + chosen and prompt + rejected (same truncation, same masks), and a
+    batch of batch_size pairs is 2 * batch_size rows: the chosen sequences, then the rejected ones in the same
+    order (y = -1 on prompts and padding, so a row's log-prob sums over its completion only)."""
+
+    def __init__(self, path, max_seq_len, enc=None):
+        self.path = path
+        rows = read_jsonl(path, ("prompt", "chosen", "rejected"), ("preference data", "data/dpo_demo/"))
+        prompts = [p for p, _, _ in rows]
+        self.tokenize(prompts + prompts, [c for _, c, _ in rows] + [r for _, _, r in rows], max_seq_len, enc)
+        self.num_pairs = len(self.sequences) // 2  # a prompt too long drops both halves: the halves stay aligned
+        self.num_dropped //= 2
+
+    def batch(self, rows, seq_len):
+        rows = list(rows)
+        return super().batch(rows + [r + self.num_pairs for r in rows], seq_len)
+
+    def get_batch(self, batch_size, seq_len, seed, step, index=0, micro_batches=1):
+        rows, _ = self.sampler.items(self.num_pairs, batch_size, seed, step, index, micro_batches)
+        return self.batch(rows, seq_len)
+
+    def num_eval_batches(self, batch_size, seq_len=None, max_batches=None):
+        n = -(-self.num_pairs // batch_size)
+        return n if max_batches is None else min(n, max_batches)
+
+    def eval_batches(self, batch_size, seq_len, max_batches=None):
+        """Every pair in file order (the last batch may be short), the same every time."""
+        for b in range(self.num_eval_batches(batch_size, seq_len, max_batches)):
+            yield self.batch(range(b * batch_size, min(self.num_pairs, (b + 1) * batch_size)), seq_len)

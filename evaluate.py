@@ -94,6 +94,9 @@ def measure_loss():
     global task, dataset, data_dir, seq_len
     run = state["settings"] if state else {"task": "pretrain", "dataset": "shakespeare", "data_dir": ""}
     task = task or run.get("task", "pretrain")
+    if task == "dpo":  # its data are preference pairs; what it learned shows on prompt/completion data
+        fail(f"{where} was trained with task=dpo on preference pairs; measure its completions with --task=sft and "
+             f"--dataset= a prompt/completion set (e.g. --task=sft --dataset=sft_demo for the DPO demo)")
     if not dataset and not data_dir:
         dataset, data_dir = run.get("dataset", "shakespeare"), run.get("data_dir", "")
     seq_len = seq_len or min(run.get("max_seq_len", model.config.max_seq_len), model.config.max_seq_len)

@@ -69,7 +69,7 @@ device, dtype, ctx = inference_setup(device, dtype)
 # the model and the prompt
 model, state, where = load_model(init_from, out_dir, ckpt, device)
 run_settings = state["settings"] if state else {}
-sft = run_settings.get("task") == "sft"
+sft = run_settings.get("task") in ("sft", "dpo")  # both learned prompt -> completion
 if run_settings.get("task") == "chat":
     fail(f"{where} was fine-tuned on conversations (task=chat); talk to it with `python chat.py --out_dir={out_dir}`")
 

@@ -9,6 +9,7 @@ or chat fine-tuning on conversations (task=chat; then talk to it with chat.py).
 The settings are the plain names below. Config files (exec'd Python) and --key=value flags override
 them, left to right; `python train.py --help` lists them all with their defaults.
 """
+import copy
 import json
 import math
 import os
@@ -22,11 +23,13 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import tasks as downstream
-from checkpoint import (autocast, checkpoint_path, is_pretrained, load_checkpoint, model_from_checkpoint,
-                        pick_device, pick_dtype, pretrained_model, save_checkpoint)
+from checkpoint import (autocast, base_source, checkpoint_path, is_pretrained, load_base, load_checkpoint,
+                        model_from_checkpoint, pick_device, pick_dtype, pretrained_model, save_checkpoint)
 from configurator import configure, fail
-from data import ChatExamples, SFTExamples, TokenShards, dataset_dir, ensure_prepared
+from data import ChatExamples, PreferenceExamples, SFTExamples, TokenShards, dataset_dir, ensure_prepared
 from model import GPT, GPTConfig
+import dpo
+import lora
 import tokenizer
 
 # -----------------------------------------------------------------------------
@@ -71,9 +74,16 @@ eval_tasks = ""  # downstream benchmarks at each eval, comma-separated (see task
 eval_task_examples = 200  # the first this many items of each of eval_tasks
 task_data = ""  # eval_tasks: a folder of <task>.jsonl in the hub datasets' row schema; "" = the Hugging Face hub
 # data
-task = "pretrain"  # pretrain (token shards from prepare.py) | sft (train.jsonl/val.jsonl of prompt/completion) | chat (conversations)
+task = "pretrain"  # pretrain (token shards) | sft (prompt/completion JSONL) | chat (conversations) | dpo (preferences)
 dataset = "shakespeare"  # folder name under data/
 data_dir = ""  # the dataset's folder, if not data/<dataset>
+# LoRA (lora.py), for the fine-tuning tasks: small adapters train, the base weights stay frozen
+lora_rank = 0  # rank of the adapters; 0 = off (every weight trains)
+lora_alpha = 16.0  # the adapters' output is scaled by lora_alpha / lora_rank (peft's convention)
+lora_dropout = 0.0  # dropout on the adapters' input
+lora_targets = "attention"  # attention (fused q,k,v + output projection) | mlp (up/gate + down projection) | all
+# DPO (dpo.py), task=dpo
+dpo_beta = 0.1  # strength of the pull towards the reference model (TRL's beta); rewards are beta * log-ratios
 # run
 out_dir = "out"
 init_from = "scratch"  # scratch | resume | gpt2 ... gpt2-xl | a Hugging Face folder | a checkpoint file or run folder
@@ -89,8 +99,8 @@ settings = configure(globals())
 # -----------------------------------------------------------------------------
 # checks that need no data or model: one clear line each, before any work
 
-if task not in ("pretrain", "sft", "chat"):
-    fail(f"task={task!r} should be 'pretrain', 'sft' or 'chat'")
+if task not in ("pretrain", "sft", "chat", "dpo"):
+    fail(f"task={task!r} should be 'pretrain', 'sft', 'chat' or 'dpo'")
 if optimizer not in ("adamw", "muon"):
     fail(f"optimizer={optimizer!r} should be 'adamw' or 'muon'")
 for name in ("batch_size", "grad_accum_steps", "max_steps", "max_seq_len", "eval_iters", "log_interval"):
@@ -104,6 +114,18 @@ if not isinstance(min_lr, (int, float)) or not 0 <= min_lr <= learning_rate:
     fail(f"min_lr={min_lr!r} should be a number between 0 and learning_rate ({learning_rate})")
 if min(warmup_steps, lr_decay_steps, early_stopping_patience) < 0:
     fail("warmup_steps, lr_decay_steps and early_stopping_patience cannot be negative")
+# LoRA and DPO adapt a trained model
+if problem := lora.check_settings(lora_rank, lora_alpha, lora_dropout, lora_targets):
+    fail(problem)
+if lora_rank and task == "pretrain":
+    fail("lora_rank > 0 is for fine-tuning (task=sft, chat or dpo) a trained model; pretraining trains every weight")
+if lora_rank and optimizer != "adamw":
+    fail(f"LoRA adapters train with AdamW; use --optimizer=adamw (not {optimizer})")
+if (lora_rank or task == "dpo") and init_from == "scratch":
+    fail(f"{'task=dpo' if task == 'dpo' else 'LoRA'} starts from a trained model: set --init_from to a run folder, "
+         f"a checkpoint, gpt2 or a Hugging Face folder")
+if dpo_beta <= 0:
+    fail(f"dpo_beta={dpo_beta} must be positive (TRL uses 0.1)")
 
 # -----------------------------------------------------------------------------
 # processes and devices: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE, one process per GPU
@@ -151,7 +173,7 @@ if init_from == "resume":
     if not os.path.isfile(path):
         fail(f"init_from=resume but {path} does not exist; start a run with --init_from=scratch")
     resume = load_checkpoint(path)
-    model = model_from_checkpoint(resume)
+    model = model_from_checkpoint(resume, merge_lora=False)  # an adapter run resumes with its adapters apart
     model_tokenizer = tokenizer.checkpoint_spec(resume)
 elif init_from == "scratch":
     vocab_size = vocab_size or tokenizer.spec_vocab_size(model_tokenizer)
@@ -174,12 +196,29 @@ else:  # fine-tune the weights of another run (a fresh optimizer, step 0)
 if task == "chat":  # the chat tokens need rows: GPT-2's BPE has them past its 50257, so add those rows
     needed = max(tokenizer.special_ids(tokenizer.from_spec(model_tokenizer)).values()) + 1
     if model.config.vocab_size < needed:
+        if lora_rank:  # LoRA freezes the embeddings: new rows could never learn, and the base would not match
+            fail(f"{init_from} has no rows for the chat tokens and LoRA keeps the embeddings frozen; chat fine-tune "
+                 f"it without LoRA first (or use LoRA on a model that already has them)")
         log(f"adding the chat tokens: vocab_size {model.config.vocab_size} -> {needed} (new rows start as the mean)")
         model.grow_vocab(needed)
 config = model.config
 if data_tokenizer is not None and data_tokenizer != model_tokenizer:
     fail(f"{folder} was tokenised with {data_tokenizer['name']} but the model's ids are those of "
          f"{model_tokenizer['name']}; train it on data prepared with the same tokenizer (or from scratch)")
+# LoRA: adapters on the frozen model (a resumed adapter run brings its own); DPO: the frozen reference
+lora_info = resume.get("lora") if resume else None
+wanted = {"rank": lora_rank, "alpha": lora_alpha, "dropout": lora_dropout, "targets": lora_targets}
+had = {k: lora_info[k] for k in wanted} if lora_info else None
+if resume and had != (wanted if lora_rank else None):
+    fail(f"{out_dir} was trained with LoRA {had or 'off'}; resume it with the same LoRA settings "
+         f"(the same config file and flags)")
+if lora_rank and lora_info is None:
+    lora_info = {**wanted, "base": base_source(init_from), "base_fingerprint": lora.fingerprint(model.state_dict())}
+    lora.apply_lora(model, lora_rank, lora_alpha, lora_dropout, lora_targets)
+dpo_reference = (resume.get("dpo_reference") if resume else base_source(init_from)) if task == "dpo" else None
+reference = model if task == "dpo" else None  # with LoRA: the policy with its adapters off, no second copy
+if task == "dpo" and not lora_info:  # full fine-tuning: a frozen copy of the starting model
+    reference = (load_base(dpo_reference, dropout=0.0) if resume else copy.deepcopy(model)).eval().requires_grad_(False)
 if max_seq_len > config.max_seq_len:
     fail(f"max_seq_len={max_seq_len} is longer than the model's context ({config.max_seq_len})")
 if master and init_from != "resume" and os.path.exists(os.path.join(out_dir, "ckpt.pt")) and not overwrite:
@@ -193,7 +232,7 @@ if task == "pretrain":
     val_data = TokenShards(folder, "val", vocab_size=config.vocab_size)
 else:
     enc = tokenizer.from_spec(model_tokenizer)  # prompts and completions are encoded as the model reads them
-    Examples = ChatExamples if task == "chat" else SFTExamples  # conversations, or prompt/completion pairs
+    Examples = {"chat": ChatExamples, "dpo": PreferenceExamples}.get(task, SFTExamples)  # dpo: B chosen, B rejected rows
     train_data = Examples(os.path.join(folder, "train.jsonl"), max_seq_len, enc)
     val_data = Examples(os.path.join(folder, "val.jsonl"), max_seq_len, enc)
 for split, data in (("train", train_data), ("val", val_data)):  # (the reader checks ids against the vocab)
@@ -219,6 +258,8 @@ def get_batch(step, micro_step):
 # -----------------------------------------------------------------------------
 # optimizer, gradient scaler, compile, DDP
 model.to(device)
+if reference is not None:
+    reference.to(device)
 optimizers = model.configure_optimizers(optimizer, learning_rate, weight_decay, (beta1, beta2), device_type)
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))  # float16 needs loss scaling
 step, best_val_loss, evals_without_improvement, wandb_run_id = 0, math.inf, 0, None
@@ -278,6 +319,24 @@ def evaluate():
             "perplexity": math.exp(min(val_loss, 700)), "train_loss": (totals[3] / totals[4]).item()}
 
 
+@torch.no_grad()
+def evaluate_dpo():
+    """DPO loss and rewards (TRL's names) over the same val batches and fixed train sample as evaluate()."""
+    model.eval()
+    totals = torch.zeros(2, len(dpo.STATS) + 2, device=device)  # val, train: summed loss and stats, pairs
+    val_batches = val_data.eval_batches(batch_size, max_seq_len, eval_iters)
+    train_batches = (train_data.get_batch(batch_size, max_seq_len, seed + 1, 0, i, eval_iters) for i in range(eval_iters))
+    for row, batches in enumerate((val_batches, train_batches)):
+        for i, (x, y) in enumerate(batches):
+            if i % world_size == rank:
+                with ctx:
+                    totals[row] += dpo.batch_sums(model, reference, *to_device(x, y), dpo_beta)
+    if ddp:
+        dist.all_reduce(totals)
+    model.train()
+    return {**dpo.eval_metrics(totals[0], "val_"), **dpo.eval_metrics(totals[1], "train_")}
+
+
 # -----------------------------------------------------------------------------
 # run folder: config.json, metrics.jsonl, optional Weights & Biases
 tokens_per_step = batch_size * max_seq_len * grad_accum_steps
@@ -290,7 +349,7 @@ if master:
             if name in ("ckpt.pt", "best.pt", "metrics.jsonl") or name.startswith("ckpt_"):
                 os.remove(os.path.join(out_dir, name))
     run_info = {**settings, "world_size": world_size, "tokens_per_step": tokens_per_step,
-                "num_params": raw_model.num_params()}
+                "num_params": raw_model.num_params(), "trainable_params": lora.count_trainable(raw_model)[0]}
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(run_info, f, indent=2)
     if wandb_enabled:
@@ -314,7 +373,8 @@ def save(path, last_eval):
     if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
         fail(f"the weights hold NaN or inf at step {step}; not saving over {path}")
     save_checkpoint(path, {
-        "model": raw_model.state_dict(), "model_config": asdict(config),
+        "model": lora.adapter_state_dict(raw_model) if lora_info else raw_model.state_dict(), "model_config": asdict(config),
+        "lora": lora_info, "dpo_reference": dpo_reference,  # an adapter checkpoint names its base instead of holding it
         "optimizers": [opt.state_dict() for opt in optimizers], "scaler": scaler.state_dict(),
         "step": step, "best_val_loss": best_val_loss, "evals_without_improvement": evals_without_improvement,
         "settings": settings, "metrics": last_eval, "wandb_run_id": wandb_run_id, "tokenizer": model_tokenizer,
@@ -346,9 +406,14 @@ def format_duration(seconds):
 # the training loop
 log(f"{raw_model.num_params():,} parameters | {task} on {folder} | {world_size} process(es) on {device}, {dtype} | "
     f"{tokens_per_step:,} tokens per step")
+if lora_info:
+    trainable, total = lora.count_trainable(raw_model)
+    log(f"LoRA rank {lora_info['rank']} on {lora_info['targets']} of {lora_info['base']}: {trainable:,} trainable "
+        f"parameters of {total:,} ({100 * trainable / total:.2f}%), the rest frozen")
 model.train()
 last_eval = resume.get("metrics") if resume else None
 loss_sum, skipped_steps, steps_since_log, t_log, t_start = torch.zeros((), device=device), 0, 0, time.time(), time.time()
+stats_sum = torch.zeros(len(dpo.STATS), device=device)  # DPO's reward statistics since the last log line
 x, y = get_batch(step, 0)
 while step < max_steps:
     torch.manual_seed(hash((seed, step, rank)) % 2**63)  # dropout, like the batches, depends on (seed, step, rank)
@@ -361,7 +426,11 @@ while step < max_steps:
         # DDP all-reduces gradients on every backward; only the last micro-step needs it
         with model.no_sync() if ddp and not last_micro_step else nullcontext():
             with ctx:
-                _, loss = model(x, y)
+                if task == "dpo":
+                    loss, stats = dpo.batch_loss(model, reference, x, y, dpo_beta)
+                    stats_sum += stats / accum_per_rank
+                else:
+                    _, loss = model(x, y)
             x, y = get_batch(step + last_micro_step, 0 if last_micro_step else micro_step + 1)  # prefetch
             scaler.scale(loss / accum_per_rank).backward()
         loss_sum += loss.detach() / accum_per_rank
@@ -393,18 +462,21 @@ while step < max_steps:
             f"lr {learning_rate * lr_mult:.2e} | {dt * 1000:.0f} ms | {tokens_per_sec:,.0f} tok/s"
             + (f" | mfu {100 * mfu:.1f}%" if mfu is not None else "")
             + (f" | skipped {skipped_steps}" if skipped_steps else "")
+            + (" | " + dpo.describe(dpo.metrics(stats_sum / steps_since_log)) if task == "dpo" else "")
             + f" | eta {format_duration(dt * (max_steps - step))}")
         if master:
             log_metrics("train", loss=train_loss, lr=learning_rate * lr_mult,
                         grad_norm=grad_norm.item() if grad_clip > 0 else None, ms_per_step=1000 * dt,
-                        tokens_per_sec=tokens_per_sec, mfu=mfu, skipped_steps=skipped_steps)
+                        tokens_per_sec=tokens_per_sec, mfu=mfu, skipped_steps=skipped_steps,
+                        **(dpo.metrics(stats_sum / steps_since_log) if task == "dpo" else {}))
         loss_sum.zero_()
+        stats_sum.zero_()
         steps_since_log, t_log = 0, time.time()
 
     stop_early = False
     if eval_interval and (step % eval_interval == 0 or step == max_steps):
         t_eval = time.time()
-        last_eval, task_metrics = evaluate(), {}
+        last_eval, task_metrics = evaluate_dpo() if task == "dpo" else evaluate(), {}
         if task_eval:  # on the first process only: the others wait for it at the next gradient all-reduce
             task_metrics = downstream.flat(downstream.run(task_eval, raw_model, tokenizer.from_spec(model_tokenizer),
                                                           batch_size, ctx, progress=False))
@@ -414,8 +486,10 @@ while step < max_steps:
             best_val_loss, evals_without_improvement = last_eval["val_loss"], 0
         else:
             evals_without_improvement += 1
-        log(f"eval step {step}: val loss {last_eval['val_loss']:.4f} | accuracy {100 * last_eval['accuracy']:.2f}% | "
-            f"perplexity {last_eval['perplexity']:.2f} | train loss {last_eval['train_loss']:.4f}"
+        log(f"eval step {step}: val loss {last_eval['val_loss']:.4f} | " + (
+            dpo.describe(last_eval, "val_") + f" | train loss {last_eval['train_loss']:.4f}" if task == "dpo" else
+            f"accuracy {100 * last_eval['accuracy']:.2f}% | perplexity {last_eval['perplexity']:.2f} | "
+            f"train loss {last_eval['train_loss']:.4f}")
             + "".join(f" | {k} {v:.4f}" for k, v in task_metrics.items())
             + (" | best so far" if improved else f" | no better for {evals_without_improvement} eval(s)"))
         if master:
