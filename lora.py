@@ -153,3 +153,69 @@ def fingerprint(state_dict):
         h.update(f"{k}{tuple(state_dict[k].shape)}".encode())
         h.update(t[::max(1, t.numel() // 4096)].numpy().tobytes())
     return h.hexdigest()
+
+
+# -----------------------------------------------------------------------------
+# peft's format: adapter_config.json + adapter_model.safetensors, for the Hugging Face export of the base
+
+def to_peft(adapters, info, config, arch, key_map):
+    """(adapter_config, tensors) in peft's format for our adapters on the Hugging Face layout arch.
+
+    key_map (hf.key_map) says which HF tensors each of our weights is stacked from. A fused layer's adapter
+    (one A, one B) becomes one adapter per HF module: each gets the shared A and its own rows of B, so
+    B_q A, B_k A, B_v A are exactly the rows of B A: the same function, at the same rank. GPT-2 keeps c_attn
+    fused (Conv1D, hence fan_in_fan_out); Llama/Qwen3 split it into q/k/v_proj and SwiGLU's c_fc into
+    gate/up_proj."""
+    parts_of = {ours: parts for ours, parts, _ in key_map(config, arch)}
+    tensors, targets = {}, set()
+    for key, A in adapters.items():
+        if not key.endswith(".lora_A.weight"):
+            continue
+        layer = key[:-len(".lora_A.weight")]
+        B = adapters[layer + ".lora_B.weight"]
+        parts = parts_of[layer + ".weight"]
+        for (hf_key, rows), B_rows in zip(parts, B.split([rows for _, rows in parts])):
+            module = hf_key[:-len(".weight")]
+            tensors[f"base_model.model.{module}.lora_A.weight"] = A.detach().float().contiguous().clone()
+            tensors[f"base_model.model.{module}.lora_B.weight"] = B_rows.detach().float().contiguous().clone()
+            targets.add(".".join(module.split(".")[-2:]))  # attn.c_proj, not mlp.c_proj: peft matches suffixes
+    adapter_config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": None, "revision": None,
+        "r": info["rank"], "lora_alpha": info["alpha"], "lora_dropout": info["dropout"], "bias": "none",
+        "target_modules": sorted(targets), "fan_in_fan_out": arch == "gpt2", "use_rslora": False,
+        "init_lora_weights": True, "inference_mode": True, "modules_to_save": None, "layers_to_transform": None,
+    }
+    return adapter_config, tensors
+
+
+def export_peft(state, config, output, force=False):
+    """Write the adapters of an adapter checkpoint to output as peft's adapter_config.json +
+    adapter_model.safetensors, for `peft.PeftModel.from_pretrained(<the base exported by export.py>, output)`.
+    Written in a temporary folder beside output and renamed into place. Returns the base it adapts."""
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    import hf
+    arch = hf.architecture(config)  # the same refusal as the base's export: no exact HF layout, no adapter
+    hf.check_output(output, force)
+    adapter_config, tensors = to_peft(state["model"], state["lora"], config, arch, hf.key_map)
+    base = state["lora"]["base"]
+    adapter_config["base_model_name_or_path"] = base if os.path.isdir(base) or not os.path.exists(base) else None
+    parent = os.path.dirname(os.path.abspath(output))
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(output))}.", suffix=".tmp", dir=parent)
+    try:
+        save_file(tensors, os.path.join(tmp, "adapter_model.safetensors"), metadata={"format": "pt"})
+        with open(os.path.join(tmp, "adapter_config.json"), "w") as f:
+            json.dump(adapter_config, f, indent=2)
+        os.chmod(tmp, 0o755)
+        if os.path.isdir(output):  # empty, or force (check_output refused the rest)
+            shutil.rmtree(output)
+        os.rename(tmp, output)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp)
+    return base

@@ -6,6 +6,7 @@ Turns text into token shards that train.py and evaluate.py read (see data.py): G
     python prepare.py --input=notes/ --name=notes       # local .txt, .jsonl/.json or .parquet files
     python prepare.py --input=notes/ --name=notes --tokenizer_vocab_size=8192   # with a tokenizer of its own
     python prepare.py --dataset=smoltalk                # conversations for train.py task=chat (see the end)
+    python prepare.py --dataset=ultrafeedback           # preference pairs for task=dpo (JSONL, not shards)
 
 Output, in data/<name>/: train_000.bin, train_001.bin, ..., val_000.bin, ... (uint16 GPT-2 tokens, shard_size
 tokens per file, the last one shorter) and meta.json, written last: a folder without meta.json is not a dataset.
@@ -43,7 +44,7 @@ from configurator import configure, fail
 
 # -----------------------------------------------------------------------------
 # settings (python prepare.py --help lists them)
-dataset = ""  # shakespeare (embedded, the default), tinystories_10M, openwebtext_100M, fineweb_1B; smoltalk (chat)
+dataset = ""  # shakespeare (embedded, the default), tinystories_10M, openwebtext_100M, fineweb_1B; smoltalk (chat); ultrafeedback (DPO)
 input = ""  # local data instead: a .txt, .jsonl/.json or .parquet file, or a folder of one kind of them
 text_field = "text"  # the column that holds the text in .jsonl/.json/.parquet input (.txt has no columns)
 name = ""  # output folder data/<name>; defaults to the dataset's name or the input's file/folder name
@@ -63,6 +64,10 @@ DATASETS = {
     "tinystories_10M": ("roneneldan/TinyStories", None, 10_000_000),
     "openwebtext_100M": ("Skylion007/openwebtext", None, 100_000_000),
     "fineweb_1B": ("HuggingFaceFW/fineweb-edu", "sample-10BT", 1_000_000_000),
+}
+# name -> (Hub path, train split, val split): preference sets, written as TRL-format JSONL for task=dpo
+PREFERENCE_DATASETS = {
+    "ultrafeedback": ("HuggingFaceH4/ultrafeedback_binarized", "train_prefs", "test_prefs"),
 }
 FILE_KINDS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}  # suffix -> datasets builder
 SEPARATOR_LINE = re.compile(r"^<\|endoftext\|>\n?", re.M)  # splits .txt files into documents
@@ -346,6 +351,68 @@ def install(tmp, target, force):
     os.rmdir(tmp)
 
 
+def completion_text(answer, column, source):
+    """A chosen/rejected answer as text: a string as is (TRL's standard format), or the last assistant message of
+    a conversation (TRL's conversational format, as in UltraFeedback binarized)."""
+    if isinstance(answer, str):
+        return answer
+    replies = [m.get("content") for m in answer or [] if isinstance(m, dict) and m.get("role") == "assistant"]
+    if not replies or not isinstance(replies[-1], str):
+        fail(f"a row of {source} has no assistant message in {column!r}; expected a string or a list of messages")
+    return replies[-1]
+
+
+def prepare_preferences(dataset, name="", data_root="", force=False, progress=True):
+    """Streams a Hub preference set into data/<name>/train.jsonl and val.jsonl, one {"prompt": ..., "chosen": ...,
+    "rejected": ...} per line (TRL's format: what task=dpo reads). The prompt gets a blank line after it, so
+    prompt + completion reads as a question and its answer. Written in a temp folder, renamed into place."""
+    import datasets
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    path, train_split, val_split = PREFERENCE_DATASETS[dataset]
+    root = data_root or os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+    target = os.path.join(root, name or dataset)
+    if os.path.exists(os.path.join(target, "train.jsonl")) and not force:
+        fail(f"{target} already holds a prepared dataset; pass --force to overwrite it, or choose another --name")
+    os.makedirs(root, exist_ok=True)
+    remove_stale_temp_folders(root, name or dataset)
+    tmp = os.path.join(root, f".tmp-{name or dataset}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    counts = {}
+    try:
+        for split, hub_split in (("train", train_split), ("val", val_split)):
+            source = f"hf:{path} split={hub_split}"
+            try:
+                rows = datasets.load_dataset(path, split=hub_split, streaming=True)
+                with open(os.path.join(tmp, f"{split}.jsonl"), "w", encoding="utf-8") as f:
+                    counts[split] = 0
+                    for row in tqdm(rows, desc=f"{name or dataset} {split}", unit="pair", disable=not progress):
+                        pair = {"prompt": row["prompt"].strip() + "\n\n",
+                                "chosen": completion_text(row["chosen"], "chosen", source),
+                                "rejected": completion_text(row["rejected"], "rejected", source)}
+                        f.write(json.dumps(pair, ensure_ascii=False) + "\n")
+                        counts[split] += 1
+            except (KeyError, TypeError, AttributeError) as e:
+                fail(f"{source} does not have the columns prompt, chosen and rejected ({one_line(e)})")
+            except Exception as e:  # no network, no such dataset, gated...
+                fail(f"could not read {source} from the Hugging Face Hub ({one_line(e)}); check the network (and "
+                     f"HF_TOKEN), or write train.jsonl and val.jsonl of prompt/chosen/rejected yourself")
+            if not counts[split]:
+                fail(f"{source} holds no rows")
+        os.makedirs(target, exist_ok=True)
+        for f in ("train.jsonl", "val.jsonl"):
+            os.replace(os.path.join(tmp, f), os.path.join(target, f))
+        os.rmdir(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if progress:
+        print(f"wrote {target}: {counts['train']:,} train and {counts['val']:,} val preference pairs "
+              f"(train with --task=dpo --dataset={name or dataset})")
+    return target
+
+
 def prepare(dataset=dataset, input=input, text_field=text_field, name=name, data_root=data_root, val_ratio=val_ratio,
             shard_size=shard_size, max_tokens=max_tokens, num_workers=num_workers, force=force,
             tokenizer_vocab_size=tokenizer_vocab_size, tokenizer_max_chars=tokenizer_max_chars, progress=True):
@@ -355,8 +422,11 @@ def prepare(dataset=dataset, input=input, text_field=text_field, name=name, data
     dataset = "" if input else (dataset or "shakespeare")
     if dataset in CHAT_DATASETS:  # conversations: JSONL, not token shards
         return prepare_chat(dataset, name or dataset, data_root, force, progress)
+    if dataset in PREFERENCE_DATASETS:  # JSONL for task=dpo, not token shards
+        return prepare_preferences(dataset, name, data_root, force, progress)
     if dataset and dataset not in DATASETS:
-        fail(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)} (or local files with --input=PATH)")
+        fail(f"unknown dataset {dataset!r}; known: {', '.join([*DATASETS, *PREFERENCE_DATASETS])} "
+             f"(or local files with --input=PATH)")
     if not 0 < val_ratio < 1:
         fail(f"val_ratio={val_ratio} must be between 0 and 1 (0.01 holds out 1% of the documents)")
     if tokenizer_vocab_size < 0 or tokenizer_max_chars < 1:

@@ -163,3 +163,36 @@ def test_dpo_setting_errors(prefs, base_run, tmp_path):
                           f"--out_dir={tmp_path}", f"--init_from={base_run}", *flags, check=False)
         assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [proc.stderr.strip()]
         assert message in proc.stderr
+
+
+ULTRAFEEDBACK_ROWS = [  # the shape of HuggingFaceH4/ultrafeedback_binarized: conversations in chosen/rejected
+    {"prompt": "What is 2+2?", "prompt_id": "a", "score_chosen": 9.0, "score_rejected": 2.0,
+     "chosen": [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}],
+     "rejected": [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "5"}]},
+    {"prompt": "Name a colour. ", "prompt_id": "b", "score_chosen": 8.0, "score_rejected": 1.0,
+     "chosen": "Blue.", "rejected": "Seven."},  # TRL's standard (string) format works too
+]
+
+
+def test_prepare_brings_ultrafeedback_into_trl_format(tmp_path, monkeypatch):
+    import datasets
+    import prepare
+    from test_prepare import FakeHub
+    source = tmp_path / "uf.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in ULTRAFEEDBACK_ROWS))
+    fake = FakeHub(datasets.load_dataset, serve=str(source))
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    folder = prepare.prepare(dataset="ultrafeedback", data_root=str(tmp_path / "data"), progress=False)
+    assert [(c[0], c[2]["split"]) for c in fake.calls] == [("HuggingFaceH4/ultrafeedback_binarized", "train_prefs"),
+                                                           ("HuggingFaceH4/ultrafeedback_binarized", "test_prefs")]
+    expected = [{"prompt": "What is 2+2?\n\n", "chosen": "4", "rejected": "5"},
+                {"prompt": "Name a colour.\n\n", "chosen": "Blue.", "rejected": "Seven."}]
+    for split in ("train", "val"):
+        assert [json.loads(line) for line in open(os.path.join(folder, f"{split}.jsonl"))] == expected
+    assert sorted(os.listdir(tmp_path / "data")) == ["ultrafeedback"]  # no temp folder left
+    assert PreferenceExamples(os.path.join(folder, "train.jsonl"), 64).num_pairs == 2  # what task=dpo reads
+    # unreachable Hub: one line, nothing written
+    monkeypatch.setattr(datasets, "load_dataset", FakeHub(datasets.load_dataset, fail_when="load"))
+    with pytest.raises(SystemExit, match=r"^error: could not read hf:HuggingFaceH4/ultrafeedback_binarized"):
+        prepare.prepare(dataset="ultrafeedback", name="uf2", data_root=str(tmp_path / "data"), progress=False)
+    assert sorted(os.listdir(tmp_path / "data")) == ["ultrafeedback"]
