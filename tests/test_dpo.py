@@ -196,3 +196,44 @@ def test_prepare_brings_ultrafeedback_into_trl_format(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=r"^error: could not read hf:HuggingFaceH4/ultrafeedback_binarized"):
         prepare.prepare(dataset="ultrafeedback", name="uf2", data_root=str(tmp_path / "data"), progress=False)
     assert sorted(os.listdir(tmp_path / "data")) == ["ultrafeedback"]
+
+
+def test_demo_pairs_are_regenerated_byte_for_byte(tmp_path):
+    """data/dpo_demo/generate.py, run on a copy of data/, rewrites exactly the committed files."""
+    import shutil
+    from conftest import ROOT
+    for folder in ("sft_demo", "dpo_demo"):
+        shutil.copytree(os.path.join(ROOT, "data", folder), tmp_path / folder)
+        for f in ("train.jsonl", "val.jsonl"):
+            if folder == "dpo_demo":
+                os.remove(tmp_path / folder / f)
+    run_script(str(tmp_path / "dpo_demo" / "generate.py"))
+    sft_val = {json.loads(line)["prompt"] for line in open(os.path.join(ROOT, "data", "sft_demo", "val.jsonl"))}
+    for f in ("train.jsonl", "val.jsonl"):
+        committed = open(os.path.join(ROOT, "data", "dpo_demo", f), "rb").read()
+        assert (tmp_path / "dpo_demo" / f).read_bytes() == committed
+        pairs = [json.loads(line) for line in committed.decode().splitlines()]
+        for p in pairs:
+            words = p["prompt"].removeprefix("Reverse: ").split()
+            assert p["chosen"].split() == words[::-1] and p["rejected"] != p["chosen"]
+            assert p["prompt"] not in sft_val
+
+
+def test_demo_config_with_lora_under_ddp_matches_one_process_and_runs_in_float16(base_run, prefs, tmp_path):
+    """config/dpo_demo.py (README) at tiny sizes with LoRA: 2 processes (gloo) = 1 process, and float16 AMP."""
+    from test_train import torchrun
+    common = ["config/dpo_demo.py", *TINY_MODEL, *TINY_TRAINING, "--dataset=colours", f"--data_dir={prefs}",
+              f"--init_from={base_run}", "--lora_rank=4", "--max_steps=4", "--eval_interval=2", "--eval_iters=2",
+              "--grad_accum_steps=2", "--device=cpu"]
+    run_script("train.py", *common, f"--out_dir={tmp_path / 'one'}")
+    proc = torchrun(2, *common, f"--out_dir={tmp_path / 'two'}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    a, b = load_checkpoint(tmp_path / "one" / "ckpt.pt"), load_checkpoint(tmp_path / "two" / "ckpt.pt")
+    assert a["model"].keys() == b["model"].keys() and all("lora_" in k for k in a["model"])
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(b["model"][name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+    for key in ("val_loss", "val_rewards/accuracies", "val_rewards/margins"):
+        assert b["metrics"][key] == pytest.approx(a["metrics"][key], abs=1e-5)
+    run_script("train.py", *common, "--dtype=float16", f"--out_dir={tmp_path / 'fp16'}")
+    state = load_checkpoint(tmp_path / "fp16" / "ckpt.pt")
+    assert state["scaler"]["scale"] > 0 and math.isfinite(state["metrics"]["val_loss"])
