@@ -4,6 +4,7 @@ Export a trained run as a Hugging Face model folder, for transformers, lm-evalua
     python export.py --out_dir=out --output=export/my-model             # the run's best checkpoint
     python export.py --out_dir=out --ckpt=latest --output=export/my-model --force
     python export.py --init_from=gpt2 --output=export/gpt2               # GPT-2 (or any HF folder) again
+    python export.py --out_dir=out-lora --output=export/my-adapter --adapter_only   # a LoRA run's adapters, for peft
 
 The folder holds config.json, model.safetensors, generation_config.json, GPT-2's tokenizer files
 (tokenizer.json, vocab.json, merges.txt; <|endoftext|> is bos and eos) and a README.md model card. A run
@@ -21,6 +22,7 @@ import os
 import torch
 
 import hf
+import lora
 import tokenizer
 from checkpoint import load_model
 from configurator import configure, fail
@@ -33,6 +35,7 @@ ckpt = "best"  # best (lowest val loss; the latest when no eval has run) | lates
 output = ""  # the folder to write (new or empty; see force)
 force = False  # replace a non-empty output folder
 dtype = "float32"  # float32 (exact) | bfloat16 | float16: the dtype of the saved weights
+adapter_only = False  # a LoRA run: only its adapters, in peft's format (else they are merged into the weights)
 settings = configure(globals())
 # -----------------------------------------------------------------------------
 
@@ -54,6 +57,15 @@ cls = hf.CLASSES[arch]
 spec = tokenizer.model_spec(state, init_from)  # GPT-2's, or the tokenizer the run learnt (prepare.py)
 write_tokenizer = hf.write_gpt2_tokenizer if spec["name"] == "gpt2" else \
     lambda folder, config: hf.write_trained_tokenizer(folder, config, spec)
+if adapter_only:  # peft's adapter_config.json + adapter_model.safetensors, for the base exported on its own
+    if not (state and state.get("lora")):
+        fail(f"{source} holds no LoRA adapters (trained with lora_rank=0); export it without --adapter_only")
+    base = lora.export_peft(state, model.config, output, force)
+    how = (f"--init_from={base}" if base in hf.HF_GPT2_NAMES else f"--ckpt={base}") if not hf.is_hf_folder(base) else ""
+    print(f"exported the adapters of {source} in peft's format to {output}; they adapt {base}"
+          + (f", exported by `python export.py {how} --output=BASE`" if how else "") + ": load them with "
+          f"peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), {output!r})")
+    raise SystemExit(0)
 
 
 def model_card():

@@ -1,5 +1,6 @@
 """LoRA (lora.py) on its own and through train.py, sample.py and evaluate.py: frozen base, only adapters in the
 optimizer, merged == unmerged, adapter checkpoints that name their base, exact resume, clear errors."""
+import copy
 import os
 import re
 import shutil
@@ -177,3 +178,60 @@ def test_lora_errors_are_one_line(tiny_sft_run, lora_run, sft_data, tiny_data, t
     shutil.rmtree(base)
     proc = run_script("evaluate.py", f"--out_dir={tmp_path / 'd'}", check=False)
     assert "no longer exists" in error_line(proc)
+
+
+LLAMA = dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", n_kv_heads=1, bias=False, tie_weights=False)
+
+
+@pytest.mark.parametrize("shape", [{}, LLAMA, {**LLAMA, "qk_norm": True}], ids=["gpt2", "llama", "qwen3"])
+def test_peft_loads_the_exported_adapter_with_the_merged_models_logits(tmp_path, shape):
+    """GPT-2 keeps c_attn fused (Conv1D, fan_in_fan_out); Llama/Qwen3 split c_attn into q/k/v_proj (with GQA) and
+    SwiGLU's c_fc into gate/up_proj, each with the shared A and its rows of B: peft must compute the same."""
+    import hf
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    base = tiny_gpt(**{"n_heads": 4, "n_kv_heads": None, "d_ff": 64, "vocab_size": 50257, **shape}).eval()
+    model = lora.apply_lora(copy.deepcopy(base), rank=4, alpha=8.0, targets="all")
+    with torch.no_grad():
+        for _, m in lora.lora_layers(model):
+            m.lora_B.weight.normal_(0, 0.3)
+    info = {"rank": 4, "alpha": 8.0, "dropout": 0.0, "targets": "all", "base": str(tmp_path / "base")}
+    hf.export_model(base, str(tmp_path / "base"))
+    lora.export_peft({"model": lora.adapter_state_dict(model), "lora": info}, base.config, str(tmp_path / "adapter"))
+    assert sorted(os.listdir(tmp_path / "adapter")) == ["adapter_config.json", "adapter_model.safetensors"]
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "base"),
+                                           str(tmp_path / "adapter")).eval()
+    per_layer = 4 if not shape else 7  # c_attn c_proj c_fc c_proj | q k v o gate up down
+    assert sum(1 for n, _ in peft_model.named_modules() if n.endswith(".lora_A.default")) == 2 * per_layer
+    idx = torch.randint(0, 50257, (2, 16))
+    with torch.no_grad():
+        ours = lora.merge_lora(model)(idx)[0]
+        assert (ours - base(idx)[0]).abs().max() > 1e-2  # the adapters matter
+        torch.testing.assert_close(peft_model(idx).logits, ours, atol=1e-4, rtol=1e-4)
+
+
+def test_export_merges_by_default_and_writes_peft_with_adapter_only(lora_run, tiny_sft_run, tmp_path, monkeypatch,
+                                                                       capsys):
+    """The README's commands: export.py merges an adapter run; --adapter_only writes peft's files for the base,
+    exported on its own; peft on them gives the merged export's logits."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    out, _ = lora_run
+    run_inline(monkeypatch, "export.py", f"--out_dir={out}", f"--output={tmp_path / 'merged'}")
+    with pytest.raises(SystemExit) as done:
+        run_inline(monkeypatch, "export.py", f"--out_dir={out}", f"--output={tmp_path / 'adapter'}", "--adapter_only")
+    assert done.value.code == 0
+    base = os.path.join(tiny_sft_run, "best.pt")
+    assert f"python export.py --ckpt={base} --output=BASE" in capsys.readouterr().out
+    run_inline(monkeypatch, "export.py", f"--ckpt={base}", f"--output={tmp_path / 'base'}")
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "base"),
+                                           str(tmp_path / "adapter")).eval()
+    idx = torch.randint(0, 50257, (2, 32))
+    with torch.no_grad():
+        ours = model_from_checkpoint(load_checkpoint(os.path.join(out, "best.pt"))).eval()(idx)[0]
+        torch.testing.assert_close(merged(idx).logits, ours, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(peft_model(idx).logits, ours, atol=1e-4, rtol=1e-4)
+    with pytest.raises(SystemExit, match="holds no LoRA adapters"):  # a run without adapters
+        run_inline(monkeypatch, "export.py", f"--out_dir={tiny_sft_run}", f"--output={tmp_path / 'x'}",
+                   "--adapter_only")
