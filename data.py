@@ -208,7 +208,8 @@ def read_jsonl(path, fields, what):
             except ValueError as e:
                 die(f"{path}:{lineno}: not valid JSON ({getattr(e, 'msg', e)}); write one JSON object per line")
             if not (isinstance(row, dict) and all(isinstance(row.get(k), str) for k in fields)):
-                die(f"{path}:{lineno}: needs string fields {' and '.join(json.dumps(k) for k in fields)}, got {str(row)[:80]}")
+                names = " and ".join(json.dumps(k) for k in fields)
+                die(f"{path}:{lineno}: needs string fields {names}, got {str(row)[:80]}")
             rows.append(tuple(row[k] for k in fields))
     if not rows:
         die(f"{path} holds no examples; write one {shape} per line")

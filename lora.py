@@ -149,9 +149,9 @@ def fingerprint(state_dict):
     for k in sorted(state_dict):
         if ".lora_A." in k or ".lora_B." in k:
             continue
-        t = state_dict[k].detach().float().flatten().cpu()
+        t = state_dict[k].detach().flatten()
         h.update(f"{k}{tuple(state_dict[k].shape)}".encode())
-        h.update(t[::max(1, t.numel() // 4096)].numpy().tobytes())
+        h.update(t[::max(1, t.numel() // 4096)].float().cpu().numpy().tobytes())  # sample first: no full copy
     return h.hexdigest()
 
 

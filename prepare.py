@@ -44,7 +44,7 @@ from configurator import configure, fail
 
 # -----------------------------------------------------------------------------
 # settings (python prepare.py --help lists them)
-dataset = ""  # shakespeare (embedded, the default), tinystories_10M, openwebtext_100M, fineweb_1B; smoltalk (chat); ultrafeedback (DPO)
+dataset = ""  # shakespeare (default), tinystories_10M, openwebtext_100M, fineweb_1B; smoltalk (chat); ultrafeedback (DPO)
 input = ""  # local data instead: a .txt, .jsonl/.json or .parquet file, or a folder of one kind of them
 text_field = "text"  # the column that holds the text in .jsonl/.json/.parquet input (.txt has no columns)
 name = ""  # output folder data/<name>; defaults to the dataset's name or the input's file/folder name
@@ -425,7 +425,7 @@ def prepare(dataset=dataset, input=input, text_field=text_field, name=name, data
     if dataset in PREFERENCE_DATASETS:  # JSONL for task=dpo, not token shards
         return prepare_preferences(dataset, name, data_root, force, progress)
     if dataset and dataset not in DATASETS:
-        fail(f"unknown dataset {dataset!r}; known: {', '.join([*DATASETS, *PREFERENCE_DATASETS])} "
+        fail(f"unknown dataset {dataset!r}; known: {', '.join([*DATASETS, *CHAT_DATASETS, *PREFERENCE_DATASETS])} "
              f"(or local files with --input=PATH)")
     if not 0 < val_ratio < 1:
         fail(f"val_ratio={val_ratio} must be between 0 and 1 (0.01 holds out 1% of the documents)")

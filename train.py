@@ -325,7 +325,8 @@ def evaluate_dpo():
     model.eval()
     totals = torch.zeros(2, len(dpo.STATS) + 2, device=device)  # val, train: summed loss and stats, pairs
     val_batches = val_data.eval_batches(batch_size, max_seq_len, eval_iters)
-    train_batches = (train_data.get_batch(batch_size, max_seq_len, seed + 1, 0, i, eval_iters) for i in range(eval_iters))
+    train_batches = (train_data.get_batch(batch_size, max_seq_len, seed + 1, 0, i, eval_iters)  # a fixed sample
+                     for i in range(eval_iters))
     for row, batches in enumerate((val_batches, train_batches)):
         for i, (x, y) in enumerate(batches):
             if i % world_size == rank:
@@ -373,7 +374,8 @@ def save(path, last_eval):
     if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
         fail(f"the weights hold NaN or inf at step {step}; not saving over {path}")
     save_checkpoint(path, {
-        "model": lora.adapter_state_dict(raw_model) if lora_info else raw_model.state_dict(), "model_config": asdict(config),
+        "model": lora.adapter_state_dict(raw_model) if lora_info else raw_model.state_dict(),
+        "model_config": asdict(config),
         "lora": lora_info, "dpo_reference": dpo_reference,  # an adapter checkpoint names its base instead of holding it
         "optimizers": [opt.state_dict() for opt in optimizers], "scaler": scaler.state_dict(),
         "step": step, "best_val_loss": best_val_loss, "evals_without_improvement": evals_without_improvement,
