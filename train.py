@@ -409,7 +409,7 @@ def format_duration(seconds):
 log(f"{raw_model.num_params():,} parameters | {task} on {folder} | {world_size} process(es) on {device}, {dtype} | "
     f"{tokens_per_step:,} tokens per step")
 if lora_info:
-    trainable, total = lora.count_trainable(raw_model)
+    trainable, total = lora.count_trainable(raw_model)[0], raw_model.num_params()  # (padding rows not counted)
     log(f"LoRA rank {lora_info['rank']} on {lora_info['targets']} of {lora_info['base']}: {trainable:,} trainable "
         f"parameters of {total:,} ({100 * trainable / total:.2f}%), the rest frozen")
 model.train()
