@@ -432,7 +432,7 @@ while step < max_steps:
                     loss, stats = dpo.batch_loss(model, reference, x, y, dpo_beta)
                     stats_sum += stats / accum_per_rank
                 else:
-                    _, loss = model(x, y)
+                    _, loss = model(x, y, return_logits=False)  # the chunked loss: no (B, T, V) logits kept
             x, y = get_batch(step + last_micro_step, 0 if last_micro_step else micro_step + 1)  # prefetch
             scaler.scale(loss / accum_per_rank).backward()
         loss_sum += loss.detach() / accum_per_rank
@@ -519,7 +519,9 @@ while step < max_steps:
 
 if master:
     how = "stopped by signal" if stop_signal is not None else "finished"
-    log(f"{how} at step {step} after {format_duration(time.time() - t_start)}; best val loss {best_val_loss:.4f}; "
+    best = (f"best val loss {best_val_loss:.4f}" if math.isfinite(best_val_loss)
+            else "no eval ran" + ("" if eval_interval else " (eval_interval=0)"))
+    log(f"{how} at step {step} after {format_duration(time.time() - t_start)}; {best}; "
         f"checkpoints in {out_dir} (sample with `python sample.py --out_dir={out_dir}`)")
 if wandb_run is not None:
     wandb_run.finish()

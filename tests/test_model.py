@@ -165,6 +165,74 @@ def test_loss_all_ignored_is_zero_with_grad():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
+def plain_loss_and_grads(model, idx, targets):
+    """The reference: full (B, T, V) logits over the real vocabulary, F.cross_entropy, autograd."""
+    model.zero_grad(set_to_none=True)
+    x = model._trunk(idx)
+    logits = F.linear(x, model.lm_head.weight[:model.config.vocab_size]).float()
+    keep = targets != -1
+    loss = F.cross_entropy(logits[keep], targets[keep]) if keep.any() else (logits.sum() * 0)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("name", ["classic", "modern"])  # tied and untied head
+@pytest.mark.parametrize("chunk_rows", [None, 1, 7, 1000])  # default, one row, uneven chunks, one chunk
+@pytest.mark.parametrize("masking", ["none", "some", "all"])
+def test_chunked_loss_and_gradients_equal_full_logits(name, chunk_rows, masking, monkeypatch):
+    model = make(dict(CONFIGS[name], dropout=0.0)).train()
+    torch.manual_seed(1)
+    idx, targets = torch.randint(0, 100, (3, 16)), torch.randint(0, 100, (3, 16))
+    if masking == "some":  # a masked prompt, a fully ignored row, a stray ignored position
+        targets[0, :9], targets[1], targets[2, 4] = -1, -1, -1
+    elif masking == "all":
+        targets[:] = -1
+    expected, expected_grads = plain_loss_and_grads(model, idx, targets)
+    if chunk_rows is not None:  # the model's forward uses the default: make it use this chunk size
+        real = M.chunked_cross_entropy
+        monkeypatch.setattr(M, "chunked_cross_entropy", lambda x, w, t: real(x, w, t, chunk_rows))
+    model.zero_grad(set_to_none=True)
+    logits, loss = model(idx, targets, return_logits=False)
+    assert logits is None and loss.dtype == torch.float32 and loss.requires_grad
+    loss.backward()
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-5)
+    if masking == "all":
+        assert loss.item() == 0.0
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected_grads[n], rtol=1e-5, atol=1e-5, msg=n)
+        assert p.grad.abs().max() > 0 or masking == "all" or n.startswith("transformer.wpe"), n
+    assert (model.lm_head.weight.grad[100:] == 0).all()  # no gradient ever reaches the padding rows
+
+
+def test_chunked_loss_scales_with_the_incoming_gradient():
+    # train.py backpropagates loss / grad_accum_steps (and a GradScaler multiplies it): dx, dW must scale
+    model = make(dict(CLASSIC, dropout=0.0))
+    idx, targets = torch.randint(0, 100, (2, 16)), torch.randint(0, 100, (2, 16))
+    _, grads = plain_loss_and_grads(model, idx, targets)
+    model.zero_grad(set_to_none=True)
+    (model(idx, targets, return_logits=False)[1] * 0.25).backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n] * 0.25, rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_chunked_loss_without_grad_and_under_autocast():
+    model = make(dict(CLASSIC, dropout=0.0))
+    idx, targets = torch.randint(0, 100, (2, 16)), torch.randint(0, 100, (2, 16))
+    _, full = model(idx, targets)
+    with torch.no_grad():  # as evaluation would: no gradients computed, same value
+        _, loss = model(idx, targets, return_logits=False)
+    assert not loss.requires_grad
+    torch.testing.assert_close(loss, full.detach(), rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # train.py --dtype=bfloat16 on a CPU
+        _, loss16 = model(idx, targets, return_logits=False)
+        _, full16 = model(idx, targets)
+    assert loss16.dtype == torch.float32
+    torch.testing.assert_close(loss16, full16, rtol=2e-2, atol=2e-2)
+    loss16.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert model.lm_head.weight.grad.dtype == torch.float32
+
+
 # --------------------------------------------------------------------------------------------------
 # generation: the KV cache against full recompute
 

@@ -196,7 +196,8 @@ def test_corrupt_and_foreign_checkpoints(tiny_data, tmp_path):
 
 
 def test_new_run_does_not_silently_replace_an_old_one(tiny_data, tmp_path):
-    train(tmp_path / "run", tiny_data, "--max_steps=2", "--eval_interval=0")
+    proc = train(tmp_path / "run", tiny_data, "--max_steps=2", "--eval_interval=0")
+    assert "no eval ran (eval_interval=0)" in proc.stdout and "inf" not in proc.stdout  # not "best val loss inf"
     line = error_line(train(tmp_path / "run", tiny_data, "--max_steps=2", check=False))
     assert "already holds a run" in line
     train(tmp_path / "run", tiny_data, "--max_steps=3", "--eval_interval=0", "--overwrite")
