@@ -17,6 +17,10 @@ closest to what the machine itself can do. The JSON keeps every run's figure and
   in a temp folder: ms/step from its metrics.jsonl (one figure per log_interval steps), the first train_warmup
   steps of each run left out. Beside it, the plainest loop on the same GPT, batch shape, optimizer, precision and
   clipping, on random tokens, also in a fresh process. Runs alternate (train.py, plain, ...): load hits both.
+  Then model.py's step against an independent reference, a plain nanoGPT-style GPT-2 written in this file (same
+  shapes, optimizer and clipping), alternated step by step in this process. And the peak memory of the loss alone
+  (head + cross-entropy, forward + backward) at GPT-2 124M's training shape, each way of computing it in a fresh
+  process: peak RSS, and torch.cuda.max_memory_allocated on a GPU.
 - sample: model.generate tokens/s with the KV cache and with the whole context recomputed at each step, from a
   one-token prompt, at a few lengths, on a randomly initialised model (speed does not depend on the weights).
 - tasks: multiple-choice scoring examples/s (tasks/: every continuation of HellaSwag items through the model, as
@@ -47,6 +51,7 @@ from statistics import median
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 import prepare
 import tasks as downstream
@@ -78,6 +83,9 @@ grad_clip = 1.0  # as train.py's default; both loops clip
 train_steps = 10  # steps per run, warm-up included
 train_warmup = 3  # first steps of each run left out (compile, allocator, caches)
 log_interval = 1  # steps per figure (the host waits for the device once per interval); on a GPU use 10, as in training
+memory_batch = 12  # the loss's peak memory (head + cross-entropy alone, fresh process) at this batch,
+memory_seq = 1024  # sequence length
+memory_d_model = 768  # and width: GPT-2 124M's training shape
 # sample: the model and lengths
 sample_layers = 6  # the defaults are config/train_small.py's small model
 sample_heads = 6
@@ -112,6 +120,7 @@ CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os
 # the issue's targets, each with the verdict printed when it is measured
 TRAIN_NOISE = 0.03  # train.py is "no slower" within 3%, about what we can resolve on a shared CPU
 SAMPLE_SPEEDUP, DATA_SHARE, MEMORY_GROWTH, H100_MFU = 5.0, 0.7, 0.10, 0.45
+REFERENCE_SPEEDUP = 1.05  # model.py's training step against the plain nanoGPT-style one in this file
 
 benches = [w.strip() for w in what.split(",") if w.strip()]
 if not benches or set(benches) - {"train", "sample", "data", "tokenizer", "chat", "tasks", "plain_loop"}:
@@ -120,7 +129,8 @@ try:
     lengths = [int(n) for n in sample_lengths.split(",")]
 except ValueError:
     fail(f"sample_lengths={sample_lengths!r} should be whole numbers separated by commas, like 64,128,256")
-for name in ("repeats", "batch_size", "train_steps", "sample_batch", "task_examples", "task_batch"):
+for name in ("repeats", "batch_size", "train_steps", "sample_batch", "task_examples", "task_batch", "memory_batch",
+             "memory_seq", "memory_d_model"):
     if settings[name] < 1:
         fail(f"{name}={settings[name]} must be at least 1")
 if min(lengths) < 1 or min(threads, top_k, train_warmup) < 0:
@@ -262,7 +272,7 @@ def plain_loop():
     t0 = time.perf_counter()
     for step, (x, y) in enumerate(batches, 1):
         with ctx:
-            _, loss = step_model(x, y)
+            _, loss = step_model(x, y, return_logits=False)  # train.py's loss path
         scaler.scale(loss).backward()
         if grad_clip > 0:
             scaler.unscale_(opt)
@@ -275,6 +285,150 @@ def plain_loop():
             times.append(1000 * (time.perf_counter() - t0) / log_interval)
             t0 = time.perf_counter()
     return times[train_warmup // log_interval:]
+
+
+# -----------------------------------------------------------------------------
+# the independent reference: a minimal GPT-2 training step written plainly here, nanoGPT's way (standard
+# PyTorch, none of model.py): vocabulary padded to 50304 and the loss over all 50304 columns, as nanoGPT does
+
+
+class RefAttention(torch.nn.Module):
+    def __init__(self, d_model, n_heads):
+        super().__init__()
+        self.n_heads = n_heads
+        self.c_attn = torch.nn.Linear(d_model, 3 * d_model)
+        self.c_proj = torch.nn.Linear(d_model, d_model)
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in self.c_attn(x).split(C, 2))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+
+class RefBlock(torch.nn.Module):
+    def __init__(self, d_model, n_heads, d_ff):
+        super().__init__()
+        self.ln_1, self.ln_2 = torch.nn.LayerNorm(d_model), torch.nn.LayerNorm(d_model)
+        self.attn = RefAttention(d_model, n_heads)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(d_model, d_ff), torch.nn.GELU(approximate="tanh"),
+                                       torch.nn.Linear(d_ff, d_model))
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class RefGPT(torch.nn.Module):
+    def __init__(self, n_layers, n_heads, d_model, d_ff, max_seq_len, vocab_size=50304):
+        super().__init__()
+        self.wte, self.wpe = torch.nn.Embedding(vocab_size, d_model), torch.nn.Embedding(max_seq_len, d_model)
+        self.h = torch.nn.ModuleList([RefBlock(d_model, n_heads, d_ff) for _ in range(n_layers)])
+        self.ln_f = torch.nn.LayerNorm(d_model)
+        self.lm_head = torch.nn.Linear(d_model, vocab_size, bias=False)
+        self.wte.weight = self.lm_head.weight
+        for p in self.parameters():
+            torch.nn.init.normal_(p, std=0.02) if p.dim() == 2 else None
+
+    def forward(self, idx, targets):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.size(1), device=idx.device))
+        for block in self.h:
+            x = block(x)
+        logits = self.lm_head(self.ln_f(x))
+        return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+
+
+def versus_reference():
+    """ms per training step of model.py's GPT (train.py's loss path) and of RefGPT, same shapes, batches, AdamW
+    and clipping, alternated step by step in this process so that load hits both alike. Each step is timed on its
+    own (device synchronised); a run is train_steps steps, its figure the median after train_warmup."""
+    torch.manual_seed(seed)
+    ours = GPT(GPTConfig(**train_args)).to(device)
+    ref = RefGPT(n_layers, n_heads, d_model, d_ff, max_seq_len).to(device)
+    loops = {}
+    for name, model, loss_fn in (("model.py", ours, lambda m, x, y: m(x, y, return_logits=False)[1]),
+                                 ("reference", ref, lambda m, x, y: m(x, y)[1])):
+        params = [p for p in model.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        opt = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.95), fused=device_type == "cuda")
+        scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
+        loops[name] = (model, torch.compile(model) if compile else model, loss_fn, opt, scaler)
+    batches = torch.randint(GPTConfig().vocab_size, (train_steps, 2, batch_size, max_seq_len), device=device)
+    runs = {name: [] for name in loops}
+    for r in range(repeats):
+        times = {name: [] for name in loops}
+        for x, y in batches:
+            for name, (model, step_model, loss_fn, opt, scaler) in loops.items():
+                sync()
+                t0 = time.perf_counter()
+                with ctx:
+                    loss = loss_fn(step_model, x, y)
+                scaler.scale(loss).backward()
+                if grad_clip > 0:
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                scaler.step(opt)
+                scaler.update()
+                opt.zero_grad(set_to_none=True)
+                sync()
+                times[name].append(1000 * (time.perf_counter() - t0))
+        for name in loops:
+            runs[name].append(times[name][train_warmup:])
+    result = {name: dict(ms_per_step=min(median(t) for t in times), run_medians_ms=[median(t) for t in times],
+                         runs_ms=times) for name, times in runs.items()}
+    return dict(result, ratio=result["reference"]["ms_per_step"] / result["model.py"]["ms_per_step"])
+
+
+def loss_memory(path, B, T, C, device):
+    """In a fresh process (bench.py runs this source with python -c): one forward + backward of the head and the
+    loss alone, hidden states (B*T, C) -> logits over GPT-2's 50257 tokens -> cross-entropy, float32; prints its
+    peak memory as JSON. path: "sliced" (the padded-width logits cut to the vocabulary, then the loss: model.py
+    before issue 12), "full" (logits over the real vocabulary, then the loss: forward()'s path, for callers that
+    want the logits), "chunked" (model.chunked_cross_entropy: train.py's path)."""
+    import json
+    import torch
+    import torch.nn.functional as F
+    from model import chunked_cross_entropy
+
+    def rss_mb(field):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith(field + ":"))
+
+    torch.manual_seed(0)
+    V, Vp = 50257, 50304
+    x = torch.randn(B * T, C, device=device, requires_grad=True)
+    weight = (0.02 * torch.randn(Vp, C, device=device)).requires_grad_()
+    targets = torch.randint(V, (B * T,), device=device)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    baseline = rss_mb("VmRSS")
+    if path == "chunked":
+        loss = chunked_cross_entropy(x, weight[:V], targets)
+    else:
+        logits = F.linear(x, weight)[:, :V] if path == "sliced" else F.linear(x, weight[:V])
+        loss = F.cross_entropy(logits.float(), targets, ignore_index=-1)
+    loss.backward()
+    out = dict(path=path, baseline_mb=baseline, peak_rss_mb=rss_mb("VmHWM"), loss=loss.item())
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        out["cuda_peak_mb"] = (torch.cuda.max_memory_allocated() - before) / 2**20
+    print(json.dumps(out))
+
+
+LOSS_MEMORY = "\n".join([inspect.getsource(loss_memory), "import sys",
+                         "loss_memory(sys.argv[1], *map(int, sys.argv[2:5]), sys.argv[5])"])
+
+
+def bench_loss_memory():
+    rows = []
+    for path in ("sliced", "full", "chunked"):
+        line = run([sys.executable, "-c", LOSS_MEMORY, path, str(memory_batch), str(memory_seq),
+                    str(memory_d_model), device], f"the {path} loss")[0]
+        rows.append(json.loads(line))
+    return rows
 
 
 def bench_train(tmp):
@@ -307,7 +461,8 @@ def bench_train(tmp):
                             mfu=tokens_per_sec * flops / peak if peak else None,  # = train.py's estimate_mfu
                             run_medians_ms=[median(t) for t in times], steps_timed=sum(map(len, times)) * log_interval,
                             runs_ms=times)
-    return dict(result, ratio=result["train.py"]["tokens_per_sec"] / result["plain loop"]["tokens_per_sec"])
+    return dict(result, ratio=result["train.py"]["tokens_per_sec"] / result["plain loop"]["tokens_per_sec"],
+                reference=versus_reference(), loss_memory=bench_loss_memory())
 
 
 def bench_sample():
@@ -589,6 +744,8 @@ def targets(results):
         r = results["train"]
         checks.append(("train.py tokens/s no slower than the plain loop", f"{r['ratio']:.3f}x",
                        r["ratio"] >= 1 - TRAIN_NOISE))
+        checks.append((f"model.py step >= {REFERENCE_SPEEDUP:g}x a plain nanoGPT-style step",
+                       f"{r['reference']['ratio']:.3f}x", r["reference"]["ratio"] >= REFERENCE_SPEEDUP))
         if r["train.py"]["mfu"] is not None:
             checks.append((f"MFU >= {H100_MFU:.0%} (on an H100)", f"{r['train.py']['mfu']:.1%}",
                            r["train.py"]["mfu"] >= H100_MFU))
@@ -627,6 +784,17 @@ def report(info, results):
               [[k, f"{r[k]['ms_per_step']:.1f}", f"{r[k]['tokens_per_sec']:,.0f}",
                 f"{r[k]['mfu']:.1%}" if r[k]["mfu"] else "-", ", ".join(f"{m:.0f}" for m in r[k]["run_medians_ms"])]
                for k in ("train.py", "plain loop")])
+        ref = r["reference"]
+        table(f"train step against a plain nanoGPT-style GPT-2 written in bench.py (same shapes, alternated step by "
+              f"step): {ref['ratio']:.3f}x its speed",
+              ["model", "ms/step", "run medians, ms"],
+              [[k, f"{ref[k]['ms_per_step']:.1f}", ", ".join(f"{m:.0f}" for m in ref[k]["run_medians_ms"])]
+               for k in ("model.py", "reference")])
+        table(f"loss memory: head + cross-entropy, forward + backward, {memory_batch} x {memory_seq} rows, "
+              f"d_model {memory_d_model}, float32, {device}, each in a fresh process",
+              ["path", "peak RSS", "above inputs"] + (["CUDA peak"] if device_type == "cuda" else []),
+              [[m["path"], f"{m['peak_rss_mb']:,.0f} MB", f"{m['peak_rss_mb'] - m['baseline_mb']:,.0f} MB"]
+               + ([f"{m['cuda_peak_mb']:,.0f} MB"] if device_type == "cuda" else []) for m in r["loss_memory"]])
     if "sample" in results:
         r = results["sample"]
         table(f"sample: {sample_layers} layers x {sample_d_model} ({r['num_params'] / 1e6:.1f}M parameters), context "

@@ -12,7 +12,8 @@ from conftest import run_inline
 TINY = ["--n_layers=1", "--n_heads=2", "--d_model=32", "--d_ff=64", "--max_seq_len=32", "--batch_size=2",
         "--train_steps=4", "--train_warmup=2", "--log_interval=2", "--repeats=1",
         "--sample_layers=1", "--sample_heads=2", "--sample_d_model=32", "--sample_d_ff=64", "--sample_context=32",
-        "--sample_lengths=4,8", "--data_mb=0.05", "--memory_scale=2", "--device=cpu"]
+        "--sample_lengths=4,8", "--data_mb=0.05", "--memory_scale=2", "--device=cpu",
+        "--memory_batch=2", "--memory_seq=16", "--memory_d_model=32"]
 
 
 def bench(monkeypatch, *args):
@@ -38,6 +39,16 @@ def test_runs_end_to_end_and_writes_json(monkeypatch, tmp_path, capsys):
         assert r["tokens_per_sec"] == pytest.approx(2 * 32 / r["ms_per_step"] * 1000)
         assert r["mfu"] is None  # no known peak on a CPU
     assert train["ratio"] > 0
+    ref = train["reference"]  # model.py's step against the plain GPT-2 written in bench.py, alternated
+    for loop in ("model.py", "reference"):
+        assert ref[loop]["ms_per_step"] > 0 and [len(run) for run in ref[loop]["runs_ms"]] == [2]  # 4 steps - 2
+    assert ref["ratio"] == pytest.approx(ref["reference"]["ms_per_step"] / ref["model.py"]["ms_per_step"])
+    memory = {m["path"]: m for m in train["loss_memory"]}  # each in a fresh process
+    assert list(memory) == ["sliced", "full", "chunked"]
+    losses = [m["loss"] for m in memory.values()]  # the same inputs and the same loss, three ways
+    assert losses == pytest.approx([losses[0]] * 3, rel=1e-5) and 9 < losses[0] < 12  # ~ln(50257) at init
+    if sys.platform == "linux":
+        assert all(20 < m["baseline_mb"] <= m["peak_rss_mb"] < 10_000 for m in memory.values())
 
     sample = results["sample"]
     assert [row["new_tokens"] for row in sample["rows"]] == [4, 8] and sample["num_params"] > 0
@@ -56,7 +67,7 @@ def test_runs_end_to_end_and_writes_json(monkeypatch, tmp_path, capsys):
         assert data["memory_growth"] is not None
 
     verdicts = results["targets"]
-    assert len(verdicts) == 4  # train, sampling, data speed, data memory (no MFU on a CPU)
+    assert len(verdicts) == 5  # train, against the reference, sampling, data speed, data memory (no MFU on a CPU)
     assert all(isinstance(ok, bool) and measured for _, measured, ok in verdicts)
 
 
