@@ -57,7 +57,7 @@ import prepare
 import tasks as downstream
 import tokenizer
 from checkpoint import autocast, pick_device, pick_dtype
-from configurator import configure, fail
+from configurator import check_output_file, check_range, configure, fail
 from model import GPT, GPTConfig, peak_flops
 
 # -----------------------------------------------------------------------------
@@ -141,6 +141,9 @@ if train_warmup >= train_steps or log_interval < 1 or train_steps % log_interval
 if tok_mb <= 0 or tok_vocab_size < 256 + len(tokenizer.SPECIAL_TOKENS):
     fail(f"tok_mb={tok_mb} must be positive and tok_vocab_size={tok_vocab_size} at least "
          f"{256 + len(tokenizer.SPECIAL_TOKENS)} (the bytes and the special tokens)")
+check_range("seed", seed, low=0, below=2**63)
+if output:
+    check_output_file("output", output)  # now, not after the whole benchmark has run
 if data_mb <= 0 or memory_scale <= 1 or data_format not in ("jsonl", "txt"):
     fail(f"data_mb={data_mb} must be positive, memory_scale={memory_scale} above 1, data_format jsonl or txt")
 train_args = dict(n_layers=n_layers, n_heads=n_heads, d_model=d_model, d_ff=d_ff, max_seq_len=max_seq_len,

@@ -12,6 +12,7 @@ temporary file and renamed into place, so a crash mid-save leaves the previous o
 """
 import contextlib
 import os
+import re
 
 import torch
 
@@ -30,14 +31,23 @@ def fail(message):
 # device and precision
 
 def pick_device(device="auto"):
+    """The torch device for a --device setting, or one line saying why it cannot be used here."""
     if device == "auto":
         if torch.cuda.is_available():
             return "cuda"
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return "mps"
         return "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    kind, _, index = device.partition(":")
+    if device not in ("cpu", "mps", "cuda") and not (kind == "cuda" and index.isdigit()):
+        fail(f"device={device!r} should be auto, cpu, cuda, cuda:N or mps")
+    if kind == "cuda" and not torch.cuda.is_available():
         fail(f"device={device} but CUDA is not available here; use --device=cpu or --device=auto")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        fail(f"device={device} but this machine has {torch.cuda.device_count()} CUDA device(s); "
+             f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        fail("device=mps but Apple's Metal (MPS) is not available here; use --device=cpu or --device=auto")
     return device
 
 
@@ -85,22 +95,51 @@ def save_checkpoint(path, state):
             os.remove(tmp)
 
 
-def checkpoint_path(location, which="best"):
-    """A checkpoint file from a file path, or from a run folder and which one ('best' or 'latest').
-    'best' falls back to the latest checkpoint when no eval has produced a best one yet."""
-    if os.path.isfile(location):
-        return location
-    if not os.path.isdir(location):
-        fail(f"no checkpoint or run folder at {location}; train one with `python train.py --out_dir={location}`")
+def resolve_source(location, which="best"):
+    """What a model location names. This is the one place that tells a GPT-2 name, a Hugging Face folder, a run
+    folder and a checkpoint file apart (train.py, sample.py, evaluate.py and bench.py all come through here):
+
+    - ("pretrained", name_or_folder, note): a GPT-2 name, or a Hugging Face folder, recognised by its weights
+      (config.json + model.safetensors or pytorch_model.bin);
+    - ("checkpoint", file, note): a checkpoint file; or a run folder, recognised by its checkpoints (best.pt,
+      ckpt.pt): which = 'best' is its best.pt, falling back to the latest when no eval has made one yet (note
+      says so), 'latest' its ckpt.pt. which may also be a checkpoint file, which then wins over location.
+    note is "" or a few words saying which checkpoint was picked and why, for the log."""
     if which not in CHECKPOINT_FILES:
-        fail(f"which checkpoint should be 'best' or 'latest' or a file path, not {which!r}")
-    candidates = [CHECKPOINT_FILES[which]] + (["ckpt.pt"] if which == "best" else [])
-    for name in candidates:
-        path = os.path.join(location, name)
-        if os.path.isfile(path):
-            return path
-    fail(f"no checkpoint in {location} (looked for {', '.join(candidates)}); "
-         f"train one with `python train.py --out_dir={location}`")
+        if os.path.isfile(which):
+            return "checkpoint", which, ""
+        fail(f"ckpt={which!r} should be best, latest or the path of a checkpoint file (no file {which} exists)")
+    if location in hf.HF_GPT2_NAMES:
+        return "pretrained", location, ""
+    if os.path.isfile(location):
+        return "checkpoint", location, ""
+    if not os.path.isdir(location):
+        fail(f"no checkpoint, run folder or Hugging Face folder at {location}; "
+             f"train one with `python train.py --out_dir={location}`")
+    present = {name for name in os.listdir(location) if os.path.isfile(os.path.join(location, name))}
+    if present & set(CHECKPOINT_FILES.values()):  # a run folder (its config.json is the run's settings)
+        name = CHECKPOINT_FILES[which]
+        if name in present:
+            return "checkpoint", os.path.join(location, name), f" ({which})"
+        if which == "best":
+            return "checkpoint", os.path.join(location, "ckpt.pt"), " (the latest: no eval has made a best.pt yet)"
+        fail(f"{location} has no {name}; use --ckpt=best, or train on with `python train.py --out_dir={location} "
+             f"--init_from=resume`")
+    if hf.is_hf_folder(location):  # config.json beside model.safetensors (sharded or not) or pytorch_model.bin
+        return "pretrained", location, ""
+    fail(f"no checkpoint in {location}: it holds neither a run's checkpoints (best.pt, ckpt.pt) nor a Hugging Face "
+         f"model (config.json + model.safetensors or pytorch_model.bin); train one with "
+         f"`python train.py --out_dir={location}`")
+
+
+def run_files(out_dir):
+    """The files an earlier run left in out_dir (checkpoints, kept checkpoints, metrics, settings): any of them
+    means a new run there would replace someone's work."""
+    if not os.path.isdir(out_dir):
+        return []
+    return sorted(name for name in os.listdir(out_dir)
+                  if name in ("ckpt.pt", "best.pt", "metrics.jsonl", "config.json")
+                  or (name.startswith("ckpt_") and name.endswith(".pt")))
 
 
 def load_checkpoint(path, map_location="cpu"):
@@ -109,8 +148,16 @@ def load_checkpoint(path, map_location="cpu"):
         state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         fail(f"checkpoint {path} does not exist")
+    except IsADirectoryError:
+        fail(f"{path} is a folder, not a checkpoint file")
     except Exception as e:  # truncated file, not a torch file, or pickled code that weights_only refuses
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        text = str(e)
+        code = re.search(r"GLOBAL (\S+)", text)  # torch's message invites weights_only=False: never say that
+        if code:
+            fail(f"{path} holds code ({code.group(1)}), not just data; Nash-LLM never runs code from a checkpoint, "
+                 f"so it will not be loaded: use checkpoints that train.py wrote")
+        lines = text.strip().splitlines() or [type(e).__name__]
+        reason = "not plain data" if "Weights only" in text else lines[0][:200]
         fail(f"{path} is not a readable Nash-LLM checkpoint ({reason}); it may be corrupt or from another program")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         fail(f"{path} is not a Nash-LLM checkpoint (format {state.get('format') if isinstance(state, dict) else None!r}, "
@@ -137,17 +184,17 @@ def model_from_checkpoint(state, merge_lora=True, **overrides):
 def base_source(init_from):
     """How an adapter checkpoint names the model it adapts: a GPT-2 name, or an absolute path (a Hugging Face
     folder, or the checkpoint file of a run)."""
-    if init_from in hf.HF_GPT2_NAMES:
-        return init_from
-    return os.path.abspath(init_from if is_pretrained(init_from) else checkpoint_path(init_from, "best"))
+    kind, source, _ = resolve_source(init_from, "best")
+    return source if source in hf.HF_GPT2_NAMES else os.path.abspath(source)
 
 
 def load_base(source, **overrides):
     """The model named by base_source(): GPT-2 weights, a Hugging Face folder, or a run's checkpoint (with its own
     adapters, if any, merged in)."""
-    if is_pretrained(source):
+    kind, source, _ = resolve_source(source, "best")
+    if kind == "pretrained":
         return pretrained_model(source, **overrides)
-    return model_from_checkpoint(load_checkpoint(checkpoint_path(source, "best")), **overrides)
+    return model_from_checkpoint(load_checkpoint(source), **overrides)
 
 
 def lora_model_from_checkpoint(state, merge_lora=True, **overrides):
@@ -177,22 +224,15 @@ def pretrained_model(name_or_dir, **overrides):
         fail(str(e).strip().splitlines()[0])
 
 
-def is_pretrained(init_from):
-    """A GPT-2 name, or a Hugging Face folder (config.json beside model.safetensors / pytorch_model.bin;
-    a run folder has a config.json too, but checkpoints instead)."""
-    return init_from in hf.HF_GPT2_NAMES or os.path.isdir(init_from) and hf.is_hf_folder(init_from)
-
-
 def load_model(init_from="", out_dir="out", ckpt="best", device="cpu"):
-    """The model that sample.py, evaluate.py and bench.py work on, in eval mode on device.
-    init_from a GPT-2 name or a Hugging Face folder (export.py's, say) loads those weights; otherwise ckpt
-    ('best', 'latest' or a file path) picks a checkpoint of the run in init_from or out_dir.
+    """The model that sample.py, evaluate.py and bench.py work on, in eval mode on device: from init_from (a GPT-2
+    name, a Hugging Face folder, a run folder or a checkpoint file) or else the run in out_dir, ckpt ('best',
+    'latest' or a file path) picking the checkpoint of a run (see resolve_source).
     Returns (model, checkpoint state or None for pretrained weights, where it came from: a path or name)."""
-    if init_from and is_pretrained(init_from):
-        source, state, model = init_from, None, pretrained_model(init_from, dropout=0.0)
+    kind, source, _ = resolve_source(init_from or out_dir, ckpt)
+    if kind == "pretrained":
+        state, model = None, pretrained_model(source, dropout=0.0)
     else:
-        location = ckpt if ckpt not in CHECKPOINT_FILES else (init_from or out_dir)
-        source = checkpoint_path(location, ckpt)
         state = load_checkpoint(source)
         model = model_from_checkpoint(state, dropout=0.0)
     model.eval()

@@ -66,6 +66,9 @@ def read_local(path):
             config = json.load(f)
     except (OSError, ValueError) as e:
         fail(f"{config_path} is not readable JSON ({one_line(e)}); was it written by train.py?")
+    if not isinstance(config, dict):  # train.py writes an object of settings
+        fail(f"{config_path} holds a JSON {type(config).__name__}, not an object of settings; "
+             "was it written by train.py?")
     records, bad = [], 0
     if os.path.isfile(metrics_path):  # absent while a run has not logged yet
         with open(metrics_path) as f:

@@ -97,10 +97,12 @@ def print_help(scope, names, usage):
         print(f"  --{n.ljust(width)} = {default}{note}")
 
 
-def configure(scope, argv=None, usage="[config_file.py ...] [--key=value ...]"):
+def configure(scope, argv=None, usage="[config_file.py ...] [--key=value ...]", given=None):
     """Apply config files and --key=value flags from argv to the settings in scope (a script's
     globals). Returns the final settings as a dict, in the order the script defines them.
-    usage is the argument synopsis --help shows."""
+    usage is the argument synopsis --help shows; given, a set, receives the names a file or flag set
+    (train.py tells a setting the user chose from a default that a checkpoint may replace)."""
+    given = set() if given is None else given
     argv = sys.argv[1:] if argv is None else argv
     names = setting_names(scope)
     if any(a in ("-h", "--help") for a in argv):
@@ -108,15 +110,25 @@ def configure(scope, argv=None, usage="[config_file.py ...] [--key=value ...]"):
         sys.exit(0)
     for arg in argv:
         if not arg.startswith("--"):
+            if os.path.isdir(arg):
+                fail(f"config file {arg} is a folder; give a Python file of settings, like config/train_small.py")
             if not os.path.isfile(arg):
                 fail(f"config file {arg} not found (arguments without -- are config files; flags look like --key=value)")
-            with open(arg) as f:
-                source = f.read()
+            try:
+                with open(arg, encoding="utf-8") as f:
+                    source = f.read()
+            except UnicodeDecodeError as e:
+                fail(f"config file {arg} is not UTF-8 text (byte {e.start}); save it as UTF-8 Python")
+            except OSError as e:
+                fail(f"cannot read config file {arg} ({e.strerror})")
             file_scope = {k: scope[k] for k in names}
             try:
-                exec(compile(source, arg, "exec"), file_scope)
+                code = compile(source, arg, "exec", ast.PyCF_ONLY_AST)
+                assigned = {n.id for n in ast.walk(code) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+                exec(compile(code, arg, "exec"), file_scope)
             except Exception as e:  # one line, with where it went wrong
                 fail(f"config file {arg} could not be run: {type(e).__name__}: {e}")
+            given.update(assigned & set(names))
             for key, value in file_scope.items():
                 if key.startswith("_") or isinstance(value, (types.ModuleType, types.FunctionType, type)):
                     continue  # config files may import or define helpers
@@ -130,7 +142,45 @@ def configure(scope, argv=None, usage="[config_file.py ...] [--key=value ...]"):
             if not eq:
                 if isinstance(scope[key], bool):
                     scope[key] = True  # a bare --force means --force=True
+                    given.add(key)
                     continue
                 fail(f"flag {arg} has no value; write --{key}=VALUE")
             scope[key] = coerce(key, parse_value(text, scope[key]), scope[key], f"(from {arg})")
+            given.add(key)
     return {k: scope[k] for k in names}
+
+
+# -----------------------------------------------------------------------------
+# checks every script needs: one line naming the setting, before any work starts
+
+def check_range(name, value, low=None, high=None, below=None, hint=""):
+    """Fail unless value is a number with low <= value <= high (or < below), naming the setting."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # (not NaN)
+    ok = ok and (low is None or value >= low) and (high is None or value <= high) and (below is None or value < below)
+    if not ok:
+        bounds = [f">= {low}" if low is not None else "", f"<= {high}" if high is not None else "",
+                  f"< {below}" if below is not None else ""]
+        bounds = " and ".join(b for b in bounds if b)
+        fail(f"{name}={value!r} should be a number {bounds}" + (f"; {hint}" if hint else ""))
+    return value
+
+
+def check_output_file(name, path):
+    """An output file must be writable where it is asked for: checked before the work, not lost after it."""
+    if not path or os.path.isdir(path):
+        fail(f"{name}={path!r} should be a file path{', not a folder' if path else ''}; e.g. --{name}=results.json")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        fail(f"the folder of --{name}={path} does not exist; create it or choose another path")
+    if not os.access(folder, os.W_OK):
+        fail(f"cannot write --{name}={path}: its folder is not writable")
+    return path
+
+
+def check_output_dir(name, path):
+    """An output folder: it may not exist yet (it is made), but it cannot be empty or an existing file."""
+    if not path:
+        fail(f"{name} is empty; give a folder, e.g. --{name}=out")
+    if os.path.exists(path) and not os.path.isdir(path):
+        fail(f"{name}={path} is a file, not a folder; choose another --{name}")
+    return path

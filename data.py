@@ -31,9 +31,12 @@ def die(message):
     raise SystemExit(f"error: {message}")
 
 
+DATA_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")  # data/ beside this file
+
+
 def dataset_dir(dataset, data_dir=""):
-    """The folder of a dataset: data_dir when given, else data/<dataset> beside this file."""
-    return data_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", dataset)
+    """The folder of a dataset: data_dir when given, else data/<dataset>."""
+    return data_dir or os.path.join(DATA_ROOT, dataset)
 
 
 def prepare_command(folder):
@@ -42,17 +45,18 @@ def prepare_command(folder):
     name, root = os.path.basename(folder), os.path.dirname(os.path.abspath(folder))
     command = "python prepare.py " + (f"--dataset={name}" if name in KNOWN_DATASETS else
                                       f"--input=YOUR_FILES --name={name}")
-    if root != os.path.join(os.path.dirname(os.path.abspath(__file__)), "data"):
+    if root != DATA_ROOT:
         command += f" --data_root={root}"
     return command
 
 
 def ensure_prepared(dataset, data_dir=""):
-    """Returns the dataset's folder; prepares the embedded Shakespeare there if it is not prepared yet (offline,
-    a few seconds), and for any other dataset that is missing raises the one-line error with the command."""
+    """Returns the dataset's folder; prepares the embedded Shakespeare if it is not prepared yet (offline, a few
+    seconds), in its own place (data/shakespeare) only: Nash-LLM never writes into a folder it did not make, so
+    any other folder without meta.json, whatever it holds, raises the one-line error with the command."""
     folder = os.path.normpath(dataset_dir(dataset, data_dir))
     if not os.path.exists(os.path.join(folder, "meta.json")):
-        if dataset != "shakespeare":
+        if os.path.abspath(folder) != os.path.abspath(dataset_dir("shakespeare")):
             die(f"{folder} holds no prepared dataset (no meta.json); run `{prepare_command(folder)}`")
         import prepare
         root = os.path.dirname(os.path.abspath(folder))
@@ -199,8 +203,12 @@ def read_jsonl(path, fields, what):
     if not os.path.isfile(path):
         die(f"{path} not found; {what[0]} is JSONL with one {shape} per line (see {what[1]})")
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:  # bytes, decoded line by line, so an error can name the line
         for lineno, line in enumerate(f, 1):
+            try:
+                line = line.decode("utf-8")
+            except UnicodeDecodeError:
+                die(f"{path}:{lineno}: not UTF-8 text; save the file as UTF-8")
             if not line.strip():
                 continue
             try:
@@ -244,6 +252,12 @@ class SFTExamples:
             self.prompt_lens.append(len(p))
         if not self.examples:
             die(f"every prompt in {self.path} is longer than max_seq_len={max_seq_len} tokens; raise max_seq_len")
+        self.cut_note = ""  # said once, by the script that reads the file: cutting loses the end of a completion
+        if self.num_truncated or self.num_dropped:
+            self.cut_note = (f"note: {self.path}: {self.num_truncated} of {len(prompts)} examples are longer than "
+                             f"max_seq_len={max_seq_len} + 1 tokens and were cut at the end"
+                             + (f", {self.num_dropped} dropped (the prompt alone fills the context)"
+                                if self.num_dropped else ""))
         self.num_tokens = sum(len(s) for s in self.sequences)
         self.meta = dict(tokenizer=enc.name, vocab_size=enc.n_vocab, eot_id=eot)
         self.sampler = EpochSampler()

@@ -26,6 +26,7 @@ for a fine-tuned (SFT) checkpoint also the exact match of its greedy completions
 import json
 import math
 import os
+import sys
 import time
 
 import torch
@@ -35,12 +36,12 @@ from tqdm import tqdm
 import tasks as downstream
 import tokenizer
 from checkpoint import inference_setup, load_model
-from configurator import configure, fail
+from configurator import check_output_file, configure, fail
 from data import ChatExamples, SFTExamples, TokenShards, dataset_dir, ensure_prepared
 
 # -----------------------------------------------------------------------------
 # settings (python evaluate.py --help lists them)
-init_from = ""  # "" = the run in out_dir | gpt2 ... gpt2-xl | a Hugging Face folder (GPT-2, Llama, Qwen3; export.py's)
+init_from = ""  # "" = the run in out_dir | a run folder or checkpoint file | gpt2 ... gpt2-xl | an HF folder (export.py's)
 out_dir = "out"  # the run folder train.py wrote
 ckpt = "best"  # best (lowest val loss; the latest when no eval has run) | latest | a checkpoint file
 task = ""  # "" = the checkpoint's (pretrain for GPT-2 weights) | pretrain | sft | chat
@@ -75,8 +76,8 @@ if task_data and not os.path.isdir(task_data):
     fail(f"--task_data={task_data} is not a folder; it should hold <task>.jsonl files")
 if report and not os.path.isdir(out_dir):
     fail(f"--report writes the report into the run folder, and {out_dir} is not one; give --out_dir=RUN")
-if output and not os.path.isdir(os.path.dirname(os.path.abspath(output))):
-    fail(f"the folder of --output={output} does not exist; create it or choose another path")
+if output:
+    check_output_file("output", output)  # before the work: a bad path must not cost the whole evaluation
 
 device, dtype, ctx = inference_setup(device, dtype)
 prepared = downstream.prepare(task_names, task_data, max_examples, num_fewshot)  # bad task data: before any work
@@ -112,6 +113,8 @@ def measure_loss():
         folder = dataset_dir(dataset, data_dir)
         Examples = ChatExamples if task == "chat" else SFTExamples  # chat: loss on the assistant replies
         data = Examples(os.path.join(folder, f"{split}.jsonl"), seq_len, enc)
+        if data.cut_note:  # examples cut to seq_len, counted once
+            print(data.cut_note, file=sys.stderr)
     num_batches = data.num_eval_batches(batch_size, seq_len, max_batches or None)
 
     # UTF-8 bytes of each token id, for bits per byte; special tokens (end-of-text, chat turns) and ids beyond the

@@ -40,7 +40,7 @@ import numpy as np
 from tqdm import tqdm
 
 import tokenizer
-from configurator import configure, fail
+from configurator import check_output_dir, check_range, configure, fail
 
 # -----------------------------------------------------------------------------
 # settings (python prepare.py --help lists them)
@@ -114,7 +114,7 @@ def open_source(dataset, input):
     """A streaming datasets.IterableDataset, its kind ("hub" or a builder), a description of the source, and a hint
     for error messages."""
     import datasets
-    datasets.logging.set_verbosity_error()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its read errors come back as our one error line
     datasets.disable_progress_bars()
     if input:
         kind, files = find_files(input)
@@ -434,11 +434,12 @@ def prepare(dataset=dataset, input=input, text_field=text_field, name=name, data
              f"tokenizer_max_chars={tokenizer_max_chars} must be positive")
     if shard_size < 1 or max_tokens < 0:
         fail(f"shard_size={shard_size} must be positive and max_tokens={max_tokens} not negative")
+    check_range("num_workers", num_workers, low=0, hint="0 means one thread per CPU core")
     name = name or dataset or os.path.splitext(os.path.basename(os.path.normpath(input)))[0]
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         fail(f"dataset name {name!r} must be a plain folder name (letters, digits, _ . -); pass --name=NAME")
     cap = max_tokens or (DATASETS[dataset][2] if dataset else 0)
-    root = data_root or os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+    root = check_output_dir("data_root", data_root) if data_root else os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
     target = os.path.join(root, name)
     if os.path.exists(os.path.join(target, "meta.json")) and not force:
         fail(f"{target} already holds a prepared dataset; pass --force to overwrite it, or choose another --name")

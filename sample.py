@@ -23,11 +23,11 @@ import torch
 
 import tokenizer
 from checkpoint import inference_setup, load_model
-from configurator import configure, fail
+from configurator import check_range, configure, fail
 
 # -----------------------------------------------------------------------------
 # settings (python sample.py --help lists them)
-init_from = ""  # "" = the run in out_dir | gpt2 ... gpt2-xl | a Hugging Face folder (GPT-2, Llama, Qwen3; export.py's)
+init_from = ""  # "" = the run in out_dir | a run folder or checkpoint file | gpt2 ... gpt2-xl | an HF folder (export.py's)
 out_dir = "out"  # the run folder train.py wrote
 ckpt = "best"  # best (lowest val loss; the latest when no eval has run) | latest | a checkpoint file
 start = "<|endoftext|>"  # the prompt: text, or FILE:path to read it from a file
@@ -50,6 +50,7 @@ if top_k < 0:
     fail(f"top_k={top_k} cannot be negative; use 0 to turn it off")
 if not 0.0 < top_p <= 1.0:
     fail(f"top_p={top_p} must be in (0, 1]; use 1.0 to turn it off")
+check_range("seed", seed, low=0, below=2**63)
 if num_samples < 1 or max_new_tokens < 1:
     fail(f"num_samples={num_samples} and max_new_tokens={max_new_tokens} must be at least 1")
 prompt = start

@@ -23,9 +23,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import tasks as downstream
-from checkpoint import (autocast, base_source, checkpoint_path, is_pretrained, load_base, load_checkpoint,
-                        model_from_checkpoint, pick_device, pick_dtype, pretrained_model, save_checkpoint)
-from configurator import configure, fail
+from checkpoint import (autocast, base_source, load_base, load_checkpoint, model_from_checkpoint, pick_device,
+                        pick_dtype, pretrained_model, resolve_source, run_files, save_checkpoint)
+from configurator import check_output_dir, check_range, configure, fail
 from data import ChatExamples, PreferenceExamples, SFTExamples, TokenShards, dataset_dir, ensure_prepared
 from model import GPT, GPTConfig
 import dpo
@@ -95,7 +95,8 @@ compile = False  # torch.compile the model (first steps are slow while it compil
 wandb_enabled = False
 wandb_project = "nash-llm"
 wandb_run_name = ""  # "" = the name of out_dir
-settings = configure(globals())
+given = set()  # the settings a config file or flag chose (the others are defaults a checkpoint may replace)
+settings = configure(globals(), given=given)
 # -----------------------------------------------------------------------------
 # checks that need no data or model: one clear line each, before any work
 
@@ -104,16 +105,19 @@ if task not in ("pretrain", "sft", "chat", "dpo"):
 if optimizer not in ("adamw", "muon"):
     fail(f"optimizer={optimizer!r} should be 'adamw' or 'muon'")
 for name in ("batch_size", "grad_accum_steps", "max_steps", "max_seq_len", "eval_iters", "log_interval"):
-    if settings[name] < 1:
-        fail(f"{name}={settings[name]} must be at least 1")
-if eval_interval < 0 or checkpoint_interval < 0:
-    fail("eval_interval and checkpoint_interval cannot be negative (0 turns them off)")
+    check_range(name, settings[name], low=1)
+for name in ("eval_interval", "checkpoint_interval", "grad_clip", "weight_decay", "learning_rate", "warmup_steps",
+             "lr_decay_steps", "early_stopping_patience"):
+    check_range(name, settings[name], low=0, hint="0 turns it off" if name != "learning_rate" else "")
+for name in ("beta1", "beta2", "dropout"):
+    check_range(name, settings[name], low=0, below=1)
+check_range("seed", seed, low=0, below=2**63)
+if n_kv_heads is not None:
+    check_range("n_kv_heads", n_kv_heads, low=1, hint="None means n_heads; fewer heads share keys and values")
 if min_lr is None:
     min_lr = learning_rate / 10
-if not isinstance(min_lr, (int, float)) or not 0 <= min_lr <= learning_rate:
-    fail(f"min_lr={min_lr!r} should be a number between 0 and learning_rate ({learning_rate})")
-if min(warmup_steps, lr_decay_steps, early_stopping_patience) < 0:
-    fail("warmup_steps, lr_decay_steps and early_stopping_patience cannot be negative")
+check_range("min_lr", min_lr, low=0, high=learning_rate, hint=f"at most learning_rate={learning_rate}")
+check_output_dir("out_dir", out_dir)
 # LoRA and DPO adapt a trained model
 if problem := lora.check_settings(lora_rank, lora_alpha, lora_dropout, lora_targets):
     fail(problem)
@@ -153,6 +157,20 @@ torch.backends.cudnn.allow_tf32 = True
 ctx = autocast(device_type, dtype)
 log = print if master else (lambda *args, **kwargs: None)
 
+MODEL_SETTINGS = ("n_layers", "n_heads", "n_kv_heads", "d_model", "d_ff", "vocab_size", "bias", "pos_emb", "norm",
+                  "mlp", "qk_norm", "tie_weights")  # the model's shape: a checkpoint or GPT-2 brings its own
+
+
+def keep_settings(source, names, where):
+    """Settings fixed by where the weights come from: taken from source (so config.json tells the truth); one the
+    user gave a different value is an error that names it, as it cannot apply."""
+    changed = [f"{k}={settings[k]!r} ({source[k]!r} there)" for k in names if k in given and settings[k] != source[k]]
+    if changed:
+        fail(f"{where} fixes {', '.join(changed)}; drop those settings, or start a new run with --init_from=scratch")
+    for k in names:
+        settings[k] = globals()[k] = source[k]
+
+
 # -----------------------------------------------------------------------------
 # pretraining data comes first: its meta.json says which tokenizer (and so which vocabulary) the model needs
 folder = dataset_dir(dataset, data_dir)
@@ -173,7 +191,10 @@ if init_from == "resume":
     if not os.path.isfile(path):
         fail(f"init_from=resume but {path} does not exist; start a run with --init_from=scratch")
     resume = load_checkpoint(path)
-    model = model_from_checkpoint(resume, merge_lora=False)  # an adapter run resumes with its adapters apart
+    # the run's model and optimizer state only fit the run's own model and optimizer settings
+    run = {**resume["settings"], **{k: resume["model_config"][k] for k in MODEL_SETTINGS}}  # the shape as saved
+    keep_settings(run, MODEL_SETTINGS + ("max_seq_len", "optimizer"), f"the run resumed from {path}")
+    model = model_from_checkpoint(resume, merge_lora=False, dropout=dropout)  # adapters stay apart on resume
     model_tokenizer = tokenizer.checkpoint_spec(resume)
 elif init_from == "scratch":
     vocab_size = vocab_size or tokenizer.spec_vocab_size(model_tokenizer)
@@ -186,13 +207,19 @@ elif init_from == "scratch":
                               pos_emb=pos_emb, norm=norm, mlp=mlp, qk_norm=qk_norm, tie_weights=tie_weights))
     except (ValueError, TypeError) as e:
         fail(f"bad model settings: {e}")
-elif is_pretrained(init_from):
-    model = pretrained_model(init_from, dropout=dropout)
-    model_tokenizer = tokenizer.model_spec(None, init_from)  # GPT-2's, or an exported run's own
-else:  # fine-tune the weights of another run (a fresh optimizer, step 0)
-    start = load_checkpoint(checkpoint_path(init_from, "best"))
-    model = model_from_checkpoint(start, dropout=dropout)
-    model_tokenizer = tokenizer.checkpoint_spec(start)
+else:  # fine-tune GPT-2, a Hugging Face folder, or another run's checkpoint: its shape, a fresh optimizer, step 0
+    kind, source, note = resolve_source(init_from, "best")
+    if kind == "pretrained":
+        model = pretrained_model(source, dropout=dropout)
+        model_tokenizer = tokenizer.model_spec(None, source)  # GPT-2's, or an exported run's own
+    else:
+        start = load_checkpoint(source)
+        model = model_from_checkpoint(start, dropout=dropout)
+        model_tokenizer = tokenizer.checkpoint_spec(start)
+    if "max_seq_len" not in given:
+        max_seq_len = settings["max_seq_len"] = model.config.max_seq_len  # windows as long as the model's context
+    keep_settings(asdict(model.config), MODEL_SETTINGS, f"the model in {source}")
+    log(f"starting from {source}{note}: the model's shape comes from it")
 if task == "chat":  # the chat tokens need rows: GPT-2's BPE has them past its 50257, so add those rows
     needed = max(tokenizer.special_ids(tokenizer.from_spec(model_tokenizer)).values()) + 1
     if model.config.vocab_size < needed:
@@ -201,6 +228,7 @@ if task == "chat":  # the chat tokens need rows: GPT-2's BPE has them past its 5
                  f"it without LoRA first (or use LoRA on a model that already has them)")
         log(f"adding the chat tokens: vocab_size {model.config.vocab_size} -> {needed} (new rows start as the mean)")
         model.grow_vocab(needed)
+        vocab_size = settings["vocab_size"] = needed  # config.json tells the model's true size
 config = model.config
 if data_tokenizer is not None and data_tokenizer != model_tokenizer:
     fail(f"{folder} was tokenised with {data_tokenizer['name']} but the model's ids are those of "
@@ -220,10 +248,11 @@ reference = model if task == "dpo" else None  # with LoRA: the policy with its a
 if task == "dpo" and not lora_info:  # full fine-tuning: a frozen copy of the starting model
     reference = (load_base(dpo_reference, dropout=0.0) if resume else copy.deepcopy(model)).eval().requires_grad_(False)
 if max_seq_len > config.max_seq_len:
-    fail(f"max_seq_len={max_seq_len} is longer than the model's context ({config.max_seq_len})")
-if master and init_from != "resume" and os.path.exists(os.path.join(out_dir, "ckpt.pt")) and not overwrite:
-    fail(f"{out_dir} already holds a run; continue it with --init_from=resume, replace it with --overwrite, "
-         f"or choose another --out_dir")
+    fail(f"max_seq_len={max_seq_len} is longer than the model's context ({config.max_seq_len}); it may shrink for "
+         f"fine-tuning but cannot grow: lower --max_seq_len")
+if master and init_from != "resume" and run_files(out_dir) and not overwrite:
+    fail(f"{out_dir} already holds a run ({', '.join(run_files(out_dir))}); continue it with --init_from=resume, "
+         f"replace it with --overwrite, or choose another --out_dir")
 
 # -----------------------------------------------------------------------------
 # data: batches are a pure function of (seed, step, index), so resume and DDP see the same stream
@@ -236,6 +265,8 @@ else:
     train_data = Examples(os.path.join(folder, "train.jsonl"), max_seq_len, enc)
     val_data = Examples(os.path.join(folder, "val.jsonl"), max_seq_len, enc)
 for split, data in (("train", train_data), ("val", val_data)):  # (the reader checks ids against the vocab)
+    if getattr(data, "cut_note", ""):  # SFT examples cut to max_seq_len, counted once
+        log(data.cut_note)
     if task == "pretrain" and data.num_tokens < max_seq_len + 1:
         fail(f"the {split} split of {folder} has {data.num_tokens} tokens, too few for one window of "
              f"max_seq_len={max_seq_len}; lower --max_seq_len or prepare more data")
@@ -346,9 +377,8 @@ wandb_run = None
 if master:
     os.makedirs(out_dir, exist_ok=True)
     if resume is None:  # a new run: the old run's files go (overwrite was checked above)
-        for name in os.listdir(out_dir):
-            if name in ("ckpt.pt", "best.pt", "metrics.jsonl") or name.startswith("ckpt_"):
-                os.remove(os.path.join(out_dir, name))
+        for name in run_files(out_dir):
+            os.remove(os.path.join(out_dir, name))
     run_info = {**settings, "world_size": world_size, "tokens_per_step": tokens_per_step,
                 "num_params": raw_model.num_params(), "trainable_params": lora.count_trainable(raw_model)[0]}
     with open(os.path.join(out_dir, "config.json"), "w") as f:
@@ -451,7 +481,10 @@ while step < max_steps:
     step += 1
     steps_since_log += 1
 
-    if step % log_interval == 0 or step == max_steps:
+    if step % log_interval == 0 or step == max_steps:  # (the same steps in every process)
+        if ddp:  # each process saw its share of the micro-batches: log the loss of the global batch
+            dist.all_reduce(loss_sum)
+            loss_sum /= world_size
         train_loss = loss_sum.item() / steps_since_log
         if not math.isfinite(train_loss):
             fail(f"the training loss became {train_loss} by step {step}; lower --learning_rate, "

@@ -6,7 +6,7 @@
 task = "sft"
 dataset = "sft_demo"
 init_from = "gpt2"  # or gpt2-medium/-large/-xl, or a run folder / checkpoint file
-max_seq_len = 1024  # windows are cut to this; GPT-2's context is 1024
+# max_seq_len: unset, the windows are as long as the model's context (GPT-2's 1024); set it lower to save memory
 dropout = 0.1
 
 batch_size = 8

@@ -164,15 +164,22 @@ def test_too_few_tokens_for_a_window(prepared):
     assert x.shape == (2, val.num_tokens - 1)
 
 
-def test_dataset_dir_and_ensure_prepared(tmp_path):
+def test_dataset_dir_and_ensure_prepared(tmp_path, monkeypatch):
     assert dataset_dir("shakespeare") == os.path.join(ROOT, "data", "shakespeare")
     assert dataset_dir("shakespeare", str(tmp_path)) == str(tmp_path)
     message = r"tinystories_10M holds no prepared dataset .*run `python prepare.py --dataset=tinystories_10M --data_root="
     with pytest.raises(SystemExit, match=message):
         ensure_prepared("tinystories_10M", str(tmp_path / "tinystories_10M"))
-    folder = ensure_prepared("shakespeare", str(tmp_path / "shakespeare"))  # prepared on the spot, offline
-    assert TokenShards(folder, "val").meta["documents"] == {"train": 36, "val": 1}
-    assert ensure_prepared("shakespeare", str(tmp_path / "shakespeare")) == folder  # and not again
+    # the embedded Shakespeare is prepared on the spot, offline, in its own place only (data/, here a temp folder)
+    other = tmp_path / "mine"
+    other.mkdir()
+    with pytest.raises(SystemExit, match="mine holds no prepared dataset"):
+        ensure_prepared("shakespeare", str(other))
+    assert os.listdir(other) == []  # a folder Nash-LLM did not make is never written into
+    monkeypatch.setattr(data, "DATA_ROOT", str(tmp_path))
+    folder = ensure_prepared("shakespeare")
+    assert folder == str(tmp_path / "shakespeare") and TokenShards(folder, "val").meta["tokens"]["val"] > 0
+    assert ensure_prepared("shakespeare") == folder  # and not again
 
 
 # ---------------------------------------------------------------------------- SFT
