@@ -3,8 +3,9 @@ The GPT language model, in one file.
 
 Defaults are OpenAI's GPT-2 small (124M): learned positions, pre-LayerNorm, tanh-GELU MLP, tied
 embeddings. Switches bring in the modern parts (RoPE, RMSNorm, SwiGLU/ReLU², GQA/MQA, QK-norm,
-untied head). Also here, because they need to know the model's insides:
-- generation with a KV cache (prefill once, then one position per step), streamed or not,
+untied head, Mixture-of-Experts MLP in moe.py, attention sink tokens). Also here, because they need
+to know the model's insides:
+- generation with a KV cache (kvcache.py: exact, or rolling past the context), streamed or not,
 - the optimizers (AdamW, or Muon for the hidden matrices + AdamW for the rest),
 - FLOPs per token and MFU against a table of per-GPU peaks.
 Only torch is needed to import this file. Hugging Face loading and export live in hf.py.
@@ -16,6 +17,9 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from moe import MoE, idle_expert_params
+from kvcache import KVCache, RollingKVCache
 
 
 @dataclass
@@ -36,6 +40,10 @@ class GPTConfig:
     tie_weights: bool = True
     rope_theta: float = 10000.0
     pad_vocab_multiple: int = 64   # embedding/lm_head rows padded to a multiple of this for speed (50257 -> 50304); 1 = no padding
+    n_experts: int = 0             # Mixture-of-Experts MLP with this many experts (moe.py); 0 = dense MLP
+    experts_top_k: int = 2         # experts each token is routed to
+    moe_aux_loss_coef: float = 0.01  # weight of the load-balancing loss in the training loss (Switch uses 0.01)
+    attn_sinks: int = 0            # learnable sink tokens in front of every sequence (kvcache.py); 0 = none
 
     def __post_init__(self):
         for name in ("n_layers", "n_heads", "d_model", "d_ff", "max_seq_len", "vocab_size", "pad_vocab_multiple"):
@@ -55,6 +63,10 @@ class GPTConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.rope_theta <= 0:
             raise ValueError(f"rope_theta must be positive, got {self.rope_theta}")
+        if self.n_experts < 0 or self.attn_sinks < 0 or self.moe_aux_loss_coef < 0:
+            raise ValueError("n_experts, attn_sinks and moe_aux_loss_coef cannot be negative")
+        if self.n_experts and not 1 <= self.experts_top_k <= self.n_experts:
+            raise ValueError(f"experts_top_k ({self.experts_top_k}) must be between 1 and n_experts ({self.n_experts})")
 
     @property
     def head_dim(self):
@@ -82,36 +94,6 @@ def apply_rope(x, cos, sin):
     x1, x2 = x.chunk(2, dim=-1)
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-
-
-class KVCache:
-    """Keys and values of the positions seen so far, for every layer.
-
-    One preallocated (B, n_kv_heads, max_seq_len, head_dim) buffer per layer for k and for v, created
-    at the first write (so it takes the dtype/device the model computes in, bf16 under autocast).
-    `pos` counts the positions filled; every layer writes at the same place during one forward, and
-    the model advances `pos` once all layers are done.
-    """
-
-    def __init__(self, n_layers, max_seq_len):
-        self.max_seq_len = max_seq_len
-        self.k = [None] * n_layers
-        self.v = [None] * n_layers
-        self.pos = 0
-
-    def reset(self):
-        self.pos = 0  # the buffers are simply overwritten
-
-    def update(self, layer, k, v):
-        """Store k, v (B, n_kv_heads, T, head_dim) at positions pos..pos+T; return all keys/values so far."""
-        B, H, T, D = k.shape
-        if self.k[layer] is None:
-            self.k[layer] = k.new_empty(B, H, self.max_seq_len, D)
-            self.v[layer] = v.new_empty(B, H, self.max_seq_len, D)
-        end = self.pos + T
-        self.k[layer][:, :, self.pos:end] = k
-        self.v[layer][:, :, self.pos:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
 class CausalSelfAttention(nn.Module):
@@ -145,12 +127,16 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
+        rotate_later = isinstance(kv_cache, RollingKVCache)  # it re-positions the keys at every step
         if cos_sin is not None:
-            q, k = apply_rope(q, *cos_sin), apply_rope(k, *cos_sin)
+            q = apply_rope(q, *cos_sin)
+            k = k if rotate_later else apply_rope(k, *cos_sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, T, hd)
 
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # now every position so far: (B, n_kv, pos0+T, hd)
+            if rotate_later:
+                k = apply_rope(k, *kv_cache.key_rope)
         pos0 = k.size(2) - T  # how many earlier positions our T queries can also see
         mask, is_causal = None, True
         if pos0 > 0:
@@ -197,7 +183,7 @@ class Block(nn.Module):
         self.ln_1 = make_norm(config, config.d_model)
         self.attn = CausalSelfAttention(config, layer_idx)
         self.ln_2 = make_norm(config, config.d_model)
-        self.mlp = MLP(config)
+        self.mlp = MoE(config, MLP) if config.n_experts else MLP(config)
 
     def forward(self, x, cos_sin=None, kv_cache=None):
         x = x + self.attn(self.ln_1(x), cos_sin, kv_cache)
@@ -220,16 +206,18 @@ class GPT(nn.Module):
         if config.pos_emb == "learned":
             self.transformer["wpe"] = nn.Embedding(config.max_seq_len, config.d_model)
         else:
-            # RoPE angles for every position we can ever see (windows never exceed max_seq_len).
-            # Not persistent: they are a function of the config, so checkpoints don't carry them.
-            hd = config.head_dim
+            # RoPE angles for every position we can ever see (windows never exceed max_seq_len, plus
+            # the sinks). Not persistent: they are a function of the config, so checkpoints don't carry them.
+            hd, T = config.head_dim, config.max_seq_len + config.attn_sinks
             inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
-            freqs = torch.outer(torch.arange(config.max_seq_len, dtype=torch.float32), inv_freq)  # (T, hd/2)
+            freqs = torch.outer(torch.arange(T, dtype=torch.float32), inv_freq)  # (T, hd/2)
             self.register_buffer("rope_cos", freqs.cos(), persistent=False)
             self.register_buffer("rope_sin", freqs.sin(), persistent=False)
         self.lm_head = nn.Linear(config.d_model, V, bias=False)
         if config.tie_weights:
             self.transformer.wte.weight = self.lm_head.weight  # one matrix, both ends (GPT-2 does this)
+        if config.attn_sinks:  # learned input vectors, prepended to every sequence: see kvcache.py for why
+            self.sinks = nn.Parameter(torch.empty(config.attn_sinks, config.d_model).normal_(0.0, 0.02))
 
         # GPT-2 init: N(0, 0.02) everywhere, zero biases, and the projections that write into the
         # residual stream scaled by 1/sqrt(2 n_layers) so its variance doesn't grow with depth
@@ -276,8 +264,9 @@ class GPT(nn.Module):
             w[old:vocab_size] = (rows.mean(0) + noise.to(w.device)).to(w.dtype)
         self.config = config
 
-    def num_params(self, non_embedding=False):
+    def num_params(self, non_embedding=False, active=False):
         """Logical parameter count: padding rows are left out and tied weights count once.
+        active=True: those one token uses, i.e. without the experts a token is not routed to (MoE).
 
         non_embedding=True leaves out the lookup tables that do no matmul: the position embedding
         (as nanoGPT) and, when untied, the token embedding. With tied weights the token embedding is
@@ -290,26 +279,34 @@ class GPT(nn.Module):
                 n -= self.transformer.wpe.weight.numel()
             if not self.config.tie_weights:
                 n -= self.config.vocab_size * self.config.d_model
-        return n
+        return n - (idle_expert_params(self) if active else 0)
 
     def _trunk(self, idx, kv_cache=None):
         """Token ids (B, T) -> final normalised hidden states (B, T, C). With a cache, idx continues it."""
         B, T = idx.size()
-        pos0 = kv_cache.pos if kv_cache is not None else 0
-        if pos0 + T > self.config.max_seq_len:
-            raise ValueError(f"sequence of {pos0 + T} positions is longer than max_seq_len ({self.config.max_seq_len})")
+        n_sinks = self.config.attn_sinks
+        past = kv_cache.pos if kv_cache is not None else 0  # cached positions, the sinks included
+        tok0 = max(past - n_sinks, 0)  # tokens before idx
+        if tok0 + T > self.config.max_seq_len and not isinstance(kv_cache, RollingKVCache):
+            raise ValueError(f"sequence of {tok0 + T} positions is longer than max_seq_len ({self.config.max_seq_len})")
         x = self.transformer.wte(idx)
+        if self.config.pos_emb == "learned":  # (the sinks get none: they are learned vectors already)
+            x = x + self.transformer.wpe(torch.arange(tok0, tok0 + T, device=idx.device))
+        if n_sinks and past == 0:  # a fresh sequence: the sinks go first
+            x = torch.cat([self.sinks.to(x.dtype).expand(B, -1, -1), x], dim=1)
+        n = x.size(1)
         cos_sin = None
-        if self.config.pos_emb == "learned":
-            x = x + self.transformer.wpe(torch.arange(pos0, pos0 + T, device=idx.device))
-        else:  # (T, hd/2) -> (1, T, 1, hd/2) to broadcast over batch and heads
-            cos_sin = (self.rope_cos[None, pos0:pos0 + T, None, :], self.rope_sin[None, pos0:pos0 + T, None, :])
+        if self.config.pos_emb == "rope":  # RoPE positions count the sinks: (n, hd/2) -> (1, n, 1, hd/2)
+            p0 = kv_cache.slot(n) if kv_cache is not None else 0
+            cos_sin = (self.rope_cos[None, p0:p0 + n, None, :], self.rope_sin[None, p0:p0 + n, None, :])
+            if isinstance(kv_cache, RollingKVCache):  # every cached key rotated at its slot: (1, 1, p0 + n, hd/2)
+                kv_cache.key_rope = (self.rope_cos[None, None, :p0 + n], self.rope_sin[None, None, :p0 + n])
         x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x, cos_sin, kv_cache)
         if kv_cache is not None:
-            kv_cache.pos += T
-        return self.transformer.ln_f(x)
+            kv_cache.advance(n)
+        return self.transformer.ln_f(x[:, n - T:])  # the sinks' outputs predict nothing
 
     def forward(self, idx, targets=None, return_logits=True):
         """idx (B, T) token ids -> (logits (B, T, vocab_size), loss or None).
@@ -326,15 +323,23 @@ class GPT(nn.Module):
         # padded width and slicing it copied the whole logits and zero-filled a padded gradient every
         # step: ~20% of a CPU step.) The padding rows only serve the embedding's lookup table.
         head = self.lm_head.weight[:self.config.vocab_size]
+        logits = loss = None
         if targets is not None and not return_logits:
-            return None, chunked_cross_entropy(x, head, targets)
-        logits = F.linear(x, head)
-        loss = None
-        if targets is not None:
-            loss_sum = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
-                                       ignore_index=-1, reduction="sum")
-            loss = loss_sum / (targets != -1).sum().clamp(min=1)  # "mean" would give NaN when all are ignored
+            loss = chunked_cross_entropy(x, head, targets)
+        else:
+            logits = F.linear(x, head)
+            if targets is not None:
+                loss_sum = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
+                                           ignore_index=-1, reduction="sum")
+                loss = loss_sum / (targets != -1).sum().clamp(min=1)  # "mean" would give NaN when all are ignored
+        if loss is not None and self.config.n_experts and self.training:  # the training loss carries the balancing
+            loss = loss + self.config.moe_aux_loss_coef * self.moe_aux_loss()
         return logits, loss
+
+    def moe_aux_loss(self):
+        """The load-balancing loss of the last forward, averaged over layers (so its weight does not grow
+        with depth); attached to the graph. Each layer's expert load: block.mlp.load."""
+        return torch.stack([block.mlp.aux_loss for block in self.transformer.h]).mean()
 
     # ------------------------------------------------------------------------------------------------
     # generation
@@ -356,7 +361,7 @@ class GPT(nn.Module):
             self.train(was_training)
 
     def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                        stop_token=None, generator=None, use_cache=True):
+                        stop_token=None, generator=None, use_cache=True, rolling_cache=False, keep=None):
         """Yield the next token of each row, a LongTensor of shape (B,), one step at a time.
 
         idx (B, T0) is the prompt; only its last max_seq_len tokens are used. Each step's logits are
@@ -366,6 +371,11 @@ class GPT(nn.Module):
         changes (learned positions shift, and the dropped token no longer feeds the later layers'
         keys/values), so the cache is refilled from the new window at each step; past the context
         a step costs a full window, the price of the exact semantics.
+
+        rolling_cache=True (RoPE only): StreamingLLM's cache instead (kvcache.py): the sinks, or the
+        first `keep` positions (default 4), plus the most recent ones, so a step costs the same however
+        far past max_seq_len it goes. The same logits within max_seq_len; past it, an approximation. A
+        prompt longer than max_seq_len goes in as its first max_seq_len tokens, then one at a time.
 
         stop_token: a row that has emitted it keeps emitting it; the stream ends after the step at
         which the last row stops (or after max_new_tokens)."""
@@ -377,15 +387,23 @@ class GPT(nn.Module):
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         if top_p is not None and not 0.0 < top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        S = self.config.max_seq_len
+        S, n_sinks = self.config.max_seq_len, self.config.attn_sinks
         window = idx[:, -S:]  # what the model sees; the caller keeps the full sequence
-        cache = KVCache(self.config.n_layers, S) if use_cache else None
+        cache = KVCache(self.config.n_layers, n_sinks + S) if use_cache else None
+        if rolling_cache:
+            cache = RollingKVCache.for_config(self.config, keep)
         done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         for _ in range(max_new_tokens):
             with self._sampling_mode():
-                if cache is None:
+                if rolling_cache and cache.seen:
+                    logits = self._last_logits(next_tok[:, None], cache)
+                elif rolling_cache:
+                    logits = self._last_logits(idx[:, :S], cache)
+                    for t in range(S, idx.size(1)):
+                        logits = self._last_logits(idx[:, t:t + 1], cache)
+                elif cache is None:
                     logits = self._last_logits(window)
-                elif cache.pos == window.size(1) - 1:  # cache holds all but the newest token: feed just that
+                elif cache.pos == n_sinks + window.size(1) - 1:  # cache holds all but the newest token: feed just that
                     logits = self._last_logits(window[:, -1:], cache)
                 else:  # first step, or the window slid: (re)prefill the whole window
                     cache.reset()
@@ -400,10 +418,11 @@ class GPT(nn.Module):
                 return
 
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                 stop_token=None, generator=None, use_cache=True):
+                 stop_token=None, generator=None, use_cache=True, rolling_cache=False, keep=None):
         """The prompt idx (B, T0) followed by the sampled tokens: (B, T0 + n), n <= max_new_tokens
         (fewer when every row has hit stop_token). See generate_stream for the options."""
-        steps = self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, stop_token, generator, use_cache)
+        steps = self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, stop_token, generator, use_cache,
+                                     rolling_cache, keep)
         return torch.cat([idx] + [tok[:, None] for tok in steps], dim=1)
 
     @classmethod
@@ -461,6 +480,7 @@ class GPT(nn.Module):
         half, so the numbers compare with theirs."""
         cfg = self.config
         N = sum(p.numel() for p in self.transformer.h.parameters() if p.dim() == 2)
+        N -= idle_expert_params(self, matrices_only=True)  # MoE: only the experts a token goes to do work
         N += cfg.vocab_size * cfg.d_model
         return 6 * N + 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len
 

@@ -40,6 +40,7 @@ seed = 1337  # the same seed gives the same samples
 device = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps
 dtype = "auto"  # auto (CUDA: bfloat16 where supported, else float16; float32 elsewhere) | float32 | bfloat16 | float16
 stop_at_eot = True  # end a sample at end-of-text; False prints <|endoftext|> and goes on
+rolling_cache = False  # past max_seq_len: cache the sinks (or first 4 tokens) + recent tokens, O(1) per token (RoPE)
 settings = configure(globals())
 # -----------------------------------------------------------------------------
 # checks that need no model: one clear line each, before any loading
@@ -73,6 +74,9 @@ run_settings = state["settings"] if state else {}
 sft = run_settings.get("task") in ("sft", "dpo")  # both learned prompt -> completion
 if run_settings.get("task") == "chat":
     fail(f"{where} was fine-tuned on conversations (task=chat); talk to it with `python chat.py --out_dir={out_dir}`")
+if rolling_cache and model.config.pos_emb != "rope":
+    fail(f"rolling_cache needs a model with pos_emb=rope, and {where} has learned positions: every cached key/value "
+         f"carries its absolute position, so past the context only the exact window works (drop --rolling_cache)")
 
 enc = tokenizer.from_spec(tokenizer.model_spec(state, init_from))  # the run's own (GPT-2's for GPT-2 weights)
 eot = enc.eot_token
@@ -114,7 +118,7 @@ try:
         with ctx:
             for tok in model.generate_stream(idx, max_new_tokens, temperature=temperature, top_k=top_k or None,
                                              top_p=top_p, stop_token=eot if stop_at_eot else None,
-                                             generator=generator, use_cache=True):
+                                             generator=generator, use_cache=True, rolling_cache=rolling_cache):
                 t = int(tok[0])
                 if stop_at_eot and t == eot:
                     break

@@ -49,6 +49,10 @@ norm = "layernorm"  # layernorm | rmsnorm
 mlp = "gelu"  # gelu | swiglu | relu2
 qk_norm = False  # normalise queries and keys per head
 tie_weights = True  # lm_head shares the token embedding
+n_experts = 0  # Mixture-of-Experts: experts in each block's MLP (moe.py); 0 = a dense MLP
+experts_top_k = 2  # experts each token is routed to
+moe_aux_loss_coef = 0.01  # weight of the load-balancing loss added to the training loss
+attn_sinks = 0  # learnable attention-sink tokens in front of every sequence (kvcache.py); 0 = none
 # optimisation
 batch_size = 8  # sequences per micro-step, per process
 grad_accum_steps = 1  # micro-steps per optimizer step, summed over all processes
@@ -158,7 +162,8 @@ ctx = autocast(device_type, dtype)
 log = print if master else (lambda *args, **kwargs: None)
 
 MODEL_SETTINGS = ("n_layers", "n_heads", "n_kv_heads", "d_model", "d_ff", "vocab_size", "bias", "pos_emb", "norm",
-                  "mlp", "qk_norm", "tie_weights")  # the model's shape: a checkpoint or GPT-2 brings its own
+                  "mlp", "qk_norm", "tie_weights", "n_experts", "experts_top_k", "moe_aux_loss_coef",
+                  "attn_sinks")  # the model's shape: a checkpoint or GPT-2 brings its own
 
 
 def keep_settings(source, names, where):
@@ -192,7 +197,8 @@ if init_from == "resume":
         fail(f"init_from=resume but {path} does not exist; start a run with --init_from=scratch")
     resume = load_checkpoint(path)
     # the run's model and optimizer state only fit the run's own model and optimizer settings
-    run = {**resume["settings"], **{k: resume["model_config"][k] for k in MODEL_SETTINGS}}  # the shape as saved
+    saved_shape = asdict(GPTConfig(**resume["model_config"]))  # defaults fill fields older checkpoints lack
+    run = {**resume["settings"], **{k: saved_shape[k] for k in MODEL_SETTINGS}}  # the shape as saved
     keep_settings(run, MODEL_SETTINGS + ("max_seq_len", "optimizer"), f"the run resumed from {path}")
     model = model_from_checkpoint(resume, merge_lora=False, dropout=dropout)  # adapters stay apart on resume
     model_tokenizer = tokenizer.checkpoint_spec(resume)
@@ -204,7 +210,9 @@ elif init_from == "scratch":
     try:
         model = GPT(GPTConfig(n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, d_model=d_model, d_ff=d_ff,
                               max_seq_len=max_seq_len, vocab_size=vocab_size, dropout=dropout, bias=bias,
-                              pos_emb=pos_emb, norm=norm, mlp=mlp, qk_norm=qk_norm, tie_weights=tie_weights))
+                              pos_emb=pos_emb, norm=norm, mlp=mlp, qk_norm=qk_norm, tie_weights=tie_weights,
+                              n_experts=n_experts, experts_top_k=experts_top_k, moe_aux_loss_coef=moe_aux_loss_coef,
+                              attn_sinks=attn_sinks))
     except (ValueError, TypeError) as e:
         fail(f"bad model settings: {e}")
 else:  # fine-tune GPT-2, a Hugging Face folder, or another run's checkpoint: its shape, a fresh optimizer, step 0
@@ -380,7 +388,8 @@ if master:
         for name in run_files(out_dir):
             os.remove(os.path.join(out_dir, name))
     run_info = {**settings, "world_size": world_size, "tokens_per_step": tokens_per_step,
-                "num_params": raw_model.num_params(), "trainable_params": lora.count_trainable(raw_model)[0]}
+                "num_params": raw_model.num_params(), "active_params": raw_model.num_params(active=True),
+                "trainable_params": lora.count_trainable(raw_model)[0]}
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(run_info, f, indent=2)
     if wandb_enabled:
@@ -436,7 +445,8 @@ def format_duration(seconds):
 
 # -----------------------------------------------------------------------------
 # the training loop
-log(f"{raw_model.num_params():,} parameters | {task} on {folder} | {world_size} process(es) on {device}, {dtype} | "
+active = f" ({raw_model.num_params(active=True):,} active per token)" if config.n_experts else ""
+log(f"{raw_model.num_params():,} parameters{active} | {task} on {folder} | {world_size} process(es) on {device}, {dtype} | "
     f"{tokens_per_step:,} tokens per step")
 if lora_info:
     trainable, total = lora.count_trainable(raw_model)[0], raw_model.num_params()  # (padding rows not counted)
@@ -446,6 +456,7 @@ model.train()
 last_eval = resume.get("metrics") if resume else None
 loss_sum, skipped_steps, steps_since_log, t_log, t_start = torch.zeros((), device=device), 0, 0, time.time(), time.time()
 stats_sum = torch.zeros(len(dpo.STATS), device=device)  # DPO's reward statistics since the last log line
+aux_sum, load_sum = torch.zeros((), device=device), 0.0  # MoE: load-balancing loss and each layer's expert load
 x, y = get_batch(step, 0)
 while step < max_steps:
     torch.manual_seed(hash((seed, step, rank)) % 2**63)  # dropout, like the batches, depends on (seed, step, rank)
@@ -463,6 +474,10 @@ while step < max_steps:
                     stats_sum += stats / accum_per_rank
                 else:
                     _, loss = model(x, y, return_logits=False)  # the chunked loss: no (B, T, V) logits kept
+            if config.n_experts:  # the loss includes the load balancing: log the language-model loss apart from it
+                aux = raw_model.moe_aux_loss().detach() / accum_per_rank
+                aux_sum, loss_sum = aux_sum + aux, loss_sum - config.moe_aux_loss_coef * aux
+                load_sum = load_sum + torch.stack([block.mlp.load for block in raw_model.transformer.h]) / accum_per_rank
             x, y = get_batch(step + last_micro_step, 0 if last_micro_step else micro_step + 1)  # prefetch
             scaler.scale(loss / accum_per_rank).backward()
         loss_sum += loss.detach() / accum_per_rank
@@ -493,19 +508,25 @@ while step < max_steps:
         dt = elapsed / steps_since_log
         tokens_per_sec = tokens_per_step / dt
         mfu = raw_model.estimate_mfu(tokens_per_sec / world_size, max_seq_len, device)
+        moe = {}  # MoE: the mean load-balancing loss, and each layer's fraction of assignments per expert
+        if config.n_experts:
+            moe = {"aux_loss": aux_sum.item() / steps_since_log,
+                   "expert_load": [[round(f, 4) for f in layer] for layer in (load_sum / steps_since_log).tolist()]}
         log(f"step {step}/{max_steps} ({100 * step / max_steps:.1f}%) | loss {train_loss:.4f} | "
             f"lr {learning_rate * lr_mult:.2e} | {dt * 1000:.0f} ms | {tokens_per_sec:,.0f} tok/s"
             + (f" | mfu {100 * mfu:.1f}%" if mfu is not None else "")
+            + (f" | aux {moe['aux_loss']:.4f}, busiest expert {max(map(max, moe['expert_load'])):.3f}" if moe else "")
             + (f" | skipped {skipped_steps}" if skipped_steps else "")
             + (" | " + dpo.describe(dpo.metrics(stats_sum / steps_since_log)) if task == "dpo" else "")
             + f" | eta {format_duration(dt * (max_steps - step))}")
         if master:
             log_metrics("train", loss=train_loss, lr=learning_rate * lr_mult,
                         grad_norm=grad_norm.item() if grad_clip > 0 else None, ms_per_step=1000 * dt,
-                        tokens_per_sec=tokens_per_sec, mfu=mfu, skipped_steps=skipped_steps,
+                        tokens_per_sec=tokens_per_sec, mfu=mfu, skipped_steps=skipped_steps, **moe,
                         **(dpo.metrics(stats_sum / steps_since_log) if task == "dpo" else {}))
         loss_sum.zero_()
         stats_sum.zero_()
+        aux_sum, load_sum = aux_sum.zero_(), 0.0
         steps_since_log, t_log = 0, time.time()
 
     stop_early = False

@@ -23,7 +23,12 @@ MODERN = dict(CLASSIC, pos_emb="rope", norm="rmsnorm", mlp="swiglu", n_kv_heads=
 # more mixes, so every option goes through the cache at least once
 MQA_RELU2 = dict(CLASSIC, n_kv_heads=1, mlp="relu2", qk_norm=True, norm="rmsnorm")
 ROPE_GELU = dict(CLASSIC, pos_emb="rope", dropout=0.0, pad_vocab_multiple=1)
-CONFIGS = {"classic": CLASSIC, "modern": MODERN, "mqa_relu2": MQA_RELU2, "rope_gelu": ROPE_GELU}
+# a Mixture-of-Experts MLP (moe.py), and learnable attention-sink tokens with both kinds of positions
+MOE = dict(MODERN, n_experts=4, experts_top_k=2)
+SINKS_ROPE = dict(ROPE_GELU, attn_sinks=2)
+SINKS_LEARNED = dict(CLASSIC, attn_sinks=1, n_experts=3, experts_top_k=1)
+CONFIGS = {"classic": CLASSIC, "modern": MODERN, "mqa_relu2": MQA_RELU2, "rope_gelu": ROPE_GELU, "moe": MOE,
+           "sinks_rope": SINKS_ROPE, "sinks_learned": SINKS_LEARNED}
 
 
 def make(cfg, seed=0, randomize=True):
