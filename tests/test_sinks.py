@@ -11,7 +11,7 @@ from conftest import TINY_MODEL, TINY_TRAINING, run_inline
 from kvcache import RollingKVCache
 from model import GPT, GPTConfig
 
-ROPE = dict(n_layers=2, n_heads=4, d_model=32, d_ff=64, max_seq_len=16, vocab_size=100, dropout=0.0,
+ROPE = dict(n_layers=2, n_heads=4, d_model=32, d_ff=64, max_seq_len=8, vocab_size=100, dropout=0.0,
             pos_emb="rope", norm="rmsnorm", n_kv_heads=2, qk_norm=True)
 
 
@@ -40,10 +40,10 @@ def key_lengths(monkeypatch):
 @pytest.mark.parametrize("sinks", [0, 2])
 def test_rolling_equals_exact_within_the_context(sinks):
     model = make(attn_sinks=sinks)
-    idx = torch.randint(0, 100, (3, 5))
-    # 11 new tokens: the last one is sampled from a full window of 16, still nothing evicted
-    exact = model.generate(idx, 12, temperature=0)
-    rolling = model.generate(idx, 12, temperature=0, rolling_cache=True)
+    idx = torch.randint(0, 100, (3, 3))
+    # 6 new tokens: the last one is sampled from a full window of 8, still nothing evicted
+    exact = model.generate(idx, 6, temperature=0)
+    rolling = model.generate(idx, 6, temperature=0, rolling_cache=True)
     assert torch.equal(exact, rolling)
 
 
@@ -55,7 +55,7 @@ def test_rolling_cache_past_the_context_constant_size(sinks, keep, key_lengths):
     assert out.shape == (2, 3 + 3 * S)
     per_step = key_lengths[model.config.n_layers:]  # after the prefill: one call per layer per step
     assert len(per_step) == model.config.n_layers * (3 * S - 1)
-    assert max(per_step) == S + sinks and per_step[-40:] == [S + sinks] * 40  # full, and it stays that size
+    assert max(per_step) == S + sinks and per_step[-20:] == [S + sinks] * 20  # full, and it stays that size
     cache = RollingKVCache.for_config(model.config, keep)
     with torch.no_grad():
         for t in range(3 * S):
@@ -89,7 +89,7 @@ def test_rolling_cache_refuses_learned_positions():
         model.generate(torch.zeros(1, 2, dtype=torch.long), 3, rolling_cache=True)
     with pytest.raises(ValueError, match="once it fills, feed one position at a time"):
         cache = RollingKVCache.for_config(make().config)
-        make()._last_logits(torch.zeros(1, 17, dtype=torch.long), cache)
+        make()._last_logits(torch.zeros(1, 9, dtype=torch.long), cache)
 
 
 @pytest.mark.parametrize("pos_emb", ["rope", "learned"])
@@ -97,9 +97,9 @@ def test_sinks_are_invisible_and_train(pos_emb):
     torch.manual_seed(0)
     model = GPT(GPTConfig(**{**ROPE, "pos_emb": pos_emb, "attn_sinks": 3}))
     assert model.sinks.shape == (3, 32)
-    x = torch.randint(0, 100, (2, 16))  # a full max_seq_len: the sinks come on top
+    x = torch.randint(0, 100, (2, 8))  # a full max_seq_len: the sinks come on top
     logits, loss = model(x, x)
-    assert logits.shape == (2, 16, 100)  # no outputs for the sinks
+    assert logits.shape == (2, 8, 100)  # no outputs for the sinks
     loss.backward()
     assert model.sinks.grad.abs().sum() > 0
     (opt,) = model.configure_optimizers("adamw", learning_rate=1e-2)
