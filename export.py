@@ -13,7 +13,8 @@ tokenizer.json with the very same ids.
 `AutoModelForCausalLM.from_pretrained(DIR)` and `AutoTokenizer.from_pretrained(DIR)` load it offline, and
 `--init_from=DIR` in train.py, sample.py and evaluate.py brings it back. The class follows the model's
 settings (see hf.py): GPT-2 layout -> GPT2LMHeadModel, RoPE+RMSNorm+SwiGLU -> LlamaForCausalLM, plus
-QK-norm -> Qwen3ForCausalLM; anything else is refused with the setting that stands in the way.
+QK-norm -> Qwen3ForCausalLM, Mixture of Experts (top-k >= 2, no bias) -> MixtralForCausalLM; anything else is
+refused with the setting that stands in the way.
 The folder is written beside its destination and renamed into place: there is never half an export.
 """
 import json

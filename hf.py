@@ -18,6 +18,11 @@ an HF folder loads only if our model computes what transformers would. Which cla
 - learned positions + LayerNorm + tanh-GELU, no GQA, no QK-norm   -> GPT2LMHeadModel (bias=False: zero biases)
 - RoPE + RMSNorm + SwiGLU, no QK-norm (GQA, bias, tying any way)  -> LlamaForCausalLM
 - the same + QK-norm, no bias                                     -> Qwen3ForCausalLM
+- RoPE + RMSNorm + SwiGLU experts (n_experts, experts_top_k >= 2),
+  no bias, no QK-norm                                              -> MixtralForCausalLM
+  (Mixtral routes as moe.py does: softmax over all experts in float32, top k, renormalised; with k = 1 ours
+  keeps the raw probability, Switch-style, where Mixtral's weight would be 1, so k = 1 is refused)
+Attention-sink tokens (attn_sinks) have no transformers equivalent: refused.
   (Qwen3's q_norm/k_norm: RMSNorm over head_dim, one gain shared by all heads, before RoPE, the model's
   rms_norm_eps: exactly our qk_norm; its MLP has no biases, so bias=True does not export there)
 Our RoPE rotates the halves (i, i + head_dim/2) of each head, as HF's rotate_half does, so the q/k rows need
@@ -39,11 +44,13 @@ from model import GPT, GPTConfig
 
 HF_GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 NORM_EPS = 1e-5  # model.py's eps for every LayerNorm / RMSNorm
-CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM",
+           "mixtral": "MixtralForCausalLM"}
 EXPORTABLE = ("GPT2LMHeadModel: pos_emb=learned, norm=layernorm, mlp=gelu, no GQA, qk_norm=False; "
               "LlamaForCausalLM: pos_emb=rope, norm=rmsnorm, mlp=swiglu, qk_norm=False; "
-              "Qwen3ForCausalLM: pos_emb=rope, norm=rmsnorm, mlp=swiglu, qk_norm=True, bias=False "
-              "(bias, tie_weights and, for the RoPE layouts, n_kv_heads are free)")
+              "Qwen3ForCausalLM: pos_emb=rope, norm=rmsnorm, mlp=swiglu, qk_norm=True, bias=False; "
+              "MixtralForCausalLM: the same with qk_norm=False and n_experts, experts_top_k >= 2 "
+              "(bias, tie_weights and, for the RoPE layouts, n_kv_heads are free; attn_sinks=0 everywhere)")
 
 
 class ExportError(ValueError):
@@ -54,7 +61,7 @@ class ExportError(ValueError):
 # which transformers class, and its config.json
 
 def architecture(config):
-    """'gpt2', 'llama' or 'qwen3': the HF layout that computes exactly what config does, else ExportError
+    """'gpt2', 'llama', 'qwen3' or 'mixtral': the HF layout that computes exactly what config does, else ExportError
     naming the first setting that stands in the way."""
     c = config
     if c.pos_emb == "learned":  # the GPT-2 family: everything else must be GPT-2's
@@ -69,12 +76,21 @@ def architecture(config):
         if c.qk_norm and c.bias:
             blocking.append("bias=True with qk_norm=True (Qwen3's MLP has no biases)")
         family = "RoPE (LlamaForCausalLM / Qwen3ForCausalLM)"
+    if c.n_experts:  # Mixture of Experts: Mixtral's layout only
+        blocking += [f"{k}={getattr(c, k)!r}" for k, v in (("pos_emb", "rope"), ("qk_norm", False), ("bias", False))
+                     if getattr(c, k) != v and f"{k}={getattr(c, k)!r}" not in blocking]
+        if c.experts_top_k < 2:
+            blocking.append("experts_top_k=1 (Mixtral renormalises the top-k weights, so one expert gets weight 1; "
+                            "ours keeps the router probability)")
+        family = "experts (MixtralForCausalLM)"
+    if c.attn_sinks:
+        blocking.append(f"attn_sinks={c.attn_sinks} (no transformers model has learned sink tokens)")
     if blocking:
         raise ExportError(f"cannot export: {', '.join(blocking)} has no exact Hugging Face equivalent with "
                           f"{family}. These export: {EXPORTABLE}")
     if c.pos_emb == "learned":
         return "gpt2"
-    return "qwen3" if c.qk_norm else "llama"
+    return "mixtral" if c.n_experts else "qwen3" if c.qk_norm else "llama"
 
 
 def hf_config(config, arch, bos_token_id=50256, eos_token_id=50256, dtype="float32"):
@@ -97,6 +113,10 @@ def hf_config(config, arch, bos_token_id=50256, eos_token_id=50256, dtype="float
            "attention_bias": c.bias, "attention_dropout": c.dropout, "initializer_range": 0.02}
     if arch == "llama":
         out.update(mlp_bias=c.bias, pretraining_tp=1)
+    elif arch == "mixtral":  # its load-balancing loss counts f over tokens, not assignments: top_k times ours
+        out.update(num_local_experts=c.n_experts, num_experts_per_tok=c.experts_top_k, sliding_window=None,
+                   router_aux_loss_coef=c.moe_aux_loss_coef / c.experts_top_k, router_jitter_noise=0.0,
+                   output_router_logits=False)
     else:
         out.update(use_sliding_window=False, sliding_window=None, max_window_layers=c.n_layers,
                    layer_types=["full_attention"] * c.n_layers)
@@ -143,6 +163,13 @@ def config_from_hf(hf, dropout=0.0, bias=None):
         if hf.get("attention_bias", False) != hf.get("mlp_bias", False):
             raise ValueError("attention_bias and mlp_bias differ; Nash-LLM has one bias switch for both")
         has_bias = hf.get("attention_bias", False)
+    elif arch == "mixtral":
+        if hf.get("sliding_window") is not None:
+            raise ValueError("sliding-window attention is not supported")
+        if hf.get("num_experts_per_tok", 2) < 2:
+            raise ValueError("num_experts_per_tok=1 is not supported (Mixtral gives the one expert weight 1; "
+                             "ours keeps the router probability)")
+        has_bias = False
     else:
         if hf.get("attention_bias", False):
             raise ValueError("attention_bias=True is not supported for Qwen3 (its MLP has no biases, ours would)")
@@ -153,7 +180,9 @@ def config_from_hf(hf, dropout=0.0, bias=None):
                      n_kv_heads=kv if kv != heads else None, d_model=d, d_ff=hf["intermediate_size"],
                      max_seq_len=hf["max_position_embeddings"], vocab_size=hf["vocab_size"], dropout=dropout,
                      bias=has_bias, pos_emb="rope", norm="rmsnorm", mlp="swiglu", qk_norm=arch == "qwen3",
-                     tie_weights=hf.get("tie_word_embeddings", False), rope_theta=float(theta))
+                     tie_weights=hf.get("tie_word_embeddings", False), rope_theta=float(theta),
+                     **(dict(n_experts=hf.get("num_local_experts", 8), experts_top_k=hf.get("num_experts_per_tok", 2))
+                        if arch == "mixtral" else {}))
 
 
 # -----------------------------------------------------------------------------
@@ -191,10 +220,19 @@ def key_map(config, arch):
                 a, m = hf + "self_attn.", hf + "mlp."
                 table += [(ours + "attn.c_attn." + kind, [(a + "q_proj." + kind, q), (a + "k_proj." + kind, kv),
                                                           (a + "v_proj." + kind, kv)], False),
-                          (ours + "attn.c_proj." + kind, [(a + "o_proj." + kind, c.d_model)], False),
-                          (ours + "mlp.c_fc." + kind, [(m + "gate_proj." + kind, c.d_ff),
-                                                       (m + "up_proj." + kind, c.d_ff)], False),
-                          (ours + "mlp.c_proj." + kind, [(m + "down_proj." + kind, c.d_model)], False)]
+                          (ours + "attn.c_proj." + kind, [(a + "o_proj." + kind, c.d_model)], False)]
+                if arch != "mixtral":
+                    table += [(ours + "mlp.c_fc." + kind, [(m + "gate_proj." + kind, c.d_ff),
+                                                           (m + "up_proj." + kind, c.d_ff)], False),
+                              (ours + "mlp.c_proj." + kind, [(m + "down_proj." + kind, c.d_model)], False)]
+            if arch == "mixtral":  # Mixtral's checkpoint layout (what save_pretrained writes): w1 gate, w3 up, w2 down
+                m = hf + "block_sparse_moe."
+                table.append((ours + "mlp.router.weight", [(m + "gate.weight", c.n_experts)], False))
+                for e in range(c.n_experts):
+                    x = f"{m}experts.{e}."
+                    table += [(f"{ours}mlp.experts.{e}.c_fc.weight", [(x + "w1.weight", c.d_ff),
+                                                                     (x + "w3.weight", c.d_ff)], False),
+                              (f"{ours}mlp.experts.{e}.c_proj.weight", [(x + "w2.weight", c.d_model)], False)]
         table.append(("transformer.ln_f.weight", [("model.norm.weight", c.d_model)], False))
     if not c.tie_weights:
         table.append(("lm_head.weight", [("lm_head.weight", c.vocab_size)], False))
@@ -452,7 +490,7 @@ def export_model(model, output, card="", force=False, write_tokenizer=write_gpt2
     """Write model as a Hugging Face folder at output: config.json, model.safetensors, generation_config.json,
     the tokenizer files (write_tokenizer(folder, config) -> {bos_token_id, eos_token_id, vocab_size}),
     and README.md (card). Everything goes to a temporary folder beside output, renamed into place at the end,
-    so output is either untouched or complete. Returns the architecture ('gpt2', 'llama', 'qwen3').
+    so output is either untouched or complete. Returns the architecture ('gpt2', 'llama', 'qwen3', 'mixtral').
     Raises ExportError (a ValueError) for a model with no exact equivalent or an output that would lose files."""
     from safetensors.torch import save_file
     config = model.config

@@ -27,6 +27,8 @@ MAPPINGS = {  # name: (our settings, the transformers class they export to)
     "llama_bias_tied": (dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=True), "LlamaForCausalLM"),
     "qwen3": (dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", n_kv_heads=1, qk_norm=True, bias=False,
                    tie_weights=False, rope_theta=20000.0), "Qwen3ForCausalLM"),
+    "mixtral": (dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", n_kv_heads=2, bias=False, n_experts=4,
+                     experts_top_k=2), "MixtralForCausalLM"),
 }
 
 
@@ -235,6 +237,10 @@ def export_error(monkeypatch, *args):
     (dict(n_kv_heads=2), "n_kv_heads=2"),
     (dict(qk_norm=True), "qk_norm=True"),
     (dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, bias=True), "bias=True"),
+    (dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False, n_experts=4, experts_top_k=1), "experts_top_k=1"),
+    (dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", n_experts=4), "bias=True"),
+    (dict(n_experts=4), "pos_emb='learned'"),
+    (dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", attn_sinks=1), "attn_sinks=1"),
 ])
 def test_refusals_name_the_setting_and_what_exports(settings, blocking, tmp_path, monkeypatch):
     torch.manual_seed(0)
@@ -245,7 +251,7 @@ def test_refusals_name_the_setting_and_what_exports(settings, blocking, tmp_path
                                            "step": 1, "settings": {}, "metrics": None})
     message = export_error(monkeypatch, f"--out_dir={run}", f"--output={tmp_path / 'out'}")
     assert blocking in message and "cannot export" in message
-    for cls in ("GPT2LMHeadModel", "LlamaForCausalLM", "Qwen3ForCausalLM"):
+    for cls in ("GPT2LMHeadModel", "LlamaForCausalLM", "Qwen3ForCausalLM", "MixtralForCausalLM"):
         assert cls in message
     assert not (tmp_path / "out").exists()
 
@@ -283,13 +289,14 @@ def test_refusal_from_the_command_line(tmp_path):
 # HF folders made by transformers itself load into ours, or are refused
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "mixtral"])
 def test_folders_saved_by_transformers_load_with_parity(arch, tmp_path):
     torch.manual_seed(0)
     kw = dict(vocab_size=300, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, head_dim=8, max_position_embeddings=40, rms_norm_eps=1e-5, rope_theta=1234.0,
               tie_word_embeddings=arch == "qwen3")
-    config = transformers.LlamaConfig(**kw) if arch == "llama" else transformers.Qwen3Config(**kw)
+    config = {"llama": transformers.LlamaConfig, "qwen3": transformers.Qwen3Config,
+              "mixtral": lambda **kw: transformers.MixtralConfig(**kw, num_local_experts=4)}[arch](**kw)
     theirs = transformers.AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():
         for p in theirs.parameters():
@@ -297,6 +304,7 @@ def test_folders_saved_by_transformers_load_with_parity(arch, tmp_path):
     theirs.save_pretrained(tmp_path)
     ours = hf.load_pretrained(str(tmp_path)).eval()
     assert ours.config.qk_norm == (arch == "qwen3") and ours.config.kv_heads == 2 and ours.config.rope_theta == 1234.0
+    assert ours.config.n_experts == (4 if arch == "mixtral" else 0)
     idx = torch.randint(0, 300, (2, 40))
     assert max_diff(ours, theirs, idx) <= 1e-4
 
