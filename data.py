@@ -252,15 +252,20 @@ class SFTExamples:
             self.prompt_lens.append(len(p))
         if not self.examples:
             die(f"every prompt in {self.path} is longer than max_seq_len={max_seq_len} tokens; raise max_seq_len")
-        self.cut_note = ""  # said once, by the script that reads the file: cutting loses the end of a completion
-        if self.num_truncated or self.num_dropped:
-            self.cut_note = (f"note: {self.path}: {self.num_truncated} of {len(prompts)} examples are longer than "
-                             f"max_seq_len={max_seq_len} + 1 tokens and were cut at the end"
-                             + (f", {self.num_dropped} dropped (the prompt alone fills the context)"
-                                if self.num_dropped else ""))
+        self.cut_note = self.note_cuts(len(prompts), max_seq_len)
         self.num_tokens = sum(len(s) for s in self.sequences)
         self.meta = dict(tokenizer=enc.name, vocab_size=enc.n_vocab, eot_id=eot)
         self.sampler = EpochSampler()
+
+    def note_cuts(self, total, max_seq_len):
+        """One line saying how many of the total examples were cut or dropped, or "": the script that reads the
+        file says it once, since cutting loses the end of a completion."""
+        if not (self.num_truncated or self.num_dropped):
+            return ""
+        return (f"note: {self.path}: {self.num_truncated} of {total} examples are longer than max_seq_len="
+                f"{max_seq_len} + 1 tokens and were cut at the end"
+                + (f", {self.num_dropped} dropped (nothing left to learn within the context)"
+                   if self.num_dropped else ""))
 
     def batch(self, rows, seq_len):
         """x padded with end-of-text, y with -1, to the longest example rounded up to a multiple of 8 (fewer
@@ -328,6 +333,7 @@ class ChatExamples(SFTExamples):
         if not self.examples:
             die(f"{path} holds no conversation with an assistant reply (within max_seq_len={max_seq_len} tokens); "
                 f"write {form}")
+        self.cut_note = self.note_cuts(len(self.examples) + self.num_dropped, max_seq_len)
         self.num_tokens = sum(len(s) for s in self.sequences)
         self.meta = dict(tokenizer=enc.name, vocab_size=enc.n_vocab, eot_id=enc.eot_token)
         self.sampler = EpochSampler()

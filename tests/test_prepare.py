@@ -312,7 +312,7 @@ def test_command_line_errors_are_one_line(tmp_path):
                              f"--data_root={tmp_path}"], capture_output=True, text=True)
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.strip() == ("error: unknown dataset 'wikitext'; known: shakespeare, tinystories_10M, "
-                                     "openwebtext_100M, fineweb_1B (or local files with --input=PATH)")
+                                     "openwebtext_100M, fineweb_1B, smoltalk, ultrafeedback (or local files with --input=PATH)")
 
 
 def test_smoltalk_streams_conversations_as_jsonl(tmp_path, monkeypatch):
