@@ -57,13 +57,23 @@ def test_chat_page_streams_a_reply_stops_and_starts_over(long_chat_ckpt, tmp_pat
 
         # a long reply, stopped from the page: the server stops generating too
         driver.execute_script("document.getElementById('max_tokens').value = '1000';")
+        # Press Stop from inside the page the moment the reply's first text shows: on an idle machine this tiny
+        # model streams 1000 tokens in about a second, faster than a selenium round trip, so a click from here
+        # could find the reply already finished and the button hidden again.
+        driver.execute_script("""
+            window.stoppedWhileStreaming = false;
+            new MutationObserver((records, observer) => {
+                const reply = document.querySelectorAll('.msg.assistant')[1];
+                if (reply && reply.textContent && reply.classList.contains('streaming')) {
+                    window.stoppedWhileStreaming = true;
+                    document.getElementById('stop').click();
+                    observer.disconnect();
+                }
+            }).observe(document.getElementById('log'), {childList: true, subtree: true, characterData: true});
+        """)
         box.send_keys("Go on", Keys.ENTER)
-        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".msg.assistant")) == 2
-                   and d.find_elements(By.CSS_SELECTOR, ".msg.assistant")[1].text)  # streaming has begun
-        streaming = driver.find_elements(By.CSS_SELECTOR, ".msg.assistant.streaming")
-        driver.find_element(By.ID, "stop").click()
         wait.until(lambda d: "(stopped)" in d.find_element(By.ID, "log").text)
-        assert streaming, "the reply was visible while it streamed"
+        assert driver.execute_script("return window.stoppedWhileStreaming"), "the reply was visible while it streamed"
         for _ in range(100):
             health = httpx.get(url + "/health", timeout=30).json()
             if not health["busy"]:
