@@ -16,7 +16,7 @@ import os
 import sys
 
 from checkpoint import inference_setup, load_model
-from configurator import configure, fail
+from configurator import check_sampling, configure, fail
 
 # -----------------------------------------------------------------------------
 # settings (python chat.py --help lists them)
@@ -38,12 +38,7 @@ port = 8000  # --serve: the port
 settings = configure(globals())
 # -----------------------------------------------------------------------------
 
-if temperature < 0:
-    fail(f"temperature={temperature} cannot be negative; use 0 for greedy decoding")
-if top_k < 0:
-    fail(f"top_k={top_k} cannot be negative; use 0 to turn it off")
-if not 0.0 < top_p <= 1.0:
-    fail(f"top_p={top_p} must be in (0, 1]; use 1.0 to turn it off")
+check_sampling(temperature, top_k, top_p)
 if max_new_tokens < 1:
     fail(f"max_new_tokens={max_new_tokens} must be at least 1")
 if not 0 < port < 65536:

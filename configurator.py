@@ -153,6 +153,16 @@ def configure(scope, argv=None, usage="[config_file.py ...] [--key=value ...]", 
 # -----------------------------------------------------------------------------
 # checks every script needs: one line naming the setting, before any work starts
 
+def check_sampling(temperature, top_k, top_p):
+    """The sampling settings that sample.py and chat.py share, each checked with a line that says the fix."""
+    if temperature < 0:
+        fail(f"temperature={temperature} cannot be negative; use 0 for greedy decoding, 1 for the model's distribution")
+    if top_k < 0:
+        fail(f"top_k={top_k} cannot be negative; use 0 to turn it off")
+    if not 0.0 < top_p <= 1.0:
+        fail(f"top_p={top_p} must be in (0, 1]; use 1.0 to turn it off")
+
+
 def check_range(name, value, low=None, high=None, below=None, hint=""):
     """Fail unless value is a number with low <= value <= high (or < below), naming the setting."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # (not NaN)

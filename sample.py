@@ -23,7 +23,7 @@ import torch
 
 import tokenizer
 from checkpoint import inference_setup, load_model
-from configurator import check_range, configure, fail
+from configurator import check_range, check_sampling, configure, fail
 
 # -----------------------------------------------------------------------------
 # settings (python sample.py --help lists them)
@@ -45,12 +45,7 @@ settings = configure(globals())
 # -----------------------------------------------------------------------------
 # checks that need no model: one clear line each, before any loading
 
-if temperature < 0:
-    fail(f"temperature={temperature} cannot be negative; use 0 for greedy decoding, 1 for the model's distribution")
-if top_k < 0:
-    fail(f"top_k={top_k} cannot be negative; use 0 to turn it off")
-if not 0.0 < top_p <= 1.0:
-    fail(f"top_p={top_p} must be in (0, 1]; use 1.0 to turn it off")
+check_sampling(temperature, top_k, top_p)
 check_range("seed", seed, low=0, below=2**63)
 if num_samples < 1 or max_new_tokens < 1:
     fail(f"num_samples={num_samples} and max_new_tokens={max_new_tokens} must be at least 1")
