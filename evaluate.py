@@ -87,14 +87,17 @@ prepared = downstream.prepare(task_names, task_data, max_examples, num_fewshot) 
 model, state, where = load_model(init_from, out_dir, ckpt, device)
 spec = tokenizer.model_spec(state, init_from)  # the model's tokenizer: its checkpoint's, an export's, GPT-2's
 enc = tokenizer.from_spec(spec)
+run = state["settings"] if state else {"task": "pretrain", "dataset": "shakespeare", "data_dir": ""}
+task = task or run.get("task", "pretrain")  # a chat model answers the tasks that have a chat format through it
+if task == "chat" and model.config.vocab_size <= max(tokenizer.special_ids(enc).values()):
+    fail(f"{where} has no chat tokens in its vocabulary ({model.config.vocab_size} tokens): it was not fine-tuned "
+         f"with task=chat; leave --task out")
 
 
 def measure_loss():
     """Loss, accuracy, perplexity, bits per byte (and SFT exact match) on the data the run was trained on
     (unless dataset/data_dir/task say otherwise); prints them and returns them as a dict."""
-    global task, dataset, data_dir, seq_len
-    run = state["settings"] if state else {"task": "pretrain", "dataset": "shakespeare", "data_dir": ""}
-    task = task or run.get("task", "pretrain")
+    global dataset, data_dir, seq_len
     if task == "dpo":  # its data are preference pairs; what it learned shows on prompt/completion data
         fail(f"{where} was trained with task=dpo on preference pairs; measure its completions with --task=sft and "
              f"--dataset= a prompt/completion set (e.g. --task=sft --dataset=sft_demo for the DPO demo)")
@@ -192,7 +195,8 @@ def measure_loss():
 results = {"checkpoint": where, "step": state["step"] if state else None}
 if task_names:
     t0 = time.time()
-    task_results = downstream.run(prepared, model, enc, batch_size, ctx, max_gen_tokens, keep_items=True)
+    task_results = downstream.run(prepared, model, enc, batch_size, ctx, max_gen_tokens, keep_items=True,
+                                  chat=task == "chat")
     at_step = f" at step {state['step']}" if state else ""
     print(f"{where}{at_step}: {len(task_names)} task(s), {num_fewshot}-shot, {time.time() - t0:.0f} s")
     print("\n".join(downstream.table(task_results)))

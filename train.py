@@ -535,7 +535,7 @@ while step < max_steps:
         last_eval, task_metrics = evaluate_dpo() if task == "dpo" else evaluate(), {}
         if task_eval:  # on the first process only: the others wait for it at the next gradient all-reduce
             task_metrics = downstream.flat(downstream.run(task_eval, raw_model, tokenizer.from_spec(model_tokenizer),
-                                                          batch_size, ctx, progress=False))
+                                                          batch_size, ctx, progress=False, chat=task == "chat"))
             last_eval.update(task_metrics)
         improved = last_eval["val_loss"] < best_val_loss
         if improved:

@@ -5,6 +5,9 @@ train.py (eval_tasks=...) and bench.py (--what=tasks):
     prepared = tasks.prepare(["hellaswag", "gsm8k"], task_data="", max_examples=500, num_fewshot=0)
     results = tasks.run(prepared, model, enc)  # {"hellaswag": {"acc": ..., "acc_norm": ..., "n": ...}, "core": ...}
 
+chat=True (a model fine-tuned with task=chat): the tasks that have a chat format (GSM8K) ask through it, the others
+as for any model; each summary says which ("format": "chat" or "plain").
+
 core: the mean over the multiple-choice tasks run of centered accuracy, (acc - chance) / (1 - chance), chance being
 the mean of 1 / (number of choices) over the items, as nanochat's CORE centers its tasks: 0 is guessing, 1 perfect.
 """
@@ -40,16 +43,19 @@ def prepare(names, task_data="", max_examples=0, num_fewshot=0):
     return prepared
 
 
-def run(prepared, model, enc, batch_size=8, ctx=None, max_gen_tokens=256, progress=True, keep_items=False):
+def run(prepared, model, enc, batch_size=8, ctx=None, max_gen_tokens=256, progress=True, keep_items=False,
+        chat=False):
     """Score the model on prepared tasks: {task: summary (+ "items" with keep_items), ..., "core": ...}."""
     results = {}
     for task, docs, shots in prepared:
         t0 = time.time()
+        as_chat = chat and task.chat_prompt is not None
         if task.kind == "choice":
             items = score_choice(task, model, enc, docs, shots, batch_size, ctx, progress)
         else:
-            items = score_generate(task, model, enc, docs, shots, max_gen_tokens, ctx, progress)
+            items = score_generate(task, model, enc, docs, shots, max_gen_tokens, ctx, progress, chat=as_chat)
         results[task.name] = summarize(task, items, len(shots[0]))
+        results[task.name]["format"] = "chat" if as_chat else "plain"
         results[task.name]["seconds"] = time.time() - t0
         if keep_items:
             results[task.name]["items"] = items
@@ -73,7 +79,9 @@ def rows(results):
 def table(results):
     """The results as aligned text lines: task, metric, value, stderr, n."""
     lines = [("task", "metric", "value", "stderr", "n")]
-    lines += [(t, m, f"{v:.4f}", "-" if s is None else f"{s:.4f}", str(n)) for t, m, v, s, n in rows(results)]
+    chat = {t for t, r in results.items() if isinstance(r, dict) and r.get("format") == "chat"}
+    lines += [(t + " (chat)" * (t in chat), m, f"{v:.4f}", "-" if s is None else f"{s:.4f}", str(n))
+              for t, m, v, s, n in rows(results)]
     widths = [max(len(line[i]) for line in lines) for i in range(5)]
     return ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
             for line in lines]

@@ -9,7 +9,9 @@ the hub or from local JSONL, few-shot prompts, and the three ways of scoring a m
   the gold choice; acc_norm: the same after dividing each by the choice's length in characters. Ties go to the
   first choice (np.argmax). All continuations of all items go through the model in padded batches, longest
   first, one forward per batch; rows with the same input (one-token choices like MMLU's A/B/C/D) share one.
-- generate: greedy decoding until a stop string, end-of-text or max_gen_tokens, then the task's check.
+- generate: greedy decoding until a stop string, end-of-text or max_gen_tokens, then the task's check. A model
+  fine-tuned for chat (task=chat) is asked through its chat format where the task has one (chat_prompt): the shots
+  become earlier user/assistant turns, the item the last user turn, and the reply ends at <|assistant_end|>.
 - code: the same, then the program runs in a separate, limited process (tasks/execution.py).
 
 Standard errors are lm-eval's: the sample standard deviation of the per-item scores over sqrt(n).
@@ -24,6 +26,8 @@ from typing import Callable
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from tokenizer import SPECIAL_TOKENS, render_conversation, special_ids
 
 FEWSHOT_SEED = 1234  # lm-eval's default fewshot_random_seed: with it, K-shot prompts are the ones lm-eval builds
 
@@ -47,6 +51,7 @@ class Task:
     fewshot_extra_draw: bool = False
     prompt: Callable = None  # generate/code: (doc, shot docs) -> prompt; swap it for a chat format (see gsm8k.py)
     check: Callable = None  # generate/code: (doc, completion) -> correct?
+    chat_prompt: Callable = None  # generate: (doc, shot docs) -> messages, the conversation that asks a chat model
     stop: tuple = ()  # generate/code: the completion ends before the first of these
     read_rows: Callable = None  # rows from somewhere other than the hub (HumanEval's packaged problems)
     metrics: tuple = ("acc", "acc_norm")
@@ -221,14 +226,16 @@ def score_choice(task, model, enc, docs, shots, batch_size, ctx, progress):
 # generation: greedy, one prompt at a time (prompts differ in length), with the KV cache
 
 @torch.no_grad()
-def complete(model, enc, prompt, stop, max_tokens, ctx=None):
-    """The greedy completion of prompt, cut before the first stop string (or end-of-text)."""
+def complete(model, enc, prompt, stop, max_tokens, ctx=None, stop_ids=None):
+    """The greedy completion of prompt (token ids), cut before the first stop string, or ended by one of stop_ids
+    (default: end-of-text)."""
     device = next(model.parameters()).device
-    idx = torch.tensor([enc.encode_ordinary(prompt)], dtype=torch.long, device=device)
+    stop_ids = stop_ids or {enc.eot_token}
+    idx = torch.tensor([prompt], dtype=torch.long, device=device)
     out, text = [], ""
     with ctx or torch.autocast("cpu", enabled=False):
-        for tok in model.generate_stream(idx, max_tokens, temperature=0.0, stop_token=enc.eot_token):
-            if tok.item() == enc.eot_token:
+        for tok in model.generate_stream(idx, max_tokens, temperature=0.0):
+            if tok.item() in stop_ids:
                 break
             out.append(tok.item())
             text = enc.decode(out)
@@ -238,12 +245,18 @@ def complete(model, enc, prompt, stop, max_tokens, ctx=None):
     return text[:cut]
 
 
-def score_generate(task, model, enc, docs, shots, max_tokens, ctx, progress):
+def score_generate(task, model, enc, docs, shots, max_tokens, ctx, progress, chat=False):
+    """chat: ask through the chat format (task.chat_prompt; the caller checks the task has one); any special
+    token ends the reply, as in chat.py."""
+    stop_ids = set(special_ids(enc)[name] for name in SPECIAL_TOKENS) if chat else None
     items = []
     for doc, doc_shots in tqdm(list(zip(docs, shots)), desc=task.name, unit="example", disable=not progress,
                                dynamic_ncols=True):
-        completion = complete(model, enc, task.prompt(doc, doc_shots), task.stop,
-                              max_tokens, ctx)
+        if chat:
+            prompt = render_conversation(enc, task.chat_prompt(doc, doc_shots), for_reply=True)[0]
+        else:
+            prompt = enc.encode_ordinary(task.prompt(doc, doc_shots))
+        completion = complete(model, enc, prompt, task.stop, max_tokens, ctx, stop_ids)
         items.append({"completion": completion, **task.check(doc, completion)})
     return items
 

@@ -5,9 +5,9 @@ shot followed by its full worked answer; greedy decoding until "Question:" (or m
 flexible-extract filter: the completion's last number-like match, and the reference after "#### ", compared as
 text with commas, "$" and a trailing "." removed.
 
-Chat models (a later issue) only need another prompt function: build the conversation from doc["question"] and
-the shots and pass it as Task(prompt=...), e.g. `TASK_CHAT = dataclasses.replace(TASK, name="gsm8k_chat",
-prompt=chat_prompt)`; loading, decoding and scoring stay as they are.
+Chat models (task=chat) are asked through their chat format, as nanochat asks its chat models: each shot is a user
+turn (its question) and an assistant turn (its worked answer, "#### N" included), the item is the last user turn,
+and the reply ends at <|assistant_end|>; the same check scores it.
 """
 import re
 
@@ -40,5 +40,11 @@ def prompt(doc, shots):
     return plain_prompt(doc, shots)
 
 
+def chat_prompt(doc, shots):
+    """The conversation that asks a chat model the question, after the shots as earlier turns."""
+    turns = [[{"role": "user", "content": s["question"]}, {"role": "assistant", "content": s["target"]}] for s in shots]
+    return [m for turn in turns for m in turn] + [{"role": "user", "content": doc["question"]}]
+
+
 TASK = Task("gsm8k", "generate", ("openai/gsm8k", "main"), "test", doc, prompt=prompt, check=check,
-            stop=("Question:", "</s>", "<|im_end|>"), metrics=("exact_match",))
+            chat_prompt=chat_prompt, stop=("Question:", "</s>", "<|im_end|>"), metrics=("exact_match",))

@@ -14,7 +14,7 @@ import tasks
 from checkpoint import load_model
 from conftest import ROOT, TINY_MODEL, read_metrics, run_inline, run_script
 from tasks import gsm8k
-from tokenizer import get_tokenizer
+from tokenizer import get_tokenizer, render_conversation, special_ids
 
 FIXTURES = os.path.join(ROOT, "tests", "task_data")
 
@@ -36,6 +36,7 @@ def test_readme_command_prints_the_table_and_writes_json(tiny_run, tmp_path, mon
                           ("gsm8k", ("exact_match",))):
         r = results["tasks"][name]
         assert r["n"] == (3 if name == "gsm8k" else 4) and r["num_fewshot"] == 0  # gsm8k's fixture has 3
+        assert r["format"] == "plain"  # a pretrained model is asked in plain text
         for m in metrics:
             assert 0 <= r[m] <= 1 and any(line.split()[:3] == [name, m, f"{r[m]:.4f}"] for line in out.splitlines())
     centered = [(results["tasks"][t]["acc"] - results["tasks"][t]["chance"]) / (1 - results["tasks"][t]["chance"])
@@ -82,6 +83,52 @@ def test_gsm8k_reads_the_reference_after_hashes_and_the_models_last_number():  #
     assert gsm8k.check(doc, " -1002")["exact_match"] == 0.0 and gsm8k.last_number("so 3.5.") == "3.5"
 
 
+def test_gsm8k_asks_a_chat_model_through_its_chat_format(tiny_chat_run, tmp_path, monkeypatch, capsys):
+    """A task=chat run: the shots become user/assistant turns, the question the last user turn, and the prompt
+    ends in <|assistant_start|>, as chat.py asks; the JSON and the table say so."""
+    prompts, real_complete = [], tasks.base.complete
+    monkeypatch.setattr(tasks.base, "complete", lambda model, enc, prompt, *a: prompts.append(prompt)
+                        or real_complete(model, enc, prompt, *a))
+    path = tmp_path / "gsm8k.json"
+    evaluate(monkeypatch, f"--out_dir={tiny_chat_run}", "--tasks=gsm8k", "--num_fewshot=1", f"--task_data={FIXTURES}",
+             "--max_gen_tokens=4", f"--output={path}")
+    r = json.loads(path.read_text())["tasks"]["gsm8k"]
+    assert r["format"] == "chat" and r["n"] == 3 and 0 <= r["exact_match"] <= 1
+    assert any(line.split()[:3] == ["gsm8k", "(chat)", "exact_match"] for line in capsys.readouterr().out.splitlines())
+    [(task, docs, shots)] = tasks.prepare(["gsm8k"], FIXTURES, num_fewshot=1)
+    enc = get_tokenizer()
+    for prompt, doc, [shot] in zip(prompts, docs, shots):
+        assert prompt == render_conversation(enc, [
+            {"role": "user", "content": shot["question"]}, {"role": "assistant", "content": shot["target"]},
+            {"role": "user", "content": doc["question"]}], for_reply=True)[0]
+        assert prompt[-1] == special_ids(enc)["<|assistant_start|>"]
+
+
+class ScriptedModel(torch.nn.Module):
+    """A model that 'generates' a fixed token sequence: to see where a chat reply ends and how it is scored."""
+
+    def __init__(self, tokens):
+        super().__init__()
+        self.weight, self.tokens = torch.nn.Parameter(torch.zeros(1)), tokens
+
+    def generate_stream(self, idx, max_new_tokens, **kwargs):
+        yield from (torch.tensor([t]) for t in self.tokens[:max_new_tokens])
+
+
+def test_a_chat_reply_ends_at_assistant_end_and_is_scored_by_its_last_number():
+    enc = get_tokenizer()
+    [(task, docs, shots)] = tasks.prepare(["gsm8k"], FIXTURES, max_examples=1)
+    answer = docs[0]["answer"]
+    wrong = str(int(answer) + 1)
+    end = special_ids(enc)["<|assistant_end|>"]
+    model = ScriptedModel(enc.encode_ordinary(f"It is {answer}.") + [end] + enc.encode_ordinary(f" Or {wrong}."))
+    [item] = tasks.base.score_generate(task, model, enc, docs, shots, 64, None, False, chat=True)
+    assert item["completion"] == f"It is {answer}." and item["exact_match"] == 1.0
+    # in plain text the chat tokens mean nothing special: only end-of-text ends it, and the last number is wrong
+    [item] = tasks.base.score_generate(task, model, enc, docs, shots, 64, None, False)
+    assert item["exact_match"] == 0.0 and item["completion"].endswith(f"Or {wrong}.")
+
+
 def test_errors_are_one_line(tiny_run, tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="unknown task.*nope.*the tasks are hellaswag"):
         evaluate(monkeypatch, f"--out_dir={tiny_run}", "--tasks=hellaswag,nope", f"--task_data={FIXTURES}")
@@ -98,6 +145,8 @@ def test_errors_are_one_line(tiny_run, tmp_path, monkeypatch):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: could not load allenai/ai2_arc (ARC-Challenge)") and "--task_data=DIR" in last
+    with pytest.raises(SystemExit, match="no chat tokens in its vocabulary.*not fine-tuned with task=chat"):
+        evaluate(monkeypatch, f"--out_dir={tiny_run}", "--task=chat", "--tasks=gsm8k", f"--task_data={FIXTURES}")
 
 
 def test_train_logs_task_metrics_equal_to_evaluate(tiny_data, tmp_path, monkeypatch):
