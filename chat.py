@@ -10,7 +10,9 @@ OpenAI-compatible API with --serve.
 In the terminal: /clear starts a new conversation, /system TEXT sets the system prompt (and starts over),
 /quit or Ctrl-D leaves, Ctrl-C stops a reply. The KV cache is kept across turns, so each turn only
 computes the new message (engine.py). When the conversation outgrows the model's context, the oldest
-turns are dropped, and chat.py says so.
+turns are dropped, and chat.py says so; with --rolling_cache (RoPE models) nothing is dropped and replies are
+not cut at the context: the KV cache keeps the sinks (or first tokens) and the most recent tokens, StreamingLLM's
+approximation, at a constant cost per token.
 """
 import os
 import sys
@@ -28,7 +30,8 @@ prompt = ""  # answer this one message, print the reply and exit
 temperature = 0.6  # < 1 sharper, > 1 more random; 0 = always the most likely token (greedy)
 top_k = 50  # sample only among the k most likely tokens; 0 = off
 top_p = 1.0  # sample only among the most likely tokens that together reach probability top_p; 1.0 = off
-max_new_tokens = 256  # the longest reply, in tokens (also cut where the context ends)
+max_new_tokens = 256  # the longest reply, in tokens (also cut where the context ends, unless rolling_cache)
+rolling_cache = False  # past the context: cache the sinks (or first 4 tokens) + recent tokens, O(1) per token (RoPE)
 seed = -1  # >= 0: the same seed gives the same replies; -1 = random
 device = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps
 dtype = "auto"  # auto (bfloat16 on CUDA where supported, float32 elsewhere) | float32 | bfloat16 | float16
@@ -51,8 +54,11 @@ from tokenizer import checkpoint_spec, from_spec  # noqa: E402
 
 device, dtype, ctx = inference_setup(device, dtype)
 model, state, where = load_model(init_from, out_dir, ckpt, device)
+if rolling_cache and model.config.pos_emb != "rope":
+    fail(f"rolling_cache needs a model with pos_emb=rope, and {where} has learned positions: every cached key/value "
+         f"carries its absolute position, so it cannot go past the context (drop --rolling_cache)")
 try:
-    engine = ChatEngine(model, ctx, from_spec(checkpoint_spec(state)))  # the tokenizer the run was trained with
+    engine = ChatEngine(model, ctx, from_spec(checkpoint_spec(state)), rolling_cache)  # the run's own tokenizer
 except ValueError as e:
     fail(f"{where}: {e}")
 if seed >= 0:
@@ -60,7 +66,8 @@ if seed >= 0:
 sampling = Sampling(temperature=temperature, top_k=top_k or None, top_p=top_p if top_p < 1 else None,
                     max_new_tokens=max_new_tokens, seed=seed if seed >= 0 else None)
 info = f"step {state['step']}" + (f", val loss {state['metrics']['val_loss']:.4f}" if state.get("metrics") else "")
-print(f"chatting with {where} ({info}, context {engine.max_seq_len} tokens) on {device}, {dtype}", file=sys.stderr)
+window = ", rolling KV cache" if rolling_cache else ""
+print(f"chatting with {where} ({info}, context {engine.max_seq_len} tokens{window}) on {device}, {dtype}", file=sys.stderr)
 
 if serve:
     import server

@@ -33,7 +33,7 @@ rolling cache needs pos_emb=rope and refuses learned positions.
 Exactness. Within max_seq_len the rolling cache is the ordinary cache (nothing evicted yet): same
 logits. Past it, the cached keys/values of the recent tokens were computed while now-evicted tokens were
 still visible, so it is an approximation; the exact sliding window (generate's default) recomputes the
-window at each step instead, at a cost of a full window per token. experiments/sinks.py measures both.
+window at each step instead, at a cost of a full window per token. `experiments.py --what=sinks` measures both.
 """
 
 
@@ -54,6 +54,10 @@ class KVCache:
 
     def reset(self):
         self.pos = 0  # the buffers are simply overwritten
+
+    def rewind(self, pos):
+        """Forget every entry after the first pos (positions count the sinks): the next write goes there."""
+        self.pos = pos
 
     def slot(self, T):
         """Where the first of T new entries goes (the position of the first new query)."""
@@ -105,6 +109,27 @@ class RollingKVCache(KVCache):
 
     def reset(self):
         self.pos = self.seen = 0
+
+    @property
+    def evicted(self):
+        """True once an entry was dropped to make room: the cache no longer holds every position fed."""
+        return self.seen > self.pos
+
+    def rewind(self, pos):
+        """Forget every entry after the first pos. Only while nothing was evicted: after that, the entries
+        in the window were computed alongside tokens that are gone, and the state the cache had at an
+        earlier position cannot be rebuilt without feeding everything again (reset, then refeed)."""
+        if pos == self.seen:
+            return
+        if self.evicted or pos > self.seen:
+            raise ValueError(f"cannot rewind the rolling cache to position {pos}: it has seen {self.seen} and "
+                             f"evicted {self.seen - self.pos}; reset it and feed the tokens again")
+        self.pos = self.seen = pos
+
+    def room(self, sinks=0):
+        """How many new positions the next forward may feed at once: the free slots (the model's sinks take
+        some on a fresh sequence), or 1 once full, when each new position evicts the oldest one."""
+        return max(self.capacity - self.pos - (sinks if self.pos == 0 else 0), 1)
 
     def slot(self, T):
         """Where the first of T new entries goes: after the others, or the last slot once full."""

@@ -15,8 +15,10 @@ One model, one KV cache, so requests are served one at a time: a single worker t
 takes jobs from a FIFO queue, in arrival order; nothing else touches the cache, so requests cannot corrupt
 each other. Prompts that extend the previous conversation reuse its cache (engine.py). A client that goes
 away (a closed tab, the stop button, a dropped connection) sets its job's cancel flag and the worker stops
-generating at the next token. Bad requests get a 4xx with OpenAI's error object
-{"error": {"message", "type", "param", "code"}}; an exception inside a job fails that request only.
+generating at the next token. With --rolling_cache, conversations and replies may run past the model's
+context (max_tokens up to MAX_ROLLING_TOKENS), at a constant cost per token (engine.py). Bad requests get
+a 4xx with OpenAI's error object {"error": {"message", "type", "param", "code"}}; an exception inside a job
+fails that request only.
 """
 import asyncio
 import json
@@ -32,6 +34,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from engine import Decoder, Sampling
 
+MAX_ROLLING_TOKENS = 65536  # the longest reply with the rolling cache: one request cannot hold the worker for ever
 UI_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ui.html")
 
 
@@ -147,11 +150,13 @@ def parse_request(body, engine, defaults):
         return kind(value)
 
     ctx = engine.max_seq_len
+    limit = MAX_ROLLING_TOKENS if engine.rolling else ctx  # the rolling cache goes past the context
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     param = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
-                                   or not 1 <= max_tokens <= ctx):
-        raise BadRequest(f"'{param}' is {max_tokens!r}; it must be an integer from 1 to {ctx} (the context)", param)
+                                   or not 1 <= max_tokens <= limit):
+        raise BadRequest(f"'{param}' is {max_tokens!r}; it must be an integer from 1 to {limit}"
+                         f"{'' if engine.rolling else ' (the context)'}", param)
     if body.get("n") not in (None, 1):
         raise BadRequest("only n=1 is supported: one reply per request", "n")
     top_k = number("top_k", 0, 1_000_000, defaults.top_k or 0, int)  # not OpenAI's; pass it with extra_body
@@ -173,7 +178,7 @@ def parse_request(body, engine, defaults):
     options = body.get("stream_options") or {}
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
     prompt = engine.render(clean)
-    if len(prompt) >= ctx:
+    if len(prompt) >= ctx and not engine.rolling:
         raise BadRequest(f"the conversation is {len(prompt)} tokens, and this model's context is {ctx}; "
                          "send fewer or shorter messages (start a new chat)", "messages", "context_length_exceeded")
     return prompt, sampling, stop or [], stream, include_usage
