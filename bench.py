@@ -26,8 +26,10 @@ closest to what the machine itself can do. The JSON keeps every run's figure and
 - tasks: multiple-choice scoring examples/s (tasks/: every continuation of HellaSwag items through the model, as
   evaluate.py --tasks does) on the sample model, in padded batches of task_batch and one continuation per forward.
 - data: prepare.py's tokens/s (prepare.prepare() here: read, split, tokenise, write shards) against tiktoken's
-  own encode_ordinary_batch on all cores over the same documents; and the peak RSS of `python prepare.py` and of
-  the tiktoken batch, each in a fresh process, at two corpus sizes.
+  own encode_ordinary_batch on all cores over the same documents; and the peak RSS of `python prepare.py`, each in
+  a fresh process, at two corpus sizes and two shapes: one big .txt without separators (nanoGPT's input.txt;
+  beside it tiktoken's batch on the same text read whole, as nanoGPT does) and a folder of many .txt files, one
+  per document; with the val share each run achieved.
 - chat: a multi-turn conversation streamed through chat.py's server (FastAPI, on a free local port, in this
   process) with the KV cache kept across turns, then the same conversation re-prefilled at every turn: time to
   the first token and tokens/s of each reply, on a randomly initialised model (replies never stop early).
@@ -42,6 +44,7 @@ import itertools
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -55,6 +58,7 @@ import torch.nn.functional as F
 
 import prepare
 import tasks as downstream
+import textsplit
 import tokenizer
 from checkpoint import autocast, pick_device, pick_dtype
 from configurator import check_output_file, check_range, configure, fail
@@ -97,7 +101,7 @@ sample_batch = 1  # sequences generated together
 top_k = 200  # as sample.py's default; 0 = off
 # data
 data_mb = 32.0  # generated corpus for the throughput runs, MB of text
-memory_scale = 4  # peak memory is measured at data_mb and at memory_scale times as much
+memory_scale = 4  # peak memory at data_mb and memory_scale times as much: one .txt, and a folder of many files
 data_format = "jsonl"  # jsonl (a document per line) | txt (one file, documents between <|endoftext|> lines)
 # tokenizer (prepare.py --tokenizer_vocab_size)
 tok_mb = 100.0  # text the BPE trainers learn from, MB: Shakespeare (at most half), then Python sources installed here
@@ -120,6 +124,7 @@ CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os
 # the issue's targets, each with the verdict printed when it is measured
 TRAIN_NOISE = 0.03  # train.py is "no slower" within 3%, about what we can resolve on a shared CPU
 SAMPLE_SPEEDUP, DATA_SHARE, MEMORY_GROWTH, H100_MFU = 5.0, 0.7, 0.10, 0.45
+VAL_SHARE_ERROR = 0.005  # prepare.py's val share within half a percentage point of val_ratio (issue 11)
 REFERENCE_SPEEDUP = 1.05  # model.py's training step against the plain nanoGPT-style one in this file
 
 benches = [w.strip() for w in what.split(",") if w.strip()]
@@ -204,36 +209,44 @@ def run(args, name, env=None, memory=False):
     return lines[-1] if lines else "", time.perf_counter() - t0, peak
 
 
-def make_corpus(path, mb):
+def make_corpus(path, mb, separators=True):
     """About mb megabytes of random text: documents of 200-2000 words drawn with Shakespeare's word frequencies,
-    12 to a line, as JSON lines or as one .txt with <|endoftext|> lines between documents; written as it goes."""
+    12 to a line, written as it goes: as JSON lines (path *.jsonl), as one .txt (path *.txt) with <|endoftext|>
+    lines between documents or, without separators, run together like nanoGPT's input.txt, or as a folder of one
+    .txt per document (a path without a suffix)."""
     with open(os.path.join(HERE, "data", "shakespeare", "input.txt"), encoding="utf-8") as f:
         counts = collections.Counter(f.read().split())
     words, cdf = np.array(list(counts)), np.cumsum(np.fromiter(counts.values(), dtype=np.float64))
-    rng, chars = np.random.default_rng(seed), 0
-    with open(path, "w", encoding="utf-8") as f:
+    rng, chars, n = np.random.default_rng(seed), 0, 0
+    folder = not os.path.splitext(path)[1]
+    if folder:
+        os.makedirs(path)
+    with open(os.devnull if folder else path, "w", encoding="utf-8") as f:
         while chars < mb * 2**20:
             picked = words[np.searchsorted(cdf, rng.random(int(rng.integers(200, 2000))) * cdf[-1], side="right")]
             doc = "\n".join(" ".join(picked[i:i + 12]) for i in range(0, len(picked), 12))
-            if path.endswith(".jsonl"):
+            if folder:
+                with open(os.path.join(path, f"{n:07d}.txt"), "w", encoding="utf-8") as g:
+                    g.write(doc)
+            elif path.endswith(".jsonl"):
                 f.write(json.dumps({"text": doc}) + "\n")
             else:
-                f.write(("\n<|endoftext|>\n" if chars else "") + doc)
-            chars += len(doc)
+                f.write((("\n<|endoftext|>\n" if separators else "\n") if chars else "") + doc)
+            chars, n = chars + len(doc), n + 1
     return path
 
 
 def read_documents(path):
-    """The documents of a corpus from make_corpus, as prepare.py splits them."""
+    """The documents of a corpus from make_corpus, read whole: a .txt without separators is one document."""
     with open(path, encoding="utf-8") as f:
         if path.endswith(".jsonl"):
             return [json.loads(line)["text"] for line in f]
-        return [d for d in prepare.SEPARATOR_LINE.split(f.read()) if d.strip()]
+        return [d for d in textsplit.SEPARATOR_LINE.split(f.read()) if d.strip()]
 
 
 # tiktoken's batch encoding in a fresh process, for its peak memory (argv: corpus, threads): it needs every
 # document in memory, and gives back every token as a Python int
-TIKTOKEN_BATCH = "\n".join(["import json, sys", "import prepare, tokenizer", inspect.getsource(read_documents),
+TIKTOKEN_BATCH = "\n".join(["import json, sys", "import textsplit, tokenizer", inspect.getsource(read_documents),
                             "docs = read_documents(sys.argv[1])",
                             "tokenizer.get_tokenizer().encode_ordinary_batch(docs, num_threads=int(sys.argv[2]))"])
 
@@ -590,14 +603,13 @@ def bench_tasks():
 
 
 def bench_data(tmp):
-    sizes = [data_mb, data_mb * memory_scale]
-    corpora = [make_corpus(os.path.join(tmp, f"words{i}.{data_format}"), mb) for i, mb in enumerate(sizes)]
+    corpus = make_corpus(os.path.join(tmp, f"words.{data_format}"), data_mb)
     # throughput: both in this process, alternating, after a warm-up round (imports, the tokenizer's tables)
-    docs, enc = read_documents(corpora[0]), tokenizer.get_tokenizer()
+    docs, enc = read_documents(corpus), tokenizer.get_tokenizer()
     speeds = {"prepare.py": [], "tiktoken": []}
     for r in range(repeats + 1):
         t0 = time.perf_counter()
-        folder = prepare.prepare(input=corpora[0], name="words", data_root=tmp, force=True, progress=False)
+        folder = prepare.prepare(input=corpus, name="words", data_root=tmp, force=True, progress=False)
         seconds = time.perf_counter() - t0
         with open(os.path.join(folder, "meta.json")) as f:
             tokens = sum(json.load(f)["tokens"].values())  # with one end-of-text per document
@@ -608,19 +620,32 @@ def bench_data(tmp):
             speeds["prepare.py"].append(tokens / seconds)
             speeds["tiktoken"].append(raw_tokens / raw_seconds)
     del docs
-    memory = []  # peak RSS, each in a fresh process
-    for path, mb in zip(corpora, sizes):
-        _, wall, peak = run([sys.executable, "prepare.py", f"--input={path}", "--name=memory", f"--data_root={tmp}",
-                             "--force"], "prepare.py", memory=True)
-        _, raw_wall, raw_peak = run([sys.executable, "-c", TIKTOKEN_BATCH, path, str(CORES)], "tiktoken batch",
-                                    memory=True)
-        memory.append(dict(data_mb=mb, prepare_peak_mb=peak, prepare_wall_s=wall, tiktoken_peak_mb=raw_peak,
-                           tiktoken_wall_s=raw_wall))
+    memory = []  # peak RSS, each in a fresh process: one big .txt without separators, and many small files
+    for i, mb in enumerate([data_mb, data_mb * memory_scale]):
+        for shape, path in (("one .txt", make_corpus(os.path.join(tmp, f"big{i}.txt"), mb, separators=False)),
+                            ("many files", make_corpus(os.path.join(tmp, f"files{i}"), mb))):
+            _, wall, peak = run([sys.executable, "prepare.py", f"--input={path}", "--name=memory",
+                                 f"--data_root={tmp}", "--force"], "prepare.py", memory=True)
+            with open(os.path.join(tmp, "memory", "meta.json")) as f:
+                meta = json.load(f)
+            m = dict(shape=shape, data_mb=mb, prepare_peak_mb=peak, prepare_wall_s=wall, val_share=meta["val_share"],
+                     val_ratio=meta["val_ratio"], tokens=sum(meta["tokens"].values()), tiktoken_peak_mb=None,
+                     tiktoken_wall_s=None)
+            if shape == "one .txt":  # nanoGPT's way: read the file whole, encode it in one call
+                _, m["tiktoken_wall_s"], m["tiktoken_peak_mb"] = run([sys.executable, "-c", TIKTOKEN_BATCH, path,
+                                                                      str(CORES)], "tiktoken batch", memory=True)
+                os.remove(path)
+            else:
+                shutil.rmtree(path)
+            memory.append(m)
     speed, raw_speed = max(speeds["prepare.py"]), max(speeds["tiktoken"])
-    peaks = [m["prepare_peak_mb"] for m in memory]
+    growth = {}  # peak RSS at the larger size over that at the smaller, per shape
+    for shape in ("one .txt", "many files"):
+        peaks = [m["prepare_peak_mb"] for m in memory if m["shape"] == shape]
+        growth[shape] = peaks[1] / peaks[0] - 1 if None not in peaks else None
     return dict(tokens=tokens, threads=CORES, prepare_tokens_per_sec=speed, tiktoken_tokens_per_sec=raw_speed,
-                ratio=speed / raw_speed, runs=speeds, memory=memory,
-                memory_growth=peaks[1] / peaks[0] - 1 if None not in peaks else None)
+                ratio=speed / raw_speed, runs=speeds, memory=memory, memory_growth=growth,
+                val_share_error=max(abs(m["val_share"] - m["val_ratio"]) for m in memory))
 
 
 def python_sources():
@@ -638,7 +663,7 @@ def make_tok_corpus(path, mb):
     """About mb MB of JSON lines {"text", "source"}: Shakespeare's plays (at most half of it), then Python source
     files installed here, the standard library first, a document each; written as it goes."""
     with open(os.path.join(HERE, "data", "shakespeare", "input.txt"), encoding="utf-8") as f:
-        plays = [d for d in prepare.SEPARATOR_LINE.split(f.read()) if d.strip()]
+        plays = [d for d in textsplit.SEPARATOR_LINE.split(f.read()) if d.strip()]
     chars = 0
     with open(path, "w", encoding="utf-8") as f:
         for play in plays:
@@ -760,9 +785,12 @@ def targets(results):
         r = results["data"]
         checks.append((f"prepare.py >= {DATA_SHARE:.0%} of tiktoken batch tokens/s", f"{r['ratio']:.0%}",
                        r["ratio"] >= DATA_SHARE))
-        if r["memory_growth"] is not None:
-            checks.append((f"prepare.py peak RSS flat: {memory_scale}x the text, <= +{MEMORY_GROWTH:.0%}",
-                           f"{r['memory_growth']:+.1%}", r["memory_growth"] <= MEMORY_GROWTH))
+        for shape, growth in r["memory_growth"].items():
+            if growth is not None:
+                checks.append((f"prepare.py peak RSS flat, {shape}: {memory_scale:g}x the text, "
+                               f"<= +{MEMORY_GROWTH:.0%}", f"{growth:+.1%}", growth <= MEMORY_GROWTH))
+        checks.append((f"prepare.py val share within {VAL_SHARE_ERROR * 100:g} points of val_ratio",
+                       f"{r['val_share_error'] * 100:.3f} points", r["val_share_error"] <= VAL_SHARE_ERROR))
     return checks
 
 
@@ -814,10 +842,13 @@ def report(info, results):
     if "data" in results:
         r = results["data"]
         table(f"data: {data_mb:g} MB of random words as {data_format} ({r['tokens']:,} tokens), {r['threads']} threads",
-              ["", "tokens/s", "peak RSS at " + " / ".join(f"{m['data_mb']:g} MB" for m in r["memory"])],
-              [[k, f"{r[k + '_tokens_per_sec'] / 1e6:.2f}M",
-                " / ".join(f"{m[k + '_peak_mb']:.0f} MB" if m[k + "_peak_mb"] else "-" for m in r["memory"])]
-               for k in ("prepare", "tiktoken")])
+              ["", "tokens/s"], [[k, f"{r[k + '_tokens_per_sec'] / 1e6:.2f}M"] for k in ("prepare", "tiktoken")])
+        table("data: peak RSS of a fresh process", ["input", "text", "tokens", "prepare.py", "val share",
+                                                    "tiktoken batch"],
+              [[m["shape"], f"{m['data_mb']:g} MB", f"{m['tokens']:,}",
+                f"{m['prepare_peak_mb']:.0f} MB" if m["prepare_peak_mb"] else "-",
+                f"{100 * m['val_share']:.3f}% (asked {100 * m['val_ratio']:g}%)",
+                f"{m['tiktoken_peak_mb']:.0f} MB" if m["tiktoken_peak_mb"] else "-"] for m in r["memory"]])
     if "tokenizer" in results:
         r = results["tokenizer"]
         speed = {k: f"{v / 1e6:.1f}" for k, v in r["encode_bytes_per_sec"].items()}

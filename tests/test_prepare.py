@@ -11,10 +11,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import run_inline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import prepare  # noqa: E402
+import textsplit  # noqa: E402
+import tokenizer  # noqa: E402
 from tokenizer import EOT_ID, get_tokenizer  # noqa: E402
 
 WORDS = ["the quick brown fox", "jumps over", "the lazy dog", "ünïcödé ✓"]
@@ -40,8 +43,15 @@ def decode_docs(tokens):
 
 
 def expected_split(docs, val_ratio):
-    val = prepare.is_val(np.arange(len(docs)), val_ratio)
-    return [d for d, v in zip(docs, val) if not v], [d for d, v in zip(docs, val) if v]
+    """(train, val) for short documents, which go whole: the first to val, then each one to val when that brings
+    val's share of the characters closer to val_ratio."""
+    split, chars = {"train": [], "val": []}, {"train": 0, "val": 0}
+    for d in docs:
+        to = "val" if not split["val"] or val_ratio * (sum(chars.values()) + len(d)) - chars["val"] >= len(d) / 2 \
+            else "train"
+        split[to].append(d)
+        chars[to] += len(d)
+    return split["train"], split["val"]
 
 
 def write_jsonl(path, docs, field="text"):
@@ -60,7 +70,8 @@ def test_jsonl_round_trip_and_meta(tmp_path):
     assert folder == str(tmp_path / "out" / "docs")  # the name defaults to the input's file name
     meta = json.load(open(os.path.join(folder, "meta.json")))
     train, val = expected_split(DOCS, 0.1)
-    assert len(val) == 4 and val[0] == DOCS[0]  # the first, then every 10th document
+    assert val[0] == DOCS[0] and 2 < len(val) < 8  # the first, then about 10% of the characters
+    assert meta["val_share"] == meta["tokens"]["val"] / sum(meta["tokens"].values())
     for split, docs in (("train", train), ("val", val)):
         tokens = split_tokens(folder, split)
         assert decode_docs(tokens) == docs
@@ -109,11 +120,12 @@ def test_token_cap_stops_at_exactly_the_cap(tmp_path):
     folder = run(tmp_path, input=write_jsonl(tmp_path / "docs.jsonl", DOCS), max_tokens=700, val_ratio=0.1)
     meta = json.load(open(os.path.join(folder, "meta.json")))
     assert sum(meta["tokens"].values()) == 700 and meta["capped"] and meta["max_tokens"] == 700
-    expected = {"train": [], "val": []}  # the token stream in document order, cut at 700, then split by document
+    expected = {"train": [], "val": []}  # the token stream in document order, split by document, cut at 700
     stream = 0
-    for i, doc in enumerate(DOCS):
+    train, val = expected_split(DOCS, 0.1)
+    for doc in DOCS:
         tokens = [EOT_ID] + get_tokenizer().encode_ordinary(doc)
-        expected["val" if prepare.is_val(i, 0.1) else "train"] += tokens[:700 - stream]
+        expected["val" if doc in val else "train"] += tokens[:700 - stream]
         stream += len(tokens)
         if stream >= 700:
             break
@@ -144,13 +156,17 @@ def test_installs_into_an_existing_folder_without_touching_other_files(tmp_path)
 
 
 def test_shakespeare_prepares_offline(tmp_path):
+    """37 plays of ~130k characters each, long documents: val takes the ends of a few plays, 1% of the text."""
     folder = run(tmp_path, dataset="shakespeare")
     meta = json.load(open(os.path.join(folder, "meta.json")))
-    assert meta["documents"] == {"train": 36, "val": 1}  # one play per document; the first play is val
-    assert 1_400_000 < meta["tokens"]["train"] < 1_550_000
-    val = decode_docs(split_tokens(folder, "val"))
-    assert val[0].startswith("ALL'S WELL THAT ENDS WELL") and val[0].rstrip().endswith("THE END")
-    assert decode_docs(split_tokens(folder, "train"))[-1].startswith("THE WINTER'S TALE")
+    assert 1_400_000 < meta["tokens"]["train"] < 1_550_000 and meta["documents"]["train"] == 37
+    assert abs(meta["val_share"] - 0.01) < 0.002 and 2 <= meta["documents"]["val"] <= 8
+    train, val = decode_docs(split_tokens(folder, "train")), decode_docs(split_tokens(folder, "val"))
+    assert train[0].startswith("ALL'S WELL THAT ENDS WELL") and train[-1].startswith("THE WINTER'S TALE")
+    with open(os.path.join(ROOT, "data", "shakespeare", "input.txt"), encoding="utf-8") as f:
+        plays = textsplit.SEPARATOR_LINE.split(f.read())
+    assert all(sum(p.endswith(v) for p in plays) == 1 for v in val)  # each the end of a play
+    assert sum(map(len, train + val)) == sum(map(len, plays))  # nothing lost, nothing twice
 
 
 @pytest.mark.parametrize("setup, kwargs, message", [
@@ -164,7 +180,7 @@ def test_shakespeare_prepares_offline(tmp_path):
     ("nothing", dict(), r"holds no .txt, .jsonl, .json or .parquet files \(found: .md\)"),
     ("docs.jsonl", dict(text_field="content"), r"has no field 'content'; fields present: id, text; pass --text_field"),
     ("docs.jsonl", dict(text_field="id"), r"field 'id' .* holds int values, not text"),
-    ("one.txt", dict(), r"holds a single document.*<\|endoftext\|>"),
+    ("one.txt", dict(), r"too little text to split: all 5 tokens went to val"),
     ("broken.jsonl", dict(), r"could not read"),
     ("docs.jsonl", dict(dataset="shakespeare"), r"give either --dataset=shakespeare or --input="),
     ("docs.jsonl", dict(name="../up"), r"must be a plain folder name"),
@@ -338,3 +354,102 @@ def test_smoltalk_streams_conversations_as_jsonl(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="could not stream HuggingFaceTB/smol-smoltalk.*ConnectionError"):
         run(tmp_path, dataset="smoltalk", name="other")
     assert sorted(os.listdir(tmp_path / "out")) == ["smoltalk"]  # nothing half-made left behind
+
+
+# -----------------------------------------------------------------------------
+# any text, in flat memory, with the split it asked for (issue 11)
+
+def shakespeare_text(chars):
+    """Shakespeare without its separator lines: one long document, like nanoGPT's input.txt."""
+    with open(os.path.join(ROOT, "data", "shakespeare", "input.txt"), encoding="utf-8") as f:
+        return f.read(chars + 10_000).replace("<|endoftext|>\n", "")[:chars]
+
+
+def val_share(folder):
+    meta = json.load(open(os.path.join(folder, "meta.json")))
+    return meta["tokens"]["val"] / sum(meta["tokens"].values())
+
+
+def test_txt_is_read_in_bounded_pieces_that_give_back_its_documents(tmp_path):
+    """Read in blocks far smaller than its documents, lines and separators: no piece is longer than the block,
+    the pieces give back every document whatever falls on a block's edge, and each document's length comes with
+    its first piece."""
+    docs = ["a line\n" * 7 + "x" * 45 + "\n", "<|endoftext|> in a line is text\nend\n", "y" * 130 + "\n\n",
+            "\n\n  leading blank lines\n", "no line end at the end"]
+    path = tmp_path / "docs.txt"
+    path.write_text("  \n<|endoftext|>\n" + "<|endoftext|>\n".join(docs[:4]) + "\n<|endoftext|>\n<|endoftext|>\n"
+                    + docs[4])
+    want = docs[:3] + [docs[3] + "\n", docs[4]]  # the blank documents are skipped
+    for size in (16, 17, 40, 1 << 20):
+        got, lengths = [], []
+        for piece, n in textsplit.txt_pieces(str(path), size=size):
+            assert 0 < len(piece) <= size  # bounded by the block, not by the document
+            got.append(piece) if n else got.__setitem__(-1, got[-1] + piece)
+            lengths += [n] if n else []
+        assert got == want and lengths == [len(d) for d in want], size
+
+
+@pytest.mark.parametrize("val_ratio", [0.1, 0.01])
+def test_single_txt_without_separators_splits_as_nanogpt(tmp_path, monkeypatch, val_ratio):
+    """nanoGPT's input.txt: one document, no separators, prepared by the README's command. Val is the end of the
+    text, the very characters of nanoGPT's data[int(n * 0.9):], and the text moves on in pieces, never whole."""
+    text = shakespeare_text(1_000_000)  # val's 1% is more than the 8,192 characters val takes at least
+    (tmp_path / "input.txt").write_text(text)
+    monkeypatch.setattr(textsplit, "PIECE_CHARS", 20_000)
+    longest, split_pieces = [0], textsplit.split_pieces
+
+    def watched(*args, **kwargs):  # what goes on to the tokenizer
+        for split, piece, starts in split_pieces(*args, **kwargs):
+            longest[0] = max(longest[0], len(piece))
+            yield split, piece, starts
+    monkeypatch.setattr(textsplit, "split_pieces", watched)
+    run_inline(monkeypatch, "prepare.py", f"--input={tmp_path / 'input.txt'}", f"--val_ratio={val_ratio}",
+               f"--data_root={tmp_path / 'out'}")
+    folder = str(tmp_path / "out" / "input")
+    assert 0 < longest[0] <= 20_000  # no document is tokenised whole
+    assert abs(val_share(folder) - val_ratio) < 0.005
+    train, val = (decode_docs(split_tokens(folder, split)) for split in ("train", "val"))
+    cut = int(len(text) * (1 - val_ratio))
+    assert train == [text[:cut]] and val == [text[cut:]]
+
+
+def test_val_share_holds_for_many_files_and_few_huge_rows(tmp_path):
+    rng = np.random.default_rng(0)
+    words = shakespeare_text(600_000).split()
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(300):  # many files of very different sizes (a tenth of them long documents)
+        n = int(rng.integers(20, 4000 if i % 10 else 40_000))
+        (many / f"{i:03d}.txt").write_text(" ".join(words[i:i + n]))
+    huge = write_jsonl(tmp_path / "huge.jsonl", [" ".join(words[i * 20_000:i * 20_000 + 60_000]) for i in range(3)])
+    texts = [(many / f).read_text() for f in sorted(os.listdir(many))]
+    for path, ratio in ((many, 0.05), (many, 0.01), (huge, 0.01)):
+        folder = run(tmp_path, input=str(path), val_ratio=ratio, force=True)
+        assert abs(val_share(folder) - ratio) < 0.005, (path, ratio, val_share(folder))
+        if path == many:  # short documents go whole, long ones give val their end
+            assert all(v in texts or any(t.endswith(v) and len(t) > textsplit.WHOLE_DOC_CHARS for t in texts)
+                       for v in decode_docs(split_tokens(folder, "val")))
+
+
+def test_token_cap_inside_one_long_document_keeps_val(tmp_path):
+    """With a cap the stream may stop anywhere in a long document: it is split in segments, each giving val its
+    end, so the capped text still has val."""
+    (tmp_path / "input.txt").write_text(shakespeare_text(1_000_000))
+    folder = run(tmp_path, input=str(tmp_path / "input.txt"), val_ratio=0.1, max_tokens=120_000)
+    meta = json.load(open(os.path.join(folder, "meta.json")))
+    assert sum(meta["tokens"].values()) == 120_000 and meta["documents"]["val"] >= 2
+    assert abs(val_share(folder) - 0.1) < 0.02
+
+
+def test_tokenizer_never_learns_from_val_text(tmp_path):
+    """Val is the text's end, a made-up word repeated: a tokenizer that had seen it would have merged it."""
+    text = shakespeare_text(90_000) + " zyxwvut" * 1500  # 12,000 of 102,000 characters
+    (tmp_path / "input.txt").write_text(text)
+    folder = run(tmp_path, input=str(tmp_path / "input.txt"), val_ratio=0.15, tokenizer_vocab_size=400)
+    enc = tokenizer.from_spec(tokenizer.dataset_spec(folder))
+    cut = int(len(text) * 0.85)
+    assert "zyxwvut" not in text[:cut] and "zyxwvut" in text[cut:]
+    assert not any(b"xwv" in enc.decode_single_token_bytes(t) for t in range(enc.n_vocab - 7))
+    assert tokenizer.train_bpe([text[:cut]], 400) == tokenizer.dataset_spec(folder)  # exactly the train text
+    val = split_tokens(folder, "val").tolist()
+    assert val[0] == enc.eot_token and enc.decode(val[1:]) == text[cut:]  # and val holds it all

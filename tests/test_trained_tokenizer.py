@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import prepare
+import textsplit
 import tokenizer
 from conftest import ROOT, TINY_MODEL, TINY_TRAINING, run_inline, run_script
 from data import TokenShards
@@ -141,7 +142,14 @@ def plays_txt(n=20, size=3000):
     """A .txt of n documents between <|endoftext|> lines, and the documents prepare.py reads from it."""
     text = shakespeare(n * size)
     joined = "\n<|endoftext|>\n".join(text[i:i + size] for i in range(0, len(text), size))
-    return joined, prepare.SEPARATOR_LINE.split(joined)
+    return joined, textsplit.SEPARATOR_LINE.split(joined)
+
+
+def split_docs(docs, val_ratio=0.1):
+    """(train, val) documents as prepare.py splits them: documents this short go whole (see textsplit.py)."""
+    items = list(textsplit.split_pieces((p for d in docs for p in textsplit.text_pieces(d)), val_ratio))
+    assert all(starts for _, _, starts in items)  # one piece per document
+    return [t for split, t, _ in items if split == "train"], [t for split, t, _ in items if split == "val"]
 
 
 @pytest.fixture(scope="module")
@@ -162,11 +170,11 @@ def test_prepare_trains_on_train_split_and_tokenises_with_it(bpe_data):
     assert meta["eot_id"] == enc.eot_token == 505 and meta["dtype"] == "uint16"
     assert meta["special_tokens"] == {s: 505 + i for i, s in enumerate(tokenizer.SPECIAL_TOKENS)}
     docs = plays_txt()[1]
-    val = prepare.is_val(np.arange(len(docs)), 0.1)
+    train, val = split_docs(docs)
     # the tokenizer learnt from the train documents only: training on them again gives the very same merges
-    assert tokenizer.train_bpe([d for d, v in zip(docs, val) if not v], 512) == spec
+    assert tokenizer.train_bpe(train, 512) == spec and len(val) >= 2
     assert tokenizer.train_bpe(docs, 512) != spec
-    for split, want in (("train", [d for d, v in zip(docs, val) if not v]), ("val", [d for d, v in zip(docs, val) if v])):
+    for split, want in (("train", train), ("val", val)):
         tokens = np.concatenate([np.fromfile(os.path.join(bpe_data, f), dtype=np.uint16) for f in meta["shards"][split]])
         cuts = list(np.flatnonzero(tokens == enc.eot_token)) + [len(tokens)]
         got = [enc.decode(tokens[a + 1:b].tolist()) for a, b in zip(cuts, cuts[1:])]
@@ -190,8 +198,7 @@ def test_uint32_shards_beyond_65536_tokens(tmp_path):
     train = TokenShards(folder, "train")
     tokens = np.asarray(train.shards[0])
     assert tokens.dtype == np.uint32 and tokens.max() > 65_535
-    val = prepare.is_val(np.arange(len(docs)), 0.1)
-    expected = np.concatenate([[enc.eot_token] + enc.encode_ordinary(d) for d, v in zip(docs, val) if not v])
+    expected = np.concatenate([[enc.eot_token] + enc.encode_ordinary(d) for d in split_docs(docs)[0]])
     assert np.array_equal(tokens, expected)
     x, y = train.read(np.array([0, 1000]), 64)  # the reader hands the ids over unchanged
     assert torch.equal(x[1], torch.from_numpy(expected[1000:1064].astype(np.int64)))
@@ -270,7 +277,7 @@ def test_tok_eval_reports_bytes_per_token_per_source(bpe_data, tiny_data, monkey
     assert report["tokenizer"] == "bpe-512" and set(report["results"]) == {"plays", "tiny"}
     # the plays' val documents, straight from the source text: the numbers are bytes / tokens of exactly these
     docs = plays_txt()[1]
-    val = [d for d, v in zip(docs, prepare.is_val(np.arange(len(docs)), 0.1)) if v]
+    val = split_docs(docs)[1]
     n_bytes = sum(len(d.encode()) for d in val)
     row = report["results"]["plays"]
     assert row["bytes"] == n_bytes
