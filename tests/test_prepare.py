@@ -182,6 +182,7 @@ def test_shakespeare_prepares_offline(tmp_path):
     ("docs.jsonl", dict(text_field="id"), r"field 'id' .* holds int values, not text"),
     ("one.txt", dict(), r"too little text to split: all 5 tokens went to val"),
     ("broken.jsonl", dict(), r"could not read"),
+    ("latin1.txt", dict(), r"latin1.txt is not UTF-8 text .*; save it as UTF-8"),
     ("docs.jsonl", dict(dataset="shakespeare"), r"give either --dataset=shakespeare or --input="),
     ("docs.jsonl", dict(name="../up"), r"must be a plain folder name"),
     ("docs.jsonl", dict(val_ratio=1.0), r"val_ratio=1.0 must be between 0 and 1"),
@@ -204,6 +205,8 @@ def test_errors_are_one_line_and_leave_nothing(tmp_path, setup, kwargs, message)
             (path / "README.md").write_text("x")
         elif setup == "one.txt":
             path.write_text("just one document\n")
+        elif setup == "latin1.txt":
+            path.write_bytes("caf\u00e9 au lait\n".encode("latin-1") * 3)
         elif setup == "broken.jsonl":
             path.write_text('{"text": "fine"}\n{"text": unquoted}\n')
         else:
