@@ -100,7 +100,7 @@ def txt_pieces(path, size=None):
             yield n
     ahead = lengths()
     for piece, starts in read_txt(path, size):
-        yield piece, next(ahead) if starts else 0
+        yield piece, (next(ahead, 0) or len(piece)) if starts else 0  # (0: the file grew since; go on)
 
 
 def text_pieces(text, size=None):
@@ -123,6 +123,7 @@ def split_pieces(pieces, val_ratio, cap=0):
             doc_left, seg_left, last = n, 0, None
         while piece:
             if seg_left == 0:  # a segment begins: decide how much of its end goes to val
+                doc_left = max(doc_left, len(piece))  # (more text than said: a file that grew while read)
                 seg_left = min(doc_left, segment or doc_left)
                 total = held["train"] + held["val"] + seg_left
                 if seg_left <= WHOLE_DOC_CHARS:  # whole, to val if that brings val closer to its share

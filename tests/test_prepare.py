@@ -392,6 +392,13 @@ def test_txt_is_read_in_bounded_pieces_that_give_back_its_documents(tmp_path):
         assert got == want and lengths == [len(d) for d in want], size
 
 
+def test_a_file_that_grows_while_read_loses_nothing():
+    """A document's length is read ahead of its text (a .txt is read twice): if more text comes than was said,
+    it is still handed on, once."""
+    items = list(textsplit.split_pieces([("abc", 1), ("def", 0), ("gh", 2)], 0.5))
+    assert "".join(text for _, text, _ in items) == "abcdefgh"
+
+
 @pytest.mark.parametrize("val_ratio", [0.1, 0.01])
 def test_single_txt_without_separators_splits_as_nanogpt(tmp_path, monkeypatch, val_ratio):
     """nanoGPT's input.txt: one document, no separators, prepared by the README's command. Val is the end of the
