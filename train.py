@@ -253,8 +253,13 @@ if lora_rank and lora_info is None:
     lora.apply_lora(model, lora_rank, lora_alpha, lora_dropout, lora_targets)
 dpo_reference = (resume.get("dpo_reference") if resume else base_source(init_from)) if task == "dpo" else None
 reference = model if task == "dpo" else None  # with LoRA: the policy with its adapters off, no second copy
+reference_fingerprint = None
 if task == "dpo" and not lora_info:  # full fine-tuning: a frozen copy of the starting model
     reference = (load_base(dpo_reference, dropout=0.0) if resume else copy.deepcopy(model)).eval().requires_grad_(False)
+    reference_fingerprint = lora.fingerprint(reference.state_dict())  # a resume must find the same weights there
+    if resume and resume.get("dpo_reference_fingerprint", reference_fingerprint) != reference_fingerprint:
+        fail(f"{out_dir}'s DPO reference {dpo_reference} has changed since the run started (its weights differ); "
+             f"put the original back, or start a new run")
 if max_seq_len > config.max_seq_len:
     fail(f"max_seq_len={max_seq_len} is longer than the model's context ({config.max_seq_len}); it may shrink for "
          f"fine-tuning but cannot grow: lower --max_seq_len")
@@ -416,6 +421,7 @@ def save(path, last_eval):
         "model": lora.adapter_state_dict(raw_model) if lora_info else raw_model.state_dict(),
         "model_config": asdict(config),
         "lora": lora_info, "dpo_reference": dpo_reference,  # an adapter checkpoint names its base instead of holding it
+        "dpo_reference_fingerprint": reference_fingerprint,
         "optimizers": [opt.state_dict() for opt in optimizers], "scaler": scaler.state_dict(),
         "step": step, "best_val_loss": best_val_loss, "evals_without_improvement": evals_without_improvement,
         "settings": settings, "metrics": last_eval, "wandb_run_id": wandb_run_id, "tokenizer": model_tokenizer,

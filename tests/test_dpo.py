@@ -3,6 +3,7 @@ hand, log 2 at the start, reward accuracy that rises on held-out pairs, TRL's me
 import json
 import math
 import os
+import shutil
 
 import pytest
 import torch
@@ -158,6 +159,17 @@ def test_resume_of_full_dpo_rebuilds_the_reference(base_run, prefs, tmp_path):
     a, b = (load_checkpoint(os.path.join(d, "ckpt.pt")) for d in (full, half))
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+    # the reference is reloaded from where the run started: if those weights changed since, the rewards would
+    # silently measure against another model, so a resume refuses
+    changed = tmp_path / "changed"
+    shutil.copytree(base_run, changed)
+    dpo_run(half, changed, prefs, *flags[1:], "--max_steps=3", "--overwrite")
+    state = torch.load(changed / "ckpt.pt", weights_only=True)
+    state["model"]["transformer.wte.weight"] += 0.01
+    torch.save(state, changed / "ckpt.pt")
+    proc = dpo_run(half, "resume", prefs, *flags, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "DPO reference" in proc.stderr and "has changed since the run started" in proc.stderr.splitlines()[-1]
     assert a["metrics"] == b["metrics"]
 
 
