@@ -503,9 +503,10 @@ while step < max_steps:
     steps_since_log += 1
 
     if step % log_interval == 0 or step == max_steps:  # (the same steps in every process)
-        if ddp:  # each process saw its share of the micro-batches: log the loss of the global batch
-            dist.all_reduce(loss_sum)
-            loss_sum /= world_size
+        if ddp:  # each process saw its share of the micro-batches: log the global batch's loss and statistics
+            for total in (loss_sum, stats_sum, aux_sum) + ((load_sum,) if config.n_experts else ()):
+                dist.all_reduce(total)
+                total /= world_size
         train_loss = loss_sum.item() / steps_since_log
         if not math.isfinite(train_loss):
             fail(f"the training loss became {train_loss} by step {step}; lower --learning_rate, "

@@ -261,6 +261,11 @@ def test_demo_config_with_lora_under_ddp_matches_one_process_and_runs_in_float16
         torch.testing.assert_close(b["model"][name], tensor, rtol=1e-5, atol=1e-6, msg=name)
     for key in ("val_loss", "val_rewards/accuracies", "val_rewards/margins"):
         assert b["metrics"][key] == pytest.approx(a["metrics"][key], abs=1e-5)
+    logged = [[e for e in read_metrics(tmp_path / run) if e["event"] == "train"] for run in ("one", "two")]
+    assert len(logged[0]) == len(logged[1]) > 0
+    for e1, e2 in zip(*logged):  # the logged train statistics are the global batch's, not rank 0's half of it
+        for key in ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected"):
+            assert e2[key] == pytest.approx(e1[key], abs=1e-5), key
     run_script("train.py", *common, "--dtype=float16", f"--out_dir={tmp_path / 'fp16'}")
     state = load_checkpoint(tmp_path / "fp16" / "ckpt.pt")
     assert state["scaler"]["scale"] > 0 and math.isfinite(state["metrics"]["val_loss"])
