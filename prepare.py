@@ -43,7 +43,7 @@ import numpy as np
 from tqdm import tqdm
 
 import tokenizer
-from textsplit import PIECE_CHARS, WHOLE_DOC_CHARS, split_pieces, text_pieces, txt_pieces
+from textsplit import PIECE_CHARS, WHOLE_DOC_CHARS, split_pieces, text_pieces, txt_pieces, walk_files
 from configurator import check_output_dir, check_range, configure, fail
 
 # -----------------------------------------------------------------------------
@@ -84,33 +84,34 @@ def one_line(e):
 
 
 def find_files(path):
-    """The datasets builder ("text", "json" or "parquet") and the sorted files of a local input."""
+    """The datasets builder ("text", "json" or "parquet") and the files of a local input in sorted order; for a
+    folder, a generator that lists them one folder at a time (a million files are never a million paths held)."""
     if not path or not os.path.exists(path):
         fail(f"input {path!r} does not exist; pass --input=PATH to a .txt, .jsonl/.json or .parquet file "
              "or a folder of them")
-    if os.path.isdir(path):
-        files = []
-        for root, dirs, names in os.walk(path):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]  # skip hidden folders and files
-            files += [os.path.join(root, f) for f in names if not f.startswith(".")]
-        files.sort()
-        usable = [f for f in files if os.path.splitext(f)[1].lower() in FILE_KINDS]
-        if not usable:
-            found = sorted({os.path.splitext(f)[1] or f for f in files})
-            fail(f"input folder {path} holds no .txt, .jsonl, .json or .parquet files "
-                 f"(found: {', '.join(found) or 'nothing'})")
-        kinds = {FILE_KINDS[os.path.splitext(f)[1].lower()] for f in usable}
-        if len(kinds) > 1:
-            fail(f"input folder {path} mixes {' and '.join(sorted(kinds))} files; put one kind per folder and prepare each")
-        files = usable
-    else:
+    if not os.path.isdir(path):
         suffix = os.path.splitext(path)[1].lower()
         if suffix not in FILE_KINDS:
             fail(f"input {path} has an unsupported file type {suffix or '(none)'!r}; use .txt, .jsonl, .json or .parquet")
-        files = [path]
-    if all(os.path.getsize(f) == 0 for f in files):
+        if os.path.getsize(path) == 0:
+            fail(f"input {path} is empty; give it some text")
+        return FILE_KINDS[suffix], [path]
+    kinds, found, empty = set(), set(), True  # a first pass checks the folder, keeping none of its names
+    for f in walk_files(path):
+        suffix = os.path.splitext(f)[1]
+        if suffix.lower() in FILE_KINDS:
+            kinds.add(FILE_KINDS[suffix.lower()])
+            empty = empty and os.path.getsize(f) == 0
+        elif len(found) < 20:
+            found.add(suffix or f)
+    if not kinds:
+        fail(f"input folder {path} holds no .txt, .jsonl, .json or .parquet files "
+             f"(found: {', '.join(sorted(found)) or 'nothing'})")
+    if len(kinds) > 1:
+        fail(f"input folder {path} mixes {' and '.join(sorted(kinds))} files; put one kind per folder and prepare each")
+    if empty:
         fail(f"input {path} is empty; give it some text")
-    return FILE_KINDS[os.path.splitext(files[0])[1].lower()], files
+    return kinds.pop(), (f for f in walk_files(path) if os.path.splitext(f)[1].lower() in FILE_KINDS)
 
 
 def quiet_datasets():
@@ -136,9 +137,9 @@ def open_source(dataset, input):
     if kind == "text":
         return files, kind, source, hint
     try:
-        ds = quiet_datasets().load_dataset(kind, data_files=files, split="train", streaming=True)
+        ds = quiet_datasets().load_dataset(kind, data_files=list(files), split="train", streaming=True)
     except Exception as e:
-        fail(f"could not read {input or files[0]} ({one_line(e)}); {hint}")
+        fail(f"could not read {input} ({one_line(e)}); {hint}")
     return ds, kind, source, hint
 
 

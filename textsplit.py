@@ -24,6 +24,7 @@ Why by characters, before tokenising: prepare.py may first learn a tokenizer fro
 own over the source) and then tokenise with it. Both passes must agree on which text is val, and val text must
 never teach the tokenizer, so the split has to be a rule on the text itself, decided before any token exists.
 """
+import os
 import re
 
 PIECE_CHARS = 1 << 20  # text moves on in pieces of at most this many characters: memory does not follow the input
@@ -85,6 +86,18 @@ def read_txt(path, size=None):
                 blank = ""
             if end:
                 return
+
+
+def walk_files(folder):
+    """The files under folder, hidden ones left out, in the order of their sorted paths, listed one folder at a
+    time: a folder of a million files is held as a million names only while it is being read."""
+    names = sorted(e.name + "/" if e.is_dir() else e.name for e in os.scandir(folder) if not e.name.startswith("."))
+    for name in names:  # a folder sorts as name + "/", as it does inside the paths of its files
+        path = os.path.join(folder, name.rstrip("/"))
+        if not name.endswith("/"):
+            yield path
+        elif not os.path.islink(path):  # as os.walk: a linked folder is not entered
+            yield from walk_files(path)
 
 
 def txt_pieces(path, size=None):

@@ -392,6 +392,17 @@ def test_txt_is_read_in_bounded_pieces_that_give_back_its_documents(tmp_path):
         assert got == want and lengths == [len(d) for d in want], size
 
 
+def test_folder_files_come_in_sorted_path_order_one_folder_at_a_time(tmp_path):
+    for rel in ["a-1.txt", "a/x.txt", "a/b/y.txt", "a.txt", "z.txt", "sub/b.txt", "sub/.h.txt", ".hid/c.txt", "sub-"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x")
+    want = sorted(os.path.join(root, f) for root, dirs, names in os.walk(tmp_path) for f in names
+                  if not f.startswith(".") and ".hid" not in root)
+    files = textsplit.walk_files(str(tmp_path))
+    assert next(files) == str(tmp_path / "a-1.txt")  # a generator: nothing listed beyond what is read
+    assert [str(tmp_path / "a-1.txt"), *files] == want
+
+
 def test_a_file_that_grows_while_read_loses_nothing():
     """A document's length is read ahead of its text (a .txt is read twice): if more text comes than was said,
     it is still handed on, once."""
