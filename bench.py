@@ -13,7 +13,8 @@ How fast Nash-LLM trains, samples and prepares data on this machine, measured: p
 Each figure is the best of `repeats` runs (a training run's figure is the median of its steps), timed after
 warm-up with the device synchronised: load from other processes only ever adds time, so the best run is the
 closest to what the machine itself can do. The JSON keeps every run's figure and the load average.
-Each measurement is a module of benches/ (benches/train.py, sample.py, tasks.py, data.py, chat.py, tokenizer.py);
+Each measurement is a module of benches/ (benches/train.py, sample.py, tasks.py, data.py, chat.py, tokenizer.py,
+finetune.py);
 this file holds the settings, their checks, the driver and the report.
 - train: train.py itself, as a subprocess (no evals, no saves) on random words that prepare.py turns into shards
   in a temp folder: ms/step from its metrics.jsonl (one figure per log_interval steps), the first train_warmup
@@ -39,6 +40,9 @@ this file holds the settings, their checks, the driver and the report.
   here, with rustbpe (what prepare.py uses) and with Hugging Face tokenizers set up alike, both streaming the
   documents; prepare.py --tokenizer_vocab_size on the same JSONL (wall time, peak RSS); encoding speed against
   tiktoken's GPT-2; and bytes per token on held-out documents of each source against GPT-2 and GPT-4 (cl100k).
+- finetune: config/sft_demo.py's fine-tuning from one base checkpoint, every weight against LoRA adapters
+  (finetune_rank, finetune_targets), each train.py in a fresh process, alternated: ms/step (train_steps steps, the
+  first train_warmup left out), peak RSS, trainable parameters.
 """
 import importlib
 import json
@@ -59,7 +63,7 @@ from model import GPTConfig
 
 # -----------------------------------------------------------------------------
 # settings (python bench.py --help lists them)
-what = "train,sample,data"  # comma-separated: train, sample, data, tokenizer, chat, tasks (plain_loop: internal)
+what = "train,sample,data"  # comma-separated: train, sample, data, tokenizer, chat, tasks, finetune (plain_loop: internal)
 output = "bench.json"  # where the JSON goes; "" = nowhere
 device = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps
 dtype = "auto"  # auto (float16 on CUDA, float32 elsewhere) | float32 | bfloat16 | float16 (train and sample)
@@ -108,6 +112,9 @@ chat_reply_tokens = 16  # tokens per reply
 task_data = os.path.join("tests", "task_data")  # a folder holding hellaswag.jsonl (the test fixture by default)
 task_examples = 64  # items scored per run; the file's items repeated (each with its own prefix) if it has fewer
 task_batch = 8  # continuations per forward pass
+# finetune: config/sft_demo.py, every weight against LoRA (train_steps, train_warmup, repeats as above)
+finetune_rank = 8  # the adapters' rank
+finetune_targets = "all"  # attention | mlp | all (train.py's lora_targets)
 settings = configure(globals())
 # -----------------------------------------------------------------------------
 # checks: one line each, before any work
@@ -119,8 +126,11 @@ VAL_SHARE_ERROR = 0.005  # prepare.py's val share within half a percentage point
 REFERENCE_SPEEDUP = 1.05  # model.py's training step against the plain nanoGPT-style one in benches/train.py
 
 measures = [w.strip() for w in what.split(",") if w.strip()]
-if not measures or set(measures) - {"train", "sample", "data", "tokenizer", "chat", "tasks", "plain_loop"}:
-    fail(f"what={what!r} should be a comma-separated list of train, sample, data, tokenizer, chat, tasks")
+if not measures or set(measures) - {"train", "sample", "data", "tokenizer", "chat", "tasks", "finetune", "plain_loop"}:
+    fail(f"what={what!r} should be a comma-separated list of train, sample, data, tokenizer, chat, tasks, finetune")
+if finetune_rank < 1 or finetune_targets not in ("attention", "mlp", "all"):
+    fail(f"finetune_rank={finetune_rank} must be at least 1 and finetune_targets={finetune_targets!r} attention, "
+         f"mlp or all")
 try:
     lengths = [int(n) for n in sample_lengths.split(",")]
 except ValueError:
@@ -298,6 +308,13 @@ def report(info, results):
               ["turn", "prompt tokens", "first token, ms: cache / re-prefill", "tokens/s: cache / re-prefill"],
               [[row["turn"], row["prompt_tokens"], f"{row['cache_ttft_ms']:.1f} / {row['prefill_ttft_ms']:.1f}",
                 f"{row['cache_tokens_per_sec']:.1f} / {row['prefill_tokens_per_sec']:.1f}"] for row in r["rows"]])
+    if "finetune" in results:
+        r = results["finetune"]
+        table(f"finetune: config/sft_demo.py from one base, {dtype}, {device} ({train_steps - train_warmup} steps "
+              f"timed per run)", ["", "trainable parameters", "peak RSS", "ms/step", "run medians, ms"],
+              [[kind, f"{m['trainable_params']:,} ({m['trainable_params'] / m['total_params']:.2%})",
+                f"{m['peak_rss_mb']:,.0f} MB" if m["peak_rss_mb"] else "-", f"{m['ms_per_step']:.1f}",
+                ", ".join(f"{x:.0f}" for x in m["run_medians_ms"])] for kind, m in r.items()])
     table("targets:", ["target", "measured", "verdict"],
           [[t, m, "met" if ok else "MISSED"] for t, m, ok in results["targets"]])
 

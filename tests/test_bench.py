@@ -121,3 +121,18 @@ def test_chat_through_the_server_with_and_without_the_cache(monkeypatch, tmp_pat
         assert row["cache_ttft_ms"] > 0 and row["prefill_ttft_ms"] > 0 and row["cache_tokens_per_sec"] > 0
     with pytest.raises(SystemExit, match="do not fit the context of 128"):
         bench(monkeypatch, "--what=chat", "--repeats=1", "--chat_turns=9", "--chat_reply_tokens=20", "--output=")
+
+
+def test_finetune_full_against_lora(monkeypatch, tmp_path, capsys):
+    out = tmp_path / "finetune.json"
+    bench(monkeypatch, "--what=finetune", "--repeats=1", "--train_steps=3", "--train_warmup=1", "--device=cpu",
+          f"--output={out}")
+    assert "finetune: config/sft_demo.py" in capsys.readouterr().out
+    r = json.loads(out.read_text())["results"]["finetune"]
+    full, adapters = r["full"], r["LoRA r=8"]
+    assert full["total_params"] == adapters["total_params"] == full["trainable_params"]
+    # rank-8 adapters on the 4 blocks' c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj of config/sft_demo.py (d_model 128,
+    # d_ff 512): 8 * (128 + 384) + 8 * (128 + 128) + 8 * (128 + 512) + 8 * (512 + 128) per block
+    assert adapters["trainable_params"] == 4 * 8 * (512 + 256 + 640 + 640) == 65_536
+    for m in (full, adapters):
+        assert m["ms_per_step"] > 0 and m["peak_rss_mb"] > 100
