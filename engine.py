@@ -81,7 +81,7 @@ class ChatEngine:
         """Run tokens through the model after what the cache holds; the logits after the last one."""
         try:
             with torch.no_grad(), self.ctx:
-                while tokens:  # one forward; the rolling cache takes what fits, then a token at a time
+                while tokens:  # the exact cache takes them in one forward; the rolling one what fits, then one by one
                     n = self.cache.room(self.sinks) if self.rolling else len(tokens)
                     idx = torch.tensor([tokens[:n]], dtype=torch.long, device=self.device)
                     logits = self.model._last_logits(idx, self.cache)
