@@ -35,6 +35,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from engine import Decoder, Sampling
 
 MAX_ROLLING_TOKENS = 65536  # the longest reply with the rolling cache: one request cannot hold the worker for ever
+
+
+def reply_limit(engine):
+    """The most tokens one reply may ask for: the context, or past it with the rolling cache."""
+    return MAX_ROLLING_TOKENS if engine.rolling else engine.max_seq_len
 UI_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ui.html")
 
 
@@ -150,7 +155,7 @@ def parse_request(body, engine, defaults):
         return kind(value)
 
     ctx = engine.max_seq_len
-    limit = MAX_ROLLING_TOKENS if engine.rolling else ctx  # the rolling cache goes past the context
+    limit = reply_limit(engine)
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     param = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
@@ -210,7 +215,8 @@ def create_app(engine, name="nash", defaults=None):
                 "served": worker.served, "cancelled": worker.cancelled, "tokens_generated": worker.tokens_generated}
 
     model_card = {"id": name, "object": "model", "created": created, "owned_by": "nash-llm",
-                  "context_length": engine.max_seq_len}
+                  "context_length": engine.max_seq_len, "max_tokens": reply_limit(engine),  # (the page's limit)
+                  "rolling_cache": engine.rolling}
 
     @app.get("/v1/models")
     async def models():

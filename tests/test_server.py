@@ -84,7 +84,9 @@ def test_openai_client_streamed_and_not(tiny_chat_run):
     reply, prompt_tokens = expected((tiny_chat_run, "best"), messages, 10)
     with serving(f"--out_dir={tiny_chat_run}") as url:
         client = OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
-        assert [m.id for m in client.models.list().data] == [os.path.basename(tiny_chat_run)]
+        [card] = client.models.list().data
+        assert card.id == os.path.basename(tiny_chat_run)
+        assert card.context_length == card.max_tokens == 32 and not card.rolling_cache  # replies end at the context
         done = client.chat.completions.create(model="tiny_chat", messages=messages, temperature=0, max_tokens=10)
         assert done.choices[0].message.content == reply and done.choices[0].message.role == "assistant"
         assert done.usage.prompt_tokens == prompt_tokens and done.choices[0].finish_reason in ("stop", "length")
