@@ -16,6 +16,17 @@ from benches.data import make_corpus
 from model import GPT, GPTConfig, peak_flops
 
 
+def optimizer_step(loss, model, opt, scaler, grad_clip):
+    """train.py's update, plainly: backward (scaled for float16), clip the unscaled gradients, step, zero."""
+    scaler.scale(loss).backward()
+    if grad_clip > 0:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad(set_to_none=True)
+
+
 def plain_loop(cfg):
     """ms per step of the plainest loop on what train.py trains: the same GPT, optimizer, batch shape, precision
     (a GradScaler for float16) and clipping, on random tokens made before the clock starts. Like train.py's log
@@ -33,13 +44,7 @@ def plain_loop(cfg):
     for step, (x, y) in enumerate(batches, 1):
         with cfg.ctx:
             _, loss = step_model(x, y, return_logits=False)  # train.py's loss path
-        scaler.scale(loss).backward()
-        if cfg.grad_clip > 0:
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
+        optimizer_step(loss, model, opt, scaler, cfg.grad_clip)
         if step % cfg.log_interval == 0:
             sync(cfg.device)
             times.append(1000 * (time.perf_counter() - t0) / cfg.log_interval)
@@ -125,13 +130,7 @@ def versus_reference(cfg):
                 t0 = time.perf_counter()
                 with cfg.ctx:
                     loss = loss_fn(step_model, x, y)
-                scaler.scale(loss).backward()
-                if cfg.grad_clip > 0:
-                    scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(opt)
-                scaler.update()
-                opt.zero_grad(set_to_none=True)
+                optimizer_step(loss, model, opt, scaler, cfg.grad_clip)
                 sync(cfg.device)
                 times[name].append(1000 * (time.perf_counter() - t0))
         for name in loops:

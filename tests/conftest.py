@@ -101,3 +101,18 @@ def tiny_chat_run(chat_data, tmp_path_factory):
     run_script("train.py", *TINY_MODEL, *TINY_TRAINING, "--task=chat", "--dataset=demo", f"--data_dir={chat_data}",
                "--vocab_size=50263", f"--out_dir={out}")
     return str(out)
+
+
+@pytest.fixture
+def key_lengths(monkeypatch):
+    """The number of keys each attention call sees (model.py's scaled_dot_product_attention, recorded)."""
+    import torch.nn.functional as F
+    import model
+    lengths, real = [], F.scaled_dot_product_attention
+
+    def recording(q, k, v, *args, **kwargs):
+        lengths.append(k.size(2))
+        return real(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(model.F, "scaled_dot_product_attention", recording)
+    return lengths

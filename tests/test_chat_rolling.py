@@ -10,11 +10,9 @@ from dataclasses import asdict
 
 import pytest
 import torch
-import torch.nn.functional as F
 from fastapi.testclient import TestClient
 
 import engine as E
-import model as M
 import server
 from checkpoint import save_checkpoint
 from conftest import ROOT, run_script
@@ -55,18 +53,6 @@ def logits_seen(monkeypatch):
 
     monkeypatch.setattr(E, "sample_next", recording)
     return seen
-
-
-@pytest.fixture
-def key_lengths(monkeypatch):
-    lengths, real = [], F.scaled_dot_product_attention
-
-    def recording(q, k, v, *args, **kwargs):
-        lengths.append(k.size(2))
-        return real(q, k, v, *args, **kwargs)
-
-    monkeypatch.setattr(M.F, "scaled_dot_product_attention", recording)
-    return lengths
 
 
 def full_logits(model, tokens):

@@ -4,9 +4,7 @@ exactly on a one-layer model), refuses learned positions; the sinks train; sampl
 The exact cache against full recompute with sinks is in test_model.py (its CONFIGS include sink models)."""
 import pytest
 import torch
-import torch.nn.functional as F
 
-import model as M
 from conftest import TINY_MODEL, TINY_TRAINING, run_inline
 from kvcache import RollingKVCache
 from model import GPT, GPTConfig
@@ -22,19 +20,6 @@ def make(seed=0, **kw):
         for name, p in model.named_parameters():
             p.normal_(1.0 if p.dim() == 1 and name.endswith("weight") else 0.0, 0.3 if p.dim() >= 2 else 0.2)
     return model.eval()
-
-
-@pytest.fixture
-def key_lengths(monkeypatch):
-    """The number of keys each attention call sees."""
-    lengths, real = [], F.scaled_dot_product_attention
-
-    def recording(q, k, v, *args, **kwargs):
-        lengths.append(k.size(2))
-        return real(q, k, v, *args, **kwargs)
-
-    monkeypatch.setattr(M.F, "scaled_dot_product_attention", recording)
-    return lengths
 
 
 @pytest.mark.parametrize("sinks", [0, 2])
