@@ -16,6 +16,9 @@ for a fine-tuned (SFT) checkpoint also the exact match of its greedy completions
   accuracy and bits per byte count the completion tokens and the end-of-text after them, as in training.
   Exact match: the completion generated greedily (temperature 0) from each prompt, up to end-of-text,
   equals the reference completion token for token (max_examples caps how many are generated).
+- Chat data (task=chat): conversations; loss and accuracy count the assistant replies and their end tokens. Exact
+  match: each conversation's last reply, answered greedily by the chat engine (chat.py's) from the turns before
+  it, equals the reference token for token and then ends (max_examples caps how many).
 - Downstream benchmarks instead of the loss: --tasks=hellaswag,arc_easy,arc_challenge,mmlu,gsm8k,humaneval,sst2
   (the machinery and each task's definition live in tasks/), scored as lm-evaluation-harness does; a table of
   task, metric, value, standard error and examples, and `core` (mean centered accuracy of the multiple-choice tasks).
@@ -173,6 +176,24 @@ def measure_loss():
         results["exact_match"] = matches / len(examples) if examples else None
         results["exact_match_examples"] = len(examples)
 
+    # chat: exact match of each conversation's last reply, answered as chat.py answers (engine.py), greedily
+    if task == "chat":
+        from engine import ChatEngine, Sampling
+        chat_engine = ChatEngine(model, ctx, enc)
+        last_replies = [m for m in data.examples if m[-1]["role"] == "assistant"][:max_examples or None]
+        matches = asked = 0
+        for messages in tqdm(last_replies, unit="conversation", desc="exact match", dynamic_ncols=True):
+            prompt = chat_engine.render(messages[:-1])
+            if len(prompt) >= model.config.max_seq_len:  # no room left for a reply: not asked
+                continue
+            reference = enc.encode_ordinary(messages[-1]["content"])
+            greedy = Sampling(temperature=0.0, top_k=None, max_new_tokens=len(reference) + 1)  # + its end
+            reply = list(chat_engine.generate(prompt, greedy))
+            matches += reply == reference and chat_engine.finish_reason == "stop"
+            asked += 1
+        results["exact_match"] = matches / asked if asked else None
+        results["exact_match_examples"] = asked
+
     # a table to read
     total = data.num_eval_batches(batch_size, seq_len)
     scope = f"the first {num_batches} of {total} batches" if num_batches < total else "all of it"
@@ -182,9 +203,10 @@ def measure_loss():
     rows = [("loss", f"{results['loss']:.4f}"), ("accuracy", f"{100 * results['accuracy']:.2f}%"),
             ("perplexity", f"{results['perplexity']:.2f}"),
             ("bits per byte", "-" if results["bits_per_byte"] is None else f"{results['bits_per_byte']:.4f}")]
-    if task == "sft":
+    if task in ("sft", "chat"):
         rows.append(("exact match", "-" if results["exact_match"] is None else
-                     f"{100 * results['exact_match']:.2f}% of {results['exact_match_examples']} completions"))
+                     f"{100 * results['exact_match']:.2f}% of {results['exact_match_examples']} "
+                     + ("completions" if task == "sft" else "last replies")))
     for name, value in rows:
         print(f"  {name:<14} {value}")
     return results

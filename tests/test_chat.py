@@ -224,3 +224,37 @@ def test_demo_config_trains(tmp_path):
                "--warmup_steps=1", f"--out_dir={tmp_path / 'demo'}")
     state = load_checkpoint(str(tmp_path / "demo" / "ckpt.pt"))
     assert state["settings"]["task"] == "chat" and state["model_config"]["vocab_size"] == CHAT_VOCAB_SIZE
+
+
+def test_evaluate_scores_each_conversations_last_reply_by_exact_match(tiny_chat_run, tmp_path):
+    """evaluate.py on a chat run: besides the loss, the exact match of each conversation's last reply as chat.py
+    would answer it, greedily. The reference here is computed apart, with model.generate: the reply's tokens and
+    then a special token. (The tiny run ends its replies at once, so an empty reference matches.)"""
+    from checkpoint import load_model
+    model, _, _ = load_model("", tiny_chat_run, "best", "cpu")
+    enc, specials = get_tokenizer(), set(special_ids(get_tokenizer()).values())
+    conversations = [
+        [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": ""}],
+        [{"role": "user", "content": "Reverse: red fox"}, {"role": "assistant", "content": "fox red"}],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+         {"role": "assistant", "content": "Hello"}],
+        [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}, {"role": "user", "content": "again"},
+         {"role": "assistant", "content": ""}],
+    ]
+    expected = []
+    for messages in conversations:
+        prompt = render_conversation(enc, messages[:-1], for_reply=True)[0]
+        reference = enc.encode_ordinary(messages[-1]["content"])
+        out = model.generate(torch.tensor([prompt]), len(reference) + 1, temperature=0.0)[0, len(prompt):].tolist()
+        expected.append(out[:-1] == reference and out[-1] in specials)
+    assert 0 < sum(expected) < len(conversations)  # some match, some do not: the count means something
+    data = tmp_path / "convs"
+    data.mkdir()
+    (data / "val.jsonl").write_text("".join(json.dumps({"messages": m}) + "\n" for m in conversations))
+    out = tmp_path / "eval.json"
+    proc = run_script("evaluate.py", f"--out_dir={tiny_chat_run}", f"--data_dir={data}", "--device=cpu",
+                      f"--output={out}")
+    results = json.loads(out.read_text())
+    assert results["task"] == "chat" and results["exact_match_examples"] == len(conversations)
+    assert results["exact_match"] == sum(expected) / len(conversations)
+    assert f"of {len(conversations)} last replies" in proc.stdout
