@@ -92,9 +92,14 @@ spec = tokenizer.model_spec(state, init_from)  # the model's tokenizer: its chec
 enc = tokenizer.from_spec(spec)
 run = state["settings"] if state else {"task": "pretrain", "dataset": "shakespeare", "data_dir": ""}
 task = task or run.get("task", "pretrain")  # a chat model answers the tasks that have a chat format through it
-if task == "chat" and model.config.vocab_size <= max(tokenizer.special_ids(enc).values()):
-    fail(f"{where} has no chat tokens in its vocabulary ({model.config.vocab_size} tokens): it was not fine-tuned "
-         f"with task=chat; leave --task out")
+chat_engine = None  # task=chat: chat.py's engine answers (exact match of the last replies)
+if task == "chat":
+    from engine import ChatEngine, Sampling
+    try:
+        chat_engine = ChatEngine(model, ctx, enc)  # (it checks the model has rows for the chat tokens)
+    except ValueError:
+        fail(f"{where} has no chat tokens in its vocabulary ({model.config.vocab_size} tokens): it was not "
+             f"fine-tuned with task=chat; leave --task out")
 
 
 def measure_loss():
@@ -178,8 +183,6 @@ def measure_loss():
 
     # chat: exact match of each conversation's last reply, answered as chat.py answers (engine.py), greedily
     if task == "chat":
-        from engine import ChatEngine, Sampling
-        chat_engine = ChatEngine(model, ctx, enc)
         last_replies = [m for m in data.examples if m[-1]["role"] == "assistant"][:max_examples or None]
         matches = asked = 0
         for messages in tqdm(last_replies, unit="conversation", desc="exact match", dynamic_ncols=True):
