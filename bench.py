@@ -55,9 +55,9 @@ from types import SimpleNamespace
 
 import torch
 
-import tokenizer
+from nash import tokenizer
 from benches.common import CORES, HERE
-from checkpoint import autocast, pick_device, pick_dtype
+from nash.common import autocast, pick_device, pick_dtype
 from configurator import check_output_file, check_range, configure, fail
 from model import GPTConfig
 

@@ -17,7 +17,8 @@ approximation, at a constant cost per token.
 import os
 import sys
 
-from checkpoint import inference_setup, load_model
+from nash.checkpoint import load_model
+from nash.common import inference_setup
 from configurator import check_sampling, configure, fail
 
 # -----------------------------------------------------------------------------
@@ -49,8 +50,8 @@ if not 0 < port < 65536:
 
 import torch  # noqa: E402  (after the checks: --help and bad flags answer at once)
 
-from engine import ChatEngine, Conversation, Sampling  # noqa: E402
-from tokenizer import checkpoint_spec, from_spec  # noqa: E402
+from nash.engine import ChatEngine, Conversation, Sampling  # noqa: E402
+from nash.tokenizer import checkpoint_spec, from_spec  # noqa: E402
 
 device, dtype, ctx = inference_setup(device, dtype)
 model, state, where = load_model(init_from, out_dir, ckpt, device)
@@ -70,7 +71,7 @@ window = ", rolling KV cache" if rolling_cache else ""
 print(f"chatting with {where} ({info}, context {engine.max_seq_len} tokens{window}) on {device}, {dtype}", file=sys.stderr)
 
 if serve:
-    import server
+    from nash import server
     name = os.path.basename(os.path.dirname(os.path.abspath(where)))  # the run folder's name is the model's id
     server.serve(engine, name=name, host=host, port=port, defaults=sampling)
     sys.exit(0)

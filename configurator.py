@@ -19,12 +19,9 @@ import os
 import re
 import sys
 import types
+from nash.common import fail
 
 SETTING_TYPES = (bool, int, float, str, type(None))
-
-
-def fail(message):
-    sys.exit(f"error: {message}")
 
 
 def setting_names(scope):
@@ -70,12 +67,13 @@ def parse_value(text, default):
 
 
 def comments_by_name(path):
-    """The `# comment` at the end of each top-level `name = value` line of the script, for --help."""
+    """The `# comment` at the end of each `name = value` line of the script, and of each `name: type = value`
+    field line (model.py's GPTConfig, whose fields are train.py's model settings), for --help."""
     comments = {}
     try:
         with open(path) as f:
             for line in f:
-                m = re.match(r"^(\w+)\s*=\s*.*?#\s*(.*)$", line)
+                m = re.match(r"^\s{0,4}(\w+)\s*(?::[^=]*)?=\s*.*?#\s*(.*)$", line)
                 if m:
                     comments.setdefault(m.group(1), m.group(2).strip())
     except (OSError, TypeError):
@@ -89,7 +87,7 @@ def print_help(scope, names, usage):
     print(f"usage: python {script} {usage}\n")
     if doc:
         print(doc + "\n")
-    comments = comments_by_name(scope.get("__file__"))
+    comments = {**comments_by_name(scope.get("__settings_from__")), **comments_by_name(scope.get("__file__"))}
     width = max(len(n) for n in names)
     for n in names:
         default = repr(scope[n])

@@ -36,11 +36,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import tasks as downstream
-import tokenizer
-from checkpoint import inference_setup, load_model
+from nash import tasks as downstream
+from nash import tokenizer
+from nash.checkpoint import load_model
+from nash.common import inference_setup
 from configurator import check_output_file, configure, fail
-from data import ChatExamples, SFTExamples, TokenShards, dataset_dir, ensure_prepared
+from nash.data import ChatExamples, SFTExamples, TokenShards, dataset_dir, ensure_prepared
 
 # -----------------------------------------------------------------------------
 # settings (python evaluate.py --help lists them)
@@ -94,7 +95,7 @@ run = state["settings"] if state else {"task": "pretrain", "dataset": "shakespea
 task = task or run.get("task", "pretrain")  # a chat model answers the tasks that have a chat format through it
 chat_engine = None  # task=chat: chat.py's engine answers (exact match of the last replies)
 if task == "chat":
-    from engine import ChatEngine, Sampling
+    from nash.engine import ChatEngine, Sampling
     try:
         chat_engine = ChatEngine(model, ctx, enc)  # (it checks the model has rows for the chat tokens)
     except ValueError:
@@ -230,7 +231,7 @@ if task_names:
 if not task_names or report:
     results.update(measure_loss())
 if report:
-    from tasks.report import write_report
+    from nash.tasks.report import write_report
     print(f"wrote {write_report(out_dir, model, enc, results, settings, ctx, device)}")
 if output:
     tmp = output + ".tmp"

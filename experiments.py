@@ -28,10 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from checkpoint import load_checkpoint, model_from_checkpoint
+from nash.checkpoint import load_checkpoint, model_from_checkpoint
 from configurator import configure, fail
-from data import TokenShards, dataset_dir, ensure_prepared
-from kvcache import RollingKVCache
+from nash.data import TokenShards, dataset_dir, ensure_prepared
+from model import RollingKVCache
 
 # -----------------------------------------------------------------------------
 # settings (python experiments.py --help lists them)
@@ -152,7 +152,7 @@ def nll_sliding(model, x, y, T):
 def nll_rolling(model, x, y, keep):
     """(b), (c) the rolling KV cache, fed one token at a time (what generation past the context does)."""
     cache = RollingKVCache.for_config(model.config, keep)
-    nll = [F.cross_entropy(model._last_logits(x[:, t:t + 1], cache), y[:, t], reduction="none")
+    nll = [F.cross_entropy(model.next_logits(x[:, t:t + 1], cache), y[:, t], reduction="none")
            for t in range(x.size(1))]
     return torch.stack(nll, dim=1)
 

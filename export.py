@@ -22,10 +22,10 @@ import os
 
 import torch
 
-import hf
-import lora
-import tokenizer
-from checkpoint import load_model
+from nash import hf
+from nash import lora
+from nash import tokenizer
+from nash.checkpoint import load_model
 from configurator import configure, fail
 
 # -----------------------------------------------------------------------------
@@ -56,8 +56,8 @@ except hf.ExportError as e:
     fail(str(e))
 cls = hf.CLASSES[arch]
 spec = tokenizer.model_spec(state, init_from)  # GPT-2's, or the tokenizer the run learnt (prepare.py)
-write_tokenizer = hf.write_gpt2_tokenizer if spec["name"] == "gpt2" else \
-    lambda folder, config: hf.write_trained_tokenizer(folder, config, spec)
+write_tokenizer = tokenizer.write_gpt2_tokenizer if spec["name"] == "gpt2" else \
+    lambda folder, config: tokenizer.write_trained_tokenizer(folder, config, spec)
 if adapter_only:  # peft's adapter_config.json + adapter_model.safetensors, for the base exported on its own
     if not (state and state.get("lora")):
         fail(f"{source} holds no LoRA adapters (trained with lora_rank=0); export it without --adapter_only")

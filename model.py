@@ -1,27 +1,25 @@
 """
-The GPT language model, in one file.
+The GPT language model, in one file that needs only torch (copy it anywhere: `import model` works).
 
 Defaults are OpenAI's GPT-2 small (124M): learned positions, pre-LayerNorm, tanh-GELU MLP, tied
-embeddings. Switches bring in the modern parts (RoPE, RMSNorm, SwiGLU/ReLU², GQA/MQA, QK-norm,
-untied head, Mixture-of-Experts MLP in moe.py, attention sink tokens). Also here, because they need
-to know the model's insides:
-- generation with a KV cache (kvcache.py: exact, or rolling past the context), streamed or not,
-- the optimizers (AdamW, or Muon for the hidden matrices + AdamW for the rest),
-- FLOPs per token and MFU against a table of per-GPU peaks.
-Only torch is needed to import this file. Hugging Face loading and export live in hf.py; the fused
-chunked training loss in loss.py; the KV caches in kvcache.py.
+embeddings. Switches bring in the modern parts: RoPE, RMSNorm, SwiGLU/ReLU², GQA/MQA, QK-norm, an
+untied head, a Mixture-of-Experts MLP, learnable attention-sink tokens. Also here, because they need the
+model's insides: the one training/eval loss (fused with the lm_head in chunks, or plain: same numbers),
+generation with a KV cache (exact, or StreamingLLM's rolling one past the context), the optimizers
+(AdamW, or Muon for the hidden matrices), FLOPs per token and MFU, and GPT.from_pretrained for OpenAI's
+GPT-2 (transformers-free: safetensors/huggingface_hub are imported inside it). Other Hugging Face families
+(Llama, Qwen3, Mixtral) and export live in nash/hf.py, which builds this GPT. The reasoning behind the
+attention sinks, the rolling cache and the MoE routing is in docs/model.md.
 """
+import json
 import math
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from kvcache import KVCache, RollingKVCache
-from loss import chunked_cross_entropy
-from moe import MoE, idle_expert_params
 
 
 @dataclass
@@ -31,26 +29,26 @@ class GPTConfig:
     n_kv_heads: int | None = None  # None = n_heads; fewer = GQA; 1 = MQA
     d_model: int = 768
     d_ff: int = 3072               # MLP hidden size (swiglu: size of each of gate and up)
-    max_seq_len: int = 1024
+    max_seq_len: int = 1024        # context length
     vocab_size: int = 50257
     dropout: float = 0.1
     bias: bool = True              # biases in Linear and LayerNorm (False is a bit faster)
     pos_emb: str = "learned"       # learned | rope
     norm: str = "layernorm"        # layernorm | rmsnorm
     mlp: str = "gelu"              # gelu | swiglu | relu2
-    qk_norm: bool = False
-    tie_weights: bool = True
-    rope_theta: float = 10000.0
+    qk_norm: bool = False          # RMSNorm of queries and keys per head (before RoPE)
+    tie_weights: bool = True       # lm_head shares the token embedding
+    rope_theta: float = 10000.0    # RoPE's base wavelength
     pad_vocab_multiple: int = 64   # embedding/lm_head rows padded to a multiple of this for speed (50257 -> 50304); 1 = no padding
-    n_experts: int = 0             # Mixture-of-Experts MLP with this many experts (moe.py); 0 = dense MLP
+    n_experts: int = 0             # Mixture-of-Experts MLP with this many experts; 0 = dense MLP
     experts_top_k: int = 2         # experts each token is routed to
     moe_aux_loss_coef: float = 0.01  # weight of the load-balancing loss in the training loss (Switch uses 0.01)
-    attn_sinks: int = 0            # learnable sink tokens in front of every sequence (kvcache.py); 0 = none
+    attn_sinks: int = 0            # learnable sink tokens in front of every sequence; 0 = none
 
     def __post_init__(self):
         for name in ("n_layers", "n_heads", "d_model", "d_ff", "max_seq_len", "vocab_size", "pad_vocab_multiple"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if self.n_kv_heads is not None and (self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads):
@@ -63,7 +61,7 @@ class GPTConfig:
             raise ValueError(f"rope needs an even head dim, but d_model / n_heads = {self.head_dim}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.rope_theta <= 0:
+        if not self.rope_theta > 0:
             raise ValueError(f"rope_theta must be positive, got {self.rope_theta}")
         if self.n_experts < 0 or self.attn_sinks < 0 or self.moe_aux_loss_coef < 0:
             raise ValueError("n_experts, attn_sinks and moe_aux_loss_coef cannot be negative")
@@ -83,6 +81,16 @@ class GPTConfig:
         m = self.pad_vocab_multiple
         return (self.vocab_size + m - 1) // m * m
 
+    def memory_bytes(self):
+        """What building this model takes in float32, from the config alone (weights, position and RoPE
+        tables), so that a file asking for a huge model is refused before anything is allocated."""
+        d, L, V = self.d_model, self.n_layers, self.padded_vocab_size
+        attn = d * (self.n_heads + 2 * self.kv_heads) * self.head_dim + d * d
+        mlp = d * self.d_ff * (3 if self.mlp == "swiglu" else 2)
+        block = attn + mlp * max(self.n_experts, 1) + d * self.n_experts + 4 * d
+        tables = self.max_seq_len * d if self.pos_emb == "learned" else (self.max_seq_len + self.attn_sinks) * self.head_dim
+        return 4 * (V * d * (1 if self.tie_weights else 2) + L * block + tables)
+
 
 def make_norm(config, dim):
     if config.norm == "rmsnorm":
@@ -90,13 +98,151 @@ def make_norm(config, dim):
     return nn.LayerNorm(dim, eps=1e-5, bias=config.bias)  # GPT-2's eps
 
 
-def apply_rope(x, cos, sin):
-    # x: (B, T, n_heads, head_dim); rotate the pairs (i, i + head_dim/2) by angle pos * freq_i
-    # (the "half split" layout of GPT-NeoX / Llama / nanochat, not the interleaved one)
+def apply_rope(x, rope, start=0):
+    """Rotate x (B, H, T, head_dim), at positions start..start+T, by RoPE: the pairs (i, i + head_dim/2)
+    turn by angle position * freq_i (the "half split" layout of GPT-NeoX / Llama / nanochat).
+    rope: the model's (cos, sin) tables, (positions, head_dim/2)."""
+    T = x.size(2)
+    cos, sin = rope[0][start:start + T].to(x.dtype), rope[1][start:start + T].to(x.dtype)
     x1, x2 = x.chunk(2, dim=-1)
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
+
+# -----------------------------------------------------------------------------
+# KV caches. Attention talks to both through update(layer, k, v, rope), which returns every key and value
+# the new queries see, keys already rotated; the model calls slot() before a forward and advance() after it.
+
+class KVCache:
+    """Keys and values of the positions seen so far, for every layer: one (B, n_kv_heads, capacity, head_dim)
+    buffer per layer for k and for v, made at the first write (so in the dtype the model computes in).
+    `pos` counts the positions filled (the sinks included); every layer writes at the same place in a forward."""
+
+    def __init__(self, n_layers, capacity):
+        self.capacity = capacity
+        self.k = [None] * n_layers
+        self.v = [None] * n_layers
+        self.pos = 0
+
+    def reset(self):
+        self.pos = 0  # the buffers are simply overwritten
+
+    def rewind(self, pos):
+        """Forget every entry after the first pos (positions count the sinks): the next write goes there."""
+        self.pos = pos
+
+    def room(self, sinks=0):
+        """How many new positions the next forward may feed."""
+        return self.capacity - self.pos - (sinks if self.pos == 0 else 0)
+
+    def slot(self, T):
+        """Where the first of T new entries goes (the position of the first new query)."""
+        if self.pos + T > self.capacity:
+            raise ValueError(f"sequence of {self.pos + T} positions is longer than max_seq_len plus the sinks "
+                             f"({self.capacity}), what the cache holds")
+        return self.pos
+
+    def advance(self, T):  # called once all layers have written their T entries
+        self.pos += T
+
+    def _buffers(self, layer, k):
+        if self.k[layer] is None or self.k[layer].size(0) != k.size(0):
+            B, H, _, D = k.shape
+            self.k[layer] = k.new_empty(B, H, self.capacity, D)
+            self.v[layer] = k.new_empty(B, H, self.capacity, D)
+        return self.k[layer], self.v[layer]
+
+    def update(self, layer, k, v, rope=None):
+        """Store k, v (B, n_kv_heads, T, head_dim) at positions pos..pos+T (keys rotated there); return all so far."""
+        if rope is not None:
+            k = apply_rope(k, rope, self.pos)
+        ks, vs = self._buffers(layer, k)
+        end = self.pos + k.size(2)
+        ks[:, :, self.pos:end], vs[:, :, self.pos:end] = k, v
+        return ks[:, :, :end], vs[:, :, :end]
+
+    def expand(self, n):
+        """Copy row 0 of the cache to n rows: a prompt prefilled once, then sampled n times together."""
+        for buffers in (self.k, self.v):
+            for i, buf in enumerate(buffers):
+                if buf is not None:
+                    buffers[i] = buf[:1].expand(n, -1, -1, -1).clone()
+
+
+class RollingKVCache(KVCache):
+    """StreamingLLM's KV cache (Xiao et al. 2023, arXiv:2309.17453): the first `keep` entries stay for good
+    (the learned sinks, or the model's first tokens, which became sinks on their own), then the most recent
+    ones, capacity in all, so generation goes past the context at a constant cost per token. Keys are stored
+    before RoPE and rotated at their slot in the cache at every step, so the model never sees a position it
+    did not train on. Within capacity it is the exact cache; past it, an approximation (docs/model.md)."""
+
+    def __init__(self, n_layers, capacity, keep):
+        if not 0 <= keep < capacity:
+            raise ValueError(f"keep ({keep}) must be at least 0 and less than the cache's capacity ({capacity})")
+        super().__init__(n_layers, capacity)  # pos: entries filled, at most capacity
+        self.keep = keep
+        self.seen = 0  # positions fed in all
+
+    @classmethod
+    def for_config(cls, config, keep=None):
+        """The cache for a model: room for its sinks and max_seq_len tokens (the lengths it trained on);
+        keep: entries never evicted, by default the learned sinks, or else the first 4 tokens (StreamingLLM)."""
+        if config.pos_emb != "rope":
+            raise ValueError("the rolling KV cache needs pos_emb=rope: with learned positions every cached key/value "
+                             "carries its absolute position, so the window cannot be re-positioned without "
+                             "recomputing it (the exact sliding window, the default)")
+        capacity = config.max_seq_len + config.attn_sinks
+        keep = (config.attn_sinks or 4) if keep is None else keep
+        return cls(config.n_layers, capacity, min(keep, capacity - 1))
+
+    def reset(self):
+        self.pos = self.seen = 0
+
+    @property
+    def evicted(self):
+        """True once an entry was dropped to make room: the cache no longer holds every position fed."""
+        return self.seen > self.pos
+
+    def rewind(self, pos):
+        """Forget every entry after the first pos; only while nothing was evicted (the entries in the window
+        were computed alongside tokens that are gone: reset and feed them again instead)."""
+        if pos == self.seen:
+            return
+        if self.evicted or pos > self.seen:
+            raise ValueError(f"cannot rewind the rolling cache to position {pos}: it has seen {self.seen} and "
+                             f"evicted {self.seen - self.pos}; reset it and feed the tokens again")
+        self.pos = self.seen = pos
+
+    def room(self, sinks=0):
+        """The free slots, or 1 once full, when each new position evicts the oldest one."""
+        return max(super().room(sinks), 1)
+
+    def slot(self, T):
+        """Where the first of T new entries goes: after the others, or the last slot once full."""
+        if self.pos + T <= self.capacity:
+            return self.pos
+        if T == 1:
+            return self.capacity - 1
+        raise ValueError(f"the rolling cache has {self.capacity - self.pos} free slots for {T} new positions; "
+                         "once it fills, feed one position at a time")
+
+    def update(self, layer, k, v, rope=None):
+        ks, vs = self._buffers(layer, k)
+        T = k.size(2)
+        start = self.slot(T)
+        if start < self.pos:  # full: evict the oldest entry after the kept ones, the window moves down
+            for buf in (ks, vs):
+                buf[:, :, self.keep:-1] = buf[:, :, self.keep + 1:].clone()
+        ks[:, :, start:start + T], vs[:, :, start:start + T] = k, v
+        keys = ks[:, :, :start + T]
+        return (apply_rope(keys, rope) if rope is not None else keys), vs[:, :, :start + T]
+
+    def advance(self, T):
+        self.pos = min(self.pos + T, self.capacity)
+        self.seen += T
+
+
+# -----------------------------------------------------------------------------
+# the blocks
 
 class CausalSelfAttention(nn.Module):
 
@@ -110,35 +256,29 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout = config.dropout
         if config.qk_norm:
-            # RMSNorm over the head dim, with a gain shared by all heads. We normalise *before* RoPE
-            # (as Qwen3, OLMo 2, Gemma 3): RoPE is a rotation, so it leaves the RMS unchanged and the
-            # order would not matter without a gain; but a per-dim gain applied after the rotation
-            # would scale the two halves of each rotated pair differently and make q.k depend on
-            # absolute position, which is exactly what RoPE exists to avoid.
+            # RMSNorm over the head dim, with a gain shared by all heads, *before* RoPE (as Qwen3, OLMo 2,
+            # Gemma 3): a per-dim gain applied after the rotation would scale the two halves of each rotated
+            # pair differently and make q.k depend on absolute position, which RoPE exists to avoid.
             self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-5)
             self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-5)
         else:
             self.q_norm = self.k_norm = None
 
-    def forward(self, x, cos_sin=None, kv_cache=None):
+    def forward(self, x, rope=None, start=0, kv_cache=None):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split([self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim,
                                         self.n_kv_heads * self.head_dim], dim=2)
-        q = q.view(B, T, self.n_heads, self.head_dim)
-        k = k.view(B, T, self.n_kv_heads, self.head_dim)
-        v = v.view(B, T, self.n_kv_heads, self.head_dim)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        rotate_later = isinstance(kv_cache, RollingKVCache)  # it re-positions the keys at every step
-        if cos_sin is not None:
-            q = apply_rope(q, *cos_sin)
-            k = k if rotate_later else apply_rope(k, *cos_sin)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, T, hd)
-
+        if rope is not None:
+            q = apply_rope(q, rope, start)
         if kv_cache is not None:
-            k, v = kv_cache.update(self.layer_idx, k, v)  # now every position so far: (B, n_kv, pos0+T, hd)
-            if rotate_later:
-                k = apply_rope(k, *kv_cache.key_rope)
+            k, v = kv_cache.update(self.layer_idx, k, v, rope)  # every key the queries see: (B, n_kv, start+T, hd)
+        elif rope is not None:
+            k = apply_rope(k, rope, start)
         pos0 = k.size(2) - T  # how many earlier positions our T queries can also see
         mask, is_causal = None, True
         if pos0 > 0:
@@ -177,6 +317,65 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(x))
 
 
+class MoE(nn.Module):
+    """Mixture-of-Experts MLP: a router sends each token to experts_top_k of n_experts MLPs and adds their
+    outputs, weighted by the router (Mixtral: softmax over all experts in float32, top k renormalised; with
+    k = 1 the raw probability, as the Switch Transformer). Dropless (no capacity factor), so a token's output
+    never depends on the batch, which keeps KV-cache generation equal to a full recompute. Each expert runs
+    once on its contiguous slice of the sorted assignments; results return through the inverse permutation
+    (a deterministic gather, not atomic index_add_). Each forward leaves the Switch load-balancing loss
+    n_experts * sum_i f_i P_i in `aux_loss` (1 when uniform; f over assignments, so Hugging Face's Mixtral
+    value is top_k times ours) and the load f in `load`."""
+
+    def __init__(self, config, make_expert):
+        super().__init__()
+        self.n_experts, self.top_k = config.n_experts, config.experts_top_k
+        self.router = nn.Linear(config.d_model, self.n_experts, bias=False)
+        self.experts = nn.ModuleList([make_expert(config) for _ in range(self.n_experts)])
+        self.aux_loss = self.load = None  # set by each forward
+
+    def route(self, x):
+        """x (N, C) -> router probabilities (N, E) float32, and each token's top_k weights and experts (N, k)."""
+        with torch.autocast(x.device.type, enabled=False):  # float32 even under AMP
+            probs = F.linear(x.float(), self.router.weight.float()).softmax(dim=-1)
+        weights, experts = probs.topk(self.top_k, dim=-1)
+        if self.top_k > 1:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        return probs, weights, experts
+
+    def forward(self, x):
+        B, T, C = x.shape
+        x = x.reshape(B * T, C)
+        probs, weights, experts = self.route(x)
+        flat = experts.flatten()  # (N * k,) the expert of each assignment, token-major
+        order = flat.argsort(stable=True)  # assignments grouped by expert
+        counts = torch.bincount(flat, minlength=self.n_experts)
+        grouped = x[order // self.top_k]  # the token of each assignment, in expert order
+        # every expert runs, even on zero tokens: its weights then get a zero gradient rather than none,
+        # which DDP needs (it waits for a gradient from every parameter)
+        out = torch.cat([expert(chunk) for expert, chunk in zip(self.experts, grouped.split(counts.tolist()))])
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        out = out[inverse].view(B * T, self.top_k, C)  # back to token-major: (token, slot)
+        y = (out * weights.unsqueeze(-1).to(out.dtype)).sum(dim=1)
+
+        self.load = counts.float() / flat.numel()
+        self.aux_loss = self.n_experts * (self.load * probs.mean(dim=0)).sum()
+        self.load = self.load.detach()
+        return y.view(B, T, C)
+
+
+def idle_expert_params(model, matrices_only=False):
+    """Parameters of the experts a token is not routed to, over all layers: total - active (0 if dense).
+    matrices_only: count only the 2-D weights, the ones that cost matmul FLOPs."""
+    cfg = model.config
+    if not cfg.n_experts:
+        return 0
+    expert = model.transformer.h[0].mlp.experts[0]
+    per_expert = sum(p.numel() for p in expert.parameters() if p.dim() == 2 or not matrices_only)
+    return cfg.n_layers * (cfg.n_experts - cfg.experts_top_k) * per_expert
+
+
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
@@ -187,11 +386,91 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config, config.d_model)
         self.mlp = MoE(config, MLP) if config.n_experts else MLP(config)
 
-    def forward(self, x, cos_sin=None, kv_cache=None):
-        x = x + self.attn(self.ln_1(x), cos_sin, kv_cache)
+    def forward(self, x, rope=None, start=0, kv_cache=None):
+        x = x + self.attn(self.ln_1(x), rope, start, kv_cache)
         x = x + self.mlp(self.ln_2(x))
         return x
 
+
+
+# -----------------------------------------------------------------------------
+# the loss: one definition per token, used by training, evals, DPO, RL and the benchmarks
+
+def token_loss(logits, targets):
+    """The loss of each row of logits (N, V) against its target (N,): cross-entropy, in float32. Every loss
+    in the project goes through here (the fused chunked path too, which differentiates this function chunk
+    by chunk), so a z-loss, a logit soft-cap or label smoothing is one edit here."""
+    return F.cross_entropy(logits.float(), targets, reduction="none")
+
+
+def chunked_cross_entropy(x, weight, targets, chunk_rows=None):
+    """Mean token_loss of the logits x @ weight.T against targets (-1 = no loss), without ever holding the
+    whole logits: x (..., C) hidden states, weight (V, C) the head, targets (...). 0 when every target is -1.
+
+    chunk_rows: rows per chunk; default 128 on CPU (128 x 50257 float32 logits = 26 MB stay in the last-level
+    cache, which makes this faster than the plain path there; measured in bench.py) and 1024 on a GPU."""
+    x, targets = x.reshape(-1, x.size(-1)), targets.reshape(-1)
+    keep = targets != -1
+    x, targets = x[keep], targets[keep]  # masked rows (SFT prompts, padding) cost nothing
+    rows = chunk_rows or (128 if x.device.type == "cpu" else 1024)
+    # under autocast, do the matmuls in its dtype ourselves (autocast leaves in-place ops alone)
+    dev = x.device.type
+    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+    with torch.autocast(dev, enabled=False):
+        return _FusedHeadLoss.apply(x.to(dtype), weight.to(dtype), targets, rows,
+                                    torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+
+
+class _FusedHeadLoss(torch.autograd.Function):
+    """The lm_head and the loss in one pass over chunks of rows. A row's loss depends only on its own logits,
+    so the gradient with respect to a chunk's logits is known as soon as they are: the forward computes each
+    chunk's logits, differentiates token_loss on them right away, and multiplies that into dx and dweight;
+    backward only scales them by the incoming gradient / n. The matmuls are those of a plain forward +
+    backward (no recomputation), and memory holds one chunk of logits, not the (B*T, V) logits and their
+    gradient. The cost: gradients are computed even if backward is never called, hence `needs_grad`.
+
+    16-bit: the 1/n (and a GradScaler's scale) are applied in float32 in backward, so the logits' gradient,
+    in [-1, 1], needs no loss scaling; dx and dweight are summed in float32. float16 overflows at 65504: a
+    chunk's dweight entry is at most rows * max|x|, so x enters that matmul divided by 16 (exact), undone later."""
+
+    @staticmethod
+    def forward(ctx, x, weight, targets, rows, needs_grad):
+        n = max(x.size(0), 1)  # the mean over the kept rows; 0 (not NaN) when there are none
+        x_scale = 1 / 16 if x.dtype == torch.float16 else 1.0
+        loss = torch.zeros((), dtype=torch.float32, device=x.device)
+        dx = torch.zeros_like(x, dtype=torch.float32) if needs_grad else None
+        dw = torch.zeros_like(weight, dtype=torch.float32) if needs_grad else None
+        for i in range(0, x.size(0), rows):
+            xc, tc = x[i:i + rows], targets[i:i + rows]
+            logits = (xc @ weight.t()).float()  # (rows, V), the only logits that exist at any time
+            if not needs_grad:
+                loss += token_loss(logits, tc).sum()
+                continue
+            with torch.enable_grad():
+                logits.requires_grad_(True)
+                chunk_loss = token_loss(logits, tc).sum()
+                (grad,) = torch.autograd.grad(chunk_loss, logits)
+            loss += chunk_loss.detach()
+            grad = grad.to(x.dtype)
+            dx[i:i + rows] = grad @ weight
+            if x.dtype == torch.float32:
+                dw.addmm_(grad.t(), xc)
+            else:  # a 16-bit matmul per chunk, summed in float32
+                dw += grad.t() @ (xc * x_scale)
+        ctx.save_for_backward(dx, dw)
+        ctx.n, ctx.x_scale, ctx.dtypes = n, x_scale, (x.dtype, weight.dtype)
+        return loss / n
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        dx, dw = ctx.saved_tensors
+        scale = grad_loss.float() / ctx.n
+        return ((dx * scale).to(ctx.dtypes[0]), (dw * (scale / ctx.x_scale)).to(ctx.dtypes[1]),
+                None, None, None)
+
+
+# -----------------------------------------------------------------------------
+# the model
 
 class GPT(nn.Module):
 
@@ -218,7 +497,7 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.d_model, V, bias=False)
         if config.tie_weights:
             self.transformer.wte.weight = self.lm_head.weight  # one matrix, both ends (GPT-2 does this)
-        if config.attn_sinks:  # learned input vectors, prepended to every sequence: see kvcache.py for why
+        if config.attn_sinks:  # learned input vectors, prepended to every sequence: why: docs/model.md
             self.sinks = nn.Parameter(torch.empty(config.attn_sinks, config.d_model).normal_(0.0, 0.02))
 
         # GPT-2 init: N(0, 0.02) everywhere, zero biases, and the projections that write into the
@@ -283,72 +562,97 @@ class GPT(nn.Module):
                 n -= self.config.vocab_size * self.config.d_model
         return n - (idle_expert_params(self) if active else 0)
 
-    def _trunk(self, idx, kv_cache=None):
+    def hidden_states(self, idx, kv_cache=None):
         """Token ids (B, T) -> final normalised hidden states (B, T, C). With a cache, idx continues it."""
         B, T = idx.size()
         n_sinks = self.config.attn_sinks
         past = kv_cache.pos if kv_cache is not None else 0  # cached positions, the sinks included
-        tok0 = max(past - n_sinks, 0)  # tokens before idx
-        if tok0 + T > self.config.max_seq_len and not isinstance(kv_cache, RollingKVCache):
-            raise ValueError(f"sequence of {tok0 + T} positions is longer than max_seq_len ({self.config.max_seq_len})")
+        if kv_cache is None and T > self.config.max_seq_len:
+            raise ValueError(f"sequence of {T} positions is longer than max_seq_len ({self.config.max_seq_len})")
         x = self.transformer.wte(idx)
         if self.config.pos_emb == "learned":  # (the sinks get none: they are learned vectors already)
+            tok0 = max(past - n_sinks, 0)  # tokens before idx
+            if tok0 + T > self.config.max_seq_len:
+                raise ValueError(f"sequence of {tok0 + T} positions is longer than max_seq_len "
+                                 f"({self.config.max_seq_len})")
             x = x + self.transformer.wpe(torch.arange(tok0, tok0 + T, device=idx.device))
         if n_sinks and past == 0:  # a fresh sequence: the sinks go first
             x = torch.cat([self.sinks.to(x.dtype).expand(B, -1, -1), x], dim=1)
         n = x.size(1)
-        cos_sin = None
-        if self.config.pos_emb == "rope":  # RoPE positions count the sinks: (n, hd/2) -> (1, n, 1, hd/2)
-            p0 = kv_cache.slot(n) if kv_cache is not None else 0
-            cos_sin = (self.rope_cos[None, p0:p0 + n, None, :], self.rope_sin[None, p0:p0 + n, None, :])
-            if isinstance(kv_cache, RollingKVCache):  # every cached key rotated at its slot: (1, 1, p0 + n, hd/2)
-                kv_cache.key_rope = (self.rope_cos[None, None, :p0 + n], self.rope_sin[None, None, :p0 + n])
+        start = kv_cache.slot(n) if kv_cache is not None else 0  # the position of the first new entry
+        rope = (self.rope_cos, self.rope_sin) if self.config.pos_emb == "rope" else None
         x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x, cos_sin, kv_cache)
+            x = block(x, rope, start, kv_cache)
         if kv_cache is not None:
             kv_cache.advance(n)
         return self.transformer.ln_f(x[:, n - T:])  # the sinks' outputs predict nothing
 
-    def forward(self, idx, targets=None, return_logits=True):
-        """idx (B, T) token ids -> (logits (B, T, vocab_size), loss or None).
+    @property
+    def head(self):
+        # Only the real vocabulary's rows take part: lm_head.weight[:vocab_size] is a contiguous view, so the
+        # matmul writes (B, T, vocab_size) logits directly (computing the padded width and slicing it copied
+        # the logits and zero-filled a padded gradient: ~20% of a CPU step). Padding rows serve the lookup only.
+        return self.lm_head.weight[:self.config.vocab_size]
 
-        targets (B, T): the next token at each position; -1 marks positions without loss (SFT masks
-        prompts this way). The loss is the mean cross-entropy over the other positions, in float32;
-        if every target is -1 the loss is 0 (still attached to the graph, so backward() just works).
-        return_logits=False (training): logits come back as None and the loss is computed in chunks of
-        rows that never hold the whole (B, T, V) logits or their gradient (see chunked_cross_entropy);
-        same loss and gradients, less memory, and faster on a CPU."""
-        x = self._trunk(idx)
-        # Only the real vocabulary's rows of the head take part: lm_head.weight[:vocab_size] is a
-        # contiguous view, so the matmul writes the (B, T, vocab_size) logits directly. (Computing the
-        # padded width and slicing it copied the whole logits and zero-filled a padded gradient every
-        # step: ~20% of a CPU step.) The padding rows only serve the embedding's lookup table.
-        head = self.lm_head.weight[:self.config.vocab_size]
-        logits = loss = None
-        if targets is not None and not return_logits:
-            loss = chunked_cross_entropy(x, head, targets)
-        else:
-            logits = F.linear(x, head)
-            if targets is not None:
-                loss_sum = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
-                                           ignore_index=-1, reduction="sum")
-                loss = loss_sum / (targets != -1).sum().clamp(min=1)  # "mean" would give NaN when all are ignored
-        if loss is not None and self.config.n_experts and self.training:  # the training loss carries the balancing
+    def forward(self, idx, targets=None, return_logits=True, reduction="mean"):
+        """idx (B, T) token ids -> (logits (B, T, vocab_size) or None, loss or None).
+
+        targets (B, T): the next token at each position; -1 marks positions without loss (SFT masks prompts
+        this way). reduction="mean": the mean token_loss over the other positions (0 when there are none,
+        still attached to the graph); "none": each position's loss, (B, T), 0 where the target is -1 (DPO's
+        and RL's per-sequence sums). return_logits=False (training): no logits come back, and the mean loss
+        is fused with the head in chunks (chunked_cross_entropy): same loss and gradients, far less memory.
+        In training mode the MoE load-balancing loss is added to the mean (moe_aux_loss reads it alone)."""
+        x = self.hidden_states(idx)
+        if targets is None:
+            return F.linear(x, self.head), None
+        logits = F.linear(x, self.head) if return_logits else None
+        keep = targets != -1
+        if reduction == "mean" and logits is None:
+            loss = chunked_cross_entropy(x, self.head, targets)
+        else:  # the loss of the kept positions only: the head's matmul runs on those rows
+            rows = token_loss(logits[keep] if logits is not None else F.linear(x[keep], self.head), targets[keep])
+            if reduction == "none":
+                loss = rows.new_zeros(targets.shape).masked_scatter(keep, rows)
+            elif reduction == "mean":
+                loss = rows.sum() / max(rows.numel(), 1)
+            else:
+                raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+        if reduction == "mean" and self.config.n_experts and self.training:  # the training loss carries the balancing
             loss = loss + self.config.moe_aux_loss_coef * self.moe_aux_loss()
         return logits, loss
 
+    def score_tokens(self, idx, targets, where=None):
+        """For evaluation: (loss, hit) of each target, loss as in forward and hit = the target is the most likely
+        token. Only the scored positions reach the head (for GPT-2 on HellaSwag about a tenth of them).
+        targets (B, T), -1 = not scored: both come back (B, T), 0 / False where the target is -1.
+        where (N, 2) of (row, position), targets (N,): those pairs, (N,) each; a position may come more than
+        once, with other targets (lm-eval's multiple-choice answers that share a context)."""
+        x = self.hidden_states(idx)
+        keep = targets != -1 if where is None else None
+        rows, wanted = (x[keep], targets[keep]) if where is None else (x[where[:, 0], where[:, 1]], targets)
+        logits = F.linear(rows, self.head)
+        loss, hit = token_loss(logits, wanted), logits.argmax(-1) == wanted
+        if where is not None:
+            return loss, hit
+        return loss.new_zeros(targets.shape).masked_scatter(keep, loss), torch.zeros_like(keep).masked_scatter(keep, hit)
+
+    def next_logits(self, idx, kv_cache=None):
+        """The float32 logits (B, vocab_size) after the last token of idx (B, T); with a cache, idx continues it."""
+        return F.linear(self.hidden_states(idx, kv_cache)[:, -1], self.head).float()
+
     def moe_aux_loss(self):
         """The load-balancing loss of the last forward, averaged over layers (so its weight does not grow
-        with depth); attached to the graph. Each layer's expert load: block.mlp.load."""
+        with depth); attached to the graph."""
         return torch.stack([block.mlp.aux_loss for block in self.transformer.h]).mean()
+
+    def expert_loads(self):
+        """Each layer's share of the last forward's assignments per expert, (n_layers, n_experts), detached."""
+        return torch.stack([block.mlp.load for block in self.transformer.h])
 
     # ------------------------------------------------------------------------------------------------
     # generation
-
-    def _last_logits(self, idx, kv_cache=None):
-        x = self._trunk(idx, kv_cache)
-        return F.linear(x[:, -1], self.lm_head.weight[:self.config.vocab_size]).float()  # only the last position is needed
 
     @contextmanager
     def _sampling_mode(self):
@@ -374,7 +678,7 @@ class GPT(nn.Module):
         keys/values), so the cache is refilled from the new window at each step; past the context
         a step costs a full window, the price of the exact semantics.
 
-        rolling_cache=True (RoPE only): StreamingLLM's cache instead (kvcache.py): the sinks, or the
+        rolling_cache=True (RoPE only): StreamingLLM's cache instead (RollingKVCache): the sinks, or the
         first `keep` positions (default 4), plus the most recent ones, so a step costs the same however
         far past max_seq_len it goes. The same logits within max_seq_len; past it, an approximation. A
         prompt longer than max_seq_len goes in as its first max_seq_len tokens, then one at a time.
@@ -398,18 +702,18 @@ class GPT(nn.Module):
         for _ in range(max_new_tokens):
             with self._sampling_mode():
                 if rolling_cache and cache.seen:
-                    logits = self._last_logits(next_tok[:, None], cache)
+                    logits = self.next_logits(next_tok[:, None], cache)
                 elif rolling_cache:
-                    logits = self._last_logits(idx[:, :S], cache)
+                    logits = self.next_logits(idx[:, :S], cache)
                     for t in range(S, idx.size(1)):
-                        logits = self._last_logits(idx[:, t:t + 1], cache)
+                        logits = self.next_logits(idx[:, t:t + 1], cache)
                 elif cache is None:
-                    logits = self._last_logits(window)
+                    logits = self.next_logits(window)
                 elif cache.pos == n_sinks + window.size(1) - 1:  # cache holds all but the newest token: feed just that
-                    logits = self._last_logits(window[:, -1:], cache)
+                    logits = self.next_logits(window[:, -1:], cache)
                 else:  # first step, or the window slid: (re)prefill the whole window
                     cache.reset()
-                    logits = self._last_logits(window, cache)
+                    logits = self.next_logits(window, cache)
                 next_tok = sample_next(logits, temperature, top_k, top_p, generator)
                 if stop_token is not None:
                     next_tok = torch.where(done, torch.full_like(next_tok, stop_token), next_tok)
@@ -427,11 +731,86 @@ class GPT(nn.Module):
                                      rolling_cache, keep)
         return torch.cat([idx] + [tok[:, None] for tok in steps], dim=1)
 
+    # ------------------------------------------------------------------------------------------------
+    # OpenAI's GPT-2 weights
+
+    @staticmethod
+    def gpt2_config(hf, dropout=0.0, bias=True):
+        """Our GPTConfig for a Hugging Face GPT-2 config.json (a dict); ValueError naming what we don't compute."""
+        if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise ValueError(f"activation_function {hf['activation_function']!r} is not supported (only GPT-2's tanh GELU)")
+        if hf.get("layer_norm_epsilon", 1e-5) != 1e-5:
+            raise ValueError(f"layer_norm_epsilon {hf['layer_norm_epsilon']} is not supported (only 1e-05)")
+        for key, ok in (("scale_attn_by_inverse_layer_idx", False), ("reorder_and_upcast_attn", False),
+                        ("scale_attn_weights", True)):
+            if hf.get(key, ok) != ok:
+                raise ValueError(f"{key}={hf[key]} is not supported")
+        try:
+            return GPTConfig(n_layers=hf["n_layer"], n_heads=hf["n_head"], d_model=hf["n_embd"],
+                             d_ff=hf.get("n_inner") or 4 * hf["n_embd"], max_seq_len=hf["n_positions"],
+                             vocab_size=hf["vocab_size"], dropout=dropout, bias=bias,
+                             tie_weights=hf.get("tie_word_embeddings", True))
+        except KeyError as e:
+            raise ValueError(f"config.json lacks {e.args[0]!r}") from None
+        except TypeError as e:
+            raise ValueError(f"config.json has a value of the wrong type ({e})") from None
+
     @classmethod
-    def from_pretrained(cls, name_or_dir, dropout=0.0):
-        """GPT-2 from the hub (gpt2 ... gpt2-xl) or a local Hugging Face folder: see hf.load_pretrained."""
-        from hf import load_pretrained  # hf.py holds all Hugging Face conversion; imported here, it imports us
-        return load_pretrained(name_or_dir, dropout)
+    def from_pretrained(cls, name_or_dir, dropout=0.0, max_bytes=None):
+        """OpenAI's GPT-2 (gpt2, gpt2-medium, gpt2-large, gpt2-xl from the Hugging Face hub, or the local
+        cache when offline), or a local Hugging Face GPT-2 folder (config.json + model.safetensors, sharded
+        or not, or pytorch_model.bin read as data only). All-zero biases load as bias=False. max_bytes: refuse
+        a config.json whose model would take more (memory_bytes) before allocating anything.
+        Raises OSError / ValueError with a one-line reason. Llama, Qwen3, Mixtral folders: nash/hf.py."""
+        name = str(name_or_dir)
+        if os.path.isdir(name):
+            config_path = os.path.join(name, "config.json")
+            if not os.path.isfile(config_path):
+                raise FileNotFoundError(f"{name} has no config.json; expected a Hugging Face model folder "
+                                        "(config.json + model.safetensors or pytorch_model.bin)")
+            weights = [os.path.join(name, f) for f in ("model.safetensors", "model.safetensors.index.json",
+                                                       "pytorch_model.bin") if os.path.isfile(os.path.join(name, f))]
+            if not weights:
+                raise FileNotFoundError(f"{name} has neither model.safetensors nor pytorch_model.bin")
+            weights_path = weights[0]
+        elif name in GPT2_NAMES:
+            from huggingface_hub import hf_hub_download
+            try:  # falls back to the local HF cache when offline
+                config_path = hf_hub_download("openai-community/" + name, "config.json")
+                weights_path = hf_hub_download("openai-community/" + name, "model.safetensors")
+            except Exception as e:
+                raise OSError(f"could not download {name} from the Hugging Face hub ({type(e).__name__}: {str(e)[:200]}); "
+                              "pass a local directory with config.json and model.safetensors instead") from None
+        else:
+            raise ValueError(f"{name!r} is neither a GPT-2 model name ({', '.join(GPT2_NAMES)}) nor an existing "
+                             "directory holding a Hugging Face checkpoint")
+        hf = read_json(config_path)
+        if hf.get("model_type", "gpt2") != "gpt2":
+            raise ValueError(f"{name} holds a {hf.get('model_type')!r} model; GPT.from_pretrained loads GPT-2 only "
+                             "(nash/hf.py's load_pretrained loads Llama, Qwen3 and Mixtral)")
+        config = cls.gpt2_config(hf, dropout)  # refuse what we can't compute before reading any weights
+        check_size(config, max_bytes, config_path)
+        # OpenAI's uploads have no "transformer." prefix, save_pretrained's do; attn.bias/masked_bias are the
+        # causal-mask buffers of old checkpoints, not weights
+        sd_hf = {("transformer." + k if not k.startswith(("transformer.", "lm_head.")) else k): v
+                 for k, v in read_hf_weights(weights_path).items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+        if all(not v.any() for k, v in sd_hf.items() if k.endswith(".bias")):  # exported from a bias=False model
+            config = replace(config, bias=False)
+        model = cls(config)
+        sd = model.state_dict()
+        conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # stored (in, out)
+        wanted = [k for k in sd if k != "lm_head.weight" or not config.tie_weights]  # a tied head is wte
+        missing = [k for k in wanted if k not in sd_hf]
+        if missing:
+            raise ValueError(f"{weights_path} lacks {len(missing)} GPT-2 tensors, e.g. {missing[:3]}")
+        with torch.no_grad():
+            for k in wanted:
+                w = sd_hf[k].t() if k.endswith(conv1d) else sd_hf[k]
+                target = sd[k][:w.size(0)] if k in ("transformer.wte.weight", "lm_head.weight") else sd[k]  # padding stays 0
+                if w.shape != target.shape:
+                    raise ValueError(f"{k} has shape {tuple(w.shape)} in {weights_path}, expected {tuple(target.shape)}")
+                target.copy_(w)
+        return model
 
     # ------------------------------------------------------------------------------------------------
     # optimizers
@@ -494,6 +873,63 @@ class GPT(nn.Module):
         if peak is None:
             return None
         return tokens_per_sec * self.flops_per_token(seq_len) / peak
+
+
+GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+
+
+def read_json(path):
+    """A JSON object from a model folder's file, or ValueError with a one-line reason."""
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ValueError(f"{path} is not readable JSON ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} holds a {type(value).__name__}, not a JSON object")
+    return value
+
+
+def check_size(config, max_bytes, where):
+    """Refuse a model that would take more than max_bytes (None: the machine's memory) before building it."""
+    if max_bytes is None:
+        try:
+            max_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):  # not on every OS
+            return
+    need = config.memory_bytes()
+    if need > max_bytes:
+        raise ValueError(f"{where} describes a model of {need / 2**30:,.1f} GiB (n_layers={config.n_layers}, "
+                         f"d_model={config.d_model}, max_seq_len={config.max_seq_len}, vocab_size={config.vocab_size}), "
+                         f"more than the {max_bytes / 2**30:,.1f} GiB of memory here; it is not a model this machine can load")
+
+
+def read_hf_weights(path):
+    """A Hugging Face state dict from model.safetensors, a sharded safetensors index, or pytorch_model.bin (read
+    as data: torch.load(weights_only=True) never runs code). A damaged or hostile file is a ValueError."""
+    if path.endswith(".index.json"):
+        shards = read_json(path).get("weight_map")
+        if not isinstance(shards, dict):
+            raise ValueError(f"{path} has no weight_map")
+        sd = {}
+        for shard in sorted(set(map(str, shards.values()))):
+            if os.path.basename(shard) != shard:
+                raise ValueError(f"{path} names a shard outside its folder: {shard!r}")
+            sd.update(read_hf_weights(os.path.join(os.path.dirname(path), shard)))
+        return sd
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            return load_file(path)
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError, SafetensorError, RuntimeError, EOFError, ...: say what, not torch's advice
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        if "weights_only" in str(e):
+            reason = "it holds Python objects, not just tensors, and loading it would run code"
+        raise ValueError(f"{path} is not a readable weights file: {reason}") from None
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors")
+    return sd
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):

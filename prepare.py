@@ -1,5 +1,5 @@
 """
-Turns text into token shards that train.py and evaluate.py read (see data.py): GPT-2's BPE, or a BPE learnt here.
+Turns text into token shards that train.py and evaluate.py read (see nash/data.py): GPT-2's BPE, or a BPE learnt here.
 
     python prepare.py                                   # the embedded Shakespeare, offline (--dataset=shakespeare)
     python prepare.py --dataset=tinystories_10M         # or openwebtext_100M, fineweb_1B: streamed from the Hub
@@ -42,8 +42,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm import tqdm
 
-import tokenizer
-from textsplit import PIECE_CHARS, WHOLE_DOC_CHARS, split_pieces, text_pieces, txt_pieces, walk_files
+from nash import tokenizer
+from nash.textsplit import PIECE_CHARS, WHOLE_DOC_CHARS, split_pieces, text_pieces, txt_pieces, walk_files
 from configurator import check_output_dir, check_range, configure, fail
 
 # -----------------------------------------------------------------------------
@@ -533,7 +533,7 @@ CHAT_DATASETS = {"smoltalk": ("HuggingFaceTB/smol-smoltalk", {"train": "train", 
 
 def prepare_chat(dataset, name, data_root="", force=False, progress=True):
     import datasets
-    from tokenizer import check_messages
+    from nash.tokenizer import check_messages
     path, splits = CHAT_DATASETS[dataset]
     root = data_root or os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
     target = os.path.join(root, name)

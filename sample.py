@@ -21,8 +21,9 @@ import sys
 
 import torch
 
-import tokenizer
-from checkpoint import inference_setup, load_model
+from nash import tokenizer
+from nash.checkpoint import load_model
+from nash.common import inference_setup
 from configurator import check_range, check_sampling, configure, fail
 
 # -----------------------------------------------------------------------------

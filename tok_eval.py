@@ -15,9 +15,9 @@ import os
 
 import numpy as np
 
-import tokenizer
+from nash import tokenizer
 from configurator import configure, fail
-from data import TokenShards, dataset_dir
+from nash.data import TokenShards, dataset_dir
 
 # -----------------------------------------------------------------------------
 # settings (python tok_eval.py --help lists them)

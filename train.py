@@ -1,6 +1,7 @@
 """
-Train a GPT: pretraining on token shards, or supervised fine-tuning (SFT) on prompt/completion JSONL,
-or chat fine-tuning on conversations (task=chat; then talk to it with chat.py).
+Train a GPT: pretraining on token shards, supervised fine-tuning (SFT) on prompt/completion JSONL, chat
+fine-tuning on conversations (then talk to it with chat.py), or DPO on preference pairs. Each of these
+objectives is one file in nash/objectives/ (its data, loss, metrics and log line); this is the one loop.
 
     python train.py                                        # CPU quick start: a small model on Shakespeare
     python train.py config/train_100m.py --batch_size=32    # GPT-2 124M on one GPU
@@ -9,50 +10,40 @@ or chat fine-tuning on conversations (task=chat; then talk to it with chat.py).
 The settings are the plain names below. Config files (exec'd Python) and --key=value flags override
 them, left to right; `python train.py --help` lists them all with their defaults.
 """
-import copy
 import json
 import math
 import os
 import signal
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, fields
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-import tasks as downstream
-from checkpoint import (autocast, base_source, load_base, load_checkpoint, model_from_checkpoint, pick_device,
-                        pick_dtype, pretrained_model, resolve_source, run_files, save_checkpoint)
-from configurator import check_output_dir, check_range, configure, fail
-from data import ChatExamples, PreferenceExamples, SFTExamples, TokenShards, dataset_dir, ensure_prepared
+import model as model_file
+from configurator import check_output_dir, check_range, configure
 from model import GPT, GPTConfig
-import dpo
-import lora
-import tokenizer
+from nash import lora, tokenizer
+from nash import tasks as downstream
+from nash.checkpoint import base_source, load_checkpoint, model_from_checkpoint, pretrained_model, resolve_source, \
+    run_files, save_checkpoint
+from nash.common import autocast, fail, pick_device, pick_dtype
+from nash.data import dataset_dir
+from nash.objectives import OBJECTIVES
 
 # -----------------------------------------------------------------------------
 # settings
-# model shape (a checkpoint or GPT-2 in init_from brings its own)
-n_layers = 4
-n_heads = 4
-n_kv_heads = None  # None = n_heads; fewer heads share keys/values (GQA), 1 = MQA
-d_model = 128
-d_ff = 512  # hidden size of the MLP
-max_seq_len = 128  # context length, and the length of the training windows
+# model shape: every field of model.py's GPTConfig is a setting of the same name (--help shows its comment);
+# the CPU quick start's small model here (a checkpoint or GPT-2 in init_from brings its own)
+MODEL_SETTINGS = tuple(f.name for f in fields(GPTConfig) if f.name not in ("max_seq_len", "dropout"))
+globals().update({f.name: f.default for f in fields(GPTConfig)})
+__settings_from__ = model_file.__file__  # (where --help finds their comments)
+n_layers, n_heads, d_model, d_ff = 4, 4, 128, 512
+max_seq_len = 128  # context length, and the length of the training windows (fine-tuning may shorten it)
 vocab_size = 0  # 0 = the tokenizer's: the dataset's (its meta.json: 50257 for GPT-2's BPE), or GPT-2's for SFT
 dropout = 0.0  # the quick start sees its data about once: nothing to regularise yet
-bias = True  # biases in linear layers and norms
-pos_emb = "learned"  # learned | rope
-norm = "layernorm"  # layernorm | rmsnorm
-mlp = "gelu"  # gelu | swiglu | relu2
-qk_norm = False  # normalise queries and keys per head
-tie_weights = True  # lm_head shares the token embedding
-n_experts = 0  # Mixture-of-Experts: experts in each block's MLP (moe.py); 0 = a dense MLP
-experts_top_k = 2  # experts each token is routed to
-moe_aux_loss_coef = 0.01  # weight of the load-balancing loss added to the training loss
-attn_sinks = 0  # learnable attention-sink tokens in front of every sequence (kvcache.py); 0 = none
 # optimisation
 batch_size = 8  # sequences per micro-step, per process
 grad_accum_steps = 1  # micro-steps per optimizer step, summed over all processes
@@ -78,7 +69,7 @@ eval_tasks = ""  # downstream benchmarks at each eval, comma-separated (see task
 eval_task_examples = 200  # the first this many items of each of eval_tasks
 task_data = ""  # eval_tasks: a folder of <task>.jsonl in the hub datasets' row schema; "" = the Hugging Face hub
 # data
-task = "pretrain"  # pretrain (token shards) | sft (prompt/completion JSONL) | chat (conversations) | dpo (preferences)
+task = "pretrain"  # the objective (nash/objectives/): pretrain (token shards) | sft (prompt/completion JSONL) | chat (conversations) | dpo (preferences)
 dataset = "shakespeare"  # folder name under data/
 data_dir = ""  # the dataset's folder, if not data/<dataset>
 # LoRA (lora.py), for the fine-tuning tasks: small adapters train, the base weights stay frozen
@@ -86,7 +77,7 @@ lora_rank = 0  # rank of the adapters; 0 = off (every weight trains)
 lora_alpha = 16.0  # the adapters' output is scaled by lora_alpha / lora_rank (peft's convention)
 lora_dropout = 0.0  # dropout on the adapters' input
 lora_targets = "attention"  # attention (fused q,k,v + output projection) | mlp (up/gate + down projection) | all
-# DPO (dpo.py), task=dpo
+# DPO (nash/objectives/dpo.py), task=dpo
 dpo_beta = 0.1  # strength of the pull towards the reference model (TRL's beta); rewards are beta * log-ratios
 # run
 out_dir = "out"
@@ -104,8 +95,9 @@ settings = configure(globals(), given=given)
 # -----------------------------------------------------------------------------
 # checks that need no data or model: one clear line each, before any work
 
-if task not in ("pretrain", "sft", "chat", "dpo"):
-    fail(f"task={task!r} should be 'pretrain', 'sft', 'chat' or 'dpo'")
+if task not in OBJECTIVES:
+    fail(f"task={task!r} should be one of {', '.join(OBJECTIVES)} (the objectives in nash/objectives/)")
+objective = OBJECTIVES[task](settings)  # (its log goes through `log` once we know which process prints)
 if optimizer not in ("adamw", "muon"):
     fail(f"optimizer={optimizer!r} should be 'adamw' or 'muon'")
 for name in ("batch_size", "grad_accum_steps", "max_steps", "max_seq_len", "eval_iters", "log_interval"):
@@ -122,18 +114,15 @@ if min_lr is None:
     min_lr = learning_rate / 10
 check_range("min_lr", min_lr, low=0, high=learning_rate, hint=f"at most learning_rate={learning_rate}")
 check_output_dir("out_dir", out_dir)
-# LoRA and DPO adapt a trained model
-if problem := lora.check_settings(lora_rank, lora_alpha, lora_dropout, lora_targets):
+if problem := objective.check_settings() or lora.check_settings(lora_rank, lora_alpha, lora_dropout, lora_targets):
     fail(problem)
-if lora_rank and task == "pretrain":
-    fail("lora_rank > 0 is for fine-tuning (task=sft, chat or dpo) a trained model; pretraining trains every weight")
+if lora_rank and not objective.fine_tunes:
+    fail(f"lora_rank > 0 is for fine-tuning a trained model; task={task} trains every weight")
 if lora_rank and optimizer != "adamw":
     fail(f"LoRA adapters train with AdamW; use --optimizer=adamw (not {optimizer})")
-if (lora_rank or task == "dpo") and init_from == "scratch":
-    fail(f"{'task=dpo' if task == 'dpo' else 'LoRA'} starts from a trained model: set --init_from to a run folder, "
+if (lora_rank or objective.needs_trained_model) and init_from == "scratch":
+    fail(f"{'LoRA' if lora_rank else f'task={task}'} starts from a trained model: set --init_from to a run folder, "
          f"a checkpoint, gpt2 or a Hugging Face folder")
-if dpo_beta <= 0:
-    fail(f"dpo_beta={dpo_beta} must be positive (TRL uses 0.1)")
 
 # -----------------------------------------------------------------------------
 # processes and devices: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE, one process per GPU
@@ -159,11 +148,7 @@ if dtype == "float16" and device_type == "mps":
 torch.backends.cuda.matmul.allow_tf32 = True  # float32 matmuls on tensor cores where they exist
 torch.backends.cudnn.allow_tf32 = True
 ctx = autocast(device_type, dtype)
-log = print if master else (lambda *args, **kwargs: None)
-
-MODEL_SETTINGS = ("n_layers", "n_heads", "n_kv_heads", "d_model", "d_ff", "vocab_size", "bias", "pos_emb", "norm",
-                  "mlp", "qk_norm", "tie_weights", "n_experts", "experts_top_k", "moe_aux_loss_coef",
-                  "attn_sinks")  # the model's shape: a checkpoint or GPT-2 brings its own
+log = objective.log = print if master else (lambda *args, **kwargs: None)
 
 
 def keep_settings(source, names, where):
@@ -179,12 +164,11 @@ def keep_settings(source, names, where):
 # -----------------------------------------------------------------------------
 # pretraining data comes first: its meta.json says which tokenizer (and so which vocabulary) the model needs
 folder = dataset_dir(dataset, data_dir)
-if task == "pretrain":
-    if master:
-        ensure_prepared(dataset, data_dir)  # prepares the embedded Shakespeare on first use
-    if ddp:
-        dist.barrier()
-data_tokenizer = tokenizer.dataset_spec(folder) if task == "pretrain" else None
+if master:
+    objective.prepare(folder)  # pretraining prepares the embedded Shakespeare on first use
+if ddp:
+    dist.barrier()
+data_tokenizer = objective.data_tokenizer(folder)  # None: text, encoded with the model's tokenizer
 
 # -----------------------------------------------------------------------------
 # model: from scratch, resumed, GPT-2, or a checkpoint to fine-tune; a checkpoint brings its tokenizer along
@@ -207,12 +191,9 @@ elif init_from == "scratch":
     if vocab_size < tokenizer.spec_vocab_size(model_tokenizer):
         fail(f"vocab_size={vocab_size} is smaller than the tokenizer's {tokenizer.spec_vocab_size(model_tokenizer)} "
              f"tokens ({model_tokenizer['name']}); leave it at 0 to take the tokenizer's")
+    settings["vocab_size"] = vocab_size
     try:
-        model = GPT(GPTConfig(n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, d_model=d_model, d_ff=d_ff,
-                              max_seq_len=max_seq_len, vocab_size=vocab_size, dropout=dropout, bias=bias,
-                              pos_emb=pos_emb, norm=norm, mlp=mlp, qk_norm=qk_norm, tie_weights=tie_weights,
-                              n_experts=n_experts, experts_top_k=experts_top_k, moe_aux_loss_coef=moe_aux_loss_coef,
-                              attn_sinks=attn_sinks))
+        model = GPT(GPTConfig(**{f.name: settings[f.name] for f in fields(GPTConfig)}))
     except (ValueError, TypeError) as e:
         fail(f"bad model settings: {e}")
 else:  # fine-tune GPT-2, a Hugging Face folder, or another run's checkpoint: its shape, a fresh optimizer, step 0
@@ -228,7 +209,7 @@ else:  # fine-tune GPT-2, a Hugging Face folder, or another run's checkpoint: it
         max_seq_len = settings["max_seq_len"] = model.config.max_seq_len  # windows as long as the model's context
     keep_settings(asdict(model.config), MODEL_SETTINGS, f"the model in {source}")
     log(f"starting from {source}{note}: the model's shape comes from it")
-if task == "chat":  # the chat tokens need rows: GPT-2's BPE has them past its 50257, so add those rows
+if objective.chat:  # the chat tokens need rows: GPT-2's BPE has them past its 50257, so add those rows
     needed = max(tokenizer.special_ids(tokenizer.from_spec(model_tokenizer)).values()) + 1
     if model.config.vocab_size < needed:
         if lora_rank:  # LoRA freezes the embeddings: new rows could never learn, and the base would not match
@@ -251,15 +232,7 @@ if resume and had != (wanted if lora_rank else None):
 if lora_rank and lora_info is None:
     lora_info = {**wanted, "base": base_source(init_from), "base_fingerprint": lora.fingerprint(model.state_dict())}
     lora.apply_lora(model, lora_rank, lora_alpha, lora_dropout, lora_targets)
-dpo_reference = (resume.get("dpo_reference") if resume else base_source(init_from)) if task == "dpo" else None
-reference = model if task == "dpo" else None  # with LoRA: the policy with its adapters off, no second copy
-reference_fingerprint = None
-if task == "dpo" and not lora_info:  # full fine-tuning: a frozen copy of the starting model
-    reference = (load_base(dpo_reference, dropout=0.0) if resume else copy.deepcopy(model)).eval().requires_grad_(False)
-    reference_fingerprint = lora.fingerprint(reference.state_dict())  # a resume must find the same weights there
-    if resume and resume.get("dpo_reference_fingerprint", reference_fingerprint) != reference_fingerprint:
-        fail(f"{out_dir}'s DPO reference {dpo_reference} has changed since the run started (its weights differ); "
-             f"put the original back, or start a new run")
+objective.setup(model, init_from, resume, lora_info)  # e.g. DPO's frozen reference
 if max_seq_len > config.max_seq_len:
     fail(f"max_seq_len={max_seq_len} is longer than the model's context ({config.max_seq_len}); it may shrink for "
          f"fine-tuning but cannot grow: lower --max_seq_len")
@@ -269,20 +242,7 @@ if master and init_from != "resume" and run_files(out_dir) and not overwrite:
 
 # -----------------------------------------------------------------------------
 # data: batches are a pure function of (seed, step, index), so resume and DDP see the same stream
-if task == "pretrain":
-    train_data = TokenShards(folder, "train", vocab_size=config.vocab_size)
-    val_data = TokenShards(folder, "val", vocab_size=config.vocab_size)
-else:
-    enc = tokenizer.from_spec(model_tokenizer)  # prompts and completions are encoded as the model reads them
-    Examples = {"chat": ChatExamples, "dpo": PreferenceExamples}.get(task, SFTExamples)  # dpo: B chosen, B rejected rows
-    train_data = Examples(os.path.join(folder, "train.jsonl"), max_seq_len, enc)
-    val_data = Examples(os.path.join(folder, "val.jsonl"), max_seq_len, enc)
-for split, data in (("train", train_data), ("val", val_data)):  # (the reader checks ids against the vocab)
-    if getattr(data, "cut_note", ""):  # SFT examples cut to max_seq_len, counted once
-        log(data.cut_note)
-    if task == "pretrain" and data.num_tokens < max_seq_len + 1:
-        fail(f"the {split} split of {folder} has {data.num_tokens} tokens, too few for one window of "
-             f"max_seq_len={max_seq_len}; lower --max_seq_len or prepare more data")
+train_data, val_data = objective.load_data(folder, tokenizer.from_spec(model_tokenizer), config.vocab_size)
 
 # downstream benchmarks (eval_tasks), loaded up front so that a data problem stops the run now, not at its first eval
 task_eval = downstream.prepare(downstream.parse(eval_tasks), task_data, eval_task_examples) if master else []
@@ -302,8 +262,7 @@ def get_batch(step, micro_step):
 # -----------------------------------------------------------------------------
 # optimizer, gradient scaler, compile, DDP
 model.to(device)
-if reference is not None:
-    reference.to(device)
+objective.to(device)
 optimizers = model.configure_optimizers(optimizer, learning_rate, weight_decay, (beta1, beta2), device_type)
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))  # float16 needs loss scaling
 step, best_val_loss, evals_without_improvement, wandb_run_id = 0, math.inf, 0, None
@@ -338,48 +297,24 @@ def lr_multiplier(step):
 
 @torch.no_grad()
 def evaluate():
-    """Val loss, accuracy and perplexity over a fixed set of val batches, and the loss over a fixed set
-    of train batches, so numbers compare across evals and runs. Batches are split over processes."""
-    model.eval()
-    totals = torch.zeros(5, device=device)  # val loss sum, correct, tokens; train loss sum, tokens
-    for i, (x, y) in enumerate(val_data.eval_batches(batch_size, max_seq_len, eval_iters)):
-        if i % world_size == rank:
-            x, y = to_device(x, y)
-            with ctx:
-                logits, loss = model(x, y)
-            counted = y != -1
-            totals[0:3] += torch.stack([loss.float() * counted.sum(), ((logits.argmax(-1) == y) & counted).sum(),
-                                        counted.sum()])
-    for i in range(rank, eval_iters, world_size):
-        x, y = to_device(*train_data.get_batch(batch_size, max_seq_len, seed + 1, 0, i, eval_iters))  # fixed sample
-        with ctx:
-            _, loss = model(x, y)
-        totals[3:5] += torch.stack([loss.float() * (y != -1).sum(), (y != -1).sum()])
-    if ddp:
-        dist.all_reduce(totals)
-    model.train()
-    val_loss = (totals[0] / totals[2]).item()
-    return {"val_loss": val_loss, "accuracy": (totals[1] / totals[2]).item(),
-            "perplexity": math.exp(min(val_loss, 700)), "train_loss": (totals[3] / totals[4]).item()}
-
-
-@torch.no_grad()
-def evaluate_dpo():
-    """DPO loss and rewards (TRL's names) over the same val batches and fixed train sample as evaluate()."""
-    model.eval()
-    totals = torch.zeros(2, len(dpo.STATS) + 2, device=device)  # val, train: summed loss and stats, pairs
-    val_batches = val_data.eval_batches(batch_size, max_seq_len, eval_iters)
-    train_batches = (train_data.get_batch(batch_size, max_seq_len, seed + 1, 0, i, eval_iters)  # a fixed sample
-                     for i in range(eval_iters))
-    for row, batches in enumerate((val_batches, train_batches)):
+    """The objective's eval over a fixed set of val batches and of train batches, the same ones every time, so
+    numbers compare across evals and runs. Batches are split over processes; their sums add up."""
+    raw_model.eval()
+    sums = []
+    train_sample = (train_data.get_batch(batch_size, max_seq_len, seed + 1, 0, i, eval_iters) for i in range(eval_iters))
+    for batches in (val_data.eval_batches(batch_size, max_seq_len, eval_iters), train_sample):
+        total = None
         for i, (x, y) in enumerate(batches):
-            if i % world_size == rank:
+            if i % world_size == rank or total is None:  # (a process with no batch of its own adds a zeroed one)
                 with ctx:
-                    totals[row] += dpo.batch_sums(model, reference, *to_device(x, y), dpo_beta)
+                    sums_i = objective.eval_sums(raw_model, *to_device(x, y)).float()
+                total = sums_i * (i % world_size == rank) + (0 if total is None else total)
+        sums.append(total)
     if ddp:
-        dist.all_reduce(totals)
-    model.train()
-    return {**dpo.eval_metrics(totals[0], "val_"), **dpo.eval_metrics(totals[1], "train_")}
+        for total in sums:
+            dist.all_reduce(total)
+    raw_model.train()
+    return objective.eval_metrics(*sums)
 
 
 # -----------------------------------------------------------------------------
@@ -420,8 +355,7 @@ def save(path, last_eval):
     save_checkpoint(path, {
         "model": lora.adapter_state_dict(raw_model) if lora_info else raw_model.state_dict(),
         "model_config": asdict(config),
-        "lora": lora_info, "dpo_reference": dpo_reference,  # an adapter checkpoint names its base instead of holding it
-        "dpo_reference_fingerprint": reference_fingerprint,
+        "lora": lora_info, **objective.checkpoint_state(),
         "optimizers": [opt.state_dict() for opt in optimizers], "scaler": scaler.state_dict(),
         "step": step, "best_val_loss": best_val_loss, "evals_without_improvement": evals_without_improvement,
         "settings": settings, "metrics": last_eval, "wandb_run_id": wandb_run_id, "tokenizer": model_tokenizer,
@@ -461,7 +395,7 @@ if lora_info:
 model.train()
 last_eval = resume.get("metrics") if resume else None
 loss_sum, skipped_steps, steps_since_log, t_log, t_start = torch.zeros((), device=device), 0, 0, time.time(), time.time()
-stats_sum = torch.zeros(len(dpo.STATS), device=device)  # DPO's reward statistics since the last log line
+stats_sum = torch.zeros(len(objective.stats), device=device)  # the objective's statistics since the last log line
 aux_sum, load_sum = torch.zeros((), device=device), 0.0  # MoE: load-balancing loss and each layer's expert load
 x, y = get_batch(step, 0)
 while step < max_steps:
@@ -475,15 +409,12 @@ while step < max_steps:
         # DDP all-reduces gradients on every backward; only the last micro-step needs it
         with model.no_sync() if ddp and not last_micro_step else nullcontext():
             with ctx:
-                if task == "dpo":
-                    loss, stats = dpo.batch_loss(model, reference, x, y, dpo_beta)
-                    stats_sum += stats / accum_per_rank
-                else:
-                    _, loss = model(x, y, return_logits=False)  # the chunked loss: no (B, T, V) logits kept
+                loss, stats = objective.loss(model, x, y)
+                stats_sum += stats / accum_per_rank
             if config.n_experts:  # the loss includes the load balancing: log the language-model loss apart from it
                 aux = raw_model.moe_aux_loss().detach() / accum_per_rank
                 aux_sum, loss_sum = aux_sum + aux, loss_sum - config.moe_aux_loss_coef * aux
-                load_sum = load_sum + torch.stack([block.mlp.load for block in raw_model.transformer.h]) / accum_per_rank
+                load_sum = load_sum + raw_model.expert_loads() / accum_per_rank
             x, y = get_batch(step + last_micro_step, 0 if last_micro_step else micro_step + 1)  # prefetch
             scaler.scale(loss / accum_per_rank).backward()
         loss_sum += loss.detach() / accum_per_rank
@@ -524,13 +455,13 @@ while step < max_steps:
             + (f" | mfu {100 * mfu:.1f}%" if mfu is not None else "")
             + (f" | aux {moe['aux_loss']:.4f}, busiest expert {max(map(max, moe['expert_load'])):.3f}" if moe else "")
             + (f" | skipped {skipped_steps}" if skipped_steps else "")
-            + (" | " + dpo.describe(dpo.metrics(stats_sum / steps_since_log)) if task == "dpo" else "")
+            + (" | " + objective.describe(objective.metrics(stats_sum / steps_since_log)) if objective.stats else "")
             + f" | eta {format_duration(dt * (max_steps - step))}")
         if master:
             log_metrics("train", loss=train_loss, lr=learning_rate * lr_mult,
                         grad_norm=grad_norm.item() if grad_clip > 0 else None, ms_per_step=1000 * dt,
                         tokens_per_sec=tokens_per_sec, mfu=mfu, skipped_steps=skipped_steps, **moe,
-                        **(dpo.metrics(stats_sum / steps_since_log) if task == "dpo" else {}))
+                        **objective.metrics(stats_sum / steps_since_log))
         loss_sum.zero_()
         stats_sum.zero_()
         aux_sum, load_sum = aux_sum.zero_(), 0.0
@@ -539,20 +470,18 @@ while step < max_steps:
     stop_early = False
     if eval_interval and (step % eval_interval == 0 or step == max_steps):
         t_eval = time.time()
-        last_eval, task_metrics = evaluate_dpo() if task == "dpo" else evaluate(), {}
+        last_eval, task_metrics = evaluate(), {}
         if task_eval:  # on the first process only: the others wait for it at the next gradient all-reduce
             task_metrics = downstream.flat(downstream.run(task_eval, raw_model, tokenizer.from_spec(model_tokenizer),
-                                                          batch_size, ctx, progress=False, chat=task == "chat"))
+                                                          batch_size, ctx, progress=False, chat=objective.chat))
             last_eval.update(task_metrics)
         improved = last_eval["val_loss"] < best_val_loss
         if improved:
             best_val_loss, evals_without_improvement = last_eval["val_loss"], 0
         else:
             evals_without_improvement += 1
-        log(f"eval step {step}: val loss {last_eval['val_loss']:.4f} | " + (
-            dpo.describe(last_eval, "val_") + f" | train loss {last_eval['train_loss']:.4f}" if task == "dpo" else
-            f"accuracy {100 * last_eval['accuracy']:.2f}% | perplexity {last_eval['perplexity']:.2f} | "
-            f"train loss {last_eval['train_loss']:.4f}")
+        log(f"eval step {step}: val loss {last_eval['val_loss']:.4f} | {objective.describe_eval(last_eval)} | "
+            f"train loss {last_eval['train_loss']:.4f}"
             + "".join(f" | {k} {v:.4f}" for k, v in task_metrics.items())
             + (" | best so far" if improved else f" | no better for {evals_without_improvement} eval(s)"))
         if master:

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import torch
 
-import tokenizer
+from nash import tokenizer
 from configurator import fail
 from model import GPT, GPTConfig
 
@@ -21,8 +21,8 @@ def bench_chat(tmp, cfg):
     import httpx
     import uvicorn
 
-    import server
-    from engine import ChatEngine, Sampling
+    from nash import server
+    from nash.engine import ChatEngine, Sampling
     shape = {"demo": dict(n_layers=4, n_heads=4, d_model=128, d_ff=512, max_seq_len=128),
              "124m": dict(n_layers=12, n_heads=12, d_model=768, d_ff=3072, max_seq_len=1024)}.get(cfg.chat_shape)
     if shape is None:

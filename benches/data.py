@@ -11,8 +11,8 @@ import time
 import numpy as np
 
 import prepare
-import textsplit
-import tokenizer
+from nash import textsplit
+from nash import tokenizer
 from benches.common import CORES, HERE, run
 
 
@@ -53,7 +53,7 @@ def read_documents(path):
 
 # tiktoken's batch encoding in a fresh process, for its peak memory (argv: corpus, threads): it needs every
 # document in memory, and gives back every token as a Python int
-TIKTOKEN_BATCH = "\n".join(["import json, sys", "import textsplit, tokenizer", inspect.getsource(read_documents),
+TIKTOKEN_BATCH = "\n".join(["import json, sys", "from nash import textsplit, tokenizer", inspect.getsource(read_documents),
                             "docs = read_documents(sys.argv[1])",
                             "tokenizer.get_tokenizer().encode_ordinary_batch(docs, num_threads=int(sys.argv[2]))"])
 

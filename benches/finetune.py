@@ -7,9 +7,9 @@ import os
 import sys
 from statistics import median
 
-import lora
+from nash import lora
 from benches.common import run
-from checkpoint import load_checkpoint, model_from_checkpoint
+from nash.checkpoint import load_checkpoint, model_from_checkpoint
 
 
 def bench_finetune(tmp, cfg):

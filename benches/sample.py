@@ -3,7 +3,7 @@ import time
 
 import torch
 
-import tokenizer
+from nash import tokenizer
 from benches.common import sync
 from model import GPT, GPTConfig
 

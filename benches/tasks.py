@@ -5,8 +5,8 @@ import time
 
 import torch
 
-import tasks as downstream
-import tokenizer
+from nash import tasks as downstream
+from nash import tokenizer
 from benches.common import HERE, sync
 from model import GPT, GPTConfig
 

@@ -8,8 +8,8 @@ import sys
 import sysconfig
 import time
 
-import textsplit
-import tokenizer
+from nash import textsplit
+from nash import tokenizer
 from benches.common import CORES, HERE, run
 
 

@@ -7,12 +7,12 @@ import os
 import pytest
 import torch
 
-from checkpoint import load_checkpoint
+from nash.checkpoint import load_checkpoint
 from conftest import ROOT, TINY_MODEL, TINY_TRAINING, run_script
-from data import ChatExamples
-from engine import ChatEngine, Conversation, Sampling
+from nash.data import ChatExamples
+from nash.engine import ChatEngine, Conversation, Sampling
 from model import GPT, GPTConfig
-from tokenizer import CHAT_VOCAB_SIZE, EOT_ID, VOCAB_SIZE, get_tokenizer, render_conversation, special_ids
+from nash.tokenizer import CHAT_VOCAB_SIZE, EOT_ID, VOCAB_SIZE, get_tokenizer, render_conversation, special_ids
 
 CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi <|assistant_end|>"},
                 {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Reverse: a b"},
@@ -144,7 +144,7 @@ def greedy_reference(model, prompt, n):
         for _ in range(n):
             if len(seq) >= model.config.max_seq_len:
                 break
-            t = int(model._last_logits(torch.tensor([seq]))[0].argmax())  # a full forward, no cache
+            t = int(model.next_logits(torch.tensor([seq]))[0].argmax())  # a full forward, no cache
             if t in stops:
                 break
             out.append(t)
@@ -230,7 +230,7 @@ def test_evaluate_scores_each_conversations_last_reply_by_exact_match(tiny_chat_
     """evaluate.py on a chat run: besides the loss, the exact match of each conversation's last reply as chat.py
     would answer it, greedily. The reference here is computed apart, with model.generate: the reply's tokens and
     then a special token. (The tiny run ends its replies at once, so an empty reference matches.)"""
-    from checkpoint import load_model
+    from nash.checkpoint import load_model
     model, _, _ = load_model("", tiny_chat_run, "best", "cpu")
     enc, specials = get_tokenizer(), set(special_ids(get_tokenizer()).values())
     conversations = [

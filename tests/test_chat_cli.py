@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from checkpoint import load_model
+from nash.checkpoint import load_model
 from conftest import ROOT, run_script
-from engine import ChatEngine, Decoder
+from nash.engine import ChatEngine, Decoder
 from test_chat import greedy_reference
 
 

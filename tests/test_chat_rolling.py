@@ -1,4 +1,4 @@
-"""The chat engine's rolling KV cache (engine.py, kvcache.py): within the context it is the exact engine (same
+"""The chat engine's rolling KV cache (nash/engine.py, model.py's RollingKVCache): within the context it is the exact engine (same
 tokens, same logits, prefix reuse included); past it a reply and a conversation go on at a constant cache size,
 a new turn prefills only itself, and an edited history after eviction is prefilled from scratch and lands where
 a fresh engine would. Also: the exact engine with sink tokens rewinds to the right positions, and chat.py /
@@ -12,13 +12,13 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-import engine as E
-import server
-from checkpoint import save_checkpoint
+from nash import engine as E
+from nash import server
+from nash.checkpoint import save_checkpoint
 from conftest import ROOT, run_script
-from engine import ChatEngine, Conversation, Decoder, Sampling
+from nash.engine import ChatEngine, Conversation, Decoder, Sampling
 from model import GPT, GPTConfig
-from tokenizer import CHAT_VOCAB_SIZE, VOCAB_SIZE, render_conversation
+from nash.tokenizer import CHAT_VOCAB_SIZE, VOCAB_SIZE, render_conversation
 
 GREEDY = Sampling(temperature=0.0, max_new_tokens=6)
 
@@ -57,7 +57,7 @@ def logits_seen(monkeypatch):
 
 def full_logits(model, tokens):
     with torch.no_grad():
-        return model._last_logits(torch.tensor([tokens]))  # one forward over everything, no cache
+        return model.next_logits(torch.tensor([tokens]))  # one forward over everything, no cache
 
 
 def run_turns(engine, turns, sampling=GREEDY):
@@ -173,7 +173,7 @@ def rope_chat_ckpt(tmp_path_factory):
 
 
 def reference(path, messages, n, rolling=True):
-    from checkpoint import load_model
+    from nash.checkpoint import load_model
     model, _, _ = load_model(path, "", "best", "cpu")
     engine = engine_for(model, rolling)
     decoder = Decoder(engine.enc)
@@ -201,7 +201,7 @@ def test_chat_cli_rolling_cache_goes_past_the_context(rope_chat_ckpt):
 
 
 def test_api_with_rolling_cache_answers_past_the_context(rope_chat_ckpt):
-    from checkpoint import load_model
+    from nash.checkpoint import load_model
     model, _, _ = load_model(rope_chat_ckpt[0], "", "best", "cpu")
     engine = engine_for(model, True)
     client = TestClient(server.create_app(engine, "rolling", Sampling(temperature=0.0)))

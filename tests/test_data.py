@@ -1,4 +1,4 @@
-"""data.py: the shard reader (windows across shard boundaries, pure batches, epochs without replacement, the
+"""nash/data.py: the shard reader (windows across shard boundaries, pure batches, epochs without replacement, the
 fixed eval walk, every validation error) and SFT batches (masking, padding, JSONL errors). CPU, no network."""
 import json
 import os
@@ -11,10 +11,10 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import data  # noqa: E402
+from nash import data  # noqa: E402
 import prepare  # noqa: E402
-from data import SFTExamples, TokenShards, dataset_dir, ensure_prepared  # noqa: E402
-from tokenizer import EOT_ID, get_tokenizer  # noqa: E402
+from nash.data import SFTExamples, TokenShards, dataset_dir, ensure_prepared  # noqa: E402
+from nash.tokenizer import EOT_ID, get_tokenizer  # noqa: E402
 
 SHARD = 1000  # tokens per shard: small, so windows cross shard boundaries
 

@@ -1,4 +1,4 @@
-"""DPO (dpo.py, task=dpo in train.py) and its data (data.PreferenceExamples): the loss against a computation by
+"""DPO (nash/objectives/dpo.py, task=dpo in train.py) and its data (data.PreferenceExamples): the loss against a computation by
 hand, log 2 at the start, reward accuracy that rises on held-out pairs, TRL's metric names, one-line errors."""
 import json
 import math
@@ -8,11 +8,12 @@ import shutil
 import pytest
 import torch
 
-import dpo
-from checkpoint import load_checkpoint
+from model import token_loss
+from nash.objectives import dpo
+from nash.checkpoint import load_checkpoint
 from conftest import ROOT, TINY_MODEL, TINY_TRAINING, read_metrics, run_inline, run_script
-from data import PreferenceExamples
-from tokenizer import EOT_ID, get_tokenizer
+from nash.data import PreferenceExamples
+from nash.tokenizer import EOT_ID, get_tokenizer
 
 COLOURS = ["red", "blue", "green", "black", "white", "gold"]
 ANIMALS = ["cat", "dog", "fox", "bird", "fish", "cow"]
@@ -55,8 +56,10 @@ class FixedLM(torch.nn.Module):
         super().__init__()
         self.logits = torch.nn.Parameter(torch.tensor(logits))
 
-    def forward(self, x):
-        return self.logits, None
+    def forward(self, x, y=None, reduction="mean"):  # what DPO asks of a GPT: each target's loss (0 where y is -1)
+        keep = y != -1
+        loss = token_loss(self.logits[keep], y[keep])
+        return None, loss.new_zeros(y.shape).masked_scatter(keep, loss)
 
 
 def log_softmax_by_hand(row, i):

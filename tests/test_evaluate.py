@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from checkpoint import load_model
+from nash.checkpoint import load_model
 from conftest import run_inline, run_script
-from tokenizer import EOT_ID, get_tokenizer
+from nash.tokenizer import EOT_ID, get_tokenizer
 
 
 def evaluate(monkeypatch, *args):

@@ -10,8 +10,8 @@ import uuid
 import pytest
 
 from conftest import ROOT
-from tasks import humaneval
-from tasks.execution import run_program, run_programs
+from nash.tasks import humaneval
+from nash.tasks.execution import run_program, run_programs
 
 
 @pytest.fixture(scope="module")

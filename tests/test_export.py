@@ -10,11 +10,11 @@ from dataclasses import asdict
 import pytest
 import torch
 
-import hf
-from checkpoint import load_checkpoint, save_checkpoint
+from nash import hf
+from nash.checkpoint import load_checkpoint, save_checkpoint
 from conftest import ROOT, run_inline, run_script
 from model import GPT, GPTConfig
-from tokenizer import EOT_ID, get_tokenizer
+from nash.tokenizer import EOT_ID, get_tokenizer
 
 transformers = pytest.importorskip("transformers")
 

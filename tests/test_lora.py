@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import lora
-from checkpoint import load_checkpoint, model_from_checkpoint
+from nash import lora
+from nash.checkpoint import load_checkpoint, model_from_checkpoint
 from conftest import TINY_MODEL, TINY_TRAINING, run_inline, run_script
-from data import SFTExamples
+from nash.data import SFTExamples
 from model import GPT, GPTConfig
-from tokenizer import get_tokenizer
+from nash.tokenizer import get_tokenizer
 
 LORA = ["--lora_rank=4", "--lora_alpha=8", "--lora_targets=all", "--learning_rate=1e-2"]
 
@@ -187,7 +187,7 @@ LLAMA = dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", n_kv_heads=1, bias=Fa
 def test_peft_loads_the_exported_adapter_with_the_merged_models_logits(tmp_path, shape):
     """GPT-2 keeps c_attn fused (Conv1D, fan_in_fan_out); Llama/Qwen3 split c_attn into q/k/v_proj (with GQA) and
     SwiGLU's c_fc into gate/up_proj, each with the shared A and its rows of B: peft must compute the same."""
-    import hf
+    from nash import hf
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
     base = tiny_gpt(**{"n_heads": 4, "n_kv_heads": None, "d_ff": 64, "vocab_size": 50257, **shape}).eval()

@@ -23,7 +23,7 @@ MODERN = dict(CLASSIC, pos_emb="rope", norm="rmsnorm", mlp="swiglu", n_kv_heads=
 # more mixes, so every option goes through the cache at least once
 MQA_RELU2 = dict(CLASSIC, n_kv_heads=1, mlp="relu2", qk_norm=True, norm="rmsnorm")
 ROPE_GELU = dict(CLASSIC, pos_emb="rope", dropout=0.0, pad_vocab_multiple=1)
-# a Mixture-of-Experts MLP (moe.py), and learnable attention-sink tokens with both kinds of positions
+# a Mixture-of-Experts MLP (model.MoE), and learnable attention-sink tokens with both kinds of positions
 MOE = dict(MODERN, n_experts=4, experts_top_k=2)
 SINKS_ROPE = dict(ROPE_GELU, attn_sinks=2)
 SINKS_LEARNED = dict(CLASSIC, attn_sinks=1, n_experts=3, experts_top_k=1)
@@ -173,7 +173,7 @@ def test_loss_all_ignored_is_zero_with_grad():
 def plain_loss_and_grads(model, idx, targets):
     """The reference: full (B, T, V) logits over the real vocabulary, F.cross_entropy, autograd."""
     model.zero_grad(set_to_none=True)
-    x = model._trunk(idx)
+    x = model.hidden_states(idx)
     logits = F.linear(x, model.lm_head.weight[:model.config.vocab_size]).float()
     keep = targets != -1
     loss = F.cross_entropy(logits[keep], targets[keep]) if keep.any() else (logits.sum() * 0)
@@ -553,10 +553,10 @@ def test_kv_cache_chunked_prefill(name):
     # feeding a sequence to the cache in chunks (several queries after cached keys) equals one pass
     model = make(CONFIGS[name])
     idx = torch.randint(0, 100, (2, 16))
-    full = model._trunk(idx)
+    full = model.hidden_states(idx)
     cache = M.KVCache(model.config.n_layers, model.config.max_seq_len)
-    parts = [model._trunk(idx[:, a:b], cache) for a, b in ((0, 5), (5, 6), (6, 13), (13, 16))]
+    parts = [model.hidden_states(idx[:, a:b], cache) for a, b in ((0, 5), (5, 6), (6, 13), (13, 16))]
     assert cache.pos == 16
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="longer than max_seq_len"):
-        model._trunk(idx[:, :1], cache)
+        model.hidden_states(idx[:, :1], cache)

@@ -1,4 +1,4 @@
-"""Tests for the Mixture-of-Experts MLP (moe.py): routing, the load-balancing loss against a hand
+"""Tests for the Mixture-of-Experts MLP (model.py's MoE): routing, the load-balancing loss against a hand
 computation, the batched dispatch against a per-token loop, gradients for idle experts, parameter and
 FLOP counts, train.py with n_experts (logs, exact resume, SFT, DDP on 2 processes), torch.compile. The KV
 cache against full recompute with MoE is in test_model.py (its CONFIGS include a MoE model)."""
@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from checkpoint import load_checkpoint
+from nash.checkpoint import load_checkpoint
 from conftest import TINY_MODEL, TINY_TRAINING, read_metrics, run_inline, run_script
 from model import GPT, GPTConfig, MLP
-from moe import MoE
+from model import MoE
 
 TINY = dict(n_layers=2, n_heads=2, d_model=16, d_ff=24, max_seq_len=16, vocab_size=50, dropout=0.0)
 

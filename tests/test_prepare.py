@@ -16,9 +16,9 @@ from conftest import run_inline
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import prepare  # noqa: E402
-import textsplit  # noqa: E402
-import tokenizer  # noqa: E402
-from tokenizer import EOT_ID, get_tokenizer  # noqa: E402
+from nash import textsplit  # noqa: E402
+from nash import tokenizer  # noqa: E402
+from nash.tokenizer import EOT_ID, get_tokenizer  # noqa: E402
 
 WORDS = ["the quick brown fox", "jumps over", "the lazy dog", "ünïcödé ✓"]
 DOCS = [f"Document {i}: " + " ".join(WORDS[:1 + i % 4]) * (1 + i % 7) for i in range(40)]
@@ -349,7 +349,7 @@ def test_smoltalk_streams_conversations_as_jsonl(tmp_path, monkeypatch):
     for split in ("train", "val"):
         lines = [json.loads(line) for line in open(os.path.join(folder, f"{split}.jsonl"))]
         assert lines == [{"messages": r["messages"]} for r in rows[:5]]  # the unknown role is left out
-    from data import ChatExamples
+    from nash.data import ChatExamples
     assert len(ChatExamples(os.path.join(folder, "train.jsonl"), 64).examples) == 5  # what task=chat reads
     with pytest.raises(SystemExit, match="already holds conversations"):
         run(tmp_path, dataset="smoltalk")

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import model as model_module
-from checkpoint import load_model
+from nash.checkpoint import load_model
 from conftest import run_inline, run_script
 from model import GPT
-from tokenizer import EOT_ID, get_tokenizer
+from nash.tokenizer import EOT_ID, get_tokenizer
 
 
 def sample(monkeypatch, *args):

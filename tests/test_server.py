@@ -14,12 +14,12 @@ import httpx
 import pytest
 import torch
 
-from checkpoint import load_model, save_checkpoint
+from nash.checkpoint import load_model, save_checkpoint
 from conftest import ROOT
-from engine import ChatEngine, Decoder
+from nash.engine import ChatEngine, Decoder
 from model import GPT, GPTConfig
 from test_chat import greedy_reference
-from tokenizer import CHAT_VOCAB_SIZE, VOCAB_SIZE
+from nash.tokenizer import CHAT_VOCAB_SIZE, VOCAB_SIZE
 
 
 def free_port():

@@ -1,4 +1,4 @@
-"""Tests for attention-sink tokens and the rolling KV cache (kvcache.py): the rolling cache equals the exact
+"""Tests for attention-sink tokens and the rolling KV cache (model.py's RollingKVCache): the rolling cache equals the exact
 one within the context, keeps a constant size and cost past it, puts keys at the right positions (checked
 exactly on a one-layer model), refuses learned positions; the sinks train; sample.py --rolling_cache.
 The exact cache against full recompute with sinks is in test_model.py (its CONFIGS include sink models)."""
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL, TINY_TRAINING, run_inline
-from kvcache import RollingKVCache
+from model import RollingKVCache
 from model import GPT, GPTConfig
 
 ROPE = dict(n_layers=2, n_heads=4, d_model=32, d_ff=64, max_seq_len=8, vocab_size=100, dropout=0.0,
@@ -44,7 +44,7 @@ def test_rolling_cache_past_the_context_constant_size(sinks, keep, key_lengths):
     cache = RollingKVCache.for_config(model.config, keep)
     with torch.no_grad():
         for t in range(3 * S):
-            model._last_logits(out[:, t:t + 1], cache)
+            model.next_logits(out[:, t:t + 1], cache)
     assert cache.pos == S + sinks and cache.seen == 3 * S + sinks and cache.k[0].shape[2] == S + sinks
     assert cache.keep == (keep if keep is not None else sinks or 4)
 
@@ -61,11 +61,11 @@ def test_rolling_cache_positions_exact_on_one_layer(sinks, keep):
     kept_tokens = keep - sinks  # kept entries after the sinks are the first tokens
     with torch.no_grad():
         for t in range(3 * S):
-            got = model._last_logits(seq[:, t:t + 1], cache)
+            got = model.next_logits(seq[:, t:t + 1], cache)
             held = seq[:, :t + 1] if t < S else torch.cat([seq[:, :kept_tokens], seq[:, t + 1 - (S - kept_tokens):t + 1]], 1)
             if keep < sinks or (t >= S and keep == 0 and sinks):
                 continue  # the sinks themselves were evicted: no plain forward reproduces that
-            torch.testing.assert_close(got, model._last_logits(held), atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(got, model.next_logits(held), atol=1e-4, rtol=1e-4)
 
 
 def test_rolling_cache_refuses_learned_positions():
@@ -74,7 +74,7 @@ def test_rolling_cache_refuses_learned_positions():
         model.generate(torch.zeros(1, 2, dtype=torch.long), 3, rolling_cache=True)
     with pytest.raises(ValueError, match="once it fills, feed one position at a time"):
         cache = RollingKVCache.for_config(make().config)
-        make()._last_logits(torch.zeros(1, 9, dtype=torch.long), cache)
+        make().next_logits(torch.zeros(1, 9, dtype=torch.long), cache)
 
 
 @pytest.mark.parametrize("pos_emb", ["rope", "learned"])

@@ -10,11 +10,11 @@ import shutil
 import pytest
 import torch
 
-import tasks
-from checkpoint import load_model
+from nash import tasks
+from nash.checkpoint import load_model
 from conftest import ROOT, TINY_MODEL, read_metrics, run_inline, run_script
-from tasks import gsm8k
-from tokenizer import get_tokenizer, render_conversation, special_ids
+from nash.tasks import gsm8k
+from nash.tokenizer import get_tokenizer, render_conversation, special_ids
 
 FIXTURES = os.path.join(ROOT, "tests", "task_data")
 

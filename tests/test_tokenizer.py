@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-import tokenizer
-from tokenizer import CHAT_TOKENS, EOT_ID, SPECIAL_TOKENS, VOCAB_SIZE, get_tokenizer, special_ids
+from nash import tokenizer
+from nash.tokenizer import CHAT_TOKENS, EOT_ID, SPECIAL_TOKENS, VOCAB_SIZE, get_tokenizer, special_ids
 
 
 def test_known_ids():

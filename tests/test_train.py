@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from checkpoint import load_checkpoint, save_checkpoint
+from nash.checkpoint import load_checkpoint, save_checkpoint
 from conftest import ROOT, TINY_MODEL, TINY_TRAINING, read_metrics, run_script
 from model import GPT, GPTConfig
 
@@ -77,7 +77,7 @@ def test_sft_masks_the_prompt(sft_data, tiny_sft_run):
     model = GPT(GPTConfig(**state["model_config"]))
     model.load_state_dict(state["model"])
     model.eval()
-    from tokenizer import EOT_ID, get_tokenizer
+    from nash.tokenizer import EOT_ID, get_tokenizer
     enc = get_tokenizer()
     # the val loss train.py reports equals the loss over completion tokens (and end-of-text) only
     total, count = 0.0, 0

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import prepare
-import textsplit
-import tokenizer
+from nash import textsplit
+from nash import tokenizer
 from conftest import ROOT, TINY_MODEL, TINY_TRAINING, run_inline, run_script
-from data import TokenShards
+from nash.data import TokenShards
 
 VOCAB = 400  # 256 bytes + 137 merges + 7 specials: learns in milliseconds, still merges real words
 
@@ -218,7 +218,7 @@ def test_model_takes_vocab_and_checkpoint_carries_the_tokenizer(bpe_data, bpe_ru
 
 
 def test_sample_decodes_with_the_run_tokenizer(bpe_run, monkeypatch, capsys):
-    from checkpoint import load_model
+    from nash.checkpoint import load_model
     out = run_inline(monkeypatch, "sample.py", f"--out_dir={bpe_run}", "--start=ROMEO:", "--temperature=0",
                      "--num_samples=1", "--max_new_tokens=24", "--device=cpu")
     # the same greedy generation by hand, with the tokenizer the checkpoint carries

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from checkpoint import load_checkpoint, resolve_source
+from nash.checkpoint import load_checkpoint, resolve_source
 from conftest import TINY_MODEL, TINY_TRAINING, run_inline, run_script
 
 TINY_SFT = ["--batch_size=4", "--grad_accum_steps=1", "--max_steps=4", "--warmup_steps=1", "--eval_interval=2",

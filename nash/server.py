@@ -32,7 +32,7 @@ from dataclasses import replace
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
-from engine import Decoder, Sampling
+from nash.engine import Decoder, Sampling
 
 MAX_ROLLING_TOKENS = 65536  # the longest reply with the rolling cache: one request cannot hold the worker for ever
 

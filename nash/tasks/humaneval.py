@@ -6,8 +6,8 @@ own prompt, zero-shot; greedy decoding stops at the Codex paper's stop strings (
 print or comment). pass@1: the program prompt + completion + tests + check(entry_point) exits cleanly within the
 time limit, in a separate, limited process (tasks/execution.py).
 """
-from tasks.base import Task
-from tasks.execution import run_program
+from nash.tasks.base import Task
+from nash.tasks.execution import run_program
 
 TIMEOUT, MEMORY_MB = 10.0, 1024  # per program: wall seconds (CPU seconds + 1), address space
 

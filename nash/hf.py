@@ -9,9 +9,8 @@ The pieces, for code that builds on them (adapters, other layouts, other tokeniz
     hf_config(config, arch) / config_from_hf(hf_dict)     our GPTConfig <-> config.json
     key_map(config, arch)                                 our tensor names <-> HF tensor names and row slices
     to_hf_state_dict(sd, config, arch) / from_hf_state_dict(sd_hf, config, arch, into)
-    write_gpt2_tokenizer(folder, config)                  the tokenizer files; export_model takes another writer
-    write_trained_tokenizer(folder, config, spec) / read_trained_tokenizer(folder)   a tokenizer prepare.py learnt
-    is_hf_folder(path), read_weights(path)                recognising and reading HF folders
+    tokenizer.write_gpt2_tokenizer / write_trained_tokenizer   the tokenizer files; export_model takes either
+    is_hf_folder(path), model.read_hf_weights(path)       recognising and reading HF folders
 
 Exact or refused: a model exports only to a transformers class that computes the very same function, and
 an HF folder loads only if our model computes what transformers would. Which class, by our settings:
@@ -20,7 +19,7 @@ an HF folder loads only if our model computes what transformers would. Which cla
 - the same + QK-norm, no bias                                     -> Qwen3ForCausalLM
 - RoPE + RMSNorm + SwiGLU experts (n_experts, experts_top_k >= 2),
   no bias, no QK-norm                                              -> MixtralForCausalLM
-  (Mixtral routes as moe.py does: softmax over all experts in float32, top k, renormalised; with k = 1 ours
+  (Mixtral routes as model.py's MoE does: softmax over all experts in float32, top k, renormalised; with k = 1 ours
   keeps the raw probability, Switch-style, where Mixtral's weight would be 1, so k = 1 is refused)
 Attention-sink tokens (attn_sinks) have no transformers equivalent: refused.
   (Qwen3's q_norm/k_norm: RMSNorm over head_dim, one gain shared by all heads, before RoPE, the model's
@@ -40,9 +39,10 @@ import tempfile
 
 import torch
 
-from model import GPT, GPTConfig
+from model import GPT, GPT2_NAMES, GPTConfig, check_size, read_hf_weights, read_json
+from nash.tokenizer import write_gpt2_tokenizer
 
-HF_GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+HF_GPT2_NAMES = GPT2_NAMES  # OpenAI's, loaded by model.py's GPT.from_pretrained
 NORM_EPS = 1e-5  # model.py's eps for every LayerNorm / RMSNorm
 CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM",
            "mixtral": "MixtralForCausalLM"}
@@ -130,19 +130,7 @@ def config_from_hf(hf, dropout=0.0, bias=None):
     if arch not in CLASSES:
         raise ValueError(f"model_type {arch!r} is not supported; Nash-LLM loads {', '.join(CLASSES)} folders")
     if arch == "gpt2":
-        if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise ValueError(f"activation_function {hf['activation_function']!r} is not supported "
-                             "(only GPT-2's tanh GELU)")
-        if hf.get("layer_norm_epsilon", NORM_EPS) != NORM_EPS:
-            raise ValueError(f"layer_norm_epsilon {hf['layer_norm_epsilon']} is not supported (only {NORM_EPS})")
-        for key, ok in (("scale_attn_by_inverse_layer_idx", False), ("reorder_and_upcast_attn", False),
-                        ("scale_attn_weights", True)):
-            if hf.get(key, ok) != ok:
-                raise ValueError(f"{key}={hf[key]} is not supported")
-        return GPTConfig(n_layers=hf["n_layer"], n_heads=hf["n_head"], d_model=hf["n_embd"],
-                         d_ff=hf.get("n_inner") or 4 * hf["n_embd"], max_seq_len=hf["n_positions"],
-                         vocab_size=hf["vocab_size"], dropout=dropout, bias=True if bias is None else bias,
-                         tie_weights=hf.get("tie_word_embeddings", True))
+        return GPT.gpt2_config(hf, dropout, True if bias is None else bias)
     # Llama / Qwen3
     heads, d = hf["num_attention_heads"], hf["hidden_size"]
     if hf.get("hidden_act", "silu") != "silu":
@@ -292,185 +280,38 @@ def weights_file(folder):
     return None
 
 
-def read_weights(path):
-    """An HF state dict from model.safetensors, a sharded safetensors index, or pytorch_model.bin (data only)."""
-    if path.endswith(".index.json"):
-        with open(path) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
-        sd = {}
-        for shard in shards:
-            sd.update(read_weights(os.path.join(os.path.dirname(path), shard)))
-        return sd
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-        return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def load_pretrained(name_or_dir, dropout=0.0):
-    """A GPT with the weights of a Hugging Face folder (GPT-2, Llama or Qwen3 layout: config.json +
-    model.safetensors or pytorch_model.bin), or of gpt2 / gpt2-medium / gpt2-large / gpt2-xl from the hub.
+def load_pretrained(name_or_dir, dropout=0.0, max_bytes=None):
+    """A GPT with the weights of a Hugging Face folder (GPT-2, Llama, Qwen3 or Mixtral layout: config.json +
+    model.safetensors or pytorch_model.bin), or of gpt2 / gpt2-medium / gpt2-large / gpt2-xl from the hub
+    (those and GPT-2 folders through model.py's GPT.from_pretrained). A config whose model would not fit in
+    memory (or max_bytes) is refused before anything is allocated.
     Raises FileNotFoundError / OSError / ValueError with a one-line reason."""
     name = str(name_or_dir)
-    if os.path.isdir(name):
-        config_path = os.path.join(name, "config.json")
-        if not os.path.isfile(config_path):
-            raise FileNotFoundError(f"{name} has no config.json; expected a Hugging Face model folder "
-                                    "(config.json + model.safetensors or pytorch_model.bin)")
-        weights_path = weights_file(name)
-        if weights_path is None:
-            raise FileNotFoundError(f"{name} has neither model.safetensors nor pytorch_model.bin")
-    elif name in HF_GPT2_NAMES:
-        try:
-            from huggingface_hub import hf_hub_download
-        except ImportError:
-            raise ImportError(f"loading {name} from the hub needs huggingface_hub (pip install huggingface_hub)")
-        try:  # falls back to the local HF cache when offline
-            config_path = hf_hub_download("openai-community/" + name, "config.json")
-            weights_path = hf_hub_download("openai-community/" + name, "model.safetensors")
-        except Exception as e:
-            raise OSError(f"could not download {name} from the Hugging Face hub ({type(e).__name__}: {e}); "
-                          "pass a local directory with config.json and model.safetensors instead") from e
-    else:
-        raise ValueError(f"{name!r} is neither a GPT-2 model name ({', '.join(HF_GPT2_NAMES)}) nor an existing "
-                         "directory holding a Hugging Face checkpoint")
-
-    with open(config_path) as f:
-        hf = json.load(f)
+    if name in HF_GPT2_NAMES or not os.path.isdir(name) or not os.path.isfile(os.path.join(name, "config.json")):
+        return GPT.from_pretrained(name, dropout, max_bytes)  # (it says what is missing)
+    config_path = os.path.join(name, "config.json")
+    hf = read_json(config_path)
     arch = hf.get("model_type", "gpt2")
-    config_from_hf(hf)  # refuse what we can't compute before reading any weights
-    sd_hf = read_weights(weights_path)
-    # OpenAI's uploads have no "transformer." prefix, save_pretrained's do; attn.bias/masked_bias are the
-    # causal-mask buffers of old checkpoints, not weights
     if arch == "gpt2":
-        sd_hf = {("transformer." + k if not k.startswith(("transformer.", "lm_head.")) else k): v
-                 for k, v in sd_hf.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
-    # all-zero GPT-2 biases are a bias=False model (ours exports them so): load it as one, exactly
-    zero_bias = arch == "gpt2" and all(not v.any() for k, v in sd_hf.items() if k.endswith(".bias"))
-    model = GPT(config_from_hf(hf, dropout, bias=False if zero_bias else None))
-    sd = model.state_dict()
-    from_hf_state_dict(sd_hf, model.config, arch, sd)
+        return GPT.from_pretrained(name, dropout, max_bytes)
+    weights_path = weights_file(name)
+    if weights_path is None:
+        raise FileNotFoundError(f"{name} has neither model.safetensors nor pytorch_model.bin")
+    try:
+        config = config_from_hf(hf, dropout)  # refuse what we can't compute before reading any weights
+    except KeyError as e:
+        raise ValueError(f"{config_path} lacks {e.args[0]!r}") from None
+    except TypeError as e:
+        raise ValueError(f"{config_path} has a value of the wrong type ({e})") from None
+    check_size(config, max_bytes, config_path)
+    sd_hf = read_hf_weights(weights_path)
+    model = GPT(config)
+    from_hf_state_dict(sd_hf, model.config, arch, model.state_dict())
     return model
 
 
 # -----------------------------------------------------------------------------
 # writing a Hugging Face folder
-
-def write_gpt2_tokenizer(folder, config):
-    """GPT-2's BPE as HF tokenizer files (tokenizer.json + vocab.json/merges.txt), from the same installed
-    files tokenizer.py uses; <|endoftext|> is bos, eos and unk, as in OpenAI's GPT-2. The chat tokens
-    (ids 50257..50262) go in as special tokens when the model has rows for them (vocab_size >= 50263);
-    for a model without, their spellings are ordinary text, as in our encode_ordinary. Returns the ids
-    generation_config.json needs and the size of the vocabulary written."""
-    import tokenizer
-    src = tokenizer.bpe_data_dir()
-    enc = tokenizer.get_tokenizer()  # checks the files' sha256 (one clear error if they are not GPT-2's)
-    with open(os.path.join(src, "encoder.json")) as f:
-        vocab = json.load(f)
-    with open(os.path.join(src, "vocab.bpe"), encoding="utf-8") as f:
-        merges = [line for line in f.read().split("\n")[1:] if line]  # line 0 is "#version: 0.2"
-    eot = "<|endoftext|>"
-    assert vocab[eot] == tokenizer.EOT_ID and len(vocab) == tokenizer.VOCAB_SIZE
-    specials = {eot: tokenizer.EOT_ID}
-    if config.vocab_size >= tokenizer.CHAT_VOCAB_SIZE:
-        specials = tokenizer.special_ids(enc)
-    byte_level = {"add_prefix_space": False, "trim_offsets": True, "use_regex": True}
-    tok = {"version": "1.0", "truncation": None, "padding": None,
-           "added_tokens": [{"id": i, "content": name, "single_word": False, "lstrip": False, "rstrip": False,
-                             "normalized": False, "special": True} for name, i in specials.items()],
-           "normalizer": None, "pre_tokenizer": {"type": "ByteLevel", **byte_level},
-           "post_processor": {"type": "ByteLevel", **byte_level, "trim_offsets": False},
-           "decoder": {"type": "ByteLevel", **byte_level},
-           "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
-                     "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False,
-                     "vocab": vocab, "merges": merges}}
-    # clean_up_tokenization_spaces would turn " ." into "." on decode: off, so decode(encode(s)) == s
-    chat = [name for name in specials if name != eot]
-    config_json = {"tokenizer_class": "GPT2Tokenizer", "bos_token": eot, "eos_token": eot, "unk_token": eot,
-                   "add_prefix_space": False, "add_bos_token": False, "clean_up_tokenization_spaces": False,
-                   "model_max_length": config.max_seq_len,
-                   "added_tokens_decoder": {str(t["id"]): {k: v for k, v in t.items() if k != "id"}
-                                            for t in tok["added_tokens"]}}
-    special_map = {"bos_token": eot, "eos_token": eot, "unk_token": eot}
-    if chat:
-        config_json["additional_special_tokens"] = special_map["additional_special_tokens"] = chat
-    files = {"tokenizer.json": tok, "vocab.json": vocab, "tokenizer_config.json": config_json,
-             "special_tokens_map.json": special_map}
-    for name, obj in files.items():
-        with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False, indent=None if name in ("tokenizer.json", "vocab.json") else 2)
-    with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
-        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
-    return {"bos_token_id": tokenizer.EOT_ID, "eos_token_id": tokenizer.EOT_ID,
-            "vocab_size": max(specials.values()) + 1}
-
-
-def byte_chars():
-    """Byte-level BPE's alphabet: each byte as a printable character (GPT-2's bytes_to_unicode), so that a
-    tokenizer.json vocabulary of byte strings is plain text."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    others = [b for b in range(256) if b not in printable]  # control bytes, space, ...: moved past 255
-    return {**{b: chr(b) for b in printable}, **{b: chr(256 + i) for i, b in enumerate(others)}}
-
-
-def write_trained_tokenizer(folder, config, spec):
-    """A tokenizer learnt by prepare.py (tokenizer.py's spec) as HF tokenizer files with the very same ids: GPT-4's
-    split then byte-level BPE. tiktoken merges any adjacent pair whose concatenation is a token, lowest id first;
-    listing every split of each token as a merge, in id order, makes HF's BPE do exactly that (transformers'
-    TikTokenConverter does the same). The special tokens follow the ordinary ones; <|endoftext|> is bos and eos.
-    Returns what generation_config.json needs and the size of the vocabulary written."""
-    char = byte_chars()
-    tokens = spec["tokens"]
-    ids = {t: i for i, t in enumerate(tokens)}
-    spell = lambda t: "".join(char[b] for b in t)  # noqa: E731
-    merges = [[spell(t[:k]), spell(t[k:])] for t in tokens if len(t) > 1
-              for k in sorted(range(1, len(t)), key=lambda k: (ids.get(t[:k], 1 << 62), ids.get(t[k:], 1 << 62)))
-              if t[:k] in ids and t[k:] in ids]  # (for a token, its splits by their pieces' ids)
-    specials = {name: len(tokens) + i for i, name in enumerate(spec["special_tokens"])}
-    eot = spec["special_tokens"][0]
-    byte_level = {"add_prefix_space": False, "trim_offsets": True, "use_regex": False}
-    tok = {"version": "1.0", "truncation": None, "padding": None,
-           "added_tokens": [{"id": i, "content": name, "single_word": False, "lstrip": False, "rstrip": False,
-                             "normalized": False, "special": True} for name, i in specials.items()],
-           "normalizer": None,
-           "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-               {"type": "Split", "pattern": {"Regex": spec["pattern"]}, "behavior": "Isolated", "invert": False},
-               {"type": "ByteLevel", **byte_level}]},
-           "post_processor": {"type": "ByteLevel", **byte_level, "trim_offsets": False},
-           "decoder": {"type": "ByteLevel", **byte_level},
-           "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
-                     "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False,
-                     "ignore_merges": True,  # a whole piece that is a token is that token, as in tiktoken
-                     "vocab": {spell(t): i for i, t in enumerate(tokens)}, "merges": merges}}
-    config_json = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": eot, "eos_token": eot,
-                   "additional_special_tokens": spec["special_tokens"][1:], "add_bos_token": False,
-                   "clean_up_tokenization_spaces": False, "model_max_length": config.max_seq_len,
-                   "added_tokens_decoder": {str(t["id"]): {k: v for k, v in t.items() if k != "id"}
-                                            for t in tok["added_tokens"]}}
-    for name, obj in (("tokenizer.json", tok), ("tokenizer_config.json", config_json)):
-        with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False, indent=None if name == "tokenizer.json" else 2)
-    return {"bos_token_id": specials[eot], "eos_token_id": specials[eot], "vocab_size": len(tokens) + len(specials)}
-
-
-def read_trained_tokenizer(folder):
-    """The spec of a tokenizer that write_trained_tokenizer wrote into folder, or None (GPT-2's files, or none)."""
-    try:
-        with open(os.path.join(folder, "tokenizer.json"), encoding="utf-8") as f:
-            tok = json.load(f)
-        split, byte_level = tok["pre_tokenizer"]["pretokenizers"]  # GPT-2's is one ByteLevel pre-tokenizer
-        if split["type"] != "Split" or byte_level["type"] != "ByteLevel":
-            return None
-        byte_of = {c: b for b, c in byte_chars().items()}
-        tokens = [b""] * len(tok["model"]["vocab"])
-        for text, i in tok["model"]["vocab"].items():
-            tokens[i] = bytes(byte_of[c] for c in text)
-        specials = [t["content"] for t in sorted(tok["added_tokens"], key=lambda t: t["id"])]
-        return {"name": f"bpe-{len(tokens) + len(specials)}", "pattern": split["pattern"]["Regex"], "tokens": tokens,
-                "special_tokens": specials}
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
-        return None
-
 
 def check_output(output, force=False):
     """Refuse an output that would lose something: a file, a non-empty folder without force, a run folder."""

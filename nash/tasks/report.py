@@ -12,9 +12,9 @@ from datetime import datetime, timezone
 
 import torch
 
-import tasks as downstream
+from nash import tasks as downstream
 
-HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 SAMPLE_PROMPTS = ("\n", "ROMEO:", "Once upon a time")  # the first is "start of a document"
 CURVES = "report_curves.png"
 

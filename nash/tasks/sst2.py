@@ -4,7 +4,7 @@ items); shots from train. Classification by the likelihood of the label words, w
 prompt: "<sentence>\\nQuestion: Is this sentence positive or negative?\\nAnswer:", " negative" / " positive".
 acc (chance 0.5).
 """
-from tasks.base import Task
+from nash.tasks.base import Task
 
 
 def doc(row):

@@ -199,7 +199,7 @@ def export_peft(state, config, output, force=False):
 
     from safetensors.torch import save_file
 
-    import hf
+    from nash import hf
     arch = hf.architecture(config)  # the same refusal as the base's export: no exact HF layout, no adapter
     hf.check_output(output, force)
     adapter_config, tensors = to_peft(state["model"], state["lora"], config, arch, hf.key_map)

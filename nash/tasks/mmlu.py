@@ -4,7 +4,7 @@ MMLU (Hendrycks et al. 2021): 57 subjects of multiple-choice exam questions, 4 c
 lettered choices, then " A" / " B" / " C" / " D" scored; shots are the first K of the subject's dev split, in order.
 Reported over all items (lm-eval's group figure weights subjects by size, which is the same mean). acc only.
 """
-from tasks.base import Task
+from nash.tasks.base import Task
 
 
 def doc(row):

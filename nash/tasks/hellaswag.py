@@ -5,7 +5,7 @@ HellaSwag (Zellers et al. 2019): pick the ending of a short scene, 4 choices. Ro
 """
 import re
 
-from tasks.base import Task
+from nash.tasks.base import Task
 
 
 def preprocess(text):

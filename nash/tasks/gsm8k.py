@@ -11,7 +11,7 @@ and the reply ends at <|assistant_end|>; the same check scores it.
 """
 import re
 
-from tasks.base import Task, plain_prompt
+from nash.tasks.base import Task, plain_prompt
 
 NUMBER = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")  # lm-eval's flexible-extract pattern
 

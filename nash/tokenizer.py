@@ -26,6 +26,7 @@ import functools
 import hashlib
 import json
 import os
+from nash.common import fail
 
 EOT_ID = 50256          # <|endoftext|>, separates documents and ends completions
 VOCAB_SIZE = 50257      # GPT-2's ordinary tokens + <|endoftext|>: what pretraining shards and GPT-2 weights use
@@ -100,10 +101,6 @@ GPT4_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+
                 r"""\s*[\r\n]|\s+(?!\S)|\s""")
 TOKENIZER_FILE = "tokenizer.tiktoken"  # in a dataset folder: the ordinary tokens, one "base64 id" line each
 GPT2_SPEC = {"name": "gpt2"}
-
-
-def fail(message):
-    raise SystemExit(f"error: {message}")
 
 
 def train_bpe(texts, vocab_size, pattern=GPT4_PATTERN):
@@ -185,8 +182,7 @@ def model_spec(state, init_from=""):
     if state:
         return checkpoint_spec(state)
     if init_from and os.path.isdir(init_from):
-        import hf
-        return hf.read_trained_tokenizer(init_from) or dict(GPT2_SPEC)
+        return read_trained_tokenizer(init_from) or dict(GPT2_SPEC)
     return dict(GPT2_SPEC)
 
 
@@ -258,3 +254,121 @@ def render_conversation(enc, messages, for_reply=False):
         tokens.append(ids["<|assistant_start|>"])
         mask.append(0)
     return tokens, mask
+
+
+# -----------------------------------------------------------------------------
+# Hugging Face tokenizer files (export.py writes them beside the weights; a run started from an export reads them)
+
+def write_gpt2_tokenizer(folder, config):
+    """GPT-2's BPE as HF tokenizer files (tokenizer.json + vocab.json/merges.txt), from the same installed
+    files get_tokenizer uses; <|endoftext|> is bos, eos and unk, as in OpenAI's GPT-2. The chat tokens
+    (ids 50257..50262) go in as special tokens when the model has rows for them (vocab_size >= 50263);
+    for a model without, their spellings are ordinary text, as in our encode_ordinary. Returns the ids
+    generation_config.json needs and the size of the vocabulary written."""
+    src = bpe_data_dir()
+    enc = get_tokenizer()  # checks the files' sha256 (one clear error if they are not GPT-2's)
+    with open(os.path.join(src, "encoder.json")) as f:
+        vocab = json.load(f)
+    with open(os.path.join(src, "vocab.bpe"), encoding="utf-8") as f:
+        merges = [line for line in f.read().split("\n")[1:] if line]  # line 0 is "#version: 0.2"
+    eot = "<|endoftext|>"
+    assert vocab[eot] == EOT_ID and len(vocab) == VOCAB_SIZE
+    specials = {eot: EOT_ID}
+    if config.vocab_size >= CHAT_VOCAB_SIZE:
+        specials = special_ids(enc)
+    byte_level = {"add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    tok = {"version": "1.0", "truncation": None, "padding": None,
+           "added_tokens": [{"id": i, "content": name, "single_word": False, "lstrip": False, "rstrip": False,
+                             "normalized": False, "special": True} for name, i in specials.items()],
+           "normalizer": None, "pre_tokenizer": {"type": "ByteLevel", **byte_level},
+           "post_processor": {"type": "ByteLevel", **byte_level, "trim_offsets": False},
+           "decoder": {"type": "ByteLevel", **byte_level},
+           "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
+                     "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False,
+                     "vocab": vocab, "merges": merges}}
+    # clean_up_tokenization_spaces would turn " ." into "." on decode: off, so decode(encode(s)) == s
+    chat = [name for name in specials if name != eot]
+    config_json = {"tokenizer_class": "GPT2Tokenizer", "bos_token": eot, "eos_token": eot, "unk_token": eot,
+                   "add_prefix_space": False, "add_bos_token": False, "clean_up_tokenization_spaces": False,
+                   "model_max_length": config.max_seq_len,
+                   "added_tokens_decoder": {str(t["id"]): {k: v for k, v in t.items() if k != "id"}
+                                            for t in tok["added_tokens"]}}
+    special_map = {"bos_token": eot, "eos_token": eot, "unk_token": eot}
+    if chat:
+        config_json["additional_special_tokens"] = special_map["additional_special_tokens"] = chat
+    files = {"tokenizer.json": tok, "vocab.json": vocab, "tokenizer_config.json": config_json,
+             "special_tokens_map.json": special_map}
+    for name, obj in files.items():
+        with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
+            json.dump(obj, f, ensure_ascii=False, indent=None if name in ("tokenizer.json", "vocab.json") else 2)
+    with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return {"bos_token_id": EOT_ID, "eos_token_id": EOT_ID,
+            "vocab_size": max(specials.values()) + 1}
+
+
+def byte_chars():
+    """Byte-level BPE's alphabet: each byte as a printable character (GPT-2's bytes_to_unicode), so that a
+    tokenizer.json vocabulary of byte strings is plain text."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]  # control bytes, space, ...: moved past 255
+    return {**{b: chr(b) for b in printable}, **{b: chr(256 + i) for i, b in enumerate(others)}}
+
+
+def write_trained_tokenizer(folder, config, spec):
+    """A tokenizer learnt by prepare.py (a spec, as above) as HF tokenizer files with the very same ids: GPT-4's
+    split then byte-level BPE. tiktoken merges any adjacent pair whose concatenation is a token, lowest id first;
+    listing every split of each token as a merge, in id order, makes HF's BPE do exactly that (transformers'
+    TikTokenConverter does the same). The special tokens follow the ordinary ones; <|endoftext|> is bos and eos.
+    Returns what generation_config.json needs and the size of the vocabulary written."""
+    char = byte_chars()
+    tokens = spec["tokens"]
+    ids = {t: i for i, t in enumerate(tokens)}
+    spell = lambda t: "".join(char[b] for b in t)  # noqa: E731
+    merges = [[spell(t[:k]), spell(t[k:])] for t in tokens if len(t) > 1
+              for k in sorted(range(1, len(t)), key=lambda k: (ids.get(t[:k], 1 << 62), ids.get(t[k:], 1 << 62)))
+              if t[:k] in ids and t[k:] in ids]  # (for a token, its splits by their pieces' ids)
+    specials = {name: len(tokens) + i for i, name in enumerate(spec["special_tokens"])}
+    eot = spec["special_tokens"][0]
+    byte_level = {"add_prefix_space": False, "trim_offsets": True, "use_regex": False}
+    tok = {"version": "1.0", "truncation": None, "padding": None,
+           "added_tokens": [{"id": i, "content": name, "single_word": False, "lstrip": False, "rstrip": False,
+                             "normalized": False, "special": True} for name, i in specials.items()],
+           "normalizer": None,
+           "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+               {"type": "Split", "pattern": {"Regex": spec["pattern"]}, "behavior": "Isolated", "invert": False},
+               {"type": "ByteLevel", **byte_level}]},
+           "post_processor": {"type": "ByteLevel", **byte_level, "trim_offsets": False},
+           "decoder": {"type": "ByteLevel", **byte_level},
+           "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
+                     "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False,
+                     "ignore_merges": True,  # a whole piece that is a token is that token, as in tiktoken
+                     "vocab": {spell(t): i for i, t in enumerate(tokens)}, "merges": merges}}
+    config_json = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": eot, "eos_token": eot,
+                   "additional_special_tokens": spec["special_tokens"][1:], "add_bos_token": False,
+                   "clean_up_tokenization_spaces": False, "model_max_length": config.max_seq_len,
+                   "added_tokens_decoder": {str(t["id"]): {k: v for k, v in t.items() if k != "id"}
+                                            for t in tok["added_tokens"]}}
+    for name, obj in (("tokenizer.json", tok), ("tokenizer_config.json", config_json)):
+        with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
+            json.dump(obj, f, ensure_ascii=False, indent=None if name == "tokenizer.json" else 2)
+    return {"bos_token_id": specials[eot], "eos_token_id": specials[eot], "vocab_size": len(tokens) + len(specials)}
+
+
+def read_trained_tokenizer(folder):
+    """The spec of a tokenizer that write_trained_tokenizer wrote into folder, or None (GPT-2's files, or none)."""
+    try:
+        with open(os.path.join(folder, "tokenizer.json"), encoding="utf-8") as f:
+            tok = json.load(f)
+        split, byte_level = tok["pre_tokenizer"]["pretokenizers"]  # GPT-2's is one ByteLevel pre-tokenizer
+        if split["type"] != "Split" or byte_level["type"] != "ByteLevel":
+            return None
+        byte_of = {c: b for b, c in byte_chars().items()}
+        tokens = [b""] * len(tok["model"]["vocab"])
+        for text, i in tok["model"]["vocab"].items():
+            tokens[i] = bytes(byte_of[c] for c in text)
+        specials = [t["content"] for t in sorted(tok["added_tokens"], key=lambda t: t["id"])]
+        return {"name": f"bpe-{len(tokens) + len(specials)}", "pattern": split["pattern"]["Regex"], "tokens": tokens,
+                "special_tokens": specials}
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None

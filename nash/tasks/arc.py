@@ -3,7 +3,7 @@ AI2 Reasoning Challenge (Clark et al. 2018): grade-school science questions, 3-5
 allenai/ai2_arc, ARC-Easy (2,376 test items) and ARC-Challenge (1,172), test split; shots from train.
 Prompt as lm-evaluation-harness's arc_easy / arc_challenge: "Question: ...\\nAnswer:", " <choice text>" scored.
 """
-from tasks.base import Task
+from nash.tasks.base import Task
 
 
 def doc(row):

@@ -17,21 +17,21 @@ the next.
 import hashlib
 import json
 import os
+import subprocess
+import sys
 from collections import OrderedDict
 
 import numpy as np
 import torch
 
-from tokenizer import check_messages, get_tokenizer, render_conversation
+from nash.tokenizer import check_messages, get_tokenizer, render_conversation
+from nash.common import fail
 
 KNOWN_DATASETS = ("shakespeare", "tinystories_10M", "openwebtext_100M", "fineweb_1B")  # those of prepare.py
 
 
-def die(message):
-    raise SystemExit(f"error: {message}")
-
-
-DATA_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")  # data/ beside this file
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: nash/ sits in it
+DATA_ROOT = os.path.join(ROOT, "data")
 
 
 def dataset_dir(dataset, data_dir=""):
@@ -57,10 +57,13 @@ def ensure_prepared(dataset, data_dir=""):
     folder = os.path.normpath(dataset_dir(dataset, data_dir))
     if not os.path.exists(os.path.join(folder, "meta.json")):
         if os.path.abspath(folder) != os.path.abspath(dataset_dir("shakespeare")):
-            die(f"{folder} holds no prepared dataset (no meta.json); run `{prepare_command(folder)}`")
-        import prepare
-        root = os.path.dirname(os.path.abspath(folder))
-        prepare.prepare(dataset="shakespeare", name=os.path.basename(folder), data_root=root)
+            fail(f"{folder} holds no prepared dataset (no meta.json); run `{prepare_command(folder)}`")
+        # prepare.py is a script: run it as a user would, so what it prints and how it fails stay its own
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, "prepare.py"), "--dataset=shakespeare",
+                               f"--name={os.path.basename(folder)}", f"--data_root={os.path.dirname(os.path.abspath(folder))}"],
+                              cwd=ROOT)
+        if proc.returncode:
+            sys.exit(proc.returncode)  # (prepare.py has said why)
     return folder
 
 
@@ -105,40 +108,40 @@ class TokenShards:
         fix = f"prepare it again with `{prepare_command(data_dir)} --force`"
         meta_path = os.path.join(data_dir, "meta.json")
         if not os.path.isfile(meta_path):
-            die(f"{data_dir} holds no prepared dataset (no meta.json); run `{prepare_command(data_dir)}`")
+            fail(f"{data_dir} holds no prepared dataset (no meta.json); run `{prepare_command(data_dir)}`")
         try:
             with open(meta_path) as f:
                 self.meta = meta = json.load(f)
         except (ValueError, OSError) as e:
-            die(f"{meta_path} is not valid JSON ({e}); {fix}")
+            fail(f"{meta_path} is not valid JSON ({e}); {fix}")
         try:
             if split not in meta["shards"]:
-                die(f"{meta_path} has no split {split!r} (it has {', '.join(meta['shards'])}); use train or val")
+                fail(f"{meta_path} has no split {split!r} (it has {', '.join(meta['shards'])}); use train or val")
             files, shard_size, total = meta["shards"][split], meta["shard_size"], meta["tokens"][split]
             dtype, self.vocab_size = meta["dtype"], vocab_size or meta["vocab_size"]
         except (KeyError, TypeError) as e:
-            die(f"{meta_path} lacks {e}, so prepare.py did not write it; {fix}")
+            fail(f"{meta_path} lacks {e}, so prepare.py did not write it; {fix}")
         if dtype not in ("uint16", "uint32"):  # uint32 when the vocabulary has more than 65,536 tokens
-            die(f"{meta_path} says dtype {dtype!r}, but shards hold uint16 or uint32 tokens; {fix}")
+            fail(f"{meta_path} says dtype {dtype!r}, but shards hold uint16 or uint32 tokens; {fix}")
         itemsize = np.dtype(dtype).itemsize
         self.files, self.shards, sizes = [], [], []
         for i, name in enumerate(files):
             path = os.path.join(data_dir, name)
             expected = min(shard_size, total - i * shard_size)  # every shard is full but the last
             if not os.path.isfile(path):
-                die(f"{path} is missing; {fix}")
+                fail(f"{path} is missing; {fix}")
             size = os.path.getsize(path)
             if size % itemsize:
-                die(f"{path} has a size of {size} bytes, not a whole number of {dtype} tokens; {fix}")
+                fail(f"{path} has a size of {size} bytes, not a whole number of {dtype} tokens; {fix}")
             if size != itemsize * expected:
-                die(f"{path} holds {size // itemsize:,} tokens where meta.json says {expected:,} (cut short, or from "
+                fail(f"{path} holds {size // itemsize:,} tokens where meta.json says {expected:,} (cut short, or from "
                     f"another run); {fix}")
             self.files.append(path)
             self.shards.append(np.memmap(path, dtype=dtype, mode="r"))
             sizes.append(size // itemsize)
         self.num_tokens = sum(sizes)
         if self.num_tokens != total or self.num_tokens < 2:
-            die(f"the {split} split of {data_dir} holds {self.num_tokens:,} tokens where meta.json says {total:,}; {fix}")
+            fail(f"the {split} split of {data_dir} holds {self.num_tokens:,} tokens where meta.json says {total:,}; {fix}")
         self.starts = np.cumsum([0] + sizes)  # global position of each shard's first token
         self.sampler = EpochSampler()
         for shard, path in zip(self.shards, self.files):  # a sampled check of the ids: 8 blocks of 64k tokens a shard
@@ -149,13 +152,13 @@ class TokenShards:
     def check_ids(self, tokens, path):
         top = int(tokens.max())
         if top >= self.vocab_size:
-            die(f"{path} holds token id {top}, beyond the vocabulary of {self.vocab_size}; prepare the data with the "
+            fail(f"{path} holds token id {top}, beyond the vocabulary of {self.vocab_size}; prepare the data with the "
                 f"model's tokenizer (`{prepare_command(self.folder)} --force`) or use a model with a larger vocab_size")
 
     def windows(self, seq_len):
         """Windows of seq_len + 1 tokens per epoch, and the largest offset of the window grid."""
         if self.num_tokens < seq_len + 1:
-            die(f"the {self.split} split of {self.folder} holds {self.num_tokens:,} tokens, too few for one window of "
+            fail(f"the {self.split} split of {self.folder} holds {self.num_tokens:,} tokens, too few for one window of "
                 f"{seq_len} + 1; lower max_seq_len or prepare more data (a larger --val_ratio for val)")
         n = max(1, (self.num_tokens - 1) // seq_len - 1)  # one window fewer than fits leaves room to shift the grid
         return n, min(seq_len - 1, self.num_tokens - 1 - n * seq_len)
@@ -201,26 +204,26 @@ def read_jsonl(path, fields, what):
     what: the file's kind and an example, for the messages (e.g. 'SFT data', 'data/sft_demo/')."""
     shape = "{" + ", ".join(f'"{k}": ...' for k in fields) + "}"
     if not os.path.isfile(path):
-        die(f"{path} not found; {what[0]} is JSONL with one {shape} per line (see {what[1]})")
+        fail(f"{path} not found; {what[0]} is JSONL with one {shape} per line (see {what[1]})")
     rows = []
     with open(path, "rb") as f:  # bytes, decoded line by line, so an error can name the line
         for lineno, line in enumerate(f, 1):
             try:
                 line = line.decode("utf-8")
             except UnicodeDecodeError:
-                die(f"{path}:{lineno}: not UTF-8 text; save the file as UTF-8")
+                fail(f"{path}:{lineno}: not UTF-8 text; save the file as UTF-8")
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except ValueError as e:
-                die(f"{path}:{lineno}: not valid JSON ({getattr(e, 'msg', e)}); write one JSON object per line")
+                fail(f"{path}:{lineno}: not valid JSON ({getattr(e, 'msg', e)}); write one JSON object per line")
             if not (isinstance(row, dict) and all(isinstance(row.get(k), str) for k in fields)):
                 names = " and ".join(json.dumps(k) for k in fields)
-                die(f"{path}:{lineno}: needs string fields {names}, got {str(row)[:80]}")
+                fail(f"{path}:{lineno}: needs string fields {names}, got {str(row)[:80]}")
             rows.append(tuple(row[k] for k in fields))
     if not rows:
-        die(f"{path} holds no examples; write one {shape} per line")
+        fail(f"{path} holds no examples; write one {shape} per line")
     return rows
 
 
@@ -251,7 +254,7 @@ class SFTExamples:
             self.sequences.append(np.array(seq[:max_seq_len + 1], dtype=np.int64))
             self.prompt_lens.append(len(p))
         if not self.examples:
-            die(f"every prompt in {self.path} is longer than max_seq_len={max_seq_len} tokens; raise max_seq_len")
+            fail(f"every prompt in {self.path} is longer than max_seq_len={max_seq_len} tokens; raise max_seq_len")
         self.cut_note = self.note_cuts(len(prompts), max_seq_len)
         self.num_tokens = sum(len(s) for s in self.sequences)
         self.meta = dict(tokenizer=enc.name, vocab_size=enc.n_vocab, eot_id=eot)
@@ -306,7 +309,7 @@ class ChatExamples(SFTExamples):
         self.path = path
         form = 'one {"messages": [{"role": "user", "content": ...}, {"role": "assistant", ...}]} per line'
         if not os.path.isfile(path):
-            die(f"{path} not found; chat data is JSONL with {form} (see data/chat_demo/)")
+            fail(f"{path} not found; chat data is JSONL with {form} (see data/chat_demo/)")
         enc = enc or get_tokenizer()  # the model's tokenizer, as for SFTExamples
         self.examples, self.sequences, self.masks, self.prompt_lens = [], [], [], []
         self.num_truncated = self.num_dropped = 0
@@ -319,7 +322,7 @@ class ChatExamples(SFTExamples):
                     messages = row["messages"] if isinstance(row, dict) else None
                     check_messages(messages)
                 except (ValueError, KeyError) as e:
-                    die(f"{path}:{lineno}: {getattr(e, 'msg', None) or str(e).strip(chr(39))}; write {form}")
+                    fail(f"{path}:{lineno}: {getattr(e, 'msg', None) or str(e).strip(chr(39))}; write {form}")
                 tokens, mask = render_conversation(enc, messages)
                 self.num_truncated += len(tokens) > max_seq_len + 1
                 tokens, mask = tokens[:max_seq_len + 1], mask[:max_seq_len + 1]
@@ -331,7 +334,7 @@ class ChatExamples(SFTExamples):
                 self.masks.append(np.array(mask, dtype=bool))
                 self.prompt_lens.append(0)  # SFTExamples.batch masks nothing itself; batch() below applies the mask
         if not self.examples:
-            die(f"{path} holds no conversation with an assistant reply (within max_seq_len={max_seq_len} tokens); "
+            fail(f"{path} holds no conversation with an assistant reply (within max_seq_len={max_seq_len} tokens); "
                 f"write {form}")
         self.cut_note = self.note_cuts(len(self.examples) + self.num_dropped, max_seq_len)
         self.num_tokens = sum(len(s) for s in self.sequences)

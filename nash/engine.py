@@ -9,7 +9,7 @@ so only the new turn is prefilled; a prompt that diverges (a new chat, an edited
 to fit the context) rewinds the cache to where they agree. This is exact, not an approximation: positions
 are absolute and nothing before the common prefix changes, so the logits are those of a full forward pass.
 
-With rolling_cache=True (RoPE models) the engine uses StreamingLLM's rolling cache (kvcache.py) instead: the
+With rolling_cache=True (RoPE models) the engine uses StreamingLLM's rolling cache (model.py's RollingKVCache) instead: the
 sinks (or the first 4 tokens) plus the most recent tokens, so a conversation and a single reply go on past
 max_seq_len at a constant cost per token; nothing is dropped and no reply is cut at the context's end. Within
 max_seq_len it is the exact cache (same logits). Past it, it approximates, and prefix reuse meets eviction:
@@ -22,7 +22,7 @@ approximation: the rolling state is a function of the tokens fed, so it lands wh
 from the start would have.
 
 The model.py parts it builds on: KVCache (rewinding is setting pos back; the buffers are overwritten),
-GPT._last_logits (a forward that continues a cache) and sample_next. One engine serves one conversation at
+GPT.next_logits (a forward that continues a cache) and sample_next. One engine serves one conversation at
 a time; server.py runs it in a single worker thread.
 """
 import codecs
@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 import torch
 
-from kvcache import KVCache, RollingKVCache
+from model import KVCache, RollingKVCache
 from model import sample_next
-from tokenizer import CHAT_TOKENS, SPECIAL_TOKENS, get_tokenizer, render_conversation, special_ids
+from nash.tokenizer import CHAT_TOKENS, SPECIAL_TOKENS, get_tokenizer, render_conversation, special_ids
 
 
 @dataclass
@@ -47,7 +47,7 @@ class Sampling:
 class ChatEngine:
 
     def __init__(self, model, ctx, enc=None, rolling_cache=False):
-        self.model, self.ctx = model, ctx  # ctx: the autocast context (checkpoint.inference_setup)
+        self.model, self.ctx = model, ctx  # ctx: the autocast context (common.inference_setup)
         self.enc = enc or get_tokenizer()
         try:
             self.ids = special_ids(self.enc)
@@ -84,7 +84,7 @@ class ChatEngine:
                 while tokens:  # the exact cache takes them in one forward; the rolling one what fits, then one by one
                     n = self.cache.room(self.sinks) if self.rolling else len(tokens)
                     idx = torch.tensor([tokens[:n]], dtype=torch.long, device=self.device)
-                    logits = self.model._last_logits(idx, self.cache)
+                    logits = self.model.next_logits(idx, self.cache)
                     self.cached, tokens = self.cached + tokens[:n], tokens[n:]
         except BaseException:  # interrupted mid-forward: the cache is in an unknown state, so forget it
             self.reset()

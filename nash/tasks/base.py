@@ -27,13 +27,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from tokenizer import SPECIAL_TOKENS, render_conversation, special_ids
+from nash.tokenizer import SPECIAL_TOKENS, render_conversation, special_ids
+from nash.common import fail
 
 FEWSHOT_SEED = 1234  # lm-eval's default fewshot_random_seed: with it, K-shot prompts are the ones lm-eval builds
-
-
-def fail(message):
-    raise SystemExit(f"error: {message}")
 
 
 @dataclass
@@ -180,28 +177,21 @@ def loglikelihoods(model, enc, requests, batch_size, ctx=None, progress=True):
         x = torch.zeros((len(batch), T), dtype=torch.long)  # right padding: a causal model never looks at it
         for b, i in enumerate(batch):
             x[b, :len(inputs[i])] = torch.tensor(inputs[i])
-        # the positions whose next token some continuation scores, as (row in batch, position) -> index
-        where = {}
-        for b, i in enumerate(batch):
-            n = len(inputs[i])
-            for r in requests_of[i]:
-                for p in range(n - len(scored[r][1]), n):
-                    where.setdefault((b, p), len(where))
-        rows_at, positions = zip(*where)
-        with ctx or torch.autocast("cpu", enabled=False):
-            # model(x) would give the same numbers; but only the scored positions need the (large) vocabulary
-            # projection: for GPT-2 on HellaSwag that is about a tenth of them
-            hidden = model._trunk(x.to(device))
-            logits = model.lm_head(hidden[list(rows_at), list(positions)])[:, :model.config.vocab_size]
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        greedy = logp.argmax(-1)
+        # each request's (row, position, target) triples: only those positions reach the vocabulary projection
+        # (for GPT-2 on HellaSwag about a tenth of them), and requests sharing a row share its forward
+        where, targets, spans = [], [], []
         for b, i in enumerate(batch):
             n = len(inputs[i])
             for r in requests_of[i]:
                 cont = scored[r][1]
-                k = torch.tensor([where[(b, p)] for p in range(n - len(cont), n)], device=logp.device)
-                target = torch.tensor(cont, device=logp.device)
-                results[r] = (logp[k, target].sum().item(), bool((greedy[k] == target).all()))
+                spans.append((r, len(targets), len(cont)))
+                where += [(b, p) for p in range(n - len(cont), n)]
+                targets += cont
+        with ctx or torch.autocast("cpu", enabled=False):
+            loss, hit = model.score_tokens(x.to(device), torch.tensor(targets, device=device),
+                                           torch.tensor(where, device=device))
+        for r, start, n in spans:
+            results[r] = (-loss[start:start + n].sum().item(), bool(hit[start:start + n].all()))
     model.train(was_training)
     return results
 
