@@ -99,7 +99,7 @@ def write_report(out_dir, model, enc, results, settings, ctx, device):
     lines += [f"| {k} | {fmt(results[k])} |" for k in ("loss", "accuracy", "perplexity", "bits_per_byte",
                                                         "exact_match") if k in results]
     if results.get("tasks"):
-        task_results = {**results["tasks"], "core": results.get("core")}
+        task_results = {**results["tasks"], **{k: results.get(k) for k in downstream.AGGREGATES}}
         scope = f"up to {settings['max_examples']} items" if settings["max_examples"] else "all items"
         lines += ["", f"Benchmarks ({settings['num_fewshot']}-shot, {scope} each):", "",
                   "| task | metric | value | stderr | n |", "|---|---|---|---|---|"]
