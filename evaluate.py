@@ -218,7 +218,7 @@ def measure_loss():
 
 # -----------------------------------------------------------------------------
 # downstream benchmarks and/or the loss; then the report card and the JSON
-results = {"checkpoint": where, "step": state["step"] if state else None}
+results = {"checkpoint": where, "step": state["step"] if state else None, "task_data": task_data}  # "" = the hub
 if task_names:
     t0 = time.time()
     task_results = downstream.run(prepared, model, enc, batch_size, ctx, max_gen_tokens, keep_items=True,
