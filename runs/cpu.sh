@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The whole pipeline on the embedded data, offline, on a laptop CPU: tokenizer -> data -> base pretraining -> base
+# eval -> chat SFT -> chat eval -> RL -> chat eval -> verifier and best-of-N -> report card. Each stage is one of
+# the project's own commands with its flags in view, so this file is also a tour of them.
+#
+#   bash runs/cpu.sh                      # about half an hour on 2 cores; writes out-pipeline-cpu/report.md
+#   TOKENIZER=gpt2 bash runs/cpu.sh       # GPT-2's BPE instead of learning one on the corpus
+#   SMOKE=1 DIR=/tmp/p bash runs/cpu.sh   # every stage shrunk to seconds (the test suite runs this)
+#
+# Rerun after an interruption: finished stages are skipped, an interrupted training stage resumes from its last
+# checkpoint. A failing stage stops the script with its own error.
+cd "$(dirname "$0")/.."
+DIR=${DIR:-out-pipeline-cpu}
+SMOKE=${SMOKE:-0}
+TOKENIZER=${TOKENIZER:-bpe}  # bpe: learn a byte-level BPE on the corpus | gpt2: GPT-2's
+N_STAGES=10
+source runs/lib.sh
+
+if [ "$SMOKE" = 1 ]; then  # tiny everything: the test of the script, not of the model
+    VOCAB=512; BASE=(--max_steps=4 --eval_interval=2 --eval_iters=1 --n_layers=1 --d_model=32 --n_heads=2 --d_ff=64)
+    SFT=(--max_steps=4 --eval_interval=2 --eval_iters=1 --eval_task_examples=4); EXAMPLES=4
+else
+    VOCAB=2048; BASE=(--max_steps=600); SFT=(); EXAMPLES=200
+fi
+case "$TOKENIZER" in
+    bpe) TOKENIZER_FLAGS=(--tokenizer_vocab_size=$VOCAB) ;;
+    gpt2) TOKENIZER_FLAGS=() ;;
+    *) echo "error: TOKENIZER=$TOKENIZER should be bpe or gpt2" >&2; exit 1 ;;
+esac
+# the benchmarks offline: the small fixtures in tests/task_data (hub-schema rows), HumanEval from its package
+BASE_TASKS=arc_easy,arc_challenge,mmlu,hellaswag
+CHAT_TASKS=arc_easy,arc_challenge,mmlu,gsm8k,arith
+EVAL=(--task_data=tests/task_data --max_examples=$EXAMPLES)
+
+stage data "the tokenizer and the token shards of the embedded Shakespeare" "under a minute" - -- \
+    python prepare.py --input=data/shakespeare/input.txt --name=corpus --data_root="$DIR/data" "${TOKENIZER_FLAGS[@]}"
+stage base "pretraining the base model" "10 minutes" base -- \
+    python train.py --data_dir="$DIR/data/corpus" --out_dir="$DIR/base" "${BASE[@]}"
+stage base_eval "CORE: multiple choice scored by log-likelihood" "a minute" - -- \
+    python evaluate.py --out_dir="$DIR/base" --tasks=$BASE_TASKS "${EVAL[@]}" --output="$DIR/eval/base.json"
+stage sft "chat fine-tuning on the arithmetic word problems" "5 minutes" sft -- \
+    python train.py config/arith_sft_demo.py --init_from="$DIR/base" --out_dir="$DIR/sft" --vocab_size=0 "${SFT[@]}"
+stage sft_eval "the chat model on the chat-format benchmarks" "a minute" - -- \
+    python evaluate.py --out_dir="$DIR/sft" --tasks=$CHAT_TASKS "${EVAL[@]}" --output="$DIR/eval/sft.json"
+echo
+python -m nash.tasks.report "$DIR" >/dev/null
+echo "the report card: $DIR/report.md"
