@@ -6,6 +6,7 @@ OpenAI-compatible API with --serve.
     python chat.py --out_dir=out-chat-demo --prompt="Who are you?"  # one answer, then exit (for scripts)
     echo "Reverse: red fox runs" | python chat.py                   # stdin that is not a terminal: line by line
     python chat.py --out_dir=out-chat-demo --serve --port=8000      # http://127.0.0.1:8000 and /v1/chat/completions
+    NASH_API_KEY=secret python chat.py --serve --host=0.0.0.0       # shared: /v1 needs Authorization: Bearer secret
 
 In the terminal: /clear starts a new conversation, /system TEXT sets the system prompt (and starts over),
 /quit or Ctrl-D leaves, Ctrl-C stops a reply. The KV cache is kept across turns, so each turn only
@@ -39,6 +40,8 @@ dtype = "auto"  # auto (bfloat16 on CUDA where supported, float32 elsewhere) | f
 serve = False  # serve a web page and an OpenAI-compatible API instead of the terminal chat
 host = "127.0.0.1"  # --serve: the address to listen on (0.0.0.0 = every interface: anyone who can reach you)
 port = 8000  # --serve: the port
+api_key = ""  # --serve: clients must send Authorization: Bearer KEY on /v1; "" = $NASH_API_KEY (kept out of ps), or none
+max_body_bytes = 1 << 20  # --serve: the largest request body; larger ones get 413 before they are read
 settings = configure(globals())
 # -----------------------------------------------------------------------------
 
@@ -47,6 +50,9 @@ if max_new_tokens < 1:
     fail(f"max_new_tokens={max_new_tokens} must be at least 1")
 if not 0 < port < 65536:
     fail(f"port={port} is not a TCP port (1 to 65535)")
+if max_body_bytes < 1:
+    fail(f"max_body_bytes={max_body_bytes} must be at least 1 (bytes; the default, 1048576, is 1 MiB)")
+api_key = api_key or os.environ.get("NASH_API_KEY", "")
 
 import torch  # noqa: E402  (after the checks: --help and bad flags answer at once)
 
@@ -73,7 +79,8 @@ print(f"chatting with {where} ({info}, context {engine.max_seq_len} tokens{windo
 if serve:
     from nash import server
     name = os.path.basename(os.path.dirname(os.path.abspath(where)))  # the run folder's name is the model's id
-    server.serve(engine, name=name, host=host, port=port, defaults=sampling)
+    server.serve(engine, name=name, host=host, port=port, defaults=sampling, api_key=api_key or None,
+                 max_body_bytes=max_body_bytes)
     sys.exit(0)
 
 conversation = Conversation(engine, system)

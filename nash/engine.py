@@ -34,6 +34,8 @@ from model import KVCache, RollingKVCache
 from model import sample_next
 from nash.tokenizer import CHAT_TOKENS, SPECIAL_TOKENS, get_tokenizer, render_conversation, special_ids
 
+PREFILL_CHUNK = 512  # prompt tokens per forward while prefilling (ChatEngine.prefill_chunk)
+
 
 @dataclass
 class Sampling:
@@ -68,6 +70,10 @@ class ChatEngine:
             self.cache = KVCache(config.n_layers, self.sinks + self.max_seq_len)
         self.cached = []  # the token ids whose keys/values the cache holds, in order
         self.reuse = True  # False: prefill every prompt from scratch (bench.py measures the difference)
+        # Prompts are fed in chunks, and should_stop is asked between them, so a long prompt (or a rolling refill,
+        # one token at a time) does not hold the engine after its client left; a chunk also bounds the attention
+        # scores a forward holds (chunk x context). 512 tokens keep a forward's overhead small next to its work.
+        self.prefill_chunk = PREFILL_CHUNK
 
     def render(self, messages):
         """The prompt that asks for the next assistant reply to messages."""
@@ -77,15 +83,21 @@ class ChatEngine:
         self.cache.reset()
         self.cached = []
 
-    def _feed(self, tokens):
-        """Run tokens through the model after what the cache holds; the logits after the last one."""
+    def _feed(self, tokens, should_stop=None):
+        """Run tokens through the model after what the cache holds; the logits after the last one, or None when
+        should_stop() turned true between two chunks (the cache then holds the chunks fed, a prefix to reuse)."""
         try:
             with torch.no_grad(), self.ctx:
-                while tokens:  # the exact cache takes them in one forward; the rolling one what fits, then one by one
-                    n = self.cache.room(self.sinks) if self.rolling else len(tokens)
-                    idx = torch.tensor([tokens[:n]], dtype=torch.long, device=self.device)
-                    logits = self.model.next_logits(idx, self.cache)
-                    self.cached, tokens = self.cached + tokens[:n], tokens[n:]
+                start = 0  # (an index, not slices of what is left: a rolling refill goes a token at a time)
+                while start < len(tokens):  # chunks of prefill_chunk; the rolling cache what fits, then one by one
+                    n = min(self.cache.room(self.sinks) if self.rolling else len(tokens) - start, self.prefill_chunk)
+                    chunk = tokens[start:start + n]
+                    logits = self.model.next_logits(torch.tensor([chunk], dtype=torch.long, device=self.device),
+                                                    self.cache)
+                    self.cached.extend(chunk)
+                    start += n
+                    if start < len(tokens) and should_stop is not None and should_stop():  # its client left
+                        return None
         except BaseException:  # interrupted mid-forward: the cache is in an unknown state, so forget it
             self.reset()
             raise
@@ -94,7 +106,8 @@ class ChatEngine:
     def generate(self, prompt, sampling, should_stop=None):
         """Yield the reply's token ids one by one (the stop token is not yielded). prompt: token ids. Stops at a
         special token, after sampling.max_new_tokens, at the end of the context (not with the rolling cache), or
-        when should_stop() is true (checked before each token). After it, the cache holds the prompt and the reply."""
+        when should_stop() is true (asked between prefill chunks and before each token; finish_reason "stopped").
+        After it, the cache holds the prompt and the reply (or the part of them fed before stopping)."""
         if not prompt or (len(prompt) >= self.max_seq_len and not self.rolling):
             raise ValueError(f"the prompt has {len(prompt)} tokens; it must be 1 to {self.max_seq_len - 1} "
                              f"(the model's context is {self.max_seq_len})")
@@ -112,12 +125,16 @@ class ChatEngine:
             self.cache.reset()
         self.cached = self.cached[:keep]
         self.prefilled = len(prompt) - keep  # how many prompt tokens this reply had to compute (bench, tests)
-        logits = self._feed(prompt[keep:])
+        logits = self._feed(prompt[keep:], should_stop)
+        if logits is None:  # stopped while prefilling
+            self.finish_reason = "stopped"
+            return
         generator = None
         if sampling.seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(sampling.seed)
         for _ in range(sampling.max_new_tokens):
             if should_stop is not None and should_stop():
+                self.finish_reason = "stopped"
                 return
             token = int(sample_next(logits, sampling.temperature, sampling.top_k, sampling.top_p, generator)[0])
             if token in self.stop_ids:

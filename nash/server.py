@@ -19,9 +19,20 @@ generating at the next token. With --rolling_cache, conversations and replies ma
 context (max_tokens up to MAX_ROLLING_TOKENS), at a constant cost per token (engine.py). Bad requests get
 a 4xx with OpenAI's error object {"error": {"message", "type", "param", "code"}}; an exception inside a job
 fails that request only.
+
+Hardening, since any web page the user opens can send requests to a local server: a body over max_body_bytes is
+refused (413) from its Content-Length, or as soon as it grows past it, before anything is parsed; JSON is parsed
+and the conversation tokenised in a thread pool, never on the event loop, so /health and the stream of other
+requests stay responsive; POSTs must be JSON (415: the "simple" text/plain or form POST that a foreign page may
+send without asking the browser first is not); on a loopback address the Host header must name it and an Origin
+must be the page's own (403: DNS rebinding); with an API key every /v1 request needs `Authorization: Bearer KEY`
+(401). Stop strings are limited in number and length and matched in linear time (StopStrings).
 """
 import asyncio
+import hmac
+import ipaddress
 import json
+import math
 import os
 import queue
 import threading
@@ -31,10 +42,20 @@ from dataclasses import replace
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 
 from nash.engine import Decoder, Sampling
 
 MAX_ROLLING_TOKENS = 65536  # the longest reply with the rolling cache: one request cannot hold the worker for ever
+# The largest request body by default: 1 MiB is ~250k tokens of English, hundreds of times the context of the models
+# served here and more than a long rolling-cache conversation; it bounds what one request may make the server hold
+# (a 100 MB body cost 1.7 GB of RSS). --max_body_bytes raises it.
+MAX_BODY_BYTES = 1 << 20
+MAX_STOP_STRINGS = 4  # as the OpenAI API
+# Up to len(stop) - 1 characters of a reply are held back while they may be the start of a stop string, so a
+# stream can lag that much: stop strings are markers ("\nUser:"), a few characters, not passages.
+MAX_STOP_CHARS = 256
 
 
 def reply_limit(engine):
@@ -49,8 +70,152 @@ class BadRequest(Exception):
         self.param, self.code, self.status = param, code, status
 
 
-def error_response(message, status=400, param=None, code=None, kind="invalid_request_error"):
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
+def error_response(message, status=400, param=None, code=None, kind="invalid_request_error", headers=None):
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status,
+                        headers=headers)
+
+
+def shown(value, limit=40):
+    """A request value as an error message quotes it: its repr, cut short (a value may be a megabyte)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def too_large(limit):
+    # Connection: close: uvicorn then drops the connection instead of reading the rest of the body to discard it
+    return error_response(f"the request body is larger than this server's limit of {limit:,} bytes; send less, "
+                          "or start the server with a higher --max_body_bytes", 413, code="request_too_large",
+                          headers={"Connection": "close"})
+
+
+def is_loopback(host):
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def loopback_hosts(host, port):
+    """The Host header values a browser sends for this server on a loopback address (a port of 80 goes unsaid)."""
+    names = {"localhost", "127.0.0.1", "[::1]", f"[{host}]" if ":" in host else host}
+    return {f"{name}:{port}" for name in names} | (names if port == 80 else set())
+
+
+class Gate:
+    """ASGI middleware that checks a request's headers before the app reads its body: the Host (and Origin) of a
+    loopback server against DNS rebinding (403), the API key on /v1 (401), JSON for POSTs (415), and the declared
+    size of the body (413)."""
+
+    def __init__(self, app, hosts=None, api_key=None, max_body_bytes=MAX_BODY_BYTES):
+        self.app, self.hosts, self.api_key, self.max_body_bytes = app, hosts, api_key, max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        refusal = self.refusal(scope) if scope["type"] == "http" else None
+        await (refusal or self.app)(scope, receive, send)
+
+    def refusal(self, scope):
+        headers = Headers(scope=scope)
+        if self.hosts is not None:
+            host = headers.get("host", "").lower()
+            if host not in self.hosts:  # a page on another name that resolves here: DNS rebinding
+                return error_response(f"the Host header {shown(host)} is not this server's address; open it as "
+                                      f"http://{sorted(self.hosts)[0]}", 403, code="forbidden_host")
+            origin = headers.get("origin")
+            if origin is not None and origin.lower() != f"http://{host}":  # a request from another site's page
+                return error_response(f"requests from the page at {shown(origin)} are not allowed: only this "
+                                      "server's own page may call it", 403, code="forbidden_origin")
+        if self.api_key and scope["path"].startswith("/v1"):
+            scheme, _, key = headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), self.api_key.encode()):
+                return error_response("this server needs an API key: send the header Authorization: Bearer KEY "
+                                      "(the openai client's api_key) with the key the server was started with"
+                                      if not key else "the API key is not this server's", 401,
+                                      code="invalid_api_key")
+        if scope["method"] == "POST":
+            kind, _, params = headers.get("content-type", "").partition(";")
+            charset = params.strip().lower().removeprefix("charset=").strip('"') if params.strip() else "utf-8"
+            if kind.strip().lower() != "application/json" or charset != "utf-8":
+                return error_response(f"the request's Content-Type is {shown(headers.get('content-type', 'missing'))}"
+                                      "; send the body as JSON with Content-Type: application/json", 415,
+                                      code="unsupported_media_type")
+            declared = headers.get("content-length")
+            if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
+                return too_large(self.max_body_bytes)
+        return None
+
+
+class TooLarge(Exception):
+    pass
+
+
+async def read_body(request, limit):
+    """The request's body, or TooLarge as soon as it grows past limit bytes (a chunked body declares no length)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise TooLarge
+    return bytes(body)
+
+
+def refuse_constant(name):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_body(raw, engine, defaults):
+    """parse_request on the raw body: JSON first. In a worker thread: tokenising a long conversation takes a while."""
+    try:
+        body = json.loads(raw, parse_constant=refuse_constant)  # NaN and Infinity are Python's, not JSON's
+    except RecursionError:
+        raise BadRequest("the request body is nested too deeply to be a chat request") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(f"the request body is not valid JSON ({e})") from None
+    return parse_request(body, engine, defaults)
+
+
+class StopStrings:
+    """Finds the first stop string to appear in a reply fed piece by piece, in time linear in the reply and the stop
+    strings (Knuth-Morris-Pratt): for each stop string, the length of its longest prefix that the reply ends with,
+    updated a character at a time. That length is also how much of the reply's end to hold back from the stream."""
+
+    def __init__(self, stops):
+        self.stops, self.seen = stops, 0
+        self.matched = [0] * len(stops)
+        self.fallback = [self.failure(s) for s in stops]
+
+    @staticmethod
+    def failure(s):
+        """fallback[i]: the length of the longest proper prefix of s[:i + 1] that is also a suffix of it."""
+        fallback, k = [0] * len(s), 0
+        for i in range(1, len(s)):
+            while k and s[i] != s[k]:
+                k = fallback[k - 1]
+            if s[i] == s[k]:
+                k += 1
+            fallback[i] = k
+        return fallback
+
+    def feed(self, piece):
+        """Where the reply ends if piece completes a stop string: before the first one to complete (the longest of
+        those completing at the same character); else None."""
+        for i, c in enumerate(piece):
+            for j, s in enumerate(self.stops):
+                k = self.matched[j]
+                while k and c != s[k]:
+                    k = self.fallback[j][k - 1]
+                self.matched[j] = k + 1 if c == s[k] else 0
+            done = [len(s) for s, k in zip(self.stops, self.matched) if k == len(s)]
+            if done:
+                return self.seen + i + 1 - max(done)
+        self.seen += len(piece)
+        return None
+
+    @property
+    def held(self):
+        """How many characters at the reply's end may be the start of a stop string."""
+        return max(self.matched, default=0)
 
 
 class Job:
@@ -91,22 +256,28 @@ class Worker:
             self.cancelled += 1
             return job.put("done", ("cancelled", 0))
         decoder, text, sent, n, finish = Decoder(self.engine.enc), "", 0, 0, None
+        stops = StopStrings(job.stop)
         for token in self.engine.generate(job.prompt, job.sampling, should_stop=job.cancel.is_set):
             n += 1
             self.tokens_generated += 1
-            text += decoder(token)
-            cut = min((i for i in (text.find(s) for s in job.stop) if i >= 0), default=-1)
-            if cut >= 0:  # a stop string: the reply ends before it, and none of it is sent
+            piece = decoder(token)
+            text += piece
+            cut = stops.feed(piece)
+            if cut is not None:  # a stop string: the reply ends before it, and none of it is sent
                 text, finish = text[:cut], "stop"
                 break
             # hold back an end that may be the start of a stop string, send the rest
-            held = max((k for s in job.stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
-            if len(text) - held > sent:
-                job.put("text", text[sent:len(text) - held])
-                sent = len(text) - held
+            if len(text) - stops.held > sent:
+                job.put("text", text[sent:len(text) - stops.held])
+                sent = len(text) - stops.held
         if finish is None:
-            text += decoder.flush()
-            finish = "cancelled" if job.cancel.is_set() else self.engine.finish_reason
+            piece = decoder.flush()  # a character whose bytes the reply cut short, as U+FFFD
+            cut = stops.feed(piece)
+            text += piece
+            if cut is not None:
+                text, finish = text[:cut], "stop"
+            else:
+                finish = "cancelled" if job.cancel.is_set() else self.engine.finish_reason
         if len(text) > sent:
             job.put("text", text[sent:])
         if job.cancel.is_set():
@@ -148,8 +319,10 @@ def parse_request(body, engine, defaults):
         value = body.get(name)
         if value is None:
             return default
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
-            raise BadRequest(f"'{name}' must be {'an integer' if kind is int else 'a number'}", name)
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or (kind is int and value != int(value))):  # (1e999 parses as infinity)
+            raise BadRequest(f"'{name}' is {shown(value)}; it must be {'an integer' if kind is int else 'a number'}",
+                             name)
         if not low <= value <= high:
             raise BadRequest(f"'{name}' is {value}; it must be between {low} and {high}", name)
         return kind(value)
@@ -160,7 +333,7 @@ def parse_request(body, engine, defaults):
     param = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
                                    or not 1 <= max_tokens <= limit):
-        raise BadRequest(f"'{param}' is {max_tokens!r}; it must be an integer from 1 to {limit}"
+        raise BadRequest(f"'{param}' is {shown(max_tokens)}; it must be an integer from 1 to {limit}"
                          f"{'' if engine.rolling else ' (the context)'}", param)
     if body.get("n") not in (None, 1):
         raise BadRequest("only n=1 is supported: one reply per request", "n")
@@ -174,9 +347,10 @@ def parse_request(body, engine, defaults):
                        seed=number("seed", -2**63, 2**63 - 1, None, int))
     stop = body.get("stop")
     stop = [stop] if isinstance(stop, str) else stop
-    if stop is not None and not (isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) and s
-                                                                                    for s in stop)):
-        raise BadRequest("'stop' must be a string or an array of up to 4 non-empty strings", "stop")
+    if stop is not None and not (isinstance(stop, list) and len(stop) <= MAX_STOP_STRINGS
+                                 and all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in stop)):
+        raise BadRequest(f"'stop' must be a string or an array of up to {MAX_STOP_STRINGS} strings, each of 1 to "
+                         f"{MAX_STOP_CHARS} characters", "stop")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest("'stream' must be true or false", "stream")
@@ -189,10 +363,14 @@ def parse_request(body, engine, defaults):
     return prompt, sampling, stop or [], stream, include_usage
 
 
-def create_app(engine, name="nash", defaults=None):
+def create_app(engine, name="nash", defaults=None, host=None, port=None, api_key=None, max_body_bytes=MAX_BODY_BYTES):
+    """The app. host, port: where it is served; on a loopback host requests must name it (Host, Origin); None: no
+    such check (in-process clients). api_key: required on /v1 (None: none)."""
     defaults = defaults or Sampling()
     worker = Worker(engine)
     app = FastAPI(title="Nash-LLM chat", docs_url=None, redoc_url=None)
+    app.add_middleware(Gate, hosts=loopback_hosts(host, port) if host and is_loopback(host) else None,
+                       api_key=api_key, max_body_bytes=max_body_bytes)
     app.state.worker = worker
     created = int(time.time())
 
@@ -212,7 +390,8 @@ def create_app(engine, name="nash", defaults=None):
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": name, "busy": worker.busy, "waiting": worker.jobs.qsize(),
-                "served": worker.served, "cancelled": worker.cancelled, "tokens_generated": worker.tokens_generated}
+                "served": worker.served, "cancelled": worker.cancelled, "tokens_generated": worker.tokens_generated,
+                "cached_tokens": len(engine.cached)}  # (what the KV cache holds: how far a prefill got)
 
     model_card = {"id": name, "object": "model", "created": created, "owned_by": "nash-llm",
                   "context_length": engine.max_seq_len, "max_tokens": reply_limit(engine),  # (the page's limit)
@@ -232,11 +411,11 @@ def create_app(engine, name="nash", defaults=None):
     @app.post("/v1/chat/completions")
     async def completions(request: Request):
         try:
-            body = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError) as e:
-            return error_response(f"the request body is not valid JSON ({e})")
-        try:
-            prompt, sampling, stop, stream, include_usage = parse_request(body, engine, defaults)
+            raw = await read_body(request, max_body_bytes)
+        except TooLarge:
+            return too_large(max_body_bytes)
+        try:  # off the event loop: the other requests (and /health) go on meanwhile
+            prompt, sampling, stop, stream, include_usage = await run_in_threadpool(parse_body, raw, engine, defaults)
         except BadRequest as e:
             return error_response(str(e), e.status, e.param, e.code)
         job = Job(prompt, sampling, stop, asyncio.get_running_loop())
@@ -300,9 +479,17 @@ def create_app(engine, name="nash", defaults=None):
     return app
 
 
-def serve(engine, name="nash", host="127.0.0.1", port=8000, defaults=None):
+def serve(engine, name="nash", host="127.0.0.1", port=8000, defaults=None, api_key=None,
+          max_body_bytes=MAX_BODY_BYTES):
     import uvicorn
-    app = create_app(engine, name, defaults)
-    print(f"serving {name} on http://{host}:{port} (the chat page; API at http://{host}:{port}/v1); Ctrl-C stops",
-          flush=True)
+    app = create_app(engine, name, defaults, host, port, api_key, max_body_bytes)
+    address = f"[{host}]" if ":" in host else host
+    if not is_loopback(host) and not api_key:
+        # a warning, not a refusal: in a container 0.0.0.0 is how the port is published at all, and a trusted
+        # network may be the point; but the Host check is off here (the names it is reached by are unknown)
+        print(f"warning: serving on {host} without an API key: anyone who can reach this address, and any web page "
+              "opened in a browser on it (DNS rebinding), can use the model; set NASH_API_KEY (or --api_key) to "
+              "require one", flush=True)
+    print(f"serving {name} on http://{address}:{port} (the chat page; API at http://{address}:{port}/v1"
+          f"{', API key required' if api_key else ''}); Ctrl-C stops", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,8 +1,12 @@
 """`python chat.py --serve` on a free 127.0.0.1 port, as users run it: the official openai client (streamed and not),
 raw HTTP (httpx) for bad requests, a client that disconnects mid-stream, and concurrent requests served one at a
-time in arrival order without corrupting each other. Greedy replies are checked against full forward passes."""
+time in arrival order without corrupting each other. Greedy replies are checked against full forward passes.
+And the server as an attacker tries it: huge bodies, NaN and deep nesting, long stop strings, a prefill left
+behind by its client, cross-site requests and DNS rebinding, API keys."""
+import asyncio
 import contextlib
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -13,13 +17,16 @@ from dataclasses import asdict
 import httpx
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
+from nash import server
 from nash.checkpoint import load_model, save_checkpoint
 from conftest import ROOT
-from nash.engine import ChatEngine, Decoder
+from nash.engine import ChatEngine, Decoder, Sampling
 from model import GPT, GPTConfig
-from test_chat import greedy_reference
-from nash.tokenizer import CHAT_VOCAB_SIZE, VOCAB_SIZE
+from test_chat import chat_model, greedy_reference
+from test_chat_rolling import engine_for, rope_chat_ckpt, rope_chat_model  # noqa: F401  (rope_chat_ckpt: a fixture)
+from nash.tokenizer import CHAT_VOCAB_SIZE, VOCAB_SIZE, get_tokenizer
 
 
 def free_port():
@@ -29,11 +36,13 @@ def free_port():
 
 
 @contextlib.contextmanager
-def serving(*args):
-    """chat.py --serve in a subprocess; yields its base URL once /health answers, stops it afterwards."""
+def serving(*args, env=None, log=None):
+    """chat.py --serve in a subprocess; yields its base URL once /health answers, stops it afterwards (and appends
+    what it printed to log)."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "chat.py", "--serve", f"--port={port}", *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):
@@ -51,6 +60,8 @@ def serving(*args):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        if log is not None:
+            log.append(proc.stdout.read())
 
 
 @pytest.fixture(scope="module")
@@ -119,13 +130,36 @@ BAD_REQUESTS = [
     ({"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}, 400, "stream", "true or false"),
     ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, 400, "n", "n=1"),
     ({"messages": [{"role": "user", "content": "word " * 40}]}, 400, "messages", "context is 32"),
+    # JSON has no NaN or Infinity (Python's json reads them), and 1e999 reads as infinity
+    *[(b'{"messages": [{"role": "user", "content": "hi"}], "%s": %s}' % (name.encode(), value), 400, None,
+       "not a JSON number") for name in ("top_k", "seed", "temperature", "max_tokens")
+      for value in (b"NaN", b"Infinity", b"-Infinity")],
+    (b'{"messages": [{"role": "user", "content": "hi"}], "seed": 1e999}', 400, "seed", "must be an integer"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "top_k": -1e999}', 400, "top_k", "must be an integer"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": 1e999}', 400, "temperature", "a number"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "seed": 1%s}' % (b"0" * 5000), 400, None, "not valid JSON"),
+    ({"messages": [{"role": "user", "content": "hi"}], "top_k": "5"}, 400, "top_k", "must be an integer"),
+    ({"messages": [{"role": "user", "content": "hi"}], "seed": [1]}, 400, "seed", "must be an integer"),
+    ({"messages": [{"role": "user", "content": "hi"}], "temperature": {}}, 400, "temperature", "a number"),
+    ({"messages": [{"role": "user", "content": "hi"}], "top_p": True}, 400, "top_p", "a number"),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2.5}, 400, "max_tokens", "an integer"),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": [1] * 10**4}, 400, "max_tokens", "an integer from 1"),
+    (b"[" * 100_000, 400, None, "nested too deeply"),
+    (b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, None, "nested too deeply"),
+    # stop strings: at most 4, each at most MAX_STOP_CHARS characters (a 1M-character one cost 11 s per token)
+    ({"messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", "up to 4"),
+    ({"messages": [{"role": "user", "content": "hi"}], "stop": "x" * (server.MAX_STOP_CHARS + 1)}, 400, "stop",
+     f"1 to {server.MAX_STOP_CHARS} characters"),
+    ({"messages": [{"role": "user", "content": "hi"}], "stop": "x" * 1_000_000}, 400, "stop", "characters"),
+    ({"messages": [{"role": "user", "content": "hi"}], "stop": [""]}, 400, "stop", "characters"),
 ]
 
 
 def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(tiny_chat_run):
     with serving(f"--out_dir={tiny_chat_run}") as url:
         for body, status, param, message in BAD_REQUESTS:
-            kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
+            kwargs = {"content": body, "headers": {"Content-Type": "application/json"}} if isinstance(body, bytes) \
+                else {"json": body}
             r = httpx.post(url + "/v1/chat/completions", timeout=30, **kwargs)
             assert r.status_code == status, (body, r.text)
             error = r.json()["error"]
@@ -186,3 +220,252 @@ def test_concurrent_requests_are_served_one_at_a_time_in_arrival_order(long_chat
     assert finished == [text for text, _ in asks]  # the short ones waited their turn behind the long one
     for text, n in asks:  # and nobody's cache was corrupted by anybody else's
         assert results[text] == expected((long_chat_ckpt, long_chat_ckpt), [{"role": "user", "content": text}], n)[0]
+
+
+def raw_request(url, head):
+    """Send only the head of a request (no body) on a raw socket; the status line of the answer."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head.encode())
+        return sock.makefile("rb").readline().decode()
+
+
+def test_large_bodies_are_refused_before_they_are_read(tiny_chat_run):
+    post = "POST /v1/chat/completions HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n"
+    big = {"messages": [{"role": "user", "content": "word " * 400_000}]}  # 2 MB
+    with serving(f"--out_dir={tiny_chat_run}") as url:
+        host = url.removeprefix("http://")
+        # a declared 100 MB: 413 at once, while the body has not even started
+        assert raw_request(url, post.format(host) + "Content-Length: 100000000\r\n\r\n").split()[1] == "413"
+        r = httpx.post(url + "/v1/chat/completions", json=big, timeout=60)
+        assert r.status_code == 413 and "--max_body_bytes" in r.json()["error"]["message"]
+
+        def chunked():  # no Content-Length: counted as it arrives
+            yield b'{"messages": [{"role": "user", "content": "'
+            for _ in range(40):
+                yield b"word " * 10_000
+        r = httpx.post(url + "/v1/chat/completions", content=chunked(), timeout=60,
+                       headers={"Content-Type": "application/json"})
+        assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+        # a body still arriving holds nothing up: /health answers meanwhile
+        with socket.create_connection(tuple(host.split(":")), timeout=30) as sock:
+            sock.sendall((post.format(host) + "Content-Length: 500000\r\n\r\n").encode() + b'{"messages": [')
+            assert httpx.get(url + "/health", timeout=30).json()["status"] == "ok"
+        assert httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                             "max_tokens": 2}, timeout=60).status_code == 200
+    with serving(f"--out_dir={tiny_chat_run}", "--max_body_bytes=3000000") as url:  # the flag raises the limit
+        r = httpx.post(url + "/v1/chat/completions", json=big, timeout=120)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"  # read and parsed
+
+
+def test_requests_are_parsed_and_tokenised_off_the_event_loop(monkeypatch):
+    engine = ChatEngine(chat_model(), contextlib.nullcontext())
+    on_loop, render = [], engine.render
+
+    def recording(messages):
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)  # the event loop's thread: every other request would wait for this
+        except RuntimeError:
+            on_loop.append(False)
+        return render(messages)
+
+    monkeypatch.setattr(engine, "render", recording)
+    client = TestClient(server.create_app(engine, "tiny", Sampling(temperature=0.0)))
+    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    assert r.status_code == 200 and on_loop == [False]
+
+
+def python_lines(fn):
+    """How many lines of Python fn() runs (sys.settrace): a count of work done that no machine's load changes."""
+    count = 0
+
+    def trace(frame, event, arg):
+        nonlocal count
+        count += event == "line"
+        return trace
+
+    sys.settrace(trace)
+    try:
+        fn()
+    finally:
+        sys.settrace(None)
+    return count
+
+
+class ScriptedEngine:
+    """An engine that replies with given tokens: the worker's stop-string handling, alone."""
+
+    def __init__(self, tokens):
+        self.enc, self.tokens, self.finish_reason = get_tokenizer(), tokens, "length"
+
+    def generate(self, prompt, sampling, should_stop=None):
+        yield from self.tokens[:sampling.max_new_tokens]
+
+    def reset(self):
+        pass
+
+
+class NoLoop:
+    def call_soon_threadsafe(self, fn, *args):
+        pass
+
+
+def test_stop_strings_cost_per_token_does_not_grow_with_their_length():
+    words = get_tokenizer().encode_ordinary("the quick brown fox jumps over the lazy dog " * 40)
+    worker = server.Worker(ScriptedEngine(words))
+
+    def work(length, tokens):  # a stop string whose prefixes keep matching the reply, yet never all of it
+        stop = ("the quick brown fox jumps over the lazy dog " * (length // 40 + 1))[:length - 1] + "#"
+        job = server.Job([1], Sampling(max_new_tokens=tokens), [stop], NoLoop())
+        return python_lines(lambda: worker.serve(job))
+
+    per_token = {n: (work(n, 200) - work(n, 100)) / 100 for n in (20, 4000)}  # building the tables cancels out
+    assert per_token[4000] < 2 * per_token[20], per_token  # quadratic in the stop's length, it was 400 times more
+
+
+def naive_stop(text, stops):
+    """The reference: where the reply ends (before the first stop string to end, the longest at a tie), and how
+    much of its end may start a stop string."""
+    ends = [(text.find(s) + len(s), -len(s)) for s in stops if s in text]
+    if ends:
+        end, minus_length = min(ends)
+        return end + minus_length, None
+    return None, max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+
+
+def test_stop_strings_match_the_naive_search():
+    rng = random.Random(0)
+    for _ in range(300):
+        stops = ["".join(rng.choice("ab") for _ in range(rng.randint(1, 6))) for _ in range(rng.randint(1, 4))]
+        text = "".join(rng.choice("abc") for _ in range(rng.randint(0, 30)))
+        matcher, fed = server.StopStrings(stops), 0
+        while fed < len(text):
+            piece = text[fed:fed + rng.randint(1, 4)]
+            fed += len(piece)
+            cut, held = naive_stop(text[:fed], stops)
+            assert matcher.feed(piece) == cut, (stops, text[:fed])
+            if cut is not None:
+                break
+            assert matcher.held == held, (stops, text[:fed])
+
+
+def test_openai_client_stop_strings(long_chat_ckpt):
+    from openai import BadRequestError, OpenAI
+    messages = [{"role": "user", "content": "talk"}]
+    reply = expected((long_chat_ckpt, long_chat_ckpt), messages, 30)[0]
+    stop = reply[10:14]
+    with serving(f"--init_from={long_chat_ckpt}", "--temperature=0") as url:
+        client = OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+        done = client.chat.completions.create(model="long", messages=messages, max_tokens=30, stop=[stop])
+        assert done.choices[0].message.content == reply[:reply.find(stop)] and done.choices[0].finish_reason == "stop"
+        streamed = client.chat.completions.create(model="long", messages=messages, max_tokens=30, stream=True,
+                                                  stop=[stop, "x" * server.MAX_STOP_CHARS])
+        assert "".join(c.choices[0].delta.content or "" for c in streamed) == reply[:reply.find(stop)]
+        with pytest.raises(BadRequestError, match="characters"):
+            client.chat.completions.create(model="long", messages=messages, stop="x" * 1_000_000)
+
+
+def counting_forwards(monkeypatch, model):
+    calls, forward = [], model.next_logits
+    monkeypatch.setattr(model, "next_logits", lambda idx, cache=None: calls.append(idx.size(1)) or forward(idx, cache))
+    return calls
+
+
+@pytest.mark.parametrize("rolling", [False, True])
+def test_a_cancel_during_prefill_stops_between_chunks(monkeypatch, rolling):
+    model = rope_chat_model(max_seq_len=16) if rolling else chat_model(max_seq_len=96)
+    engine = engine_for(model, rolling)
+    engine.prefill_chunk = 8
+    prompt = engine.render([{"role": "user", "content": "word " * 60}])  # 60 tokens and more: several chunks
+    calls = counting_forwards(monkeypatch, model)
+    asked = []
+    cancel = lambda: asked.append(1) or len(asked) >= 3  # noqa: E731  (the client leaves after the second chunk)
+    assert list(engine.generate(prompt, Sampling(temperature=0.0, max_new_tokens=4), should_stop=cancel)) == []
+    assert engine.finish_reason == "stopped" and len(calls) == 3 and len(engine.cached) == sum(calls) < len(prompt)
+    # what was fed stays: the same prompt again goes on from there, and lands where a fresh engine does
+    reply = list(engine.generate(prompt, Sampling(temperature=0.0, max_new_tokens=4)))
+    assert engine.prefilled == len(prompt) - sum(calls[:3])
+    fresh = engine_for(model, rolling)
+    assert reply == list(fresh.generate(prompt, Sampling(temperature=0.0, max_new_tokens=4)))
+
+
+def test_a_client_that_leaves_during_a_rolling_prefill_frees_the_worker(rope_chat_ckpt):
+    words = 20_000  # past the context of 32, a rolling prefill goes a token at a time: many seconds of work
+    with serving(f"--init_from={rope_chat_ckpt[0]}", "--rolling_cache") as url:
+        with httpx.Client(timeout=60) as client:
+            with client.stream("POST", url + "/v1/chat/completions", json={
+                    "messages": [{"role": "user", "content": "word " * words}], "stream": True}) as r:
+                lines = r.iter_lines()  # (kept: dropping it would close the connection)
+                assert next(lines).startswith("data: ")  # the stream began
+                for _ in range(300):  # until the worker is prefilling, then hang up
+                    if httpx.get(url + "/health", timeout=30).json()["cached_tokens"]:
+                        break
+                    time.sleep(0.05)
+        for _ in range(600):
+            health = httpx.get(url + "/health", timeout=30).json()
+            if not health["busy"]:
+                break
+            time.sleep(0.1)
+        assert health["cancelled"] == 1 and health["tokens_generated"] == 0
+        assert health["cached_tokens"] < words  # it stopped prefilling, long before the prompt's end
+
+
+def test_cross_site_requests_and_dns_rebinding_are_refused(tiny_chat_run):
+    hi = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    with serving(f"--out_dir={tiny_chat_run}") as url:
+        port = url.rsplit(":", 1)[1]
+        api = url + "/v1/chat/completions"
+
+        def post(headers, body=b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}'):
+            return httpx.post(api, content=body, headers=headers, timeout=60)
+        # the issue's request: a text/plain POST (no CORS preflight) from a foreign page reached by DNS rebinding
+        r = post({"Content-Type": "text/plain", "Origin": "http://evil.example", "Host": f"evil.example:{port}"})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden_host"
+        for ctype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
+                      "application/json; charset=latin-1", None):
+            r = post({"Content-Type": ctype} if ctype else {})
+            assert r.status_code == 415 and "application/json" in r.json()["error"]["message"], ctype
+        for ctype in ("application/json", "application/json; charset=utf-8", "Application/JSON;charset=UTF-8"):
+            assert post({"Content-Type": ctype}).status_code == 200, ctype
+        for host in (f"evil.example:{port}", "127.0.0.1:1", f"127.0.0.1.evil.example:{port}", ""):
+            for path in ("/", "/v1/models", "/health"):
+                assert httpx.get(url + path, headers={"Host": host}, timeout=30).status_code == 403, (host, path)
+            assert httpx.post(api, json=hi, headers={"Host": host}, timeout=30).status_code == 403
+        for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"LocalHost:{port}"):
+            assert httpx.post(api, json=hi, headers={"Host": host}, timeout=60).status_code == 200, host
+        for origin in ("http://evil.example", f"http://localhost:{port}", "null", f"https://127.0.0.1:{port}"):
+            r = httpx.post(api, json=hi, headers={"Origin": origin}, timeout=30)  # Host: 127.0.0.1:port
+            assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden_origin", origin
+        assert httpx.post(api, json=hi, headers={"Origin": url}, timeout=60).status_code == 200  # the page itself
+
+
+def test_an_api_key_guards_the_api(tiny_chat_run):
+    from openai import AuthenticationError, OpenAI
+    messages = [{"role": "user", "content": "hi"}]
+    with serving(f"--out_dir={tiny_chat_run}", env={"NASH_API_KEY": "s3cret"}) as url:  # (not in ps)
+        with pytest.raises(AuthenticationError, match="API key"):
+            OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).models.list()
+        client = OpenAI(base_url=url + "/v1", api_key="s3cret", max_retries=0)
+        assert client.chat.completions.create(model="tiny_chat", messages=messages, max_tokens=2).choices
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"},
+                        {"Authorization": "Basic s3cret"}):
+            for r in (httpx.get(url + "/v1/models", headers=headers, timeout=30),
+                      httpx.post(url + "/v1/chat/completions", json={"messages": messages}, headers=headers,
+                                 timeout=30)):
+                error = r.json()["error"]
+                assert r.status_code == 401 and error["code"] == "invalid_api_key", headers
+                assert set(error) == {"message", "type", "param", "code"} and "s3cret" not in error["message"]
+        assert httpx.get(url + "/health", timeout=30).status_code == 200  # the page and /health need no key
+        assert httpx.get(url + "/", timeout=30).status_code == 200
+
+
+def test_serving_beyond_loopback_without_a_key_warns(tiny_chat_run):
+    log = []
+    with serving(f"--out_dir={tiny_chat_run}", "--host=0.0.0.0", log=log) as url:
+        assert httpx.get(url + "/health", timeout=30).status_code == 200
+    assert "warning: serving on 0.0.0.0 without an API key" in log[0] and "NASH_API_KEY" in log[0]
+    log = []
+    with serving(f"--out_dir={tiny_chat_run}", "--host=0.0.0.0", "--api_key=k", log=log):
+        pass
+    assert "warning" not in log[0] and "API key required" in log[0]

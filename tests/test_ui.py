@@ -82,3 +82,27 @@ def test_chat_page_streams_a_reply_stops_and_starts_over(long_chat_ckpt, tmp_pat
 
         driver.find_element(By.ID, "new").click()
         assert driver.find_elements(By.CSS_SELECTOR, ".msg") == []
+
+
+def test_chat_page_asks_for_the_api_key_and_sends_it(long_chat_ckpt, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+    with serving(f"--init_from={long_chat_ckpt}", "--api_key=s3cret") as url, browser(tmp_path) as driver:
+        driver.get(url + "/")
+        wait = WebDriverWait(driver, 120, poll_frequency=0.05)
+        wait.until(lambda d: "needs an API key" in d.find_element(By.ID, "log").text)  # /v1/models said 401
+        key = driver.find_element(By.ID, "api_key")
+        assert key.is_displayed()  # Settings opened by itself
+        key.send_keys("s3cret", Keys.TAB)  # (change event: saved, the model asked for again)
+        wait.until(lambda d: "long" in d.find_element(By.ID, "title").text)
+        driver.execute_script("document.getElementById('temperature').value = '0';"
+                              "document.getElementById('max_tokens').value = '10';")
+        driver.find_element(By.ID, "input").send_keys("Who are you?", Keys.ENTER)
+        wait.until(lambda d: d.find_element(By.ID, "send").is_displayed() and d.find_elements(By.CSS_SELECTOR,
+                                                                                               ".msg.assistant"))
+        want = expected((long_chat_ckpt, long_chat_ckpt), [{"role": "user", "content": "Who are you?"}], 10)[0]
+        assert driver.find_element(By.CSS_SELECTOR, ".msg.assistant").text == want.strip()
+        assert not driver.find_elements(By.CSS_SELECTOR, ".error")
+        driver.refresh()  # the key is kept in the browser
+        wait.until(lambda d: "long" in d.find_element(By.ID, "title").text)
