@@ -13,11 +13,11 @@ the mean of 1 / (number of choices) over the items, as nanochat's CORE centers i
 """
 import time
 
-from nash.tasks import arc, gsm8k, hellaswag, humaneval, mmlu, sst2
+from nash.tasks import arc, arith, gsm8k, hellaswag, humaneval, mmlu, sst2
 from nash.tasks.base import fail, fewshot_examples, load_rows, score_choice, score_generate, summarize
 
 TASKS = {t.name: t for t in (hellaswag.TASK, arc.EASY, arc.CHALLENGE, mmlu.TASK, gsm8k.TASK, humaneval.TASK,
-                             sst2.TASK)}
+                             sst2.TASK, arith.TASK)}
 
 
 def parse(names):
