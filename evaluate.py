@@ -21,7 +21,7 @@ for a fine-tuned (SFT) checkpoint also the exact match of its greedy completions
   it, equals the reference token for token and then ends (max_examples caps how many).
 - Downstream benchmarks instead of the loss: --tasks=hellaswag,arc_easy,arc_challenge,mmlu,gsm8k,humaneval,sst2
   (the machinery and each task's definition live in tasks/), scored as lm-evaluation-harness does; a table of
-  task, metric, value, standard error and examples, and `core` (mean centered accuracy of the multiple-choice tasks).
+  task, metric, value, standard error and examples, and `core` (mean centered accuracy of the multiple-choice tasks; `chatcore` too for a chat model).
 - --report writes out_dir/report.md: the run's card (settings, hardware, tokens, time, loss curves, the loss and any
   --tasks results, a few samples).
 - A table goes to stdout, the progress bar to stderr, and with --output=PATH the numbers as JSON.
@@ -218,7 +218,7 @@ def measure_loss():
 
 # -----------------------------------------------------------------------------
 # downstream benchmarks and/or the loss; then the report card and the JSON
-results = {"checkpoint": where, "step": state["step"] if state else None}
+results = {"checkpoint": where, "step": state["step"] if state else None, "task_data": task_data}  # "" = the hub
 if task_names:
     t0 = time.time()
     task_results = downstream.run(prepared, model, enc, batch_size, ctx, max_gen_tokens, keep_items=True,
@@ -227,7 +227,8 @@ if task_names:
     print(f"{where}{at_step}: {len(task_names)} task(s), {num_fewshot}-shot, {time.time() - t0:.0f} s")
     print("\n".join(downstream.table(task_results)))
     results.update(tasks={k: {m: v for m, v in r.items() if m != "items"} for k, r in task_results.items()
-                          if k != "core"}, core=task_results["core"])
+                          if k not in downstream.AGGREGATES},
+                   **{k: task_results[k] for k in downstream.AGGREGATES})
 if not task_names or report:
     results.update(measure_loss())
 if report:

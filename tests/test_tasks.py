@@ -104,6 +104,34 @@ def test_gsm8k_asks_a_chat_model_through_its_chat_format(tiny_chat_run, tmp_path
         assert prompt[-1] == special_ids(enc)["<|assistant_start|>"]
 
 
+def test_a_chat_model_answers_multiple_choice_by_letter_and_gets_a_chatcore(tiny_chat_run, tmp_path, monkeypatch):
+    """ARC and MMLU asked in chat format: the question and its lettered choices in a user turn, the answer the
+    choice letter most likely as the reply's first token (nanochat's chat_eval), checked by one forward by hand;
+    chatcore is the mean of centered accuracy over the chat-format tasks, GSM8K's exact match counted as it is."""
+    path = tmp_path / "chat.json"
+    evaluate(monkeypatch, f"--out_dir={tiny_chat_run}", "--tasks=arc_easy,mmlu,gsm8k,hellaswag",
+             f"--task_data={FIXTURES}", "--max_gen_tokens=4", "--max_examples=4", f"--output={path}")
+    results = json.loads(path.read_text())
+    r = results["tasks"]
+    assert [r[t]["format"] for t in ("arc_easy", "mmlu", "gsm8k", "hellaswag")] == ["chat", "chat", "chat", "plain"]
+    centered = [(r[t]["acc"] - r[t]["chance"]) / (1 - r[t]["chance"]) for t in ("arc_easy", "mmlu")]
+    assert results["chatcore"] == pytest.approx((sum(centered) + r["gsm8k"]["exact_match"]) / 3)
+    assert results["core"] == pytest.approx((sum(centered) + (r["hellaswag"]["acc"] - 0.25) / 0.75) / 3)
+
+    model, _, _ = load_model("", tiny_chat_run, "best", "cpu")
+    enc = get_tokenizer()
+    [(task, docs, shots)] = tasks.prepare(["arc_easy"], FIXTURES, max_examples=4)
+    items = tasks.run([(task, docs, shots)], model, enc, progress=False, keep_items=True, chat=True)["arc_easy"]["items"]
+    for doc, item in zip(docs, items):
+        prompt = render_conversation(enc, task.chat_prompt(doc, []), for_reply=True)[0]
+        letters = "ABCDE"[:len(doc["choices"])]
+        assert f"\n{letters[-1]}. {doc['choices'][-1]}" in enc.decode(prompt)  # the choices are in the user turn
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt[-model.config.max_seq_len:]]))[0][0, -1]
+        by_hand = [logits[enc.encode_ordinary(letter)[0]].item() for letter in letters]
+        assert item["acc"] == float(max(range(len(letters)), key=by_hand.__getitem__) == doc["gold"])
+
+
 class ScriptedModel(torch.nn.Module):
     """A model that 'generates' a fixed token sequence: to see where a chat reply ends and how it is scored."""
 

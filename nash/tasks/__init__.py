@@ -5,11 +5,14 @@ train.py (eval_tasks=...) and bench.py (--what=tasks):
     prepared = tasks.prepare(["hellaswag", "gsm8k"], task_data="", max_examples=500, num_fewshot=0)
     results = tasks.run(prepared, model, enc)  # {"hellaswag": {"acc": ..., "acc_norm": ..., "n": ...}, "core": ...}
 
-chat=True (a model fine-tuned with task=chat): the tasks that have a chat format (GSM8K) ask through it, the others
-as for any model; each summary says which ("format": "chat" or "plain").
+chat=True (a model fine-tuned with task=chat): the tasks that have a chat format ask through it (GSM8K generates a
+reply; ARC and MMLU put the question and lettered choices in a user turn and read the answer letter), the others as
+for any model; each summary says which ("format": "chat" or "plain").
 
 core: the mean over the multiple-choice tasks run of centered accuracy, (acc - chance) / (1 - chance), chance being
 the mean of 1 / (number of choices) over the items, as nanochat's CORE centers its tasks: 0 is guessing, 1 perfect.
+chatcore: the same mean over the tasks asked in chat format, as nanochat's ChatCORE: multiple choice centered as in
+core, a generative task's first metric (exact match, pass@1) centered at chance 0, i.e. as it is.
 """
 import time
 
@@ -51,7 +54,7 @@ def run(prepared, model, enc, batch_size=8, ctx=None, max_gen_tokens=256, progre
         t0 = time.time()
         as_chat = chat and task.chat_prompt is not None
         if task.kind == "choice":
-            items = score_choice(task, model, enc, docs, shots, batch_size, ctx, progress)
+            items = score_choice(task, model, enc, docs, shots, batch_size, ctx, progress, chat=as_chat)
         else:
             items = score_generate(task, model, enc, docs, shots, max_gen_tokens, ctx, progress, chat=as_chat)
         results[task.name] = summarize(task, items, len(shots[0]))
@@ -59,27 +62,45 @@ def run(prepared, model, enc, batch_size=8, ctx=None, max_gen_tokens=256, progre
         results[task.name]["seconds"] = time.time() - t0
         if keep_items:
             results[task.name]["items"] = items
-    centered = [(r["acc"] - r["chance"]) / (1 - r["chance"]) for r in results.values() if r.get("chance")]
-    results["core"] = sum(centered) / len(centered) if centered else None
+    summaries = dict(results)
+    results["core"] = mean_centered({t: r for t, r in summaries.items() if r.get("chance")})
+    results["chatcore"] = mean_centered({t: r for t, r in summaries.items() if r["format"] == "chat"}) if chat else None
     return results
+
+
+def centered(name, summary):
+    """Accuracy above chance as a share of the room above it: multiple choice (acc - chance) / (1 - chance);
+    a generative task has chance 0, so its first metric as it is."""
+    if summary.get("chance"):
+        return (summary["acc"] - summary["chance"]) / (1 - summary["chance"])
+    return summary[TASKS[name].metrics[0]]
+
+
+def mean_centered(summaries):
+    """The mean of centered() over {task: summary}; None for none."""
+    return sum(centered(t, r) for t, r in summaries.items()) / len(summaries) if summaries else None
+
+
+AGGREGATES = {"core": "chance", "chatcore": "format"}  # the summary key that puts a task into each mean
 
 
 def rows(results):
     """(task, metric, value, stderr, n) for a table."""
     out = []
     for name, r in results.items():
-        if name != "core":
+        if name not in AGGREGATES:
             out += [(name, m, r[m], r[m + "_stderr"], r["n"]) for m in TASKS[name].metrics]
-    if results.get("core") is not None:
-        out.append(("core", "centered acc", results["core"], None, sum(r["n"] for r in results.values()
-                                                                        if isinstance(r, dict) and r.get("chance"))))
+    for name, key in AGGREGATES.items():
+        if results.get(name) is not None:
+            n = sum(r["n"] for t, r in results.items() if t not in AGGREGATES and r.get(key))
+            out.append((name, "centered acc", results[name], None, n))
     return out
 
 
 def table(results):
     """The results as aligned text lines: task, metric, value, stderr, n."""
     lines = [("task", "metric", "value", "stderr", "n")]
-    chat = {t for t, r in results.items() if isinstance(r, dict) and r.get("format") == "chat"}
+    chat = {t for t, r in results.items() if t not in AGGREGATES and r.get("format") == "chat"}
     lines += [(t + " (chat)" * (t in chat), m, f"{v:.4f}", "-" if s is None else f"{s:.4f}", str(n))
               for t, m, v, s, n in rows(results)]
     widths = [max(len(line[i]) for line in lines) for i in range(5)]
@@ -89,7 +110,6 @@ def table(results):
 
 def flat(results):
     """{"hellaswag_acc": ..., "core": ...}: task metrics as train.py logs them (metrics.jsonl, wandb)."""
-    out = {f"{t}_{m}": v for t, m, v, _, _ in rows(results) if t != "core"}
-    if results.get("core") is not None:
-        out["core"] = results["core"]
+    out = {f"{t}_{m}": v for t, m, v, _, _ in rows(results) if t not in AGGREGATES}
+    out.update({name: results[name] for name in AGGREGATES if results.get(name) is not None})
     return out

@@ -149,15 +149,20 @@ def encode_pair(enc, context, continuation):
     return context_ids, whole[len(context_ids):]
 
 
-@torch.no_grad()
 def loglikelihoods(model, enc, requests, batch_size, ctx=None, progress=True):
-    """(log-likelihood, is_greedy) of each (context, continuation) request. Each input is the last max_seq_len
+    """(log-likelihood, is_greedy) of each (context, continuation) text request, encoded as lm-eval encodes it."""
+    pairs = [encode_pair(enc, context, continuation) for context, continuation in requests]
+    return token_loglikelihoods(model, pairs, batch_size, ctx, progress)
+
+
+@torch.no_grad()
+def token_loglikelihoods(model, pairs, batch_size, ctx=None, progress=True):
+    """(log-likelihood, is_greedy) of each (context ids, continuation ids) pair. Each input is the last max_seq_len
     tokens before the continuation's end; identical inputs are computed once; padded batches, longest first."""
     max_len = model.config.max_seq_len
     device = next(model.parameters()).device
     rows, scored = {}, []  # input ids -> row index; per request (row, continuation ids)
-    for context, continuation in requests:
-        context_ids, cont = encode_pair(enc, context, continuation)
+    for context_ids, cont in pairs:
         if not cont or len(cont) > max_len:
             fail(f"a continuation of {len(cont)} tokens cannot be scored with a context of {max_len}")
         inp = tuple((context_ids + cont)[-(max_len + 1):][:-1])
@@ -196,13 +201,21 @@ def loglikelihoods(model, enc, requests, batch_size, ctx=None, progress=True):
     return results
 
 
-def score_choice(task, model, enc, docs, shots, batch_size, ctx, progress):
-    requests, spans = [], []
+def score_choice(task, model, enc, docs, shots, batch_size, ctx, progress, chat=False):
+    """chat: ask through the chat format (task.chat_prompt: the question and its lettered choices in a user turn)
+    and read the answer letter from the reply's first token, restricted to the choices' letters, as nanochat's
+    chat_eval does: the letter with the highest log-probability after <|assistant_start|> is the answer."""
+    pairs, spans = [], []
     for doc, doc_shots in zip(docs, shots):
-        context = plain_prompt(doc, doc_shots)
-        spans.append((len(requests), len(doc["choices"])))
-        requests += [(context, " " + choice) for choice in doc["choices"]]
-    lls = loglikelihoods(model, enc, requests, batch_size, ctx, progress)
+        n = len(doc["choices"])
+        spans.append((len(pairs), n))
+        if chat:
+            context = render_conversation(enc, task.chat_prompt(doc, doc_shots), for_reply=True)[0]
+            pairs += [(context, enc.encode_ordinary(letter)) for letter in LETTERS[:n]]
+        else:
+            context = plain_prompt(doc, doc_shots)
+            pairs += [encode_pair(enc, context, " " + choice) for choice in doc["choices"]]
+    lls = token_loglikelihoods(model, pairs, batch_size, ctx, progress)
     items = []
     for doc, (start, n) in zip(docs, spans):
         ll = np.array([lls[start + j][0] for j in range(n)])
@@ -210,6 +223,19 @@ def score_choice(task, model, enc, docs, shots, batch_size, ctx, progress):
         items.append({"loglikelihoods": ll.tolist(), "gold": doc["gold"], "acc": float(np.argmax(ll) == doc["gold"]),
                       "acc_norm": float(np.argmax(ll / lengths) == doc["gold"]), "chance": 1 / n})
     return items
+
+
+LETTERS = "ABCDEFGHIJ"
+
+
+def lettered_chat_prompt(doc, shots):
+    """Multiple choice as a chat: each shot a user turn (question, lettered choices) answered by its letter, the
+    item the last user turn. doc["question"] is the bare question, doc["options"] the choices' texts."""
+    def ask(d):
+        options = "".join(f"\n{letter}. {option}" for letter, option in zip(LETTERS, d["options"]))
+        return {"role": "user", "content": f"{d['question']}{options}\nAnswer with the letter of the correct choice."}
+    turns = [[ask(s), {"role": "assistant", "content": LETTERS[s["gold"]]}] for s in shots]
+    return [m for turn in turns for m in turn] + [ask(doc)]
 
 
 # -----------------------------------------------------------------------------
