@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from model import GPT, GPTConfig
-from nash.objectives.rl import group_advantages, policy_loss, rollout_batch, token_logps
+from nash.objectives.rl import STATS, group_advantages, policy_loss, rollout_batch, token_logps
 from nash.tasks import TASKS, load_rows
 
 
@@ -161,3 +161,92 @@ def test_arith_task_checks_answers_as_gsm8k():
     assert task.check(doc, worked.rsplit("#### ", 1)[0] + f"#### {int(doc['answer']) + 1}")["exact_match"] == 0.0
     assert task.check(doc, "no number here")["exact_match"] == 0.0
     assert task.chat_prompt(doc, []) == [{"role": "user", "content": doc["question"]}]
+
+
+# -----------------------------------------------------------------------------
+# train.py with task=rl, at tiny sizes
+
+from conftest import TINY_MODEL, TINY_TRAINING, read_metrics, run_script  # noqa: E402
+from nash.checkpoint import load_checkpoint  # noqa: E402
+
+TINY_RL = ["--batch_size=2", "--rl_samples=3", "--rl_max_new_tokens=6", "--eval_iters=1", "--log_interval=1"]
+
+
+def error_line(proc):
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def arith_sft_run(tmp_path_factory):
+    """The README's SFT step before RL, as written, at tiny size: a chat model of the arithmetic problems."""
+    out = tmp_path_factory.mktemp("runs") / "arith_sft"
+    run_script("train.py", "config/arith_sft_demo.py", *TINY_MODEL, "--max_seq_len=64", "--max_steps=4",
+               "--eval_interval=0", "--eval_tasks=", f"--out_dir={out}")
+    return str(out)
+
+
+def rl_run(out, init_from, *flags, check=True):
+    """The README's `python train.py config/rl_demo.py`, at tiny size."""
+    return run_script("train.py", "config/rl_demo.py", f"--init_from={init_from}", *TINY_RL, f"--out_dir={out}",
+                      *flags, check=check)
+
+
+def test_rl_demo_logs_trl_names_and_pass_at_1(arith_sft_run, tmp_path):
+    out = tmp_path / "rl"
+    proc = rl_run(out, arith_sft_run, "--max_steps=2", "--eval_interval=2")
+    assert "reward" in proc.stdout and "pass@1" in proc.stdout
+    metrics = read_metrics(out)
+    train = [m for m in metrics if m["event"] == "train"]
+    assert [m["step"] for m in train] == [1, 2]
+    for m in train:
+        assert set(("reward", "reward_std", "frac_reward_zero_std", "completion_length", "kl", "clip_ratio")) <= set(m)
+        assert 0 <= m["reward"] <= 1 and 0 <= m["frac_reward_zero_std"] <= 1
+        assert 1 <= m["completion_length"] <= 6 + 1  # the sampled tokens and the stop token, at most
+    (final,) = [m for m in metrics if m["event"] == "eval"]
+    assert final["questions"] == 2 and final["val_loss"] == pytest.approx(1 - final["pass@1"])
+    state = load_checkpoint(out / "ckpt.pt")
+    assert state["settings"]["task"] == "rl" and state["step"] == 2
+
+
+@pytest.mark.parametrize("updates", [1, 2])
+def test_rl_resume_is_exact(arith_sft_run, tmp_path, updates):
+    """Stopped and resumed (rl_updates=1: at step 2; rl_updates=2: at step 3, inside a batch of rollouts, which the
+    checkpoint keeps): the same rollouts, rewards and weights as a run straight through, KL reference and dropout
+    included."""
+    full, half = tmp_path / "full", tmp_path / "half"
+    stop = 3 if updates == 2 else 2
+    flags = ["--max_steps=4", "--lr_decay_steps=4", "--warmup_steps=1", "--dropout=0.1", "--eval_interval=2",
+             f"--checkpoint_interval={stop}", f"--rl_updates={updates}", "--rl_kl_beta=0.05", "--learning_rate=1e-3"]
+    rl_run(full, arith_sft_run, *flags)
+    rl_run(half, arith_sft_run, *flags, f"--max_steps={stop}")
+    assert load_checkpoint(half / "ckpt.pt")["step"] == stop
+    rl_run(half, "resume", *flags)
+    a, b = load_checkpoint(full / "ckpt.pt"), load_checkpoint(half / "ckpt.pt")
+    assert a["step"] == b["step"] == 4
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    kept = ("step", "loss", "val_loss", "pass@1", "train_pass@1") + STATS
+    logged = lambda run: [{k: v for k, v in m.items() if k in kept} for m in read_metrics(run)
+                          if m["event"] == "train" or m["step"] in (2, 4)]
+    assert logged(full) == logged(half)
+    assert any(m.get("kl", 0) > 0 for m in logged(full))  # the KL to the reference was measured
+
+
+def test_rl_lora(arith_sft_run, tmp_path):
+    out = tmp_path / "lora"
+    rl_run(out, arith_sft_run, "--max_steps=1", "--eval_interval=0", "--lora_rank=4", "--rl_kl_beta=0.1")
+    assert load_checkpoint(out / "ckpt.pt")["lora"]["rank"] == 4
+
+
+def test_rl_bad_input_is_one_error_line(arith_sft_run, tiny_sft_run, tmp_path):
+    out = tmp_path / "bad"
+    assert "rl_samples=1" in error_line(rl_run(out, arith_sft_run, "--rl_samples=1", check=False))
+    assert "starts from a trained model" in error_line(rl_run(out, "scratch", check=False))
+    assert "not a chat model" in error_line(rl_run(out, tiny_sft_run, check=False))
+    line = error_line(rl_run(out, arith_sft_run, "--max_seq_len=24", check=False))
+    assert "no room for an answer" in line and "max_seq_len" in line
+    assert "no answer check" in error_line(rl_run(out, arith_sft_run, "--reward_task=hellaswag", check=False))
+    assert not out.exists()  # nothing half-written
