@@ -268,6 +268,8 @@ class ChatEngine:
                 fed = (self.cache.seen if self.rolling else self.cache.pos) - self.sinks  # tokens the cache holds
                 self.cached = (prompt + reply.tokens)[:fed]
         self.finish_reason = reply.finish_reason
+        if reply.finish_reason == "length" and (self.rolling or len(self.cached) + 1 < self.max_seq_len):
+            self._feed(reply.tokens[-1:])  # the next turn starts with the reply: its last token goes in now
 
 
 class Decoder:

@@ -120,9 +120,8 @@ def test_a_reply_three_times_the_context_at_a_constant_cache_size(sinks, key_len
     key_lengths.clear()
     reply = list(engine.generate(prompt, Sampling(temperature=0.0, max_new_tokens=n)))
     assert len(reply) == n and engine.finish_reason == "length"
-    steps = key_lengths[model.config.n_layers:]  # after the prefill: one call per layer per token fed back
-    # (the last token is never fed: nothing would read the logits after it)
-    assert len(steps) == model.config.n_layers * (n - 1) and steps[-40:] == [S + sinks] * 40
+    steps = key_lengths[model.config.n_layers:]  # after the prefill: one call per layer per token
+    assert len(steps) == model.config.n_layers * n and steps[-40:] == [S + sinks] * 40
     assert engine.cache.k[0].shape[2] == engine.cache.pos == S + sinks and engine.cache.evicted
     # the same tokens as sample.py's rolling generation (model.generate_stream) from the same prompt
     same = model.generate(torch.tensor([prompt]), n, temperature=0, rolling_cache=True)[0, len(prompt):]
