@@ -42,6 +42,7 @@ from nash.checkpoint import load_model
 from nash.common import inference_setup
 from configurator import check_output_file, configure, fail
 from nash.data import ChatExamples, SFTExamples, TokenShards, dataset_dir, ensure_prepared
+from nash.objectives import OBJECTIVES
 
 # -----------------------------------------------------------------------------
 # settings (python evaluate.py --help lists them)
@@ -107,6 +108,8 @@ def measure_loss():
     """Loss, accuracy, perplexity, bits per byte (and SFT exact match) on the data the run was trained on
     (unless dataset/data_dir/task say otherwise); prints them and returns them as a dict."""
     global dataset, data_dir, seq_len
+    if task == "rl":  # it learned from rewards, not from a dataset: measure it on the task it was rewarded on
+        fail(f"{where} was trained with task=rl; measure it with --tasks={run.get('reward_task', 'arith')} (pass@1)")
     if task == "dpo":  # its data are preference pairs; what it learned shows on prompt/completion data
         fail(f"{where} was trained with task=dpo on preference pairs; measure its completions with --task=sft and "
              f"--dataset= a prompt/completion set (e.g. --task=sft --dataset=sft_demo for the DPO demo)")
@@ -222,7 +225,7 @@ results = {"checkpoint": where, "step": state["step"] if state else None, "task_
 if task_names:
     t0 = time.time()
     task_results = downstream.run(prepared, model, enc, batch_size, ctx, max_gen_tokens, keep_items=True,
-                                  chat=task == "chat")
+                                  chat=task in OBJECTIVES and OBJECTIVES[task].chat)  # chat and rl runs
     at_step = f" at step {state['step']}" if state else ""
     print(f"{where}{at_step}: {len(task_names)} task(s), {num_fewshot}-shot, {time.time() - t0:.0f} s")
     print("\n".join(downstream.table(task_results)))

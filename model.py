@@ -103,7 +103,11 @@ def apply_rope(x, rope, start=0):
     turn by angle position * freq_i (the "half split" layout of GPT-NeoX / Llama / nanochat).
     rope: the model's (cos, sin) tables, (positions, head_dim/2)."""
     T = x.size(2)
-    cos, sin = rope[0][start:start + T].to(x.dtype), rope[1][start:start + T].to(x.dtype)
+    if torch.is_tensor(start):  # one start per row (a left-padded batch): (B, 1, T, head_dim/2) tables
+        pos = (start[:, None] + torch.arange(T, device=x.device)).clamp(min=0)  # padding slots: any angle, masked
+        cos, sin = rope[0][pos][:, None].to(x.dtype), rope[1][pos][:, None].to(x.dtype)
+    else:
+        cos, sin = rope[0][start:start + T].to(x.dtype), rope[1][start:start + T].to(x.dtype)
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
@@ -115,13 +119,16 @@ def apply_rope(x, rope, start=0):
 class KVCache:
     """Keys and values of the positions seen so far, for every layer: one (B, n_kv_heads, capacity, head_dim)
     buffer per layer for k and for v, made at the first write (so in the dtype the model computes in).
-    `pos` counts the positions filled (the sinks included); every layer writes at the same place in a forward."""
+    `pos` counts the positions filled (the sinks included); every layer writes at the same place in a forward.
+    `pad` (None, or (B,) ids): rows of different lengths, right-aligned (stack); row b's first pad[b] slots are
+    empty, attention never looks at them and a slot's position is its index minus pad[b]."""
 
     def __init__(self, n_layers, capacity):
         self.capacity = capacity
         self.k = [None] * n_layers
         self.v = [None] * n_layers
         self.pos = 0
+        self.pad = None
 
     def reset(self):
         self.pos = 0  # the buffers are simply overwritten
@@ -154,7 +161,7 @@ class KVCache:
     def update(self, layer, k, v, rope=None):
         """Store k, v (B, n_kv_heads, T, head_dim) at positions pos..pos+T (keys rotated there); return all so far."""
         if rope is not None:
-            k = apply_rope(k, rope, self.pos)
+            k = apply_rope(k, rope, self.pos if self.pad is None else self.pos - self.pad)
         ks, vs = self._buffers(layer, k)
         end = self.pos + k.size(2)
         ks[:, :, self.pos:end], vs[:, :, self.pos:end] = k, v
@@ -166,6 +173,32 @@ class KVCache:
             for i, buf in enumerate(buffers):
                 if buf is not None:
                     buffers[i] = buf[:1].expand(n, -1, -1, -1).clone()
+
+    def select(self, rows):
+        """Keep only these rows (a LongTensor of row indices, in the new order): finished samples leave the batch."""
+        for buffers in (self.k, self.v):
+            for i, buf in enumerate(buffers):
+                if buf is not None:
+                    buffers[i] = buf.index_select(0, rows)
+        if self.pad is not None:
+            self.pad = self.pad.index_select(0, rows)
+
+    @classmethod
+    def stack(cls, caches, copies, capacity):
+        """One cache holding row 0 of each of caches, copies times each (prompt i's rows are i * copies ...),
+        right-aligned: the shorter ones are left-padded, so the next token of every row goes in the same slot."""
+        end = max(c.pos for c in caches)
+        out = cls(len(caches[0].k), capacity)
+        out.pos = end
+        out.pad = torch.tensor([end - c.pos for c in caches for _ in range(copies)], device=caches[0].k[0].device)
+        for layer in range(len(out.k)):
+            for mine, theirs in ((out.k, [c.k for c in caches]), (out.v, [c.v for c in caches])):
+                _, H, _, D = theirs[0][layer].shape
+                buf = theirs[0][layer].new_zeros(len(caches) * copies, H, capacity, D)  # padding: finite, masked
+                for i, c in enumerate(caches):
+                    buf[i * copies:(i + 1) * copies, :, end - c.pos:end] = theirs[i][layer][:1, :, :c.pos]
+                mine[layer] = buf
+        return out
 
 
 class RollingKVCache(KVCache):
@@ -281,7 +314,13 @@ class CausalSelfAttention(nn.Module):
             k = apply_rope(k, rope, start)
         pos0 = k.size(2) - T  # how many earlier positions our T queries can also see
         mask, is_causal = None, True
-        if pos0 > 0:
+        pad = kv_cache.pad if kv_cache is not None else None
+        if pad is not None:  # left-padded rows: causal, and a row never sees its padding (a padding slot sees
+            # itself only, so that its softmax has something to normalise and stays finite)
+            keys, queries = torch.arange(pos0 + T, device=x.device), pos0 + torch.arange(T, device=x.device)[:, None]
+            mask = (keys <= queries) & ((keys >= pad[:, None, None]) | (keys == queries))
+            mask, is_causal = mask[:, None], False  # (B, 1, T, keys)
+        elif pos0 > 0:
             # is_causal aligns the mask top-left, wrong when the keys run ahead of the queries
             is_causal = False
             if T > 1:  # query i sits at position pos0 + i and sees keys 0..pos0+i
@@ -567,23 +606,28 @@ class GPT(nn.Module):
         B, T = idx.size()
         n_sinks = self.config.attn_sinks
         past = kv_cache.pos if kv_cache is not None else 0  # cached positions, the sinks included
+        pad = kv_cache.pad if kv_cache is not None else None  # left padding per row (KVCache.stack), or None
         if kv_cache is None and T > self.config.max_seq_len:
             raise ValueError(f"sequence of {T} positions is longer than max_seq_len ({self.config.max_seq_len})")
         x = self.transformer.wte(idx)
         if self.config.pos_emb == "learned":  # (the sinks get none: they are learned vectors already)
             tok0 = max(past - n_sinks, 0)  # tokens before idx
-            if tok0 + T > self.config.max_seq_len:
-                raise ValueError(f"sequence of {tok0 + T} positions is longer than max_seq_len "
+            if pad is not None:  # each row's own (padding slots sit before its first token)
+                tok0 = (tok0 - pad)[:, None]
+            positions = tok0 + torch.arange(T, device=idx.device)
+            if int(positions.max()) >= self.config.max_seq_len:
+                raise ValueError(f"sequence of {int(positions.max()) + 1} positions is longer than max_seq_len "
                                  f"({self.config.max_seq_len})")
-            x = x + self.transformer.wpe(torch.arange(tok0, tok0 + T, device=idx.device))
+            x = x + self.transformer.wpe(positions)
         if n_sinks and past == 0:  # a fresh sequence: the sinks go first
             x = torch.cat([self.sinks.to(x.dtype).expand(B, -1, -1), x], dim=1)
         n = x.size(1)
         start = kv_cache.slot(n) if kv_cache is not None else 0  # the position of the first new entry
         rope = (self.rope_cos, self.rope_sin) if self.config.pos_emb == "rope" else None
         x = self.transformer.drop(x)
+        rope_start = start if pad is None else start - pad  # the position of each row's first new query
         for block in self.transformer.h:
-            x = block(x, rope, start, kv_cache)
+            x = block(x, rope, rope_start, kv_cache)
         if kv_cache is not None:
             kv_cache.advance(n)
         return self.transformer.ln_f(x[:, n - T:])  # the sinks' outputs predict nothing
@@ -934,7 +978,8 @@ def read_hf_weights(path):
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
     """Pick one token per row from logits (B, V): greedy when temperature == 0, else sample from
-    softmax(logits / temperature) restricted to the top_k tokens and then to the nucleus top_p."""
+    softmax(logits / temperature) restricted to the top_k tokens and then to the nucleus top_p. generator: one
+    torch.Generator, or a list of one per row."""
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
@@ -950,6 +995,8 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = F.softmax(logits, dim=-1)
+    if isinstance(generator, (list, tuple)):  # one per row: a row's draws do not depend on the other rows
+        return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generator)])
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 
 

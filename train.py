@@ -69,7 +69,7 @@ eval_tasks = ""  # downstream benchmarks at each eval, comma-separated (see task
 eval_task_examples = 200  # the first this many items of each of eval_tasks
 task_data = ""  # eval_tasks: a folder of <task>.jsonl in the hub datasets' row schema; "" = the Hugging Face hub
 # data
-task = "pretrain"  # the objective (nash/objectives/): pretrain (token shards) | sft (prompt/completion JSONL) | chat (conversations) | dpo (preferences)
+task = "pretrain"  # the objective (nash/objectives/): pretrain (token shards) | sft (prompt/completion JSONL) | chat (conversations) | dpo (preferences) | rl (rewards from reward_task's answer check)
 dataset = "shakespeare"  # folder name under data/
 data_dir = ""  # the dataset's folder, if not data/<dataset>
 # LoRA (lora.py), for the fine-tuning tasks: small adapters train, the base weights stay frozen
@@ -79,6 +79,16 @@ lora_dropout = 0.0  # dropout on the adapters' input
 lora_targets = "attention"  # attention (fused q,k,v + output projection) | mlp (up/gate + down projection) | all
 # DPO (nash/objectives/dpo.py), task=dpo
 dpo_beta = 0.1  # strength of the pull towards the reference model (TRL's beta); rewards are beta * log-ratios
+# RL (nash/objectives/rl.py), task=rl: batch_size questions a micro-step, rl_samples answers to each
+reward_task = "arith"  # the generated-answer task whose train questions are asked and whose answer check is the reward
+rl_samples = 8  # answers sampled per question, a group (TRL's num_generations; nanochat samples 16)
+rl_max_new_tokens = 64  # the longest answer sampled
+rl_temperature = 1.0  # sampling temperature of the answers
+rl_top_k = 0  # sample from the top k tokens only; 0 = all (nanochat's 50 narrows exploration)
+rl_std_normalize = False  # divide the advantages by their group's std (GRPO's); False: reward - mean (nanochat)
+rl_updates = 1  # optimizer steps on each batch of rollouts; above 1 the PPO clip keeps the later ones close
+rl_clip = 0.2  # PPO's epsilon: the probability ratio to the sampling policy is clipped to 1 +- rl_clip
+rl_kl_beta = 0.0  # weight of the KL penalty to the starting model (TRL's beta; 0 as TRL and nanochat: no reference)
 # run
 out_dir = "out"
 init_from = "scratch"  # scratch | resume | gpt2 ... gpt2-xl | a Hugging Face folder | a checkpoint file or run folder
@@ -209,6 +219,8 @@ else:  # fine-tune GPT-2, a Hugging Face folder, or another run's checkpoint: it
         max_seq_len = settings["max_seq_len"] = model.config.max_seq_len  # windows as long as the model's context
     keep_settings(asdict(model.config), MODEL_SETTINGS, f"the model in {source}")
     log(f"starting from {source}{note}: the model's shape comes from it")
+if problem := objective.check_model(model, tokenizer.from_spec(model_tokenizer)):  # e.g. RL needs a chat model
+    fail(problem)
 if objective.chat:  # the chat tokens need rows: GPT-2's BPE has them past its 50257, so add those rows
     needed = max(tokenizer.special_ids(tokenizer.from_spec(model_tokenizer)).values()) + 1
     if model.config.vocab_size < needed:

@@ -26,8 +26,10 @@ GPT.next_logits (a forward that continues a cache) and sample_next. One engine s
 a time; server.py runs it in a single worker thread.
 """
 import codecs
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from model import KVCache, RollingKVCache
@@ -44,6 +46,151 @@ class Sampling:
     top_p: float | None = None  # None = off
     max_new_tokens: int = 256
     seed: int | None = None  # None = not reproducible
+
+
+@dataclass
+class Completion:
+    tokens: list = field(default_factory=list)  # the sampled ids, the stop token left out
+    finish_reason: str | None = None  # "stop" (a stop token or string) | "length" (max_new_tokens or the context)
+    text: str | None = None  # decoded when sample_batch is given enc, cut before the first stop string
+
+
+def row_generators(seed, n_prompts, num_samples, device):
+    """One torch.Generator per (prompt i, sample j), seeded from (seed, i, j) through numpy's SeedSequence: a
+    row's draws depend on its own seed only, never on which rows share its batch or when they finish."""
+    if seed is None:
+        return None
+    return [torch.Generator(device=device).manual_seed(int(np.random.SeedSequence([seed, i, j]).generate_state(1)[0]))
+            for i in range(n_prompts) for j in range(num_samples)]
+
+
+def prefill(model, cache, tokens, rolling, chunk=PREFILL_CHUNK, should_stop=None, fed=None):
+    """Run tokens through the model after what the cache holds; the logits (1, V) after the last one, or None when
+    should_stop() turned true between two chunks (its client left: a 200k-token prompt must not keep the worker).
+    Chunks of `chunk` tokens; the rolling cache takes what fits, then one at a time. fed(chunk) after each."""
+    device = next(model.parameters()).device
+    start = 0  # (an index, not slices of what is left: a rolling refill goes a token at a time)
+    while start < len(tokens):
+        n = min(cache.room(model.config.attn_sinks) if rolling else len(tokens) - start, chunk)
+        piece = tokens[start:start + n]
+        logits = model.next_logits(torch.tensor([piece], dtype=torch.long, device=device), cache)
+        start += n
+        if fed is not None:
+            fed(piece)
+        if start < len(tokens) and should_stop is not None and should_stop():
+            return None
+    return logits
+
+
+def decode(model, cache, logits, completions, budgets, sampling, stop_ids, generators=None, stop_strings=(),
+           enc=None, should_stop=None, ctx=None):
+    """The decode loop of every sampler (sample_batch, ChatEngine): cache row b continues completions[b], whose
+    next token comes from logits[b]. One forward per step over the rows still live; a row stops on its own, at a
+    stop id, a stop string (decoded with enc), after budgets[b] tokens; a finished row leaves the batch
+    (cache.select). Yields (b, token) for each token appended; should_stop() (checked before each step) ends
+    every row where it is, with finish_reason None. The cache is left holding what was fed."""
+    live = list(range(len(completions)))
+    decoders = [Decoder(enc) for _ in completions] if stop_strings else None
+    longest_stop = max(map(len, stop_strings), default=0)
+    while True:
+        if should_stop is not None and should_stop():
+            return
+        gens = [generators[b] for b in live] if generators else None
+        with torch.no_grad():  # per step, not around the loop: a generator must not leak grad mode to its reader
+            tokens = sample_next(logits, sampling.temperature, sampling.top_k, sampling.top_p, gens).tolist()
+        keep = []  # indices into live of the rows that go on
+        for k, (b, token) in enumerate(zip(live, tokens)):
+            c = completions[b]
+            if token in stop_ids:
+                c.finish_reason = "stop"
+                continue
+            c.tokens.append(token)
+            yield b, token
+            if decoders:  # a stop string may span tokens: look at the new piece and the characters before it
+                piece = decoders[b](token)
+                c.text += piece
+                if any(s in c.text[-(len(piece) + longest_stop):] for s in stop_strings):
+                    c.finish_reason = "stop"
+                    continue
+            if len(c.tokens) >= budgets[b]:
+                c.finish_reason = "length"
+                continue
+            keep.append(k)
+        if not keep:
+            return
+        if len(keep) < len(live):  # drop the finished rows: their compute is saved from here on
+            cache.select(torch.tensor(keep, device=logits.device))
+        feed = torch.tensor([[tokens[k]] for k in keep], dtype=torch.long, device=logits.device)
+        live = [live[k] for k in keep]
+        with torch.no_grad(), ctx or nullcontext():
+            logits = model.next_logits(feed, cache)
+
+
+@torch.no_grad()
+def sample_batch(model, prompts, num_samples, sampling, stop_ids, ctx=None, stop_strings=(), enc=None,
+                 should_stop=None, rolling_cache=False, batch_size=64):
+    """num_samples completions of each prompt (token-id lists, any lengths): result[i][j] is prompt i's j-th.
+
+    Each distinct prompt is prefilled once at batch 1 (so its keys/values are exactly those of a one-at-a-time
+    run), its cache copied to num_samples rows, and the rows of several prompts right-aligned in one cache
+    (KVCache.stack: left padding, masked, each row at its own positions); then one forward per step decodes all
+    live rows (decode). Up to batch_size rows decode together (at least one prompt's samples).
+    Reproducible: with sampling.seed, row (i, j) draws from its own generator seeded from (seed, i, j)
+    (row_generators), so the output depends neither on batch_size nor on the other prompts; greedy rows never
+    depend on the batch either. A row ends at a stop id (left out), a stop string (text is cut before it), after
+    max_new_tokens, or at the context's end (with the exact cache; rolling_cache=True, for RoPE models, goes on
+    past it, StreamingLLM's approximation there, and decodes one prompt's samples at a time: left padding would
+    make its kept first entries padding). ValueError for an empty prompt or one that fills the context."""
+    config, device = model.config, next(model.parameters()).device
+    S, sinks = config.max_seq_len, config.attn_sinks
+    for p in prompts:
+        if not p or (len(p) >= S and not rolling_cache):
+            raise ValueError(f"a prompt has {len(p)} tokens; it must be 1 to {S - 1} (the model's context is {S})")
+    if stop_strings and enc is None:
+        raise ValueError("stop_strings need enc, the tokenizer that decodes the completions")
+    stop_ids = set(stop_ids)
+    was_training = model.training
+    model.eval()
+    gens = row_generators(sampling.seed, len(prompts), num_samples, device)
+    results = [[Completion(text="" if enc is not None else None) for _ in range(num_samples)] for _ in prompts]
+    per_group = 1 if rolling_cache else max(1, batch_size // num_samples)
+    try:
+        with ctx or nullcontext():
+            for start in range(0, len(prompts), per_group):
+                group = range(start, min(start + per_group, len(prompts)))
+                caches, first = {}, {}  # each distinct prompt once
+                for i in group:
+                    key = tuple(prompts[i])
+                    if key not in caches:
+                        if rolling_cache:
+                            caches[key] = RollingKVCache.for_config(config)
+                        else:
+                            caches[key] = KVCache(config.n_layers, sinks + len(key))
+                        first[key] = prefill(model, caches[key], list(key), rolling_cache)
+                budgets = [sampling.max_new_tokens if rolling_cache else min(sampling.max_new_tokens, S - len(prompts[i]))
+                           for i in group for _ in range(num_samples)]
+                if rolling_cache:
+                    cache = caches[tuple(prompts[start])]
+                    cache.expand(num_samples)
+                else:
+                    end = max(c.pos for c in caches.values())
+                    shortest = min(len(prompts[i]) for i in group)
+                    cache = KVCache.stack([caches[tuple(prompts[i])] for i in group], num_samples,
+                                          end + min(sampling.max_new_tokens, S - shortest))
+                logits = torch.cat([first[tuple(prompts[i])] for i in group]).repeat_interleave(num_samples, 0)
+                rows = [results[i][j] for i in group for j in range(num_samples)]
+                row_gens = gens[start * num_samples:(group.stop) * num_samples] if gens else None
+                for _ in decode(model, cache, logits, rows, budgets, sampling, stop_ids, row_gens, stop_strings, enc,
+                                should_stop, ctx):
+                    pass
+    finally:
+        model.train(was_training)
+    for c in (c for row in results for c in row):
+        if c.text is not None:
+            c.text = Decoder.text(enc, c.tokens)
+            cut = min([c.text.index(s) for s in stop_strings if s in c.text], default=len(c.text))
+            c.text = c.text[:cut]
+    return results
 
 
 class ChatEngine:
@@ -88,16 +235,8 @@ class ChatEngine:
         should_stop() turned true between two chunks (the cache then holds the chunks fed, a prefix to reuse)."""
         try:
             with torch.no_grad(), self.ctx:
-                start = 0  # (an index, not slices of what is left: a rolling refill goes a token at a time)
-                while start < len(tokens):  # chunks of prefill_chunk; the rolling cache what fits, then one by one
-                    n = min(self.cache.room(self.sinks) if self.rolling else len(tokens) - start, self.prefill_chunk)
-                    chunk = tokens[start:start + n]
-                    logits = self.model.next_logits(torch.tensor([chunk], dtype=torch.long, device=self.device),
-                                                    self.cache)
-                    self.cached.extend(chunk)
-                    start += n
-                    if start < len(tokens) and should_stop is not None and should_stop():  # its client left
-                        return None
+                logits = prefill(self.model, self.cache, tokens, self.rolling, self.prefill_chunk, should_stop,
+                                 fed=self.cached.extend)
         except BaseException:  # interrupted mid-forward: the cache is in an unknown state, so forget it
             self.reset()
             raise
@@ -129,23 +268,26 @@ class ChatEngine:
         if logits is None:  # stopped while prefilling
             self.finish_reason = "stopped"
             return
-        generator = None
-        if sampling.seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(sampling.seed)
-        for _ in range(sampling.max_new_tokens):
-            if should_stop is not None and should_stop():
-                self.finish_reason = "stopped"
-                return
-            token = int(sample_next(logits, sampling.temperature, sampling.top_k, sampling.top_p, generator)[0])
-            if token in self.stop_ids:
-                self.finish_reason = "stop"
-                return
-            yield token
-            if len(self.cached) + 1 >= self.max_seq_len and not self.rolling:  # prompt + reply fill the context
-                self.finish_reason = "length"
-                return
-            logits = self._feed([token])
-        self.finish_reason = "length"
+        budget = sampling.max_new_tokens if self.rolling else min(sampling.max_new_tokens, self.max_seq_len - len(prompt))
+        reply = Completion()
+        self.finish_reason = None  # should_stop: the reply ends where it is
+        try:
+            for _, token in decode(self.model, self.cache, logits, [reply], [budget], sampling, self.stop_ids,
+                                   row_generators(sampling.seed, 1, 1, self.device), should_stop=should_stop,
+                                   ctx=self.ctx):
+                yield token
+        except GeneratorExit:  # the consumer stopped reading (at a yield: the cache is consistent)
+            raise
+        except BaseException:  # interrupted mid-forward: the cache is in an unknown state, so forget it
+            self.reset()
+            raise
+        finally:
+            if self.cached or self.cache.pos:
+                fed = (self.cache.seen if self.rolling else self.cache.pos) - self.sinks  # tokens the cache holds
+                self.cached = (prompt + reply.tokens)[:fed]
+        self.finish_reason = reply.finish_reason or "stopped"  # None: should_stop() ended it
+        if reply.finish_reason == "length" and (self.rolling or len(self.cached) + 1 < self.max_seq_len):
+            self._feed(reply.tokens[-1:])  # the next turn starts with the reply: its last token goes in now
 
 
 class Decoder:
@@ -160,6 +302,12 @@ class Decoder:
 
     def flush(self):
         return self.utf8.decode(b"", final=True)
+
+    @staticmethod
+    def text(enc, tokens):
+        """The whole text of tokens, as the pieces of a Decoder add up to."""
+        decoder = Decoder(enc)
+        return "".join(map(decoder, tokens)) + decoder.flush()
 
 
 class Conversation:
@@ -228,4 +376,4 @@ class Conversation:
             self.pieces.append(self.piece(self.messages[-1], tokens))
 
 
-__all__ = ["ChatEngine", "Conversation", "Decoder", "Sampling", "CHAT_TOKENS"]
+__all__ = ["ChatEngine", "Completion", "Conversation", "Decoder", "Sampling", "CHAT_TOKENS", "sample_batch"]

@@ -6,6 +6,7 @@ class like these (pretrain.Pretrain shows every hook, with its default) plus a l
 from nash.objectives.chat import Chat
 from nash.objectives.dpo import DPO
 from nash.objectives.pretrain import Pretrain
+from nash.objectives.rl import RL
 from nash.objectives.sft import SFT
 
-OBJECTIVES = {"pretrain": Pretrain, "sft": SFT, "chat": Chat, "dpo": DPO}
+OBJECTIVES = {"pretrain": Pretrain, "sft": SFT, "chat": Chat, "dpo": DPO, "rl": RL}

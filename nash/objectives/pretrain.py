@@ -35,6 +35,10 @@ class Pretrain:
         that the model's own tokenizer encodes."""
         return tokenizer.dataset_spec(folder)
 
+    def check_model(self, model, enc):
+        """A one-line problem with the model this run starts from (before any change to it), or None."""
+        return None
+
     def setup(self, model, init_from, resume, lora_info):
         """Anything built from the model before training (DPO's frozen reference); resume: the checkpoint, or None."""
 

@@ -16,11 +16,11 @@ core, a generative task's first metric (exact match, pass@1) centered at chance 
 """
 import time
 
-from nash.tasks import arc, gsm8k, hellaswag, humaneval, mmlu, sst2
+from nash.tasks import arc, arith, gsm8k, hellaswag, humaneval, mmlu, sst2
 from nash.tasks.base import fail, fewshot_examples, load_rows, score_choice, score_generate, summarize
 
 TASKS = {t.name: t for t in (hellaswag.TASK, arc.EASY, arc.CHALLENGE, mmlu.TASK, gsm8k.TASK, humaneval.TASK,
-                             sst2.TASK)}
+                             sst2.TASK, arith.TASK)}
 
 
 def parse(names):

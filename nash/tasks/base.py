@@ -50,7 +50,7 @@ class Task:
     check: Callable = None  # generate/code: (doc, completion) -> correct?
     chat_prompt: Callable = None  # generate: (doc, shot docs) -> messages, the conversation that asks a chat model
     stop: tuple = ()  # generate/code: the completion ends before the first of these
-    read_rows: Callable = None  # rows from somewhere other than the hub (HumanEval's packaged problems)
+    read_rows: Callable = None  # split -> rows, from somewhere other than the hub (HumanEval's packaged problems)
     metrics: tuple = ("acc", "acc_norm")
     hub_url: str = field(init=False, default="")
 
@@ -89,7 +89,7 @@ def local_file(task, split, task_data):
 
 def load_rows(task, split, task_data="", limit=0):
     if task.read_rows is not None:
-        rows = task.read_rows()
+        rows = task.read_rows(split)
     elif task_data:
         path = local_file(task, split, task_data)
         if not os.path.isfile(path):

@@ -1,0 +1,270 @@
+"""
+Policy-gradient RL on verifiable rewards, GRPO-style (Shao et al. 2024; nanochat's chat_rl): task=rl.
+
+Each micro-step takes batch_size questions of reward_task's train split and samples rl_samples answers to each
+from the current model (the batched engine, nash/engine.py). The task's own answer check gives each answer a reward
+(1 right, 0 wrong), and an answer's advantage is its reward minus the mean reward of its question's group (divided by
+the group's standard deviation with rl_std_normalize, GRPO's original form; nanochat and Dr. GRPO leave it out, and
+so does the default). There is no critic: the group is the baseline. The loss is over the sampled tokens only (the
+reply and the <|assistant_end|> that ended it; the prompt and the padding are -1 in y), normalised by their number
+over the micro-batch (a token-level mean, as nanochat and DAPO), of PPO's clipped objective:
+
+    ratio = pi(token) / pi_old(token)          (pi_old: the policy that sampled the batch)
+    loss  = -min(ratio * A, clip(ratio, 1 - rl_clip, 1 + rl_clip) * A) + rl_kl_beta * KL(pi || ref)
+
+With rl_updates=1 (the default, nanochat's) each batch of rollouts is used for one optimizer step, the ratio is 1
+and this is the plain policy gradient -A * log pi; with rl_updates=K the same rollouts serve K steps and the clip
+keeps the later ones close to the sampling policy. The KL term (TRL's k3 estimator, per token, to the starting model,
+frozen) is off by default (beta 0, as TRL and nanochat): then no reference is kept. A question whose answers all get
+the same reward has advantage 0 everywhere: it teaches nothing, and frac_reward_zero_std says how many did.
+
+The statistics carry TRL's GRPO names: reward, reward_std (within a group, averaged over groups),
+frac_reward_zero_std, completion_length (tokens trained on per answer), kl, clip_ratio. Evals decode greedily and
+report pass@1 on the first eval_iters * batch_size questions of the task's test split (val) and on as many train
+questions (train); val_loss is 1 - pass@1, so best.pt and early stopping follow held-out pass@1.
+
+The batches train.py hands over are which questions to ask and the seed to sample them with, a pure function of
+(seed, step, index) as every objective's: rollouts are sampled here, inside the step, by the model as it is then.
+The sampling seed comes from (seed, rollout batch, micro-batch), so resuming samples what the run would have; with
+rl_updates > 1 the rollouts of an unfinished batch are saved in the checkpoint.
+"""
+import torch
+
+from nash import tasks as downstream
+from nash.common import fail
+from nash.data import EpochSampler, mix
+from nash.lora import adapters_disabled
+from nash.objectives.dpo import DPO
+from nash.objectives.pretrain import Pretrain
+from nash.tokenizer import SPECIAL_TOKENS, render_conversation, special_ids
+
+STATS = ("reward", "reward_std", "frac_reward_zero_std", "completion_length", "kl", "clip_ratio")
+TRAIN, TEST = 0, 1  # which split a batch's questions come from (x holds their indices)
+
+
+def group_advantages(rewards, std_normalize=False):
+    """rewards (P, S): S answers to each of P questions -> advantages (P, S), reward minus the group's mean
+    (divided by its standard deviation + 1e-4 with std_normalize, TRL's form), and the group's std (P,)."""
+    std = rewards.std(dim=1) if rewards.size(1) > 1 else torch.zeros(rewards.size(0))
+    advantages = rewards - rewards.mean(dim=1, keepdim=True)
+    if std_normalize:
+        advantages = advantages / (std[:, None] + 1e-4)
+    return advantages, std
+
+
+def rollout_batch(prompts, replies):
+    """prompts: P lists of token ids; replies: P lists of S token-id lists (the reply and its stop token, if it
+    ended on one). -> (x, y) int64 (P * S, T), right-padded: y is -1 on the prompt and the padding, so only the
+    sampled tokens are trained on; row p * S + s is answer s to question p."""
+    rows = [(p, r) for p, group in zip(prompts, replies) for r in group]
+    T = max(len(p) + len(r) for p, r in rows) - 1
+    x, y = torch.zeros((len(rows), T), dtype=torch.long), torch.full((len(rows), T), -1, dtype=torch.long)
+    for i, (prompt, reply) in enumerate(rows):
+        seq = torch.tensor(prompt + reply, dtype=torch.long)
+        x[i, :len(seq) - 1] = seq[:-1]
+        y[i, len(prompt) - 1:len(seq) - 1] = seq[len(prompt):]
+    return x, y
+
+
+def token_logps(model, x, y):
+    """(N, T) log-probability of each target, 0 where y is -1, through the model's forward (DDP-safe)."""
+    return -model(x, y, reduction="none")[1]
+
+
+def policy_loss(logps, old_logps, advantages, mask, clip=0.2, ref_logps=None, kl_beta=0.0):
+    """PPO's clipped surrogate per token, plus kl_beta * KL(pi || ref) (k3, TRL's), averaged over the sampled tokens
+    (mask). logps, old_logps, ref_logps, mask (N, T); advantages (N,). -> (loss, mean KL, clip ratio)."""
+    ratio = torch.exp(logps - old_logps)
+    A = advantages[:, None]
+    per_token = -torch.minimum(ratio * A, ratio.clamp(1 - clip, 1 + clip) * A)
+    kl = torch.zeros_like(logps)
+    if ref_logps is not None:
+        delta = ref_logps - logps
+        kl = torch.exp(delta) - delta - 1
+        per_token = per_token + kl_beta * kl
+    n = mask.sum().clamp(min=1)
+    clipped = ((ratio < 1 - clip) & (A < 0)) | ((ratio > 1 + clip) & (A > 0))  # where the clip holds the gradient
+    loss = (per_token * mask).sum() / n
+    return loss, ((kl * mask).sum() / n).detach(), ((clipped & mask).sum() / n).detach()
+
+
+class Questions:
+    """A split of the reward task as train.py's batches: x the indices of batch_size questions, y (split, rollout
+    batch, micro-batch). Questions go round the split in epochs, in a shuffled order, like every other objective's
+    examples."""
+
+    def __init__(self, docs, prompts, split, updates):
+        self.docs, self.prompts, self.split, self.updates = docs, prompts, split, updates
+        self.sampler = EpochSampler()
+
+    def get_batch(self, batch_size, seq_len, seed, step, index=0, micro_batches=1):
+        group = step // self.updates  # rl_updates steps share one batch of rollouts
+        rows, _ = self.sampler.items(len(self.docs), batch_size, seed, group, index, micro_batches)
+        return torch.from_numpy(rows), torch.tensor([self.split, seed, group, index])
+
+    def eval_batches(self, batch_size, seq_len, max_batches=None):
+        n = len(self.docs) if max_batches is None else min(len(self.docs), max_batches * batch_size)
+        for start in range(0, n, batch_size):
+            yield torch.arange(start, min(n, start + batch_size)), torch.tensor([self.split, 0, 0, 0])
+
+
+class RL(Pretrain):
+    fine_tunes = True
+    needs_trained_model = True
+    chat = True  # answers are chat replies; benchmarks in eval_tasks ask in the chat format
+    stats = STATS
+
+    def check_settings(self):
+        s = self.settings
+        if s["rl_samples"] < 2:
+            return (f"rl_samples={s['rl_samples']}: each question needs at least 2 sampled answers, as the advantage "
+                    f"is a reward minus its group's mean (nanochat samples 16, TRL 8)")
+        if s["rl_updates"] < 1:
+            return f"rl_updates={s['rl_updates']} should be at least 1 (optimizer steps on each batch of rollouts)"
+        if not 0 < s["rl_clip"] < 1:
+            return f"rl_clip={s['rl_clip']} should be between 0 and 1 (PPO's epsilon, 0.2)"
+        if s["rl_kl_beta"] < 0:
+            return f"rl_kl_beta={s['rl_kl_beta']} should be 0 (no KL penalty) or positive"
+        if s["rl_temperature"] <= 0:
+            return f"rl_temperature={s['rl_temperature']} should be positive: the answers to a question must differ"
+        if s["rl_max_new_tokens"] < 1:
+            return f"rl_max_new_tokens={s['rl_max_new_tokens']} should be at least 1"
+        if s["reward_task"] not in downstream.TASKS:
+            return f"reward_task={s['reward_task']!r} should be one of {', '.join(downstream.TASKS)}"
+        task = downstream.TASKS[s["reward_task"]]
+        if task.kind != "generate" or task.check is None or task.chat_prompt is None:
+            able = [t.name for t in downstream.TASKS.values() if t.kind == "generate" and t.check and t.chat_prompt]
+            return (f"reward_task={task.name} has no answer check for chat replies (it is a {task.kind} task); "
+                    f"RL needs one to compute rewards: use {' or '.join(able)}")
+
+    def check_model(self, model, enc):
+        top = max(special_ids(enc).values())
+        if model.config.vocab_size <= top:
+            return (f"task=rl samples chat replies, and {self.settings['init_from']} is not a chat model (its "
+                    f"{model.config.vocab_size}-token vocabulary has no chat tokens); fine-tune it with task=chat "
+                    f"first (e.g. config/arith_sft_demo.py)")
+
+    def prepare(self, folder):
+        pass  # the questions come from reward_task
+
+    def data_tokenizer(self, folder):
+        return None
+
+    def setup(self, model, init_from, resume, lora_info):
+        """The policy to sample from (the plain model), the frozen reference when rl_kl_beta > 0 (DPO's: a copy of
+        the starting model, or the policy with its adapters off), and the rollouts of an unfinished batch."""
+        self.policy, self.reference = model, None
+        if self.settings["rl_kl_beta"] > 0:
+            self.reference = DPO(self.settings, self.log)
+            self.reference.setup(model, init_from, resume, lora_info)
+        self.rollouts = dict(resume.get("rl_rollouts") or {}) if resume else {}
+
+    def to(self, device):
+        if self.reference is not None:
+            self.reference.to(device)
+        return self
+
+    def load_data(self, folder, enc, vocab_size):
+        """(train, val): the task's train and test questions, with their chat prompts; a prompt that leaves no
+        room for a reply in the context is an error."""
+        s, task = self.settings, downstream.TASKS[self.settings["reward_task"]]
+        self.enc, self.task = enc, task
+        self.stop_id = special_ids(enc)["<|assistant_end|>"]
+        splits = []
+        for split, which in (("train", TRAIN), (task.split, TEST)):
+            docs = downstream.load_rows(task, split, s["task_data"])
+            if not docs:
+                fail(f"the {split} split of {task.name} has no questions")
+            prompts = [render_conversation(enc, task.chat_prompt(doc, []), for_reply=True)[0] for doc in docs]
+            longest = max(map(len, prompts))
+            if longest >= s["max_seq_len"]:
+                fail(f"{sum(len(p) >= s['max_seq_len'] for p in prompts)} {split} question(s) of {task.name} are up to "
+                     f"{longest} tokens with the chat markup, and the context (max_seq_len) is {s['max_seq_len']}: "
+                     f"no room for an answer; raise --max_seq_len (up to the model's) or use shorter questions")
+            splits.append(Questions(docs, prompts, which, s["rl_updates"]))
+        self.splits = splits
+        return splits
+
+    # -------------------------------------------------------------------------
+    # rollouts
+
+    def sample(self, questions, rows, num_samples, temperature, seed):
+        """Answers to the questions: ([the prompts], [per question, the replies' token ids with their stop token],
+        rewards (P, S)), from the plain model in eval mode (its training mode is restored after)."""
+        from nash.engine import Sampling, sample_batch
+        docs = [questions.docs[r] for r in rows]
+        prompts = [questions.prompts[r] for r in rows]
+        top_k = self.settings["rl_top_k"] or None
+        sampling = Sampling(temperature=temperature, top_k=top_k if temperature else None,
+                            max_new_tokens=self.settings["rl_max_new_tokens"], seed=seed)
+        was_training = self.policy.training
+        stop_ids = {self.stop_id} if temperature else set(special_ids(self.enc).values())  # greedy: evaluate.py's stops
+        try:
+            results = sample_batch(self.policy, prompts, num_samples, sampling, stop_ids, enc=self.enc)
+        finally:
+            self.policy.train(was_training)
+        replies = [[c.tokens + [self.stop_id] * (c.finish_reason == "stop") for c in group] for group in results]
+        rewards = torch.tensor([[float(self.task.check(doc, c.text)[self.task.metrics[0]]) for c in group]
+                                for doc, group in zip(docs, results)])
+        return prompts, replies, rewards
+
+    def rollouts_for(self, x, y):
+        """The micro-batch's rollouts: sampled now, or kept from the step that sampled them (rl_updates > 1)."""
+        split, seed, group, index = y.tolist()
+        key = (group, index)
+        if key not in self.rollouts:
+            s = self.settings
+            prompts, replies, rewards = self.sample(self.splits[split], x.tolist(), s["rl_samples"],
+                                                    s["rl_temperature"], mix("rl", seed, group, index) % 2**63)
+            advantages, std = group_advantages(rewards, s["rl_std_normalize"])
+            tokens, targets = rollout_batch(prompts, replies)
+            stats = [rewards.mean(), std.mean(), (std == 0).float().mean(), (targets != -1).sum() / len(targets)]
+            rollout = {"x": tokens, "y": targets, "advantages": advantages.flatten(), "stats": torch.stack(stats)}
+            if s["rl_updates"] > 1:  # the sampling policy's log-probs, for the ratio of the later updates
+                with torch.no_grad():
+                    rollout["old_logps"] = token_logps(self.policy, tokens.to(x.device), targets.to(x.device)).cpu()
+            self.rollouts = {k: v for k, v in self.rollouts.items() if k[0] == group}  # older batches are done
+            self.rollouts[key] = rollout
+        return self.rollouts[key]
+
+    def loss(self, model, x, y):
+        rollout = {k: v.to(x.device) for k, v in self.rollouts_for(x, y).items()}
+        tokens, targets = rollout["x"], rollout["y"]
+        logps = token_logps(model, tokens, targets)
+        old_logps = rollout.get("old_logps", logps.detach())
+        ref_logps = None
+        if self.reference is not None:
+            with torch.no_grad(), adapters_disabled(self.reference.reference):
+                reference = self.reference.reference
+                was_training = reference.training
+                ref_logps = token_logps(reference.eval(), tokens, targets)
+                reference.train(was_training)
+        loss, kl, clip_ratio = policy_loss(logps, old_logps, rollout["advantages"], targets != -1,
+                                           self.settings["rl_clip"], ref_logps, self.settings["rl_kl_beta"])
+        return loss, torch.cat([rollout["stats"], torch.stack([kl, clip_ratio])])
+
+    # -------------------------------------------------------------------------
+    # evals: greedy pass@1
+
+    def eval_sums(self, model, x, y):
+        """Correct greedy answers and questions of one batch."""
+        _, _, rewards = self.sample(self.splits[int(y[0])], x.tolist(), 1, 0.0, 0)
+        return torch.stack([rewards.sum(), torch.tensor(float(rewards.numel()))]).to(x.device)
+
+    def eval_metrics(self, val, train):
+        pass_val, pass_train = (val[0] / val[1].clamp(min=1)).item(), (train[0] / train[1].clamp(min=1)).item()
+        return {"val_loss": 1 - pass_val, "pass@1": pass_val, "train_loss": 1 - pass_train, "train_pass@1": pass_train,
+                "questions": int(val[1].item())}
+
+    def describe_eval(self, metrics):
+        return f"pass@1 {100 * metrics['pass@1']:.1f}% of {metrics['questions']} | train pass@1 {100 * metrics['train_pass@1']:.1f}%"
+
+    def describe(self, metrics):
+        return (f"reward {metrics['reward']:.3f} | reward_std {metrics['reward_std']:.3f} | zero-std groups "
+                f"{100 * metrics['frac_reward_zero_std']:.0f}% | length {metrics['completion_length']:.1f}"
+                + (f" | kl {metrics['kl']:.4f}" if self.settings["rl_kl_beta"] else "")
+                + (f" | clipped {100 * metrics['clip_ratio']:.1f}%" if self.settings["rl_updates"] > 1 else ""))
+
+    def checkpoint_state(self):
+        state = {"rl_rollouts": dict(self.rollouts) if self.settings["rl_updates"] > 1 else None}
+        return {**state, **(self.reference.checkpoint_state() if self.reference is not None else {})}
