@@ -5,7 +5,7 @@ only A (r x in) and B (out x r) trained. B starts at zero, so a fresh adapter ch
     model = apply_lora(model, rank=8, alpha=16, dropout=0.0, targets="attention")   # wraps, freezes the base
     adapter_state_dict(model)      # only the adapters: what an adapter checkpoint holds
     with adapters_disabled(model): # the base model again, no second copy (DPO's reference)
-    merge_lora(model)              # folds B A into W: a plain GPT, as fast as before
+    merge_lora(model)              # folds B A into W: a plain GPT, as fast as before, every weight trainable
 
 Names follow peft: a wrapped layer keeps its `weight` and `bias` under the same names and gains `lora_A.weight`
 and `lora_B.weight`, so `transformer.h.0.attn.c_attn.lora_A.weight` is peft's key for the same layer of a
@@ -126,14 +126,16 @@ def adapters_disabled(model):
 
 @torch.no_grad()
 def merge_lora(model):
-    """Fold every adapter into its weight and put plain nn.Linear layers back. In place; returns the model."""
+    """Fold every adapter into its weight and put plain nn.Linear layers back. In place; returns the model, a plain
+    GPT again: apply_lora's freeze is undone too, so that a merged LoRA run fine-tunes like any other model (with
+    its weights left frozen, full fine-tuning from it had nothing to train)."""
     for name, m in lora_layers(model):
         parent_name, _, child = name.rpartition(".")
         plain = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device=m.weight.device)
         plain.weight, plain.bias = m.weight, m.bias
         plain.weight.add_(m.delta_weight().to(m.weight.dtype))
         setattr(model.get_submodule(parent_name), child, plain)
-    return model
+    return model.requires_grad_(True)
 
 
 def count_trainable(model):
