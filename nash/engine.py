@@ -24,6 +24,11 @@ from the start would have.
 The model.py parts it builds on: KVCache (rewinding is setting pos back; the buffers are overwritten),
 GPT.next_logits (a forward that continues a cache) and sample_next. One engine serves one conversation at
 a time; server.py runs it in a single worker thread.
+
+Tool use (issue 26): a model with rows for the tool tokens may call the calculator mid-reply; tools.ToolState
+follows each sampled token and says which tokens to force in (a call's output), and generate() yields those too,
+so every caller (chat.py, the server, evaluate.py, RL rollouts) sees the whole reply, calls and outputs included,
+and gets tool use from here. tools=False turns it off: the tool tokens are then sampled and fed like any other.
 """
 import codecs
 from dataclasses import dataclass
@@ -32,7 +37,8 @@ import torch
 
 from model import KVCache, RollingKVCache
 from model import sample_next
-from nash.tokenizer import CHAT_TOKENS, SPECIAL_TOKENS, get_tokenizer, render_conversation, special_ids
+from nash.tokenizer import CHAT_TOKENS, SPECIAL_TOKENS, TOOL_TOKENS, get_tokenizer, render_conversation, special_ids
+from nash.tools import ToolState
 
 
 @dataclass
@@ -46,18 +52,20 @@ class Sampling:
 
 class ChatEngine:
 
-    def __init__(self, model, ctx, enc=None, rolling_cache=False):
+    def __init__(self, model, ctx, enc=None, rolling_cache=False, tools=True):
         self.model, self.ctx = model, ctx  # ctx: the autocast context (common.inference_setup)
         self.enc = enc or get_tokenizer()
         try:
             self.ids = special_ids(self.enc)
         except KeyError as e:
             raise ValueError(f"{e.args[0]}, so it cannot render conversations") from None
-        top = max(self.ids[name] for name in SPECIAL_TOKENS)
+        top = max(self.ids[name] for name in SPECIAL_TOKENS if name not in TOOL_TOKENS)
         if model.config.vocab_size <= top:
             raise ValueError(f"the model's vocabulary ({model.config.vocab_size} tokens) has no room for the chat "
                              f"tokens (ids up to {top}): it was not fine-tuned for chat; train it with task=chat")
-        self.stop_ids = set(self.ids.values())  # a reply is text: any special token ends it
+        # the calculator (tools.py), for a model with rows for the tool tokens (older chat models have six tokens)
+        self.tools = tools and all(self.ids.get(name, 1 << 62) < model.config.vocab_size for name in TOOL_TOKENS)
+        self.stop_ids = {self.ids[name] for name in SPECIAL_TOKENS if name not in TOOL_TOKENS}  # end a reply
         config = model.config
         self.max_seq_len, self.sinks = config.max_seq_len, config.attn_sinks  # cache positions count the sinks
         self.device = next(model.parameters()).device
@@ -116,29 +124,38 @@ class ChatEngine:
         generator = None
         if sampling.seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(sampling.seed)
+        tools = ToolState(self.enc, self.ids) if self.tools else None  # without: tool tokens are plain tokens
+        self.forced = 0  # how many tokens the calculator forced into this reply (bench, tests)
         for _ in range(sampling.max_new_tokens):
             if should_stop is not None and should_stop():
                 return
             token = int(sample_next(logits, sampling.temperature, sampling.top_k, sampling.top_p, generator)[0])
-            if token in self.stop_ids:
+            forced = tools.step(token) if tools else (None if token in self.stop_ids else [])
+            if forced is None:
                 self.finish_reason = "stop"
                 return
-            yield token
-            if len(self.cached) + 1 >= self.max_seq_len and not self.rolling:  # prompt + reply fill the context
+            new = [token] + forced  # a call's output goes in whole, in one forward, as a prefill would
+            if not self.rolling:
+                new = new[:self.max_seq_len - len(self.cached)]  # at most up to the context's end
+            yield from new
+            self.forced += len(new) - 1
+            if len(self.cached) + len(new) >= self.max_seq_len and not self.rolling:  # prompt + reply fill it
                 self.finish_reason = "length"
                 return
-            logits = self._feed([token])
+            logits = self._feed(new)
         self.finish_reason = "length"
 
 
 class Decoder:
     """Token ids -> text pieces, holding back a character whose UTF-8 bytes are split across tokens."""
 
-    def __init__(self, enc):
-        self.enc = enc
+    def __init__(self, enc, shown=None):
+        self.enc, self.shown = enc, shown or {}  # shown: {token id: the text to show instead} (tools.TOOL_DISPLAY)
         self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def __call__(self, token):
+        if token in self.shown:
+            return self.utf8.decode(b"", final=True) + self.shown[token]
         return self.utf8.decode(self.enc.decode_single_token_bytes(token))
 
     def flush(self):
@@ -154,8 +171,8 @@ class Conversation:
     prompt diverge from the cache inside that reply, a rewind, or with a rolling cache that has evicted, a
     prefill of the whole conversation. The prompt is render_conversation's, message by message."""
 
-    def __init__(self, engine, system=""):
-        self.engine, self.system = engine, system
+    def __init__(self, engine, system="", shown=None):
+        self.engine, self.system, self.shown = engine, system, shown  # shown: as Decoder's
         self.clear()
 
     def clear(self):
@@ -198,7 +215,7 @@ class Conversation:
         except ValueError:
             self.messages.pop(), self.pieces.pop()
             raise
-        decoder, text, tokens = Decoder(self.engine.enc), [], []
+        decoder, text, tokens = Decoder(self.engine.enc, self.shown), [], []
         try:
             for token in self.engine.generate(self.prompt(self.pieces), sampling):
                 tokens.append(token)
