@@ -20,7 +20,7 @@ dropout = 0.0
 batch_size = 16
 learning_rate = 3e-3
 warmup_steps = 50
-max_steps = 1500
+max_steps = 600
 weight_decay = 0.0
 
 eval_interval = 100
