@@ -8,6 +8,9 @@ OpenAI-compatible API with --serve.
     python chat.py --out_dir=out-chat-demo --serve --port=8000      # http://127.0.0.1:8000 and /v1/chat/completions
     NASH_API_KEY=secret python chat.py --serve --host=0.0.0.0       # shared: /v1 needs Authorization: Bearer secret
 
+A model trained to call the calculator (config/tools_demo.py) does so mid-reply; the call and its result show as
+"[calculator: 37 * 24 -> 888]" (--tools=0: the model gets no calculator and must write the results itself).
+
 In the terminal: /clear starts a new conversation, /system TEXT sets the system prompt (and starts over),
 /quit or Ctrl-D leaves, Ctrl-C stops a reply. The KV cache is kept across turns, so each turn only
 computes the new message (engine.py). When the conversation outgrows the model's context, the oldest
@@ -34,6 +37,7 @@ top_k = 50  # sample only among the k most likely tokens; 0 = off
 top_p = 1.0  # sample only among the most likely tokens that together reach probability top_p; 1.0 = off
 max_new_tokens = 256  # the longest reply, in tokens (also cut where the context ends, unless rolling_cache)
 rolling_cache = False  # past the context: cache the sinks (or first 4 tokens) + recent tokens, O(1) per token (RoPE)
+tools = True  # replies may call the calculator (a model trained with tool calls, e.g. config/tools_demo.py); 0 = off
 seed = -1  # >= 0: the same seed gives the same replies; -1 = random
 device = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps
 dtype = "auto"  # auto (bfloat16 on CUDA where supported, float32 elsewhere) | float32 | bfloat16 | float16
@@ -57,6 +61,7 @@ api_key = api_key or os.environ.get("NASH_API_KEY", "")
 import torch  # noqa: E402  (after the checks: --help and bad flags answer at once)
 
 from nash.engine import ChatEngine, Conversation, Sampling  # noqa: E402
+from nash.tools import shown_tokens  # noqa: E402
 from nash.tokenizer import checkpoint_spec, from_spec  # noqa: E402
 
 device, dtype, ctx = inference_setup(device, dtype)
@@ -65,7 +70,7 @@ if rolling_cache and model.config.pos_emb != "rope":
     fail(f"rolling_cache needs a model with pos_emb=rope, and {where} has learned positions: every cached key/value "
          f"carries its absolute position, so it cannot go past the context (drop --rolling_cache)")
 try:
-    engine = ChatEngine(model, ctx, from_spec(checkpoint_spec(state)), rolling_cache)  # the run's own tokenizer
+    engine = ChatEngine(model, ctx, from_spec(checkpoint_spec(state)), rolling_cache, tools)  # the run's tokenizer
 except ValueError as e:
     fail(f"{where}: {e}")
 if seed >= 0:
@@ -83,7 +88,7 @@ if serve:
                  max_body_bytes=max_body_bytes)
     sys.exit(0)
 
-conversation = Conversation(engine, system)
+conversation = Conversation(engine, system, shown_tokens(engine.ids) if engine.tools else None)
 
 
 def answer(text):

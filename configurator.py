@@ -9,7 +9,7 @@ module-level names, then calls `configure(globals())`, which applies, left to ri
   at the first `=` only, so values may contain `=`; a bare `--key` sets a boolean to True.
 
 Unlike nanoGPT's configurator: an unknown name (in a flag or a config file) is an error that
-suggests the closest known names; an int is accepted for a float setting; true/false work for
+suggests the closest known names; an int is accepted for a float setting; true/false (and 1/0) work for
 booleans; a wrong type names the setting and the type; `--help` lists every setting with its
 default and the comment beside it in the script. Errors are one line and exit non-zero.
 """
@@ -45,6 +45,8 @@ def coerce(name, value, default, where):
             return value.lower() == "true"
         if isinstance(value, bool):
             return value
+        if type(value) is int and value in (0, 1):  # --tools=0, as people write a switch
+            return bool(value)
     elif kind is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)  # --dropout=0 is fine for a float setting

@@ -18,7 +18,10 @@ for a fine-tuned (SFT) checkpoint also the exact match of its greedy completions
   equals the reference completion token for token (max_examples caps how many are generated).
 - Chat data (task=chat): conversations; loss and accuracy count the assistant replies and their end tokens. Exact
   match: each conversation's last reply, answered greedily by the chat engine (chat.py's) from the turns before
-  it, equals the reference token for token and then ends (max_examples caps how many).
+  it, equals the reference token for token and then ends (max_examples caps how many). Replies that call the
+  calculator (nash/tools.py) get each call's output forced in by the engine, as in chat.py; --tools=0 asks the
+  same model without it (the tool tokens are then plain tokens and the model must write the outputs itself), and
+  on data with calls, "answer match" is GSM8K's check: the reply's last number is the reference's.
 - Downstream benchmarks instead of the loss: --tasks=hellaswag,arc_easy,arc_challenge,mmlu,gsm8k,humaneval,sst2
   (the machinery and each task's definition live in tasks/), scored as lm-evaluation-harness does; a table of
   task, metric, value, standard error and examples, and `core` (mean centered accuracy of the multiple-choice tasks; `chatcore` too for a chat model).
@@ -43,6 +46,7 @@ from nash.common import inference_setup
 from configurator import check_output_file, configure, fail
 from nash.data import ChatExamples, SFTExamples, TokenShards, dataset_dir, ensure_prepared
 from nash.objectives import OBJECTIVES
+from nash.tasks.gsm8k import last_number
 
 # -----------------------------------------------------------------------------
 # settings (python evaluate.py --help lists them)
@@ -61,6 +65,7 @@ tasks = ""  # downstream benchmarks instead of the loss, comma-separated (see ta
 num_fewshot = 0  # tasks: K-shot prompts, the shots drawn deterministically from each task's train split
 task_data = ""  # tasks: a folder of <task>.jsonl in the hub datasets' own row schema; "" = the Hugging Face hub
 max_gen_tokens = 256  # tasks: the longest generated answer (gsm8k, humaneval)
+tools = True  # chat: replies may call the calculator (nash/tools.py); --tools=0 for the same model without it
 report = False  # also write out_dir/report.md: the run's settings, hardware, curves, benchmarks and a few samples
 device = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps
 dtype = "auto"  # auto (CUDA: bfloat16 where supported, else float16; float32 elsewhere) | float32 | bfloat16 | float16
@@ -98,7 +103,7 @@ chat_engine = None  # task=chat: chat.py's engine answers (exact match of the la
 if task == "chat":
     from nash.engine import ChatEngine, Sampling
     try:
-        chat_engine = ChatEngine(model, ctx, enc)  # (it checks the model has rows for the chat tokens)
+        chat_engine = ChatEngine(model, ctx, enc, tools=tools)  # (it checks the model has rows for the chat tokens)
     except ValueError:
         fail(f"{where} has no chat tokens in its vocabulary ({model.config.vocab_size} tokens): it was not "
              f"fine-tuned with task=chat; leave --task out")
@@ -188,18 +193,22 @@ def measure_loss():
     # chat: exact match of each conversation's last reply, answered as chat.py answers (engine.py), greedily
     if task == "chat":
         last_replies = [m for m in data.examples if m[-1]["role"] == "assistant"][:max_examples or None]
-        matches = asked = 0
+        matches = asked = answers = 0
+        calls = tokenizer.special_ids(enc).get("<|python_start|>")
         for messages in tqdm(last_replies, unit="conversation", desc="exact match", dynamic_ncols=True):
             prompt = chat_engine.render(messages[:-1])
             if len(prompt) >= model.config.max_seq_len:  # no room left for a reply: not asked
                 continue
-            reference = enc.encode_ordinary(messages[-1]["content"])
+            reference = tokenizer.render_conversation(enc, messages[-1:])[0][2:-1]  # the reply's own tokens, calls too
             greedy = Sampling(temperature=0.0, top_k=None, max_new_tokens=len(reference) + 1)  # + its end
             reply = list(chat_engine.generate(prompt, greedy))
             matches += reply == reference and chat_engine.finish_reason == "stop"
+            answers += last_number(enc.decode(reply)) == last_number(enc.decode(reference))  # GSM8K's check
             asked += 1
         results["exact_match"] = matches / asked if asked else None
         results["exact_match_examples"] = asked
+        if any(calls in tokens for tokens in data.sequences):  # data with calculator calls: their answers too
+            results["answer_match"] = answers / asked if asked else None
 
     # a table to read
     total = data.num_eval_batches(batch_size, seq_len)
@@ -214,6 +223,8 @@ def measure_loss():
         rows.append(("exact match", "-" if results["exact_match"] is None else
                      f"{100 * results['exact_match']:.2f}% of {results['exact_match_examples']} "
                      + ("completions" if task == "sft" else "last replies")))
+    if results.get("answer_match") is not None:  # the final number, however the reply got there
+        rows.append(("answer match", f"{100 * results['answer_match']:.2f}% (calculator {'on' if tools else 'off'})"))
     for name, value in rows:
         print(f"  {name:<14} {value}")
     return results

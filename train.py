@@ -222,7 +222,9 @@ else:  # fine-tune GPT-2, a Hugging Face folder, or another run's checkpoint: it
 if problem := objective.check_model(model, tokenizer.from_spec(model_tokenizer)):  # e.g. RL needs a chat model
     fail(problem)
 if objective.chat:  # the chat tokens need rows: GPT-2's BPE has them past its 50257, so add those rows
-    needed = max(tokenizer.special_ids(tokenizer.from_spec(model_tokenizer)).values()) + 1
+    special = tokenizer.special_ids(tokenizer.from_spec(model_tokenizer))
+    # the tool tokens too, except on resume: a run from before them (six chat tokens) resumes as it was
+    needed = max(i for name, i in special.items() if not resume or name not in tokenizer.TOOL_TOKENS) + 1
     if model.config.vocab_size < needed:
         if lora_rank:  # LoRA freezes the embeddings: new rows could never learn, and the base would not match
             fail(f"{init_from} has no rows for the chat tokens and LoRA keeps the embeddings frozen; chat fine-tune "

@@ -24,6 +24,11 @@ from the start would have.
 The model.py parts it builds on: KVCache (rewinding is setting pos back; the buffers are overwritten),
 GPT.next_logits (a forward that continues a cache) and sample_next. One engine serves one conversation at
 a time; server.py runs it in a single worker thread.
+
+Tool use (issue 26): a model with rows for the tool tokens may call the calculator mid-reply; tools.ToolState
+follows each sampled token and says which tokens to force in (a call's output), and generate() yields those too,
+so every caller (chat.py, the server, evaluate.py, RL rollouts) sees the whole reply, calls and outputs included,
+and gets tool use from here. tools=False turns it off: the tool tokens are then sampled and fed like any other.
 """
 import codecs
 from contextlib import nullcontext
@@ -34,7 +39,8 @@ import torch
 
 from model import KVCache, RollingKVCache
 from model import sample_next
-from nash.tokenizer import CHAT_TOKENS, SPECIAL_TOKENS, get_tokenizer, render_conversation, special_ids
+from nash.tokenizer import CHAT_TOKENS, SPECIAL_TOKENS, TOOL_TOKENS, get_tokenizer, render_conversation, special_ids
+from nash.tools import ToolState
 
 PREFILL_CHUNK = 512  # prompt tokens per forward while prefilling (ChatEngine.prefill_chunk)
 
@@ -53,6 +59,7 @@ class Completion:
     tokens: list = field(default_factory=list)  # the sampled ids, the stop token left out
     finish_reason: str | None = None  # "stop" (a stop token or string) | "length" (max_new_tokens or the context)
     text: str | None = None  # decoded when sample_batch is given enc, cut before the first stop string
+    forced: int = 0  # how many of tokens the calculator forced in (its outputs), not sampled
 
 
 def row_generators(seed, n_prompts, num_samples, device):
@@ -83,12 +90,15 @@ def prefill(model, cache, tokens, rolling, chunk=PREFILL_CHUNK, should_stop=None
 
 
 def decode(model, cache, logits, completions, budgets, sampling, stop_ids, generators=None, stop_strings=(),
-           enc=None, should_stop=None, ctx=None):
+           enc=None, should_stop=None, ctx=None, tools=None):
     """The decode loop of every sampler (sample_batch, ChatEngine): cache row b continues completions[b], whose
     next token comes from logits[b]. One forward per step over the rows still live; a row stops on its own, at a
     stop id, a stop string (decoded with enc), after budgets[b] tokens; a finished row leaves the batch
     (cache.select). Yields (b, token) for each token appended; should_stop() (checked before each step) ends
-    every row where it is, with finish_reason None. The cache is left holding what was fed."""
+    every row where it is, with finish_reason None. The cache is left holding what was fed.
+    tools: one tools.ToolState per row (it then decides what ends a row): a call's output is forced into its row
+    one token per step, in place of the row's sample, so every row still takes one token per forward."""
+    pending = [[] for _ in completions]  # per row, the forced tokens still to go in
     live = list(range(len(completions)))
     decoders = [Decoder(enc) for _ in completions] if stop_strings else None
     longest_stop = max(map(len, stop_strings), default=0)
@@ -101,7 +111,15 @@ def decode(model, cache, logits, completions, budgets, sampling, stop_ids, gener
         keep = []  # indices into live of the rows that go on
         for k, (b, token) in enumerate(zip(live, tokens)):
             c = completions[b]
-            if token in stop_ids:
+            if pending[b]:  # the calculator's output, not the model's sample
+                token = tokens[k] = pending[b].pop(0)
+                c.forced += 1
+            elif tools is not None:
+                pending[b] = tools[b].step(token)
+                if pending[b] is None:
+                    c.finish_reason = "stop"
+                    continue
+            elif token in stop_ids:
                 c.finish_reason = "stop"
                 continue
             c.tokens.append(token)
@@ -195,18 +213,20 @@ def sample_batch(model, prompts, num_samples, sampling, stop_ids, ctx=None, stop
 
 class ChatEngine:
 
-    def __init__(self, model, ctx, enc=None, rolling_cache=False):
+    def __init__(self, model, ctx, enc=None, rolling_cache=False, tools=True):
         self.model, self.ctx = model, ctx  # ctx: the autocast context (common.inference_setup)
         self.enc = enc or get_tokenizer()
         try:
             self.ids = special_ids(self.enc)
         except KeyError as e:
             raise ValueError(f"{e.args[0]}, so it cannot render conversations") from None
-        top = max(self.ids[name] for name in SPECIAL_TOKENS)
+        top = max(self.ids[name] for name in SPECIAL_TOKENS if name not in TOOL_TOKENS)
         if model.config.vocab_size <= top:
             raise ValueError(f"the model's vocabulary ({model.config.vocab_size} tokens) has no room for the chat "
                              f"tokens (ids up to {top}): it was not fine-tuned for chat; train it with task=chat")
-        self.stop_ids = set(self.ids.values())  # a reply is text: any special token ends it
+        # the calculator (tools.py), for a model with rows for the tool tokens (older chat models have six tokens)
+        self.tools = tools and all(self.ids.get(name, 1 << 62) < model.config.vocab_size for name in TOOL_TOKENS)
+        self.stop_ids = {self.ids[name] for name in SPECIAL_TOKENS if name not in TOOL_TOKENS}  # end a reply
         config = model.config
         self.max_seq_len, self.sinks = config.max_seq_len, config.attn_sinks  # cache positions count the sinks
         self.device = next(model.parameters()).device
@@ -274,7 +294,7 @@ class ChatEngine:
         try:
             for _, token in decode(self.model, self.cache, logits, [reply], [budget], sampling, self.stop_ids,
                                    row_generators(sampling.seed, 1, 1, self.device), should_stop=should_stop,
-                                   ctx=self.ctx):
+                                   ctx=self.ctx, tools=[ToolState(self.enc, self.ids)] if self.tools else None):
                 yield token
         except GeneratorExit:  # the consumer stopped reading (at a yield: the cache is consistent)
             raise
@@ -285,6 +305,7 @@ class ChatEngine:
             if self.cached or self.cache.pos:
                 fed = (self.cache.seen if self.rolling else self.cache.pos) - self.sinks  # tokens the cache holds
                 self.cached = (prompt + reply.tokens)[:fed]
+        self.forced = reply.forced  # how many tokens the calculator forced into this reply (bench, tests)
         self.finish_reason = reply.finish_reason or "stopped"  # None: should_stop() ended it
         if reply.finish_reason == "length" and (self.rolling or len(self.cached) + 1 < self.max_seq_len):
             self._feed(reply.tokens[-1:])  # the next turn starts with the reply: its last token goes in now
@@ -293,11 +314,13 @@ class ChatEngine:
 class Decoder:
     """Token ids -> text pieces, holding back a character whose UTF-8 bytes are split across tokens."""
 
-    def __init__(self, enc):
-        self.enc = enc
+    def __init__(self, enc, shown=None):
+        self.enc, self.shown = enc, shown or {}  # shown: {token id: the text to show instead} (tools.TOOL_DISPLAY)
         self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def __call__(self, token):
+        if token in self.shown:
+            return self.utf8.decode(b"", final=True) + self.shown[token]
         return self.utf8.decode(self.enc.decode_single_token_bytes(token))
 
     def flush(self):
@@ -319,8 +342,8 @@ class Conversation:
     prompt diverge from the cache inside that reply, a rewind, or with a rolling cache that has evicted, a
     prefill of the whole conversation. The prompt is render_conversation's, message by message."""
 
-    def __init__(self, engine, system=""):
-        self.engine, self.system = engine, system
+    def __init__(self, engine, system="", shown=None):
+        self.engine, self.system, self.shown = engine, system, shown  # shown: as Decoder's
         self.clear()
 
     def clear(self):
@@ -363,7 +386,7 @@ class Conversation:
         except ValueError:
             self.messages.pop(), self.pieces.pop()
             raise
-        decoder, text, tokens = Decoder(self.engine.enc), [], []
+        decoder, text, tokens = Decoder(self.engine.enc, self.shown), [], []
         try:
             for token in self.engine.generate(self.prompt(self.pieces), sampling):
                 tokens.append(token)

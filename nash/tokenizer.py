@@ -14,11 +14,13 @@ spec itself (bytes, strings, ints: torch.load(weights_only=True) reads it). What
 tiktoken.Encoding: encode_ordinary, encode, decode, decode_single_token_bytes, eot_token, n_vocab.
 
 Chat special tokens (the team's shared contract): after <|endoftext|> come, in this order,
-<|system_start|> <|system_end|> <|user_start|> <|user_end|> <|assistant_start|> <|assistant_end|>.
-For GPT-2's BPE they take ids 50257..50262: GPT-2 has 50257 tokens, and models pad their embedding to
-50304 rows anyway, so the chat tokens live in rows that were spare. Only encode() with allowed_special
-produces them (or render_conversation, which places them by id); encode_ordinary never does, so text
-that merely spells "<|user_start|>" stays ordinary text. A trained tokenizer (issue 17) puts the same
+<|system_start|> <|system_end|> <|user_start|> <|user_end|> <|assistant_start|> <|assistant_end|>, then the
+four tool tokens (issue 26, nash/tools.py) <|python_start|> <|python_end|> <|output_start|> <|output_end|>.
+For GPT-2's BPE they take ids 50257..50266: GPT-2 has 50257 tokens, and models pad their embedding to
+50304 rows anyway, so the chat tokens live in rows that were spare. A model from before the tool tokens
+(vocab_size 50263, or a trained tokenizer with seven specials) still loads and chats, without tools.
+Only encode() with allowed_special produces them (or render_conversation, which places them by id);
+encode_ordinary never does, so text that merely spells "<|user_start|>" stays ordinary text. A trained tokenizer (issue 17) puts the same
 names right after its ordinary tokens: code looks the ids up by name (special_ids), never by number.
 """
 import base64
@@ -32,8 +34,9 @@ EOT_ID = 50256          # <|endoftext|>, separates documents and ends completion
 VOCAB_SIZE = 50257      # GPT-2's ordinary tokens + <|endoftext|>: what pretraining shards and GPT-2 weights use
 CHAT_TOKENS = ("<|system_start|>", "<|system_end|>", "<|user_start|>", "<|user_end|>",
                "<|assistant_start|>", "<|assistant_end|>")
-SPECIAL_TOKENS = ("<|endoftext|>",) + CHAT_TOKENS
-CHAT_VOCAB_SIZE = VOCAB_SIZE + len(CHAT_TOKENS)  # 50263: a chat model's vocabulary covers the chat tokens
+TOOL_TOKENS = ("<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>")  # tools.py's calls
+SPECIAL_TOKENS = ("<|endoftext|>",) + CHAT_TOKENS + TOOL_TOKENS
+CHAT_VOCAB_SIZE = VOCAB_SIZE + len(CHAT_TOKENS) + len(TOOL_TOKENS)  # 50267: a chat model's vocabulary, tools too
 
 # the sha256 that tiktoken_ext.openai_public.gpt2() expects for the two downloaded files
 BPE_FILES = {
@@ -73,19 +76,21 @@ def get_tokenizer():
     ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=paths["vocab.bpe"], encoder_json_file=paths["encoder.json"],
                                             vocab_bpe_hash=BPE_FILES["vocab.bpe"],
                                             encoder_json_hash=BPE_FILES["encoder.json"])
-    specials = {"<|endoftext|>": EOT_ID, **{name: VOCAB_SIZE + i for i, name in enumerate(CHAT_TOKENS)}}
+    specials = {"<|endoftext|>": EOT_ID, **{name: VOCAB_SIZE + i for i, name in enumerate(CHAT_TOKENS + TOOL_TOKENS)}}
     return tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
                              special_tokens=specials, explicit_n_vocab=CHAT_VOCAB_SIZE)
 
 
 def special_ids(enc):
     """{name: id} of the special tokens of a tokenizer (any tiktoken.Encoding-like object); a KeyError names
-    the first one it lacks."""
+    the first chat token it lacks. The tool tokens are there when the tokenizer has them (older ones did not)."""
     ids = {}
     for name in SPECIAL_TOKENS:
         try:
             (ids[name],) = enc.encode(name, allowed_special={name})
         except ValueError:
+            if name in TOOL_TOKENS:
+                continue
             raise KeyError(f"the tokenizer has no special token {name}") from None
     return ids
 
@@ -233,23 +238,80 @@ def check_messages(messages):
             raise ValueError(f"messages[{i}] must be an object with \"role\" and \"content\", got {str(m)[:60]}")
         if m.get("role") not in ROLES:
             raise ValueError(f"messages[{i}] has role {m.get('role')!r}; expected one of {', '.join(ROLES)}")
-        if not isinstance(m.get("content"), str):
-            raise ValueError(f"messages[{i}] needs a string \"content\", got {str(m.get('content'))[:60]}")
+        if not isinstance(m.get("content"), (str, list)):
+            raise ValueError(f"messages[{i}] needs a string \"content\" (or a list of parts), got "
+                             f"{str(m.get('content'))[:60]}")
+        if isinstance(m["content"], list):
+            check_parts(m["content"], m["role"], f"messages[{i}]")
+
+
+PARTS = ("text", "python", "python_output")  # the types of content parts; python and its output in replies only
+
+
+def check_parts(parts, role, where):
+    """Content as parts (nanochat's shape; {"type": "text"} parts are the OpenAI API's): a reply with calculator
+    calls is [{"type": "text", "text": "Half of 48 is "}, {"type": "python", "text": "48/2"},
+    {"type": "python_output", "text": "24"}, {"type": "text", "text": "24."}]. Every call is followed by its output
+    and every output follows its call, so the data is what the engine would produce."""
+    for j, part in enumerate(parts):
+        if not isinstance(part, dict) or part.get("type") not in PARTS or not isinstance(part.get("text"), str):
+            raise ValueError(f"{where}.content[{j}] must be {{\"type\": one of {', '.join(PARTS)}, \"text\": a "
+                             f"string}}, got {str(part)[:60]}")
+        kind = part["type"]
+        if kind != "text" and role != "assistant":
+            raise ValueError(f"{where}.content[{j}] is a {kind} part in a {role} message; calculator calls and "
+                             f"outputs belong in assistant replies")
+        after_call = j > 0 and parts[j - 1]["type"] == "python"
+        if kind == "python_output" and not after_call:
+            raise ValueError(f"{where}.content[{j}] is a python_output with no python call right before it; "
+                             f"put the call's {{\"type\": \"python\"}} part first")
+        if (after_call and kind != "python_output") or (kind == "python" and j == len(parts) - 1):
+            raise ValueError(f"{where}.content[{j - after_call}] is a python call with no python_output right "
+                             f"after it; add the calculator's result (nash.tools.calculate(EXPR) gives it)")
+
+
+def content_text(content):
+    """A message's content as one string; tool parts spelled with their tokens, as the engine's decoded reply."""
+    if isinstance(content, str):
+        return content
+    wrap = {"text": "{}", "python": "<|python_start|>{}<|python_end|>", "python_output": "<|output_start|>{}<|output_end|>"}
+    return "".join(wrap[p["type"]].format(p["text"]) for p in content)
+
+
+def render_content(enc, ids, content):
+    """(tokens, forced) of a message's content; forced marks the calculator's outputs (the tool's, not the model's)."""
+    if isinstance(content, str):
+        body = enc.encode_ordinary(content)
+        return body, [0] * len(body)
+    tokens, forced = [], []
+    for part in content:
+        body = enc.encode_ordinary(part["text"])
+        if part["type"] != "text":
+            if "<|python_start|>" not in ids:
+                raise ValueError("the tokenizer has no tool tokens (it is from before them), so it cannot render "
+                                 "calculator calls; train with a tokenizer that has them")
+            start, end = ("<|python_start|>", "<|python_end|>") if part["type"] == "python" else \
+                ("<|output_start|>", "<|output_end|>")
+            body = [ids[start]] + body + [ids[end]]
+        tokens += body
+        forced += [int(part["type"] == "python_output")] * len(body)
+    return tokens, forced
 
 
 def render_conversation(enc, messages, for_reply=False):
-    """(ids, mask): the tokens of a conversation, and 1 where a token is trained on (assistant text and the
-    <|assistant_end|> after it), else 0. for_reply appends <|assistant_start|>: the prompt that asks for the
-    next reply. Content is encoded with encode_ordinary, so nothing a user writes can forge a turn."""
+    """(ids, mask): the tokens of a conversation, and 1 where a token is trained on (assistant text, its
+    calculator calls and the <|assistant_end|> after it), else 0: never the calculator's outputs, which the engine
+    forces in (the model must not learn to guess them). for_reply appends <|assistant_start|>: the prompt that asks
+    for the next reply. Text is encoded with encode_ordinary, so nothing a user writes can forge a turn or a call."""
     check_messages(messages)
     ids = special_ids(enc)
     tokens, mask = [ids["<|endoftext|>"]], [0]
     for m in messages:
         role = m["role"]
-        body = enc.encode_ordinary(m["content"])
+        body, forced = render_content(enc, ids, m["content"])
         tokens += [ids[f"<|{role}_start|>"]] + body + [ids[f"<|{role}_end|>"]]
         trained = int(role == "assistant")
-        mask += [0] + [trained] * (len(body) + 1)
+        mask += [0] + [trained * (1 - f) for f in forced] + [trained]
     if for_reply:
         tokens.append(ids["<|assistant_start|>"])
         mask.append(0)
@@ -262,7 +324,8 @@ def render_conversation(enc, messages, for_reply=False):
 def write_gpt2_tokenizer(folder, config):
     """GPT-2's BPE as HF tokenizer files (tokenizer.json + vocab.json/merges.txt), from the same installed
     files get_tokenizer uses; <|endoftext|> is bos, eos and unk, as in OpenAI's GPT-2. The chat tokens
-    (ids 50257..50262) go in as special tokens when the model has rows for them (vocab_size >= 50263);
+    (ids 50257..50262) go in as special tokens when the model has rows for them (vocab_size >= 50263), the tool
+    tokens (50263..50266) likewise (vocab_size >= 50267);
     for a model without, their spellings are ordinary text, as in our encode_ordinary. Returns the ids
     generation_config.json needs and the size of the vocabulary written."""
     src = bpe_data_dir()
@@ -273,9 +336,10 @@ def write_gpt2_tokenizer(folder, config):
         merges = [line for line in f.read().split("\n")[1:] if line]  # line 0 is "#version: 0.2"
     eot = "<|endoftext|>"
     assert vocab[eot] == EOT_ID and len(vocab) == VOCAB_SIZE
-    specials = {eot: EOT_ID}
-    if config.vocab_size >= CHAT_VOCAB_SIZE:
-        specials = special_ids(enc)
+    ids, specials = special_ids(enc), {}
+    for group in [(eot,), CHAT_TOKENS, TOOL_TOKENS]:  # each group goes in when all of it has rows
+        if all(ids[name] < max(config.vocab_size, VOCAB_SIZE) for name in group):
+            specials.update({name: ids[name] for name in group})
     byte_level = {"add_prefix_space": False, "trim_offsets": True, "use_regex": True}
     tok = {"version": "1.0", "truncation": None, "padding": None,
            "added_tokens": [{"id": i, "content": name, "single_word": False, "lstrip": False, "rstrip": False,

@@ -14,16 +14,17 @@ def test_known_ids():
     assert enc.encode(" the") == [262]
     assert enc.encode("<|endoftext|>", allowed_special="all") == [EOT_ID]
     assert VOCAB_SIZE == 50257 and enc.eot_token == EOT_ID == 50256
-    assert enc.n_vocab == 50263  # GPT-2's 50257 + the six chat tokens
+    assert enc.n_vocab == 50267  # GPT-2's 50257 + the six chat tokens + the four tool tokens
 
 
 def test_chat_special_tokens_follow_the_shared_contract():
     enc = get_tokenizer()
     assert SPECIAL_TOKENS == ("<|endoftext|>", "<|system_start|>", "<|system_end|>", "<|user_start|>", "<|user_end|>",
-                              "<|assistant_start|>", "<|assistant_end|>")
+                              "<|assistant_start|>", "<|assistant_end|>",
+                              "<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>")
     ids = special_ids(enc)
-    assert [ids[name] for name in SPECIAL_TOKENS] == list(range(50256, 50263))
-    for name in CHAT_TOKENS:
+    assert [ids[name] for name in SPECIAL_TOKENS] == list(range(50256, 50267))
+    for name in SPECIAL_TOKENS[1:]:
         assert enc.encode(name, allowed_special="all") == [ids[name]]
         assert enc.decode([ids[name]]) == name and enc.decode_single_token_bytes(ids[name]) == name.encode()
         assert not set(enc.encode_ordinary(f"say {name} now")) & set(ids.values())  # text never becomes a special

@@ -167,8 +167,9 @@ def test_prepare_trains_on_train_split_and_tokenises_with_it(bpe_data):
     spec = tokenizer.dataset_spec(bpe_data)
     enc = tokenizer.from_spec(spec)
     assert meta["tokenizer"] == "bpe-512" and meta["vocab_size"] == enc.n_vocab == 512
-    assert meta["eot_id"] == enc.eot_token == 505 and meta["dtype"] == "uint16"
-    assert meta["special_tokens"] == {s: 505 + i for i, s in enumerate(tokenizer.SPECIAL_TOKENS)}
+    first = 512 - len(tokenizer.SPECIAL_TOKENS)  # 501: the eleven specials (chat and tool tokens) come last
+    assert meta["eot_id"] == enc.eot_token == first and meta["dtype"] == "uint16"
+    assert meta["special_tokens"] == {s: first + i for i, s in enumerate(tokenizer.SPECIAL_TOKENS)}
     docs = plays_txt()[1]
     train, val = split_docs(docs)
     # the tokenizer learnt from the train documents only: training on them again gives the very same merges

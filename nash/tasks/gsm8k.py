@@ -35,6 +35,30 @@ def check(doc, completion):
     return {"exact_match": float(predicted == doc["answer"]), "predicted": predicted}
 
 
+ANNOTATION = re.compile(r"<<([^<>=]+)=([^<>]*)>>")  # GSM8K's calculator annotations: <<48/2=24>>
+
+
+def tool_parts(answer):
+    """A worked answer as the parts of a reply that calls the calculator (tokenizer.check_parts): each
+    <<48/2=24>> annotation becomes a call (48/2) and its output (24), as nanochat converts GSM8K; the text around
+    it stays text, so "48/2 = <<48/2=24>>24 clips" is text "48/2 = ", call, output, text "24 clips". The output is
+    the annotation's own result (what the text after it uses); malformed brackets stay text."""
+    parts, at = [], 0
+    for m in ANNOTATION.finditer(answer):
+        if m.start() > at:
+            parts.append({"type": "text", "text": answer[at:m.start()]})
+        parts += [{"type": "python", "text": m[1]}, {"type": "python_output", "text": m[2]}]
+        at = m.end()
+    if at < len(answer):
+        parts.append({"type": "text", "text": answer[at:]})
+    return parts
+
+
+def tool_conversation(row):
+    """A GSM8K row ({"question", "answer"}) as a conversation whose reply calls the calculator."""
+    return [{"role": "user", "content": row["question"]}, {"role": "assistant", "content": tool_parts(row["answer"])}]
+
+
 def prompt(doc, shots):
     """The hook for other formats: everything GSM8K-specific about the prompt is here."""
     return plain_prompt(doc, shots)
