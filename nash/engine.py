@@ -138,7 +138,21 @@ def decode(model, cache, logits, completions, budgets, sampling, stop_ids, gener
             return
         if len(keep) < len(live):  # drop the finished rows: their compute is saved from here on
             cache.select(torch.tensor(keep, device=logits.device))
-        feed = torch.tensor([[tokens[k]] for k in keep], dtype=torch.long, device=logits.device)
+        rows = [[tokens[k]] for k in keep]
+        if len(keep) == 1 and pending[live[keep[0]]]:  # a row alone: its call's output goes in whole, in one forward
+            b = live[keep[0]]
+            c, forced, pending[b] = completions[b], pending[b][:budgets[b] - len(completions[b].tokens)], []
+            for token in forced:
+                c.tokens.append(token)
+                c.forced += 1
+                if decoders:
+                    c.text += decoders[b](token)
+                yield b, token
+            if len(c.tokens) >= budgets[b]:
+                c.finish_reason = "length"
+                return
+            rows[0] += forced
+        feed = torch.tensor(rows, dtype=torch.long, device=logits.device)
         live = [live[k] for k in keep]
         with torch.no_grad(), ctx or nullcontext():
             logits = model.next_logits(feed, cache)
