@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole pipeline on the embedded data, offline, on a laptop CPU: tokenizer -> data -> base pretraining -> base
-# eval -> chat SFT -> chat eval -> RL -> chat eval -> verifier and best-of-N -> report card. Each stage is one of
+# eval -> chat SFT -> chat eval -> RL -> chat eval -> report card (the verifier and best-of-N stage comes with the
+# verifier; its column says "not run" until then). Each stage is one of
 # the project's own commands with its flags in view, so this file is also a tour of them.
 #
 #   bash runs/cpu.sh                      # about half an hour on 2 cores; writes out-pipeline-cpu/report.md
@@ -13,14 +14,15 @@ cd "$(dirname "$0")/.."
 DIR=${DIR:-out-pipeline-cpu}
 SMOKE=${SMOKE:-0}
 TOKENIZER=${TOKENIZER:-bpe}  # bpe: learn a byte-level BPE on the corpus | gpt2: GPT-2's
-N_STAGES=10
+N_STAGES=7
 source runs/lib.sh
 
 if [ "$SMOKE" = 1 ]; then  # tiny everything: the test of the script, not of the model
     VOCAB=512; BASE=(--max_steps=4 --eval_interval=2 --eval_iters=1 --n_layers=1 --d_model=32 --n_heads=2 --d_ff=64)
     SFT=(--max_steps=4 --eval_interval=2 --eval_iters=1 --eval_task_examples=4); EXAMPLES=4
+    RL=(--max_steps=2 --batch_size=2 --rl_samples=2 --rl_max_new_tokens=8 --eval_interval=1 --eval_iters=1)
 else
-    VOCAB=2048; BASE=(--max_steps=600); SFT=(); EXAMPLES=200
+    VOCAB=2048; BASE=(--max_steps=600); SFT=(); RL=(); EXAMPLES=200
 fi
 case "$TOKENIZER" in
     bpe) TOKENIZER_FLAGS=(--tokenizer_vocab_size=$VOCAB) ;;
@@ -39,9 +41,15 @@ stage base "pretraining the base model" "10 minutes" base -- \
 stage base_eval "CORE: multiple choice scored by log-likelihood" "a minute" - -- \
     python evaluate.py --out_dir="$DIR/base" --tasks=$BASE_TASKS "${EVAL[@]}" --output="$DIR/eval/base.json"
 stage sft "chat fine-tuning on the arithmetic word problems" "5 minutes" sft -- \
-    python train.py config/arith_sft_demo.py --init_from="$DIR/base" --out_dir="$DIR/sft" --vocab_size=0 "${SFT[@]}"
+    python train.py --task=chat --dataset=arith/chat --init_from="$DIR/base" --out_dir="$DIR/sft" --max_seq_len=64 \
+        --batch_size=16 --learning_rate=3e-3 --warmup_steps=50 --max_steps=800 --weight_decay=0.0 \
+        --eval_interval=100 --eval_iters=7 --eval_tasks=arith --eval_task_examples=200 "${SFT[@]}"
 stage sft_eval "the chat model on the chat-format benchmarks" "a minute" - -- \
     python evaluate.py --out_dir="$DIR/sft" --tasks=$CHAT_TASKS "${EVAL[@]}" --output="$DIR/eval/sft.json"
+stage rl "RL on the arithmetic problems, rewarded by the answer check" "10 minutes" rl -- \
+    python train.py config/rl_demo.py --init_from="$DIR/sft" --out_dir="$DIR/rl" "${RL[@]}"
+stage rl_eval "the RL model on the chat-format benchmarks" "a minute" - -- \
+    python evaluate.py --out_dir="$DIR/rl" --tasks=$CHAT_TASKS "${EVAL[@]}" --output="$DIR/eval/rl.json"
 echo
 python -m nash.tasks.report "$DIR" >/dev/null
 echo "the report card: $DIR/report.md"
