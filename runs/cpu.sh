@@ -29,9 +29,10 @@ case "$TOKENIZER" in
     gpt2) TOKENIZER_FLAGS=() ;;
     *) echo "error: TOKENIZER=$TOKENIZER should be bpe or gpt2" >&2; exit 1 ;;
 esac
-# the benchmarks offline: the small fixtures in tests/task_data (hub-schema rows), HumanEval from its package
+# the benchmarks offline: the small fixtures in tests/task_data (hub-schema rows), HumanEval from its package (asked
+# of the chat models only, as nanochat does: a base model of Shakespeare writes no Python)
 BASE_TASKS=arc_easy,arc_challenge,mmlu,hellaswag
-CHAT_TASKS=arc_easy,arc_challenge,mmlu,gsm8k,arith
+CHAT_TASKS=arc_easy,arc_challenge,mmlu,gsm8k,arith,humaneval
 EVAL=(--task_data=tests/task_data --max_examples=$EXAMPLES)
 
 stage data "the tokenizer and the token shards of the embedded Shakespeare" "under a minute" - -- \
