@@ -288,13 +288,17 @@ class SteeredGPT(torch.nn.Module):
         return logits
 
 
+def chain_of(*tokens):
+    """{token: the next one} along tokens (names of special tokens, or text)."""
+    ids = [t for piece in tokens for t in ([IDS[piece]] if piece in IDS else encode(piece))]
+    return dict(zip(ids, ids[1:]))
+
+
 def steered_model():
     """Calls ` 6 * 7` at the start of every reply, and again after the word ` Olive` (which only the reply to
     "Hello" gets to, after the reply to the long question has ended)."""
-    call = [IDS["<|python_start|>"], *encode(" 6 * 7"), IDS["<|python_end|>"]]
-    chain = dict(zip([IDS["<|assistant_start|>"]] + call[:-1], call))
-    chain[encode(" Olive")[0]] = IDS["<|python_start|>"]
-    return SteeredGPT(chain)
+    return SteeredGPT({**chain_of("<|assistant_start|>", "<|python_start|>", " 6 * 7", "<|python_end|>"),
+                       **chain_of(" Olive", "<|python_start|>")})
 
 
 @pytest.mark.parametrize("questions, num_samples", [
