@@ -113,7 +113,7 @@ def test_openai_client_streamed_and_not(tiny_chat_run):
         turn2 = messages + [{"role": "assistant", "content": reply}, {"role": "user", "content": "Reverse: a b"}]
         again = client.chat.completions.create(model="tiny_chat", messages=turn2, temperature=0, max_tokens=5)
         assert again.choices[0].message.content == expected((tiny_chat_run, "best"), turn2, 5)[0]
-        with pytest.raises(BadRequestError, match="role"):
+        with pytest.raises(BadRequestError, match="tool result with no calculator call before it"):
             client.chat.completions.create(model="tiny_chat", messages=[{"role": "tool", "content": "x"}])
 
 
@@ -487,14 +487,19 @@ REPLY_SHAPES = {  # the same reply, each way a client may send it back
 }
 
 
-@contextlib.contextmanager
-def calculator_server():
-    """The server, in-process, on a real GPT steered to reply " It is" + a call of ` 6 * 7` + "." (test_tools)."""
-    from openai import OpenAI
+def calculator_engine():
+    """An engine on a real GPT steered to reply " It is" + a call of ` 6 * 7` + "." (test_tools.SteeredGPT)."""
     from test_tools import SteeredGPT, chain_of
     model = SteeredGPT({**chain_of("<|assistant_start|>", " It is", "<|python_start|>", " 6 * 7", "<|python_end|>"),
                         **chain_of("<|output_end|>", ".", "<|assistant_end|>")})
-    engine = ChatEngine(model, contextlib.nullcontext())
+    return ChatEngine(model, contextlib.nullcontext())
+
+
+@contextlib.contextmanager
+def calculator_server():
+    """The server, in-process, on calculator_engine(); yields the engine and an openai client."""
+    from openai import OpenAI
+    engine = calculator_engine()
     with TestClient(server.create_app(engine, "steered", Sampling(temperature=0.0, top_k=None))) as http:
         yield engine, OpenAI(base_url="http://testserver/v1", api_key="none", http_client=http)
 
