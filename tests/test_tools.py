@@ -339,3 +339,19 @@ def test_batched_sampling_without_tools_leaves_the_tool_tokens_to_the_model():
     assert plain.forced == 0 and IDS["<|output_start|>"] not in plain.tokens and IDS["<|output_start|>"] in called.tokens
     with pytest.raises(ValueError, match="tools need enc"):
         sample_batch(model, [prompt], 1, greedy, stop_ids=(), tools=True)
+
+
+def test_bench_measures_the_forced_tokens_cost(monkeypatch, tmp_path, capsys):
+    """bench.py --what=tools (benches/tools.py), as the README runs it: the same reply with and without the
+    calculator; a lone row saves the forwards of its outputs (one forward per call), batched rows do not."""
+    from test_bench import bench
+    out = tmp_path / "tools.json"
+    bench(monkeypatch, "--what=tools", "--repeats=1", "--device=cpu", f"--output={out}")
+    assert "tools: the calculator's forced tokens" in capsys.readouterr().out
+    lone, batched = json.loads(out.read_text())["results"]["tools"]["rows"]
+    forced = 2 + len(encode("56088"))  # per call: <|output_start|> 56088 <|output_end|>
+    calls = 121 // (len(encode(" seven small birds sing while a lazy fox jumps 123 * 456")) + 2 + forced)
+    assert lone["reply_tokens"] == batched["reply_tokens"] == 121 and lone["forced_per_reply"] == forced * calls
+    assert lone["plain_forwards"] - lone["tools_forwards"] == forced * calls  # each output rides with <|python_end|>
+    assert batched["plain_forwards"] == batched["tools_forwards"]  # one token per step
+    assert all(row[k] > 0 for row in (lone, batched) for k in ("tools_tokens_per_sec", "plain_tokens_per_sec"))
