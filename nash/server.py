@@ -27,6 +27,15 @@ requests stay responsive; POSTs must be JSON (415: the "simple" text/plain or fo
 send without asking the browser first is not); on a loopback address the Host header must name it and an Origin
 must be the page's own (403: DNS rebinding); with an API key every /v1 request needs `Authorization: Bearer KEY`
 (401). Stop strings are limited in number and length and matched in linear time (StopStrings).
+
+Calculator calls (issue 26): the engine runs them itself, mid-reply, so they are not OpenAI's client-side tool calls
+(no finish_reason "tool_calls" for the client to answer). A reply streams them in its content, spelled with the tool
+tokens' names: "It is<|python_start|>37 * 24<|python_end|><|output_start|>888<|output_end|>." (the page shows them
+as boxes). What a client sends back is read as the calls the model made, in any of three shapes (conversation()):
+that content as it came; OpenAI's own shape, an assistant message with tool_calls (function "calculator", arguments
+{"expression": ...}), a "tool" message with each result, and an assistant message with the rest of the reply; or our
+python/python_output content parts. Each renders to the token ids the model generated, so the next turn reuses the
+cache and the model sees what it saw. Only assistant messages are read so: a user's text stays text.
 """
 import asyncio
 import hmac
