@@ -546,3 +546,16 @@ def test_malformed_calls_in_a_request_are_a_400_naming_the_message(history, erro
         r = client._client.post("/v1/chat/completions", json={
             "messages": [{"role": "user", "content": CALLED}] + history})
         assert r.status_code == 400 and error in r.json()["error"]["message"], r.text
+
+
+def test_the_readmes_reply_shapes_read_as_the_same_calls():
+    """README, tool use: the reply as streamed, and in OpenAI's shape, render to the same token ids, with the call."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    block = readme.split("**In chat, the page and the server.**")[1].split("```python\n")[1].split("```")[0]
+    streamed, *openai_shape = eval("[" + block + "]")  # a list of messages, as written
+    engine = calculator_engine()
+    question, follow = {"role": "user", "content": "What is 6 times 7?"}, {"role": "user", "content": "Thanks"}
+    prompts = [server.parse_request({"messages": [question, *history, follow]}, engine, Sampling())[0]
+               for history in ([streamed], openai_shape)]
+    assert prompts[0] == prompts[1] and special_ids(engine.enc)["<|python_start|>"] in prompts[0]
