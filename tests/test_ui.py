@@ -169,3 +169,8 @@ def test_chat_page_shows_a_calculator_call_and_sends_it_back_as_a_call(tmp_path)
                                                        {"role": "user", "content": "And 6 times 8?"}], for_reply=True)[0]
         assert prompt[:len(seen)] == seen and engine.prefilled == len(prompt) - len(seen)  # the page sent the call back
         assert not driver.find_elements(By.CSS_SELECTOR, ".error")
+        # tool tokens out of place (a model without the calculator may write them) are shown as they came
+        odd = driver.execute_script("const d = document.createElement('div'); show(d, arguments[0]);"
+                                    "return [d.textContent, d.querySelectorAll('.call').length]",
+                                    "a<|python_end|>b<|python_start|>1<|python_end|><|python_end|>c<|output_end|>")
+        assert odd == ["a<|python_end|>bcalculator: 1<|python_end|>c<|output_end|>", 1]
