@@ -126,8 +126,8 @@ VAL_SHARE_ERROR = 0.005  # prepare.py's val share within half a percentage point
 REFERENCE_SPEEDUP = 1.05  # model.py's training step against the plain nanoGPT-style one in benches/train.py
 
 measures = [w.strip() for w in what.split(",") if w.strip()]
-if not measures or set(measures) - {"train", "sample", "data", "tokenizer", "chat", "tasks", "finetune", "plain_loop"}:
-    fail(f"what={what!r} should be a comma-separated list of train, sample, data, tokenizer, chat, tasks, finetune")
+if not measures or set(measures) - {"train", "sample", "data", "tokenizer", "chat", "tools", "tasks", "finetune", "plain_loop"}:
+    fail(f"what={what!r} should be a comma-separated list of train, sample, data, tokenizer, chat, tools, tasks, finetune")
 if finetune_rank < 1 or finetune_targets not in ("attention", "mlp", "all"):
     fail(f"finetune_rank={finetune_rank} must be at least 1 and finetune_targets={finetune_targets!r} attention, "
          f"mlp or all")
@@ -308,6 +308,8 @@ def report(info, results):
               ["turn", "prompt tokens", "first token, ms: cache / re-prefill", "tokens/s: cache / re-prefill"],
               [[row["turn"], row["prompt_tokens"], f"{row['cache_ttft_ms']:.1f} / {row['prefill_ttft_ms']:.1f}",
                 f"{row['cache_tokens_per_sec']:.1f} / {row['prefill_tokens_per_sec']:.1f}"] for row in r["rows"]])
+    if "tools" in results:  # benches/tools.py prints its own table
+        importlib.import_module("benches.tools").report(results["tools"], table)
     if "finetune" in results:
         r = results["finetune"]
         table(f"finetune: config/sft_demo.py from one base, {dtype}, {device} ({train_steps - train_warmup} steps "

@@ -60,6 +60,7 @@ class Completion:
     finish_reason: str | None = None  # "stop" (a stop token or string) | "length" (max_new_tokens or the context)
     text: str | None = None  # decoded when sample_batch is given enc, cut before the first stop string
     forced: int = 0  # how many of tokens the calculator forced in (its outputs), not sampled
+    forced_at: list = field(default_factory=list)  # their indices in tokens (an RL loss must not train on them)
 
 
 def row_generators(seed, n_prompts, num_samples, device):
@@ -96,8 +97,9 @@ def decode(model, cache, logits, completions, budgets, sampling, stop_ids, gener
     stop id, a stop string (decoded with enc), after budgets[b] tokens; a finished row leaves the batch
     (cache.select). Yields (b, token) for each token appended; should_stop() (checked before each step) ends
     every row where it is, with finish_reason None. The cache is left holding what was fed.
-    tools: one tools.ToolState per row (it then decides what ends a row): a call's output is forced into its row
-    one token per step, in place of the row's sample, so every row still takes one token per forward."""
+    tools: one tools.ToolState per row (a stop id still ends a row, and so does any special token outside a call):
+    a call's output is forced into its row one token per step, in place of the row's sample, so every row still
+    takes one token per forward (a row left alone takes it whole, in one forward)."""
     pending = [[] for _ in completions]  # per row, the forced tokens still to go in
     live = list(range(len(completions)))
     decoders = [Decoder(enc) for _ in completions] if stop_strings else None
@@ -114,14 +116,15 @@ def decode(model, cache, logits, completions, budgets, sampling, stop_ids, gener
             if pending[b]:  # the calculator's output, not the model's sample
                 token = tokens[k] = pending[b].pop(0)
                 c.forced += 1
-            elif tools is not None:
-                pending[b] = tools[b].step(token)
-                if pending[b] is None:
-                    c.finish_reason = "stop"
-                    continue
+                c.forced_at.append(len(c.tokens))
             elif token in stop_ids:
                 c.finish_reason = "stop"
                 continue
+            elif tools is not None:
+                pending[b] = tools[b].step(token)
+                if pending[b] is None:  # a special token that is not a call's
+                    c.finish_reason = "stop"
+                    continue
             c.tokens.append(token)
             yield b, token
             if decoders:  # a stop string may span tokens: look at the new piece and the characters before it
@@ -143,6 +146,7 @@ def decode(model, cache, logits, completions, budgets, sampling, stop_ids, gener
             b = live[keep[0]]
             c, forced, pending[b] = completions[b], pending[b][:budgets[b] - len(completions[b].tokens)], []
             for token in forced:
+                c.forced_at.append(len(c.tokens))
                 c.tokens.append(token)
                 c.forced += 1
                 if decoders:
@@ -160,7 +164,7 @@ def decode(model, cache, logits, completions, budgets, sampling, stop_ids, gener
 
 @torch.no_grad()
 def sample_batch(model, prompts, num_samples, sampling, stop_ids, ctx=None, stop_strings=(), enc=None,
-                 should_stop=None, rolling_cache=False, batch_size=64):
+                 should_stop=None, rolling_cache=False, batch_size=64, tools=False):
     """num_samples completions of each prompt (token-id lists, any lengths): result[i][j] is prompt i's j-th.
 
     Each distinct prompt is prefilled once at batch 1 (so its keys/values are exactly those of a one-at-a-time
@@ -172,7 +176,10 @@ def sample_batch(model, prompts, num_samples, sampling, stop_ids, ctx=None, stop
     depend on the batch either. A row ends at a stop id (left out), a stop string (text is cut before it), after
     max_new_tokens, or at the context's end (with the exact cache; rolling_cache=True, for RoPE models, goes on
     past it, StreamingLLM's approximation there, and decodes one prompt's samples at a time: left padding would
-    make its kept first entries padding). ValueError for an empty prompt or one that fills the context."""
+    make its kept first entries padding). ValueError for an empty prompt or one that fills the context.
+    tools=True (needs enc, and a model with rows for the tool tokens): each row calls the calculator as ChatEngine's
+    reply does (a tools.ToolState per row, decode forces the outputs; Completion.forced counts them), and any
+    special token but a call's own ends a row, as in a chat reply; the outputs are in tokens and text."""
     config, device = model.config, next(model.parameters()).device
     S, sinks = config.max_seq_len, config.attn_sinks
     for p in prompts:
@@ -180,7 +187,14 @@ def sample_batch(model, prompts, num_samples, sampling, stop_ids, ctx=None, stop
             raise ValueError(f"a prompt has {len(p)} tokens; it must be 1 to {S - 1} (the model's context is {S})")
     if stop_strings and enc is None:
         raise ValueError("stop_strings need enc, the tokenizer that decodes the completions")
+    if tools and enc is None:
+        raise ValueError("tools need enc, the tokenizer that encodes the calculator's outputs")
     stop_ids = set(stop_ids)
+    if tools:
+        ids = special_ids(enc)
+        if any(ids[name] >= config.vocab_size for name in TOOL_TOKENS):
+            raise ValueError(f"the model's vocabulary ({config.vocab_size} tokens) has no rows for the tool tokens")
+        stop_ids -= {ids["<|python_start|>"], ids["<|python_end|>"]}  # a call's own tokens go to the calculator
     was_training = model.training
     model.eval()
     gens = row_generators(sampling.seed, len(prompts), num_samples, device)
@@ -212,8 +226,9 @@ def sample_batch(model, prompts, num_samples, sampling, stop_ids, ctx=None, stop
                 logits = torch.cat([first[tuple(prompts[i])] for i in group]).repeat_interleave(num_samples, 0)
                 rows = [results[i][j] for i in group for j in range(num_samples)]
                 row_gens = gens[start * num_samples:(group.stop) * num_samples] if gens else None
+                states = [ToolState(enc, ids) for _ in rows] if tools else None
                 for _ in decode(model, cache, logits, rows, budgets, sampling, stop_ids, row_gens, stop_strings, enc,
-                                should_stop, ctx):
+                                should_stop, ctx, states):
                     pass
     finally:
         model.train(was_training)

@@ -27,6 +27,15 @@ requests stay responsive; POSTs must be JSON (415: the "simple" text/plain or fo
 send without asking the browser first is not); on a loopback address the Host header must name it and an Origin
 must be the page's own (403: DNS rebinding); with an API key every /v1 request needs `Authorization: Bearer KEY`
 (401). Stop strings are limited in number and length and matched in linear time (StopStrings).
+
+Calculator calls (issue 26): the engine runs them itself, mid-reply, so they are not OpenAI's client-side tool calls
+(no finish_reason "tool_calls" for the client to answer). A reply streams them in its content, spelled with the tool
+tokens' names: "It is<|python_start|>37 * 24<|python_end|><|output_start|>888<|output_end|>." (the page shows them
+as boxes). What a client sends back is read as the calls the model made, in any of three shapes (conversation()):
+that content as it came; OpenAI's own shape, an assistant message with tool_calls (function "calculator", arguments
+{"expression": ...}), a "tool" message with each result, and an assistant message with the rest of the reply; or our
+python/python_output content parts. Each renders to the token ids the model generated, so the next turn reuses the
+cache and the model sees what it saw. Only assistant messages are read so: a user's text stays text.
 """
 import asyncio
 import hmac
@@ -35,6 +44,7 @@ import json
 import math
 import os
 import queue
+import re
 import threading
 import time
 import uuid
@@ -46,6 +56,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 
 from nash.engine import Decoder, Sampling
+from nash.tokenizer import check_parts
 
 MAX_ROLLING_TOKENS = 65536  # the longest reply with the rolling cache: one request cannot hold the worker for ever
 # The largest request body by default: 1 MiB is ~250k tokens of English, hundreds of times the context of the models
@@ -285,6 +296,128 @@ class Worker:
         job.put("done", (finish, n))
 
 
+# A reply's calculator calls as the stream spells them (Decoder writes each tool token's name): a call and its output.
+# The groups hold no tool token, so a malformed sequence (one the calculator answered with an error) stays text.
+PLAIN = r"((?:(?!<\|(?:python|output)_(?:start|end)\|>).)*)"
+SPELLED_CALL = re.compile(rf"<\|python_start\|>{PLAIN}<\|python_end\|><\|output_start\|>{PLAIN}<\|output_end\|>", re.S)
+
+
+def spelled_parts(text):
+    """An assistant's content as this server sent it, its calls spelled out, back into content parts (text, python,
+    python_output), so the model sees the tool tokens it generated, not their names as text; a reply without
+    calls stays a string."""
+    parts, at = [], 0
+    for call in SPELLED_CALL.finditer(text):
+        parts += [{"type": "text", "text": text[at:call.start()]}] * (call.start() > at)
+        parts += [{"type": "python", "text": call[1]}, {"type": "python_output", "text": call[2]}]
+        at = call.end()
+    return parts + [{"type": "text", "text": text[at:]}] * (at < len(text)) if parts else text
+
+
+def text_of(content, i, role):
+    """A message's content as a string: a string, or OpenAI's text parts joined."""
+    if isinstance(content, list):
+        if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+            calls = " (or python and python_output parts, in an assistant message)" if role == "assistant" else ""
+            raise BadRequest(f"messages[{i}].content may only hold text parts{calls}", f"messages[{i}].content")
+        content = "".join(p["text"] for p in content)
+    if content is None and role == "assistant":
+        content = ""
+    if not isinstance(content, str):
+        raise BadRequest(f"messages[{i}].content must be a string", f"messages[{i}].content")
+    return content
+
+
+def calculator_calls(m, i):
+    """[(id, expression)] of an assistant message's OpenAI tool_calls: each must call the built-in "calculator"."""
+    calls = m.get("tool_calls") or []
+    where = f"messages[{i}].tool_calls"
+    if not isinstance(calls, list):
+        raise BadRequest(f"{where} must be an array", where)
+    out = []
+    for j, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not (isinstance(function, dict) and call.get("type", "function") == "function"
+                and function.get("name") == "calculator" and isinstance(call.get("id"), str)):
+            raise BadRequest(f"{where}[{j}] must be {{\"id\", \"type\": \"function\", \"function\": {{\"name\": "
+                             f"\"calculator\", \"arguments\"}}}}: this model's one tool is its calculator", f"{where}[{j}]")
+        try:
+            expression = json.loads(function.get("arguments"))["expression"]
+        except (TypeError, ValueError, KeyError):
+            expression = None
+        if not isinstance(expression, str):
+            raise BadRequest(f"{where}[{j}].function.arguments must be a JSON object with a string \"expression\", "
+                             f"e.g. '{{\"expression\": \"37 * 24\"}}'", f"{where}[{j}]")
+        out.append((call["id"], expression))
+    return out
+
+
+def assistant_parts(content, i):
+    """An assistant message's content as parts: our python/python_output parts, text parts, or a string whose
+    spelled calls are read back (spelled_parts)."""
+    if isinstance(content, list) and any(isinstance(p, dict) and p.get("type") in ("python", "python_output")
+                                         for p in content):
+        try:
+            check_parts(content, "assistant", f"messages[{i}]")
+        except ValueError as e:
+            raise BadRequest(str(e), f"messages[{i}].content") from None
+        return [{"type": p["type"], "text": p["text"]} for p in content]
+    parts = spelled_parts(text_of(content, i, "assistant"))
+    return [{"type": "text", "text": parts}] * bool(parts) if isinstance(parts, str) else parts
+
+
+def conversation(messages, tools):
+    """The messages of a request as render_conversation takes them. A reply with calculator calls may come in the
+    OpenAI API's shape: an assistant message with tool_calls (function "calculator", arguments {"expression"}),
+    a "tool" message with each call's result (tool_call_id), and an assistant message that goes on; those join into
+    one assistant message of content parts, as the model generated it. So may our own python/python_output parts,
+    and the content this server streams (the calls spelled with the tool tokens' names). tools: whether the model
+    has the tool tokens (a model without them gets the spelled names as the text it was sent)."""
+    clean, turn, waiting = [], None, []  # turn: the reply being joined; waiting: its calls with no result yet
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise BadRequest(f"messages[{i}] must be an object", f"messages[{i}]")
+        role, content = m.get("role"), m.get("content")
+        if role == "developer":  # OpenAI's newer name for the system role
+            role = "system"
+        if role not in ("system", "user", "assistant", "tool"):
+            raise BadRequest(f"messages[{i}].role is {role!r}; this model knows system, user, assistant and tool "
+                             "(the calculator's results)", f"messages[{i}].role")
+        if role == "tool":
+            if not waiting:
+                raise BadRequest(f"messages[{i}] is a tool result with no calculator call before it (an assistant "
+                                 "message's tool_calls)", f"messages[{i}]")
+            call_id, expression = waiting.pop(0)
+            if m.get("tool_call_id") != call_id:
+                raise BadRequest(f"messages[{i}].tool_call_id is {shown(m.get('tool_call_id'))}; the next call "
+                                 f"waiting for its result is {call_id!r}", f"messages[{i}].tool_call_id")
+            turn["content"] += [{"type": "python", "text": expression},
+                                {"type": "python_output", "text": text_of(content, i, role)}]
+            continue
+        if waiting:
+            raise BadRequest(f"messages[{i}] comes before the result of the calculator call {waiting[0][0]!r}: "
+                             "send a tool message with it first", f"messages[{i}]")
+        if role == "assistant" and tools:
+            parts, waiting = assistant_parts(content, i), calculator_calls(m, i)
+            if turn is not None and messages[i - 1].get("role") == "tool":  # the reply goes on after its calls
+                turn["content"] += parts
+            else:
+                turn = {"role": role, "content": parts}
+                clean.append(turn)
+            continue
+        if m.get("tool_calls"):
+            raise BadRequest(f"messages[{i}] has tool_calls, but this model has no calculator (no tool tokens)",
+                             f"messages[{i}].tool_calls")
+        turn = None
+        clean.append({"role": role, "content": text_of(content, i, role)})
+    if waiting:
+        raise BadRequest(f"the calculator call {waiting[0][0]!r} has no tool message with its result", "messages")
+    for m in clean:  # a reply without calls: one string, as before tools
+        if isinstance(m["content"], list) and all(p["type"] == "text" for p in m["content"]):
+            m["content"] = "".join(p["text"] for p in m["content"])
+    return clean
+
+
 def parse_request(body, engine, defaults):
     """(prompt ids, Sampling, stop strings, stream, include_usage) from an OpenAI chat completions body."""
     if not isinstance(body, dict):
@@ -292,26 +425,7 @@ def parse_request(body, engine, defaults):
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("'messages' must be a non-empty array of {\"role\", \"content\"} objects", "messages")
-    clean = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise BadRequest(f"messages[{i}] must be an object", f"messages[{i}]")
-        role, content = m.get("role"), m.get("content")
-        if role == "developer":  # OpenAI's newer name for the system role
-            role = "system"
-        if role not in ("system", "user", "assistant"):
-            raise BadRequest(f"messages[{i}].role is {role!r}; this model knows system, user and assistant",
-                             f"messages[{i}].role")
-        if isinstance(content, list):  # content parts: only text ones
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                       for p in content):
-                raise BadRequest(f"messages[{i}].content may only hold text parts", f"messages[{i}].content")
-            content = "".join(p["text"] for p in content)
-        if content is None and role == "assistant":
-            content = ""
-        if not isinstance(content, str):
-            raise BadRequest(f"messages[{i}].content must be a string", f"messages[{i}].content")
-        clean.append({"role": role, "content": content})
+    clean = conversation(messages, engine.tools)
     if not any(m["content"].strip() for m in clean if m["role"] == "user"):
         raise BadRequest("the messages hold no user message with text", "messages")
 

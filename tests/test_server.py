@@ -26,7 +26,7 @@ from nash.engine import ChatEngine, Decoder, Sampling
 from model import GPT, GPTConfig
 from test_chat import chat_model, greedy_reference
 from test_chat_rolling import engine_for, rope_chat_ckpt, rope_chat_model  # noqa: F401  (rope_chat_ckpt: a fixture)
-from nash.tokenizer import CHAT_VOCAB_SIZE, VOCAB_SIZE, get_tokenizer
+from nash.tokenizer import CHAT_VOCAB_SIZE, VOCAB_SIZE, get_tokenizer, render_conversation, special_ids
 
 
 def free_port():
@@ -113,7 +113,7 @@ def test_openai_client_streamed_and_not(tiny_chat_run):
         turn2 = messages + [{"role": "assistant", "content": reply}, {"role": "user", "content": "Reverse: a b"}]
         again = client.chat.completions.create(model="tiny_chat", messages=turn2, temperature=0, max_tokens=5)
         assert again.choices[0].message.content == expected((tiny_chat_run, "best"), turn2, 5)[0]
-        with pytest.raises(BadRequestError, match="role"):
+        with pytest.raises(BadRequestError, match="tool result with no calculator call before it"):
             client.chat.completions.create(model="tiny_chat", messages=[{"role": "tool", "content": "x"}])
 
 
@@ -469,3 +469,93 @@ def test_serving_beyond_loopback_without_a_key_warns(tiny_chat_run):
     with serving(f"--out_dir={tiny_chat_run}", "--host=0.0.0.0", "--api_key=k", log=log):
         pass
     assert "warning" not in log[0] and "API key required" in log[0]
+
+
+CALLED = "What is 6 times 7?"
+REPLY_PARTS = [{"type": "text", "text": " It is"}, {"type": "python", "text": " 6 * 7"},
+               {"type": "python_output", "text": "42"}, {"type": "text", "text": "."}]
+REPLY_SHAPES = {  # the same reply, each way a client may send it back
+    "as streamed": [{"role": "assistant", "content": " It is<|python_start|> 6 * 7<|python_end|><|output_start|>42"
+                                                     "<|output_end|>."}],
+    "OpenAI tool calls": [
+        {"role": "assistant", "content": " It is", "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "calculator",
+                                                              "arguments": '{"expression": " 6 * 7"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "42"},
+        {"role": "assistant", "content": "."}],
+    "content parts": [{"role": "assistant", "content": REPLY_PARTS}],
+}
+
+
+def calculator_engine():
+    """An engine on a real GPT steered to reply " It is" + a call of ` 6 * 7` + "." (test_tools.SteeredGPT)."""
+    from test_tools import SteeredGPT, chain_of
+    model = SteeredGPT({**chain_of("<|assistant_start|>", " It is", "<|python_start|>", " 6 * 7", "<|python_end|>"),
+                        **chain_of("<|output_end|>", ".", "<|assistant_end|>")})
+    return ChatEngine(model, contextlib.nullcontext())
+
+
+@contextlib.contextmanager
+def calculator_server():
+    """The server, in-process, on calculator_engine(); yields the engine and an openai client."""
+    from openai import OpenAI
+    engine = calculator_engine()
+    with TestClient(server.create_app(engine, "steered", Sampling(temperature=0.0, top_k=None))) as http:
+        yield engine, OpenAI(base_url="http://testserver/v1", api_key="none", http_client=http)
+
+
+def test_a_reply_with_calls_sent_back_in_any_shape_is_what_the_model_generated():
+    """The calls stream as the tool tokens' names; a client that sends the reply back (as streamed, as OpenAI's
+    tool_calls + role "tool" messages, or as content parts) gets the very token ids the model generated and saw,
+    not the names re-read as text: the next turn prefills only the new messages."""
+    enc = get_tokenizer()
+    question, follow = [{"role": "user", "content": CALLED}], {"role": "user", "content": "And 6 times 8?"}
+    with calculator_server() as (engine, client):
+        stream = client.chat.completions.create(model="steered", messages=question, stream=True, temperature=0)
+        content = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert [content] == [m["content"] for m in REPLY_SHAPES["as streamed"]]
+        seen = list(engine.cached)  # the prompt and the reply, as the model generated them
+        original = render_conversation(enc, question + [{"role": "assistant", "content": REPLY_PARTS}, follow],
+                                       for_reply=True)[0]
+        assert original[:len(seen)] == seen and original[len(seen)] == special_ids(enc)["<|assistant_end|>"]
+        for shape, history in REPLY_SHAPES.items():
+            prompt = server.parse_request({"messages": question + history + [follow]}, engine, Sampling())[0]
+            assert prompt == original, shape
+            client.chat.completions.create(model="steered", messages=question + history + [follow], max_tokens=1)
+            assert engine.prefilled == len(original) - len(seen), shape  # only the new turn was computed
+            client.chat.completions.create(model="steered", messages=question, max_tokens=20)  # back to the reply
+        plain = server.parse_request({"messages": [{"role": "user", "content": content}]}, engine, Sampling())[0]
+        assert special_ids(enc)["<|python_start|>"] not in plain  # a user's text stays text
+
+
+@pytest.mark.parametrize("history, error", [
+    ([{"role": "tool", "tool_call_id": "call_1", "content": "42"}], "no calculator call before it"),
+    ([REPLY_SHAPES["OpenAI tool calls"][0]], "has no tool message with its result"),
+    ([REPLY_SHAPES["OpenAI tool calls"][0], {"role": "tool", "tool_call_id": "call_2", "content": "42"}],
+     "the next call waiting for its result is 'call_1'"),
+    ([REPLY_SHAPES["OpenAI tool calls"][0], {"role": "user", "content": "hm?"}], "comes before the result"),
+    ([{"role": "assistant", "content": "", "tool_calls": [{"id": "c", "type": "function", "function": {
+        "name": "shell", "arguments": '{"expression": "ls"}'}}]}], "one tool is its calculator"),
+    ([{"role": "assistant", "content": "", "tool_calls": [{"id": "c", "type": "function", "function": {
+        "name": "calculator", "arguments": "2+2"}}]}], "a string \"expression\""),
+    ([{"role": "assistant", "content": [{"type": "python", "text": "2+2"}]}], "no python_output right after it"),
+    ([{"role": "user", "content": [{"type": "python", "text": "2+2"}]}], "may only hold text parts"),
+])
+def test_malformed_calls_in_a_request_are_a_400_naming_the_message(history, error):
+    with calculator_server() as (engine, client):
+        r = client._client.post("/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": CALLED}] + history})
+        assert r.status_code == 400 and error in r.json()["error"]["message"], r.text
+
+
+def test_the_readmes_reply_shapes_read_as_the_same_calls():
+    """README, tool use: the reply as streamed, and in OpenAI's shape, render to the same token ids, with the call."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    block = readme.split("**In chat, the page and the server.**")[1].split("```python\n")[1].split("```")[0]
+    streamed, *openai_shape = eval("[" + block + "]")  # a list of messages, as written
+    engine = calculator_engine()
+    question, follow = {"role": "user", "content": "What is 6 times 7?"}, {"role": "user", "content": "Thanks"}
+    prompts = [server.parse_request({"messages": [question, *history, follow]}, engine, Sampling())[0]
+               for history in ([streamed], openai_shape)]
+    assert prompts[0] == prompts[1] and special_ids(engine.enc)["<|python_start|>"] in prompts[0]

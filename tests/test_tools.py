@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from conftest import ROOT, run_script
-from model import GPTConfig
+from model import GPT, GPTConfig
 from nash.checkpoint import load_checkpoint
 from nash.data import ChatExamples
-from nash.engine import ChatEngine, Conversation, Decoder, Sampling
+from nash.engine import ChatEngine, Conversation, Decoder, Sampling, sample_batch
 from nash.tasks.gsm8k import tool_parts
 from nash.tokenizer import (CHAT_VOCAB_SIZE, TOOL_TOKENS, content_text, get_tokenizer, render_conversation,
                             special_ids)
@@ -265,3 +265,93 @@ def test_readme_tools_demo_commands(tmp_path):
     proc = run_script("chat.py", f"--out_dir={out}", "--prompt=A box holds 37 pens. How many pens are in 24 boxes?",
                       "--max_new_tokens=4", "--seed=0")
     assert proc.returncode == 0
+
+
+class SteeredGPT(torch.nn.Module):
+    """A real (tiny, random) GPT whose logits get a push towards the next token of a chain after each chain token,
+    so it calls the calculator where the chain says; everything else is the GPT's own greedy text, which attends to
+    the forced outputs. records: the (rows, tokens) of each forward, to see how the outputs went in."""
+
+    def __init__(self, chain):
+        super().__init__()
+        torch.manual_seed(0)
+        self.gpt = GPT(GPTConfig(n_layers=2, n_heads=4, d_model=32, d_ff=64, max_seq_len=64,
+                                 vocab_size=CHAT_VOCAB_SIZE, dropout=0.0)).eval()
+        self.config, self.chain, self.shapes = self.gpt.config, chain, []
+
+    def next_logits(self, idx, cache):
+        self.shapes.append(tuple(idx.shape))
+        logits = self.gpt.next_logits(idx, cache)
+        for row, last in enumerate(idx[:, -1].tolist()):
+            if last in self.chain:
+                logits[row, self.chain[last]] += 100.0
+        return logits
+
+
+def chain_of(*tokens):
+    """{token: the next one} along tokens (names of special tokens, or text)."""
+    ids = [t for piece in tokens for t in ([IDS[piece]] if piece in IDS else encode(piece))]
+    return dict(zip(ids, ids[1:]))
+
+
+def steered_model():
+    """Calls ` 6 * 7` at the start of every reply, and again after the word ` Olive` (which only the reply to
+    "Hello" gets to, after the reply to the long question has ended)."""
+    return SteeredGPT({**chain_of("<|assistant_start|>", "<|python_start|>", " 6 * 7", "<|python_end|>"),
+                       **chain_of(" Olive", "<|python_start|>")})
+
+
+@pytest.mark.parametrize("questions, num_samples", [
+    (["What is 6 times 7?", "Hello", "A much longer question about numbers, boxes and pens and how many there are "
+                                     "in all of them"], 2),  # every call with other rows alongside
+    (["Hello", "A much longer question about numbers, boxes and pens and how many there are in all of them"], 1),
+])
+def test_batched_greedy_with_tools_equals_the_chat_engines_replies(questions, num_samples):
+    """RL rollouts and batched evals call the calculator as chat does: sample_batch(tools=True) gives, row for row,
+    the reply ChatEngine gives one prompt at a time (its output in one forward), whether a row's output goes in
+    one token per step beside other rows or, in a row left alone, whole."""
+    model = steered_model()
+    engine = ChatEngine(model, contextlib.nullcontext(), ENC)
+    greedy = Sampling(temperature=0.0, top_k=None, max_new_tokens=100)
+    prompts = [engine.render([{"role": "user", "content": q}]) for q in questions]
+    replies = []
+    for prompt in prompts:
+        replies.append((list(engine.generate(prompt, greedy)), engine.forced, engine.finish_reason))
+    model.shapes = []
+    result = sample_batch(model, prompts, num_samples, greedy, stop_ids=(), enc=ENC, tools=True)
+    output = [IDS["<|output_start|>"], *encode("42"), IDS["<|output_end|>"]]
+    for (reply, forced, finish), samples in zip(replies, result):
+        assert ENC.decode(reply).startswith("<|python_start|> 6 * 7<|python_end|><|output_start|>42<|output_end|>")
+        for c in samples:
+            assert (c.tokens, c.forced, c.finish_reason) == (reply, forced, finish)
+            assert [c.tokens[i] for i in c.forced_at] == output * (forced // len(output))
+            assert c.text == ENC.decode(reply)
+    assert [r[1] for r in replies][:2] == ([3, 6] if num_samples == 2 else [6, 3])  # "Hello" called twice
+    lone = (1, 1 + len(output)) in model.shapes  # the second call of "Hello": its <|python_end|> and the output
+    assert lone == (num_samples == 1)
+
+
+def test_batched_sampling_without_tools_leaves_the_tool_tokens_to_the_model():
+    model = steered_model()
+    greedy = Sampling(temperature=0.0, top_k=None, max_new_tokens=8)
+    prompt = ChatEngine(model, contextlib.nullcontext(), ENC).render([{"role": "user", "content": "Hello"}])
+    [[plain]], [[called]] = (sample_batch(model, [prompt], 1, greedy, stop_ids=(), enc=ENC, tools=t) for t in (0, 1))
+    assert plain.forced == 0 and IDS["<|output_start|>"] not in plain.tokens and IDS["<|output_start|>"] in called.tokens
+    with pytest.raises(ValueError, match="tools need enc"):
+        sample_batch(model, [prompt], 1, greedy, stop_ids=(), tools=True)
+
+
+def test_bench_measures_the_forced_tokens_cost(monkeypatch, tmp_path, capsys):
+    """bench.py --what=tools (benches/tools.py), as the README runs it: the same reply with and without the
+    calculator; a lone row saves the forwards of its outputs (one forward per call), batched rows do not."""
+    from test_bench import bench
+    out = tmp_path / "tools.json"
+    bench(monkeypatch, "--what=tools", "--repeats=1", "--device=cpu", f"--output={out}")
+    assert "tools: the calculator's forced tokens" in capsys.readouterr().out
+    lone, batched = json.loads(out.read_text())["results"]["tools"]["rows"]
+    forced = 2 + len(encode("56088"))  # per call: <|output_start|> 56088 <|output_end|>
+    calls = 121 // (len(encode(" seven small birds sing while a lazy fox jumps 123 * 456")) + 2 + forced)
+    assert lone["reply_tokens"] == batched["reply_tokens"] == 121 and lone["forced_per_reply"] == forced * calls
+    assert lone["plain_forwards"] - lone["tools_forwards"] == forced * calls  # each output rides with <|python_end|>
+    assert batched["plain_forwards"] == batched["tools_forwards"]  # one token per step
+    assert all(row[k] > 0 for row in (lone, batched) for k in ("tools_tokens_per_sec", "plain_tokens_per_sec"))
