@@ -3,7 +3,7 @@
 # a score head added) learns to tell which; held out: 8 answers to each of the 200 test problems.
 #   python train.py config/arith_sft_demo.py     # first: the generator (out-arith-sft/)
 #   python train.py config/verifier_demo.py
-#   python -m nash.verifier --generator=out-arith-sft --verifier=out-verifier-demo --num_samples=16   # best-of-N
+#   python -m nash.verifier --generator=out-arith-sft --verifier=out-verifier-demo --num_samples=8 --max_new_tokens=32
 task = "verifier"
 reward_task = "arith"
 init_from = "out-arith-sft"
@@ -15,14 +15,14 @@ verifier_temperature = 1.0
 verifier_max_new_tokens = 32  # the longest worked answer is ~20 tokens
 
 batch_size = 32
-learning_rate = 3e-4
+learning_rate = 1e-3
 warmup_steps = 20
-max_steps = 250
+max_steps = 500
 weight_decay = 0.0
 
-eval_interval = 50
+eval_interval = 100
 eval_iters = 7  # val: the first 7 * 32 >= 200 test problems, all of them
 log_interval = 10
-checkpoint_interval = 50
+checkpoint_interval = 100
 
 out_dir = "out-verifier-demo"

@@ -7,7 +7,7 @@ scores highest. task=verifier (nash/objectives/verifier.py) trains one on exactl
 
 and, to measure what it buys on a task's test problems (greedy pass@1, majority vote and best-of-N side by side):
 
-    python -m nash.verifier --generator=out-arith-sft --verifier=out-verifier-demo --num_samples=16
+    python -m nash.verifier --generator=out-arith-sft --verifier=out-verifier-demo --num_samples=8 --max_new_tokens=32
 """
 from contextlib import nullcontext
 

@@ -163,7 +163,9 @@ def verifier_demo_run(arith_sft_run, tmp_path_factory):
 def test_verifier_demo_samples_labels_and_logs(verifier_demo_run):
     out, proc = verifier_demo_run
     assert "sampling 2 answers to each of 6 train and 4 test questions of arith" in proc.stdout
-    records = [json.loads(line) for line in open(out / "verifier_examples.jsonl")]
+    header, *records = [json.loads(line) for line in open(out / "verifier_examples.jsonl")]
+    assert header["sampled_with"]["questions"] == {"train": 6, "val": 4}
+    assert header["sampled_with"]["verifier_samples"] == 2 and len(header["sampled_with"]["generator"]) == 16
     assert [(r["split"], r["question"], r["sample"]) for r in records] == \
         [(split, q, j) for split, n in (("train", 6), ("val", 4)) for q in range(n) for j in range(2)]
     from nash.tasks import TASKS, load_rows
@@ -202,6 +204,10 @@ def test_verifier_resume_is_exact(arith_sft_run, tmp_path):
     strip = lambda run: [{k: v for k, v in m.items() if k not in ("time", "ms_per_step", "tokens_per_sec", "mfu")}
                          for m in read_metrics(run) if m["event"] == "train" or m["step"] in (2, 4)]
     assert strip(full) == strip(half)
+    # a new run there with the same generator and sampling settings reuses the set; other settings sample anew
+    assert "reusing the answers" in verifier_run(full, arith_sft_run, *flags, "--overwrite", "--max_steps=1").stdout
+    proc = verifier_run(full, arith_sft_run, *flags, "--overwrite", "--max_steps=1", "--verifier_temperature=0.5")
+    assert "sampling 2 answers" in proc.stdout
 
 
 def test_verifier_bad_input_is_one_error_line(arith_sft_run, tiny_sft_run, tmp_path):

@@ -5,8 +5,11 @@ Starting from a chat run (init_from: the generator), the run first samples verif
 first verifier_questions train questions of reward_task (the batched engine, nash/engine.py) and labels each with the
 task's own answer check (1 right, 0 wrong); likewise for the first eval_iters * batch_size questions of the task's
 test split, the held-out set. That happens ONCE, before step 0, seeded from `seed`: the labelled set is written to
-out_dir/verifier_examples.jsonl (one line per answer: the question's messages, the reply, its label), which a resumed
-run reads back instead of sampling again (its model is the verifier by then, not the generator) and a user can read.
+out_dir/verifier_examples.jsonl (a first line saying how it was sampled, then one line per answer: the question's
+messages, the reply, its label), which a resumed run reads back instead of sampling again (its model is the verifier
+by then, not the generator) and a user can read. A new run in that out_dir (--overwrite) reuses the set when the
+first line matches its own (the same generator weights and sampling settings): trying other training settings
+costs no sampling.
 
 The model gets a scalar score head (model.py: score_head; it starts at zero, every answer at probability 1/2), read at
 the reply's <|assistant_end|>, and the head and the whole body train with binary cross-entropy on (question, answer,
@@ -23,6 +26,7 @@ import tempfile
 import torch
 import torch.nn.functional as F
 
+from nash import lora
 from nash import tasks as downstream
 from nash.common import fail
 from nash.data import EpochSampler, mix
@@ -88,6 +92,7 @@ class Verifier(Pretrain):
 
     def setup(self, model, init_from, resume, lora_info):
         self.model, self.resuming = model, resume is not None
+        self.generator = None if resume else lora.fingerprint(model.state_dict())  # which model answers
         model.add_score_head()  # (a resumed run's model has it already)
         self.settings["score_head"] = True  # config.json says what the checkpoint holds
 
@@ -105,16 +110,21 @@ class Verifier(Pretrain):
 
     def to(self, device):
         """The labelled set: read back on resume, else sampled now (the model is on its device) and written."""
-        path = os.path.join(self.settings["out_dir"], EXAMPLES)
-        if self.resuming:
-            if not os.path.isfile(path):
-                fail(f"{path} is missing: a verifier run resumes on the answers it sampled when it started; put the "
-                     f"file back, or start a new run")
-            with open(path) as f:
-                records = [json.loads(line) for line in f]
-        else:
+        s = self.settings
+        path = os.path.join(s["out_dir"], EXAMPLES)
+        header, records = read_examples(path)
+        wanted = None if self.resuming else {
+            "generator": self.generator, "reward_task": s["reward_task"], "seed": s["seed"],
+            "questions": {split: len(self.questions[split][0]) for split in SPLITS},
+            **{k: s[k] for k in ("verifier_samples", "verifier_temperature", "verifier_max_new_tokens", "task_data")}}
+        if self.resuming and header is None:
+            fail(f"{path} is missing: a verifier run resumes on the answers it sampled when it started; put the "
+                 f"file back, or start a new run")
+        if not self.resuming and header != wanted:  # a new run samples, unless the set there is exactly its own
             records = self.sample_and_label()
-            write_jsonl(path, records)
+            write_jsonl(path, [{"sampled_with": wanted}] + records)
+        elif not self.resuming:
+            self.log(f"reusing the answers in {path}: the same generator and sampling settings")
         for split in SPLITS:
             mine = [r for r in records if r["split"] == split]
             examples = self.splits[split]
@@ -188,6 +198,15 @@ class Verifier(Pretrain):
 
     def describe(self, metrics):
         return f"accuracy {100 * metrics['accuracy']:.1f}%"
+
+
+def read_examples(path):
+    """(the header saying how the set was sampled, the records) of a labelled set; (None, []) if there is none."""
+    if not os.path.isfile(path):
+        return None, []
+    with open(path) as f:
+        lines = [json.loads(line) for line in f]
+    return (lines[0].get("sampled_with"), lines[1:]) if lines else (None, [])
 
 
 def write_jsonl(path, records):
