@@ -5,7 +5,6 @@ one-line errors), the best-of-N measurement as the README runs it, and the expor
 classifiers with equal scores."""
 import itertools
 import json
-import os
 import subprocess
 import sys
 from dataclasses import asdict

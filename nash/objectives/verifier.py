@@ -18,6 +18,7 @@ drawn in epochs as every objective's (a pure function of seed, step, index). Eac
 val_loss is their mean BCE; beside it accuracy (at probability 1/2), AUC (does a right answer outscore a wrong one?)
 and best_of_n, the fraction of held-out questions whose top-scored answer is right, against pass@1_sampled (a random
 pick: the fraction of answers that are right) and pass@n (some answer is right: what a perfect verifier would get).
+The lm_head takes no part in the loss: with tie_weights=False, DDP would find it unused (untested on several GPUs).
 """
 import json
 import os
