@@ -54,7 +54,7 @@ try:
     arch = hf.architecture(model.config)
 except hf.ExportError as e:
     fail(str(e))
-cls = hf.CLASSES[arch]
+cls = hf.class_name(model.config, arch)  # a verifier (score head): the sequence classifier
 spec = tokenizer.model_spec(state, init_from)  # GPT-2's, or the tokenizer the run learnt (prepare.py)
 write_tokenizer = tokenizer.write_gpt2_tokenizer if spec["name"] == "gpt2" else \
     lambda folder, config: tokenizer.write_trained_tokenizer(folder, config, spec)
@@ -89,12 +89,18 @@ def model_card():
                              + (f", from {run['init_from']}" if run.get("init_from") not in (None, "scratch") else ""))]
         if state.get("metrics"):
             m = state["metrics"]
-            rows.append(("final val loss", f"{m['val_loss']:.4f} (perplexity {m['perplexity']:.2f}, "
-                                           f"next-token accuracy {100 * m['accuracy']:.2f}%)"))
+            if model.config.score_head:  # a verifier's eval (nash/objectives/verifier.py)
+                rows.append(("final val loss", f"{m['val_loss']:.4f} (binary cross-entropy; accuracy "
+                                               f"{100 * m['accuracy']:.1f}%, best-of-{m['n']} {100 * m['best_of_n']:.1f}%)"))
+            else:
+                rows.append(("final val loss", f"{m['val_loss']:.4f} (perplexity {m['perplexity']:.2f}, "
+                                               f"next-token accuracy {100 * m['accuracy']:.2f}%)"))
     else:
         rows.append(("weights", f"from {source} (not trained here)"))
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     trained = f"\n## Training settings\n\n```json\n{json.dumps(run, indent=2)}\n```\n" if run else ""
+    if model.config.score_head:
+        return verifier_card(name, table, trained)
     return f"""---
 library_name: transformers
 pipeline_tag: text-generation
@@ -123,6 +129,40 @@ print(tokenizer.decode(model.generate(ids, max_new_tokens=50, do_sample=True, to
 Back in Nash-LLM: `python sample.py --init_from={name}` (or train.py / evaluate.py with `--init_from`).
 Context is {c.max_seq_len} tokens: {"positions beyond it do not exist (learned position embeddings)"
                                     if c.pos_emb == "learned" else "RoPE runs past it, untrained"}.
+"""
+
+
+def verifier_card(name, table, trained):
+    """README.md of a verifier: a one-label sequence classifier, scoring a rendered conversation at its last token."""
+    return f"""---
+library_name: transformers
+pipeline_tag: text-classification
+tags: [nash-llm, verifier, {arch}]
+---
+# {name}
+
+A verifier (outcome reward model) trained with Nash-LLM (task=verifier) and exported by `export.py` from
+`{source}`, in {dtype}, as a {cls} with one label: sigmoid(logit) is its probability that the conversation's last
+reply is right. It reads the text as Nash-LLM renders a chat (its special tokens: `<|endoftext|>`, then
+`<|user_start|>` question `<|user_end|>` `<|assistant_start|>` reply `<|assistant_end|>`) at the last token that is
+not `pad_token_id` (`<|endoftext|>`, which only starts a conversation), so pad on the right with it.
+
+| | |
+|---|---|
+{table}
+{trained}
+## Use
+
+```python
+import torch
+from transformers import AutoModelForSequenceClassification
+
+model = AutoModelForSequenceClassification.from_pretrained("{name}")
+# ids: nash.tokenizer.render_conversation(enc, messages + [{{"role": "assistant", "content": reply}}])[0]
+print(torch.sigmoid(model(torch.tensor([ids])).logits[0, 0]))
+```
+
+In Nash-LLM: `nash.verifier.score_replies` on the run itself, e.g. best-of-N with `python -m nash.verifier`.
 """
 
 

@@ -44,6 +44,7 @@ class GPTConfig:
     experts_top_k: int = 2         # experts each token is routed to
     moe_aux_loss_coef: float = 0.01  # weight of the load-balancing loss in the training loss (Switch uses 0.01)
     attn_sinks: int = 0            # learnable sink tokens in front of every sequence; 0 = none
+    score_head: bool = False       # a scalar score head beside the lm_head (a verifier, task=verifier): GPT.score
 
     def __post_init__(self):
         for name in ("n_layers", "n_heads", "d_model", "d_ff", "max_seq_len", "vocab_size", "pad_vocab_multiple"):
@@ -89,7 +90,7 @@ class GPTConfig:
         mlp = d * self.d_ff * (3 if self.mlp == "swiglu" else 2)
         block = attn + mlp * max(self.n_experts, 1) + d * self.n_experts + 4 * d
         tables = self.max_seq_len * d if self.pos_emb == "learned" else (self.max_seq_len + self.attn_sinks) * self.head_dim
-        return 4 * (V * d * (1 if self.tie_weights else 2) + L * block + tables)
+        return 4 * (V * d * (1 if self.tie_weights else 2) + L * block + tables + d * self.score_head)
 
 
 def make_norm(config, dim):
@@ -538,6 +539,8 @@ class GPT(nn.Module):
             self.transformer.wte.weight = self.lm_head.weight  # one matrix, both ends (GPT-2 does this)
         if config.attn_sinks:  # learned input vectors, prepended to every sequence: why: docs/model.md
             self.sinks = nn.Parameter(torch.empty(config.attn_sinks, config.d_model).normal_(0.0, 0.02))
+        if config.score_head:
+            self.score_head = nn.Linear(config.d_model, 1, bias=False)  # (transformers' "score": no bias either)
 
         # GPT-2 init: N(0, 0.02) everywhere, zero biases, and the projections that write into the
         # residual stream scaled by 1/sqrt(2 n_layers) so its variance doesn't grow with depth
@@ -548,6 +551,8 @@ class GPT(nn.Module):
         with torch.no_grad():  # padding rows: zero, and they stay zero (no gradient ever reaches them)
             self.transformer.wte.weight[config.vocab_size:].zero_()
             self.lm_head.weight[config.vocab_size:].zero_()
+            if config.score_head:
+                self.score_head.weight.zero_()  # every sequence starts at logit 0 (probability 1/2)
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
@@ -583,6 +588,16 @@ class GPT(nn.Module):
             noise = torch.randn(vocab_size - old, w.size(1), generator=g) * 0.1 * rows.std()
             w[old:vocab_size] = (rows.mean(0) + noise.to(w.device)).to(w.dtype)
         self.config = config
+
+    def add_score_head(self):
+        """Give a language model the scalar score head (zero: every sequence starts at probability 1/2), as a
+        verifier starts from a chat model. self.config changes in place: whoever holds it (train.py, to save it)
+        sees score_head=True, so the checkpoint rebuilds the head."""
+        if not self.config.score_head:
+            w = self.lm_head.weight
+            self.score_head = nn.Linear(self.config.d_model, 1, bias=False, device=w.device, dtype=w.dtype)
+            nn.init.zeros_(self.score_head.weight)
+            self.config.score_head = True
 
     def num_params(self, non_embedding=False, active=False):
         """Logical parameter count: padding rows are left out and tied weights count once.
@@ -639,8 +654,9 @@ class GPT(nn.Module):
         # the logits and zero-filled a padded gradient: ~20% of a CPU step). Padding rows serve the lookup only.
         return self.lm_head.weight[:self.config.vocab_size]
 
-    def forward(self, idx, targets=None, return_logits=True, reduction="mean"):
+    def forward(self, idx, targets=None, return_logits=True, reduction="mean", last=None):
         """idx (B, T) token ids -> (logits (B, T, vocab_size) or None, loss or None).
+        last (B,): the score head's logits instead, (B,) (score(); through forward so DDP and compile see it).
 
         targets (B, T): the next token at each position; -1 marks positions without loss (SFT masks prompts
         this way). reduction="mean": the mean token_loss over the other positions (0 when there are none,
@@ -648,6 +664,8 @@ class GPT(nn.Module):
         and RL's per-sequence sums). return_logits=False (training): no logits come back, and the mean loss
         is fused with the head in chunks (chunked_cross_entropy): same loss and gradients, far less memory.
         In training mode the MoE load-balancing loss is added to the mean (moe_aux_loss reads it alone)."""
+        if last is not None:
+            return self.score(idx, last), None
         x = self.hidden_states(idx)
         if targets is None:
             return F.linear(x, self.head), None
@@ -681,6 +699,15 @@ class GPT(nn.Module):
         if where is not None:
             return loss, hit
         return loss.new_zeros(targets.shape).masked_scatter(keep, loss), torch.zeros_like(keep).masked_scatter(keep, hit)
+
+    def score(self, idx, last):
+        """The score head's logit (B,), float32, read at position last[b] of each row of idx (B, T): a verifier's
+        log-odds that the sequence ending there is right. Rows are right-padded; causal attention keeps the padding
+        after last out of it. ValueError for a model without the head (score_head=False)."""
+        if not self.config.score_head:
+            raise ValueError("this model has no score head (score_head=False): train one with task=verifier")
+        x = self.hidden_states(idx)
+        return self.score_head(x[torch.arange(x.size(0), device=x.device), last]).squeeze(-1).float()
 
     def next_logits(self, idx, kv_cache=None):
         """The float32 logits (B, vocab_size) after the last token of idx (B, T); with a cache, idx continues it."""

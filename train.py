@@ -69,7 +69,7 @@ eval_tasks = ""  # downstream benchmarks at each eval, comma-separated (see task
 eval_task_examples = 200  # the first this many items of each of eval_tasks
 task_data = ""  # eval_tasks: a folder of <task>.jsonl in the hub datasets' row schema; "" = the Hugging Face hub
 # data
-task = "pretrain"  # the objective (nash/objectives/): pretrain (token shards) | sft (prompt/completion JSONL) | chat (conversations) | dpo (preferences) | rl (rewards from reward_task's answer check)
+task = "pretrain"  # the objective (nash/objectives/): pretrain (token shards) | sft (prompt/completion JSONL) | chat (conversations) | dpo (preferences) | rl (rewards from reward_task's answer check) | verifier (a score head judging reward_task's answers)
 dataset = "shakespeare"  # folder name under data/
 data_dir = ""  # the dataset's folder, if not data/<dataset>
 # LoRA (lora.py), for the fine-tuning tasks: small adapters train, the base weights stay frozen
@@ -89,6 +89,11 @@ rl_std_normalize = False  # divide the advantages by their group's std (GRPO's);
 rl_updates = 1  # optimizer steps on each batch of rollouts; above 1 the PPO clip keeps the later ones close
 rl_clip = 0.2  # PPO's epsilon: the probability ratio to the sampling policy is clipped to 1 +- rl_clip
 rl_kl_beta = 0.0  # weight of the KL penalty to the starting model (TRL's beta; 0 as TRL and nanochat: no reference)
+# verifier (nash/objectives/verifier.py), task=verifier: answers to reward_task's questions, sampled once, labelled by its check
+verifier_samples = 8  # answers sampled per question from init_from (the generator), for training and for val
+verifier_questions = 0  # train questions to sample answers to, the first ones; 0 = all (val: eval_iters * batch_size test questions)
+verifier_temperature = 1.0  # sampling temperature of those answers (a mix of right and wrong is what it learns from)
+verifier_max_new_tokens = 64  # the longest answer sampled
 # run
 out_dir = "out"
 init_from = "scratch"  # scratch | resume | gpt2 ... gpt2-xl | a Hugging Face folder | a checkpoint file or run folder

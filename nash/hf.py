@@ -46,6 +46,10 @@ HF_GPT2_NAMES = GPT2_NAMES  # OpenAI's, loaded by model.py's GPT.from_pretrained
 NORM_EPS = 1e-5  # model.py's eps for every LayerNorm / RMSNorm
 CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM",
            "mixtral": "MixtralForCausalLM"}
+# a verifier (score_head=True) exports as its layout's sequence classifier: one label, the score read at each row's
+# last token that is not pad_token_id (transformers takes the rightmost one, so right padding works)
+SEQUENCE_CLASSES = {"gpt2": "GPT2ForSequenceClassification", "llama": "LlamaForSequenceClassification",
+                    "qwen3": "Qwen3ForSequenceClassification", "mixtral": "MixtralForSequenceClassification"}
 EXPORTABLE = ("GPT2LMHeadModel: pos_emb=learned, norm=layernorm, mlp=gelu, no GQA, qk_norm=False; "
               "LlamaForCausalLM: pos_emb=rope, norm=rmsnorm, mlp=swiglu, qk_norm=False; "
               "Qwen3ForCausalLM: pos_emb=rope, norm=rmsnorm, mlp=swiglu, qk_norm=True, bias=False; "
@@ -93,12 +97,20 @@ def architecture(config):
     return "mixtral" if c.n_experts else "qwen3" if c.qk_norm else "llama"
 
 
+def class_name(config, arch):
+    """The transformers class a model exports as: its layout's causal LM, or its sequence classifier (a verifier)."""
+    return (SEQUENCE_CLASSES if config.score_head else CLASSES)[arch]
+
+
 def hf_config(config, arch, bos_token_id=50256, eos_token_id=50256, dtype="float32"):
     """config.json for arch, carrying every setting that changes the function (and dropout for fine-tuning)."""
     c = config
-    common = {"architectures": [CLASSES[arch]], "model_type": arch, "vocab_size": c.vocab_size,
+    common = {"architectures": [class_name(c, arch)], "model_type": arch, "vocab_size": c.vocab_size,
               "bos_token_id": bos_token_id, "eos_token_id": eos_token_id, "tie_word_embeddings": c.tie_weights,
               "torch_dtype": dtype, "use_cache": True}
+    if c.score_head:  # one logit; pad_token_id tells transformers where each row's text ends (<|endoftext|> only
+        # starts our conversations, so the rightmost other token is the reply's last: where we read the score)
+        common.update(num_labels=1, id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0}, pad_token_id=eos_token_id)
     if arch == "gpt2":
         return {**common, "n_layer": c.n_layers, "n_head": c.n_heads, "n_embd": c.d_model, "n_inner": c.d_ff,
                 "n_positions": c.max_seq_len, "n_ctx": c.max_seq_len, "activation_function": "gelu_new",
@@ -222,7 +234,9 @@ def key_map(config, arch):
                                                                      (x + "w3.weight", c.d_ff)], False),
                               (f"{ours}mlp.experts.{e}.c_proj.weight", [(x + "w2.weight", c.d_model)], False)]
         table.append(("transformer.ln_f.weight", [("model.norm.weight", c.d_model)], False))
-    if not c.tie_weights:
+    if c.score_head:  # a sequence classifier has the score in place of the lm_head
+        table.append(("score_head.weight", [("score.weight", 1)], False))
+    elif not c.tie_weights:
         table.append(("lm_head.weight", [("lm_head.weight", c.vocab_size)], False))
     if arch != "gpt2" and not c.bias:
         table = [row for row in table if not row[0].endswith(".bias")]
@@ -247,7 +261,7 @@ def from_hf_state_dict(sd_hf, config, arch, into):
     """Copy the HF state dict sd_hf into our state dict `into` (e.g. model.state_dict()), in place."""
     missing = [k for _, parts, _ in key_map(config, arch) for k, _ in parts if k not in sd_hf]
     if missing:
-        raise ValueError(f"the weights lack {len(missing)} {CLASSES[arch]} tensors, e.g. {missing[:3]}")
+        raise ValueError(f"the weights lack {len(missing)} {class_name(config, arch)} tensors, e.g. {missing[:3]}")
     with torch.no_grad():
         for ours, parts, transpose in key_map(config, arch):
             if ours not in into:
@@ -292,6 +306,9 @@ def load_pretrained(name_or_dir, dropout=0.0, max_bytes=None):
     config_path = os.path.join(name, "config.json")
     hf = read_json(config_path)
     arch = hf.get("model_type", "gpt2")
+    if any(a.endswith("ForSequenceClassification") for a in hf.get("architectures") or []):
+        raise ValueError(f"{name} is a sequence classifier ({hf['architectures'][0]}, e.g. an exported verifier), not "
+                         f"a language model; use the run it was exported from (its checkpoint keeps the score head)")
     if arch == "gpt2":
         return GPT.from_pretrained(name, dropout, max_bytes)
     weights_path = weights_file(name)

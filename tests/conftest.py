@@ -120,6 +120,16 @@ def tiny_chat_run(chat_data, tmp_path_factory):
     return str(out)
 
 
+@pytest.fixture(scope="session")
+def arith_sft_run(tmp_path_factory):
+    """The README's SFT step before RL and the verifier, as written, at tiny size: a chat model of the arithmetic
+    problems (tests/test_rl.py, tests/test_verifier.py)."""
+    out = tmp_path_factory.mktemp("runs") / "arith_sft"
+    run_script("train.py", "config/arith_sft_demo.py", *TINY_MODEL, "--max_seq_len=64", "--max_steps=4",
+               "--eval_interval=0", "--eval_tasks=", f"--out_dir={out}")
+    return str(out)
+
+
 @pytest.fixture
 def key_lengths(monkeypatch):
     """The number of keys each attention call sees (model.py's scaled_dot_product_attention, recorded)."""

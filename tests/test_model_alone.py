@@ -1,5 +1,5 @@
-"""model.py stands alone: copied by itself into an empty folder, it imports, builds every switch, trains a step,
-generates with both KV caches and loads OpenAI's GPT-2 layout, with nothing of the project beside it."""
+"""model.py stands alone: copied by itself into an empty folder, it imports, builds every switch (the score head
+too), trains a step, generates with both KV caches and loads OpenAI's GPT-2 layout, with nothing of the project beside it."""
 import os
 import shutil
 import subprocess
@@ -34,6 +34,11 @@ CHILD = textwrap.dedent('''
         assert torch.equal(exact, m.generate(prompt, 20, temperature=0.0, use_cache=False))
         if m.config.pos_emb == "rope":  # past the 16-token context at a constant cost
             assert m.generate(prompt, 30, temperature=0.0, rolling_cache=True).shape == (1, 34)
+    v = GPT(GPTConfig(**small, score_head=True))  # a verifier: the score head, read at each row's last real token
+    scores = v.score(x, torch.tensor([15, 3]))
+    assert scores.shape == (2,) and torch.equal(v(x, last=torch.tensor([15, 3]))[0], scores)
+    scores.sum().backward()
+    assert v.score_head.weight.grad is not None
     m = GPT.from_pretrained(sys.argv[2]).eval()
     assert m.config.n_layers == 2 and m.config.vocab_size == 50257
     ids = torch.tensor([[464, 2068, 7586]])

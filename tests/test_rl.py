@@ -166,7 +166,7 @@ def test_arith_task_checks_answers_as_gsm8k():
 # -----------------------------------------------------------------------------
 # train.py with task=rl, at tiny sizes
 
-from conftest import TINY_MODEL, TINY_TRAINING, read_metrics, run_script  # noqa: E402
+from conftest import read_metrics, run_script  # noqa: E402
 from nash.checkpoint import load_checkpoint  # noqa: E402
 
 TINY_RL = ["--batch_size=2", "--rl_samples=3", "--rl_max_new_tokens=6", "--eval_iters=1", "--log_interval=1"]
@@ -177,15 +177,6 @@ def error_line(proc):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def arith_sft_run(tmp_path_factory):
-    """The README's SFT step before RL, as written, at tiny size: a chat model of the arithmetic problems."""
-    out = tmp_path_factory.mktemp("runs") / "arith_sft"
-    run_script("train.py", "config/arith_sft_demo.py", *TINY_MODEL, "--max_seq_len=64", "--max_steps=4",
-               "--eval_interval=0", "--eval_tasks=", f"--out_dir={out}")
-    return str(out)
 
 
 def rl_run(out, init_from, *flags, check=True):

@@ -8,5 +8,6 @@ from nash.objectives.dpo import DPO
 from nash.objectives.pretrain import Pretrain
 from nash.objectives.rl import RL
 from nash.objectives.sft import SFT
+from nash.objectives.verifier import Verifier
 
-OBJECTIVES = {"pretrain": Pretrain, "sft": SFT, "chat": Chat, "dpo": DPO, "rl": RL}
+OBJECTIVES = {"pretrain": Pretrain, "sft": SFT, "chat": Chat, "dpo": DPO, "rl": RL, "verifier": Verifier}

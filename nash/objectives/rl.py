@@ -88,6 +88,40 @@ def policy_loss(logps, old_logps, advantages, mask, clip=0.2, ref_logps=None, kl
     return loss, ((kl * mask).sum() / n).detach(), ((clipped & mask).sum() / n).detach()
 
 
+def reward_task_problem(name, why):
+    """A one-line problem with reward_task=name (not a task, or no answer check for chat replies), or None."""
+    if name not in downstream.TASKS:
+        return f"reward_task={name!r} should be one of {', '.join(downstream.TASKS)}"
+    task = downstream.TASKS[name]
+    if task.kind != "generate" or task.check is None or task.chat_prompt is None:
+        able = [t.name for t in downstream.TASKS.values() if t.kind == "generate" and t.check and t.chat_prompt]
+        return (f"reward_task={task.name} has no answer check for chat replies (it is a {task.kind} task); "
+                f"{why}: use {' or '.join(able)}")
+
+
+def chat_model_problem(settings, model, enc):
+    """A one-line problem if the starting model has no chat tokens to sample replies with, or None."""
+    if model.config.vocab_size <= max(special_ids(enc).values()):
+        return (f"task={settings['task']} samples chat replies, and {settings['init_from']} is not a chat model (its "
+                f"{model.config.vocab_size}-token vocabulary has no chat tokens); fine-tune it with task=chat "
+                f"first (e.g. config/arith_sft_demo.py)")
+
+
+def task_questions(settings, enc, task, split):
+    """(docs, chat prompts as token ids) of one split of the task; no questions, or a prompt that leaves no room
+    for a reply in the context (max_seq_len), is an error."""
+    docs = downstream.load_rows(task, split, settings["task_data"])
+    if not docs:
+        fail(f"the {split} split of {task.name} has no questions")
+    prompts = [render_conversation(enc, task.chat_prompt(doc, []), for_reply=True)[0] for doc in docs]
+    longest, max_seq_len = max(map(len, prompts)), settings["max_seq_len"]
+    if longest >= max_seq_len:
+        fail(f"{sum(len(p) >= max_seq_len for p in prompts)} {split} question(s) of {task.name} are up to "
+             f"{longest} tokens with the chat markup, and the context (max_seq_len) is {max_seq_len}: "
+             f"no room for an answer; raise --max_seq_len (up to the model's) or use shorter questions")
+    return docs, prompts
+
+
 class Questions:
     """A split of the reward task as train.py's batches: x the indices of batch_size questions, y (split, rollout
     batch, micro-batch). Questions go round the split in epochs, in a shuffled order, like every other objective's
@@ -129,20 +163,10 @@ class RL(Pretrain):
             return f"rl_temperature={s['rl_temperature']} should be positive: the answers to a question must differ"
         if s["rl_max_new_tokens"] < 1:
             return f"rl_max_new_tokens={s['rl_max_new_tokens']} should be at least 1"
-        if s["reward_task"] not in downstream.TASKS:
-            return f"reward_task={s['reward_task']!r} should be one of {', '.join(downstream.TASKS)}"
-        task = downstream.TASKS[s["reward_task"]]
-        if task.kind != "generate" or task.check is None or task.chat_prompt is None:
-            able = [t.name for t in downstream.TASKS.values() if t.kind == "generate" and t.check and t.chat_prompt]
-            return (f"reward_task={task.name} has no answer check for chat replies (it is a {task.kind} task); "
-                    f"RL needs one to compute rewards: use {' or '.join(able)}")
+        return reward_task_problem(s["reward_task"], "RL needs one to compute rewards")
 
     def check_model(self, model, enc):
-        top = max(special_ids(enc).values())
-        if model.config.vocab_size <= top:
-            return (f"task=rl samples chat replies, and {self.settings['init_from']} is not a chat model (its "
-                    f"{model.config.vocab_size}-token vocabulary has no chat tokens); fine-tune it with task=chat "
-                    f"first (e.g. config/arith_sft_demo.py)")
+        return chat_model_problem(self.settings, model, enc)
 
     def prepare(self, folder):
         pass  # the questions come from reward_task
@@ -170,18 +194,8 @@ class RL(Pretrain):
         s, task = self.settings, downstream.TASKS[self.settings["reward_task"]]
         self.enc, self.task = enc, task
         self.stop_id = special_ids(enc)["<|assistant_end|>"]
-        splits = []
-        for split, which in (("train", TRAIN), (task.split, TEST)):
-            docs = downstream.load_rows(task, split, s["task_data"])
-            if not docs:
-                fail(f"the {split} split of {task.name} has no questions")
-            prompts = [render_conversation(enc, task.chat_prompt(doc, []), for_reply=True)[0] for doc in docs]
-            longest = max(map(len, prompts))
-            if longest >= s["max_seq_len"]:
-                fail(f"{sum(len(p) >= s['max_seq_len'] for p in prompts)} {split} question(s) of {task.name} are up to "
-                     f"{longest} tokens with the chat markup, and the context (max_seq_len) is {s['max_seq_len']}: "
-                     f"no room for an answer; raise --max_seq_len (up to the model's) or use shorter questions")
-            splits.append(Questions(docs, prompts, which, s["rl_updates"]))
+        splits = [Questions(*task_questions(s, enc, task, split), which, s["rl_updates"])
+                  for split, which in (("train", TRAIN), (task.split, TEST))]
         self.splits = splits
         return splits
 
