@@ -25,6 +25,11 @@ for a fine-tuned (SFT) checkpoint also the exact match of its greedy completions
 - Downstream benchmarks instead of the loss: --tasks=hellaswag,arc_easy,arc_challenge,mmlu,gsm8k,humaneval,sst2
   (the machinery and each task's definition live in tasks/), scored as lm-evaluation-harness does; a table of
   task, metric, value, standard error and examples, and `core` (mean centered accuracy of the multiple-choice tasks; `chatcore` too for a chat model).
+- --num_samples=N: each generative item (gsm8k, humaneval, arith) is also answered N times by sampling
+  (--temperature, --top_k, --seed) through the batched engine, and a second table shows, per task, the greedy
+  figure beside pass@1 (the mean over samples), pass@k for k = 1, 2, 4, ... N (Chen et al.'s unbiased estimator),
+  maj@N (the majority of the extracted answers; GSM8K-style tasks) and, with --verifier=RUN, best-of-N: the reply
+  that verifier run scores highest. They go to the JSON under tasks.<task>.sampled (tasks/sampling.py).
 - --report writes out_dir/report.md: the run's card (settings, hardware, tokens, time, loss curves, the loss and any
   --tasks results, a few samples).
 - A table goes to stdout, the progress bar to stderr, and with --output=PATH the numbers as JSON.
@@ -65,7 +70,7 @@ tasks = ""  # downstream benchmarks instead of the loss, comma-separated (see ta
 num_fewshot = 0  # tasks: K-shot prompts, the shots drawn deterministically from each task's train split
 task_data = ""  # tasks: a folder of <task>.jsonl in the hub datasets' own row schema; "" = the Hugging Face hub
 max_gen_tokens = 256  # tasks: the longest generated answer (gsm8k, humaneval)
-num_samples = 0  # tasks: also sample this many replies per generative item: pass@k, maj@N (and best-of-N); 0 = greedy only
+num_samples = 0  # tasks: also sample this many replies per generative item (pass@k, maj@N, best-of-N); 0 = none
 temperature = 0.8  # num_samples: the sampling temperature (Chen et al. sample pass@k at 0.8)
 top_k = 0  # num_samples: sample among the k most likely tokens; 0 = off
 seed = 1337  # num_samples: the same seed gives the same samples
@@ -100,9 +105,10 @@ if verifier and not num_samples:
     fail("--verifier picks the best of several samples; give --num_samples=N too")
 if verifier and not os.path.exists(verifier):
     fail(f"--verifier={verifier} does not exist; give the run folder of a task=verifier run")
-if verifier and any(downstream.TASKS[n].chat_prompt is None for n in generative):
-    fail(f"the verifier scores replies to a conversation, and {', '.join(n for n in generative if downstream.TASKS[n].chat_prompt is None)} "
-         f"has no chat format; leave it out of --tasks")
+no_chat = [n for n in generative if downstream.TASKS[n].chat_prompt is None]
+if verifier and no_chat:
+    fail(f"the verifier scores replies to a conversation, and {', '.join(no_chat)} has no chat format; leave it out "
+         f"of --tasks")
 if task_data and not os.path.isdir(task_data):
     fail(f"--task_data={task_data} is not a folder; it should hold <task>.jsonl files")
 if report and not os.path.isdir(out_dir):

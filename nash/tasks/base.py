@@ -244,12 +244,13 @@ def lettered_chat_prompt(doc, shots):
 # and RL rollouts share
 
 def fit_prompt(prompt, max_seq_len, max_tokens):
-    """The prompt's last tokens that leave room for max_tokens of reply, as lm-eval does (it keeps the last
-    max_length - max_gen_toks tokens of the context): the shots at the start go first, the question stays. The
-    engine never slides past the context, so without this a long prompt would leave no room to answer. Where
-    max_tokens is half the context or more, half of it stays for the prompt (lm-eval's rule would keep nothing),
-    and the reply then stops at the context's end."""
-    return prompt[-max(max_seq_len - max_tokens, max_seq_len // 2):]
+    """The prompt's last tokens that leave room for the reply: the shots at the start go first, the question stays.
+    The engine does not slide past the context, so a prompt that filled it would leave no room to answer. As
+    lm-eval, the last max_seq_len - max_tokens tokens stay (its max_length - max_gen_toks), for any budget up to a
+    quarter of the context (GPT-2: 256 of 1,024). A larger budget (the default 256 on a demo model's context of 64)
+    would leave little or nothing of the prompt, so the room kept is capped at a quarter: the prompt keeps up to
+    three quarters, and the reply stops at the context's end."""
+    return prompt[-(max_seq_len - min(max_tokens, max_seq_len // 4)):]
 
 
 def generate(model, enc, prompts, stop, max_tokens, ctx=None, stop_ids=None, num_samples=1, sampling=None,
