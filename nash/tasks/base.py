@@ -9,7 +9,9 @@ the hub or from local JSONL, few-shot prompts, and the three ways of scoring a m
   the gold choice; acc_norm: the same after dividing each by the choice's length in characters. Ties go to the
   first choice (np.argmax). All continuations of all items go through the model in padded batches, longest
   first, one forward per batch; rows with the same input (one-token choices like MMLU's A/B/C/D) share one.
-- generate: greedy decoding until a stop string, end-of-text or max_gen_tokens, then the task's check. A model
+- generate: greedy decoding until a stop string, end-of-text or max_gen_tokens, then the task's check. Every prompt
+  goes through the batched engine (nash/engine.py sample_batch), as chat.py's and RL's do; optionally also N
+  sampled replies per item (evaluate.py --num_samples, tasks/sampling.py). A model
   fine-tuned for chat (task=chat) is asked through its chat format where the task has one (chat_prompt): the shots
   become earlier user/assistant turns, the item the last user turn, and the reply ends at <|assistant_end|>.
 - code: the same, then the program runs in a separate, limited process (tasks/execution.py).
