@@ -6,6 +6,7 @@ How fast Nash-LLM trains, samples and prepares data on this machine, measured: p
     python bench.py --what=sample --threads=1 --sample_lengths=64,256
     python bench.py --what=tasks --sample_layers=12 --sample_heads=12 --sample_d_model=768 --sample_d_ff=3072 \\
         --sample_context=1024                          # benchmark scoring (HellaSwag items) on a GPT-2 124M shape
+    python bench.py --what=generate                    # batched sampling against one at a time, GPT-2 124M shape
     python bench.py --what=train --device=cuda --dtype=float16 --compile --n_layers=12 --n_heads=12 --d_model=768 \\
         --d_ff=3072 --max_seq_len=1024 --batch_size=16 --train_steps=60 --train_warmup=20 --log_interval=10 \\
         --output=bench_gpu_float16.json                # GPT-2 124M on a GPU; then again with --dtype=bfloat16
@@ -14,7 +15,7 @@ Each figure is the best of `repeats` runs (a training run's figure is the median
 warm-up with the device synchronised: load from other processes only ever adds time, so the best run is the
 closest to what the machine itself can do. The JSON keeps every run's figure and the load average.
 Each measurement is a module of benches/ (benches/train.py, sample.py, tasks.py, data.py, chat.py, tokenizer.py,
-finetune.py);
+finetune.py, generate.py);
 this file holds the settings, their checks, the driver and the report.
 - train: train.py itself, as a subprocess (no evals, no saves) on random words that prepare.py turns into shards
   in a temp folder: ms/step from its metrics.jsonl (one figure per log_interval steps), the first train_warmup
@@ -40,6 +41,10 @@ this file holds the settings, their checks, the driver and the report.
   here, with rustbpe (what prepare.py uses) and with Hugging Face tokenizers set up alike, both streaming the
   documents; prepare.py --tokenizer_vocab_size on the same JSONL (wall time, peak RSS); encoding speed against
   tiktoken's GPT-2; and bytes per token on held-out documents of each source against GPT-2 and GPT-4 (cl100k).
+- generate: completions/s of GSM8K-shaped sampling (a gen_prompt_tokens prompt, gen_samples completions of
+  gen_new_tokens each, temperature 1) on a randomly initialised model (gen_shape: GPT-2 124M, or tiny for the tests):
+  the batched engine (nash/engine.py sample_batch: the prompt prefilled once, all samples decoded together) against
+  one completion at a time (the same engine, num_samples=1, gen_single completions per run), alternated.
 - finetune: config/sft_demo.py's fine-tuning from one base checkpoint, every weight against LoRA adapters
   (finetune_rank, finetune_targets), each train.py in a fresh process, alternated: ms/step (train_steps steps, the
   first train_warmup left out), peak RSS, trainable parameters.
@@ -63,7 +68,8 @@ from model import GPTConfig
 
 # -----------------------------------------------------------------------------
 # settings (python bench.py --help lists them)
-what = "train,sample,data"  # comma-separated: train, sample, data, tokenizer, chat, tasks, finetune (plain_loop: internal)
+what = "train,sample,data"  # comma-separated: train, sample, data, tokenizer, chat, tools, tasks, finetune, generate
+# (plain_loop: internal)
 output = "bench.json"  # where the JSON goes; "" = nowhere
 device = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps
 dtype = "auto"  # auto (float16 on CUDA, float32 elsewhere) | float32 | bfloat16 | float16 (train and sample)
@@ -112,6 +118,12 @@ chat_reply_tokens = 16  # tokens per reply
 task_data = os.path.join("tests", "task_data")  # a folder holding hellaswag.jsonl (the test fixture by default)
 task_examples = 64  # items scored per run; the file's items repeated (each with its own prefix) if it has fewer
 task_batch = 8  # continuations per forward pass
+# generate: GSM8K-shaped sampling, batched against one completion at a time
+gen_shape = "124m"  # 124m (GPT-2 small, context 1024) | tiny (2 layers x 32, for the tests)
+gen_prompt_tokens = 200  # about a GSM8K question with its chat markup
+gen_samples = 16  # completions of the prompt sampled together (nanochat's RL samples 16 per question)
+gen_new_tokens = 256  # tokens per completion (a random model never stops early)
+gen_single = 4  # completions generated one at a time per run (a rate: fewer than gen_samples keeps it short)
 # finetune: config/sft_demo.py, every weight against LoRA (train_steps, train_warmup, repeats as above)
 finetune_rank = 8  # the adapters' rank
 finetune_targets = "all"  # attention | mlp | all (train.py's lora_targets)
@@ -123,11 +135,13 @@ settings = configure(globals())
 TRAIN_NOISE = 0.03  # train.py is "no slower" within 3%, about what we can resolve on a shared CPU
 SAMPLE_SPEEDUP, DATA_SHARE, MEMORY_GROWTH, H100_MFU = 5.0, 0.7, 0.10, 0.45
 VAL_SHARE_ERROR = 0.005  # prepare.py's val share within half a percentage point of val_ratio (issue 11)
+GENERATE_SPEEDUP = 4.0  # batched sampling against one completion at a time (issue 25)
 REFERENCE_SPEEDUP = 1.05  # model.py's training step against the plain nanoGPT-style one in benches/train.py
 
 measures = [w.strip() for w in what.split(",") if w.strip()]
-if not measures or set(measures) - {"train", "sample", "data", "tokenizer", "chat", "tools", "tasks", "finetune", "plain_loop"}:
-    fail(f"what={what!r} should be a comma-separated list of train, sample, data, tokenizer, chat, tools, tasks, finetune")
+MEASURES = ("train", "sample", "data", "tokenizer", "chat", "tools", "tasks", "finetune", "generate")
+if not measures or set(measures) - {*MEASURES, "plain_loop"}:
+    fail(f"what={what!r} should be a comma-separated list of {', '.join(MEASURES)}")
 if finetune_rank < 1 or finetune_targets not in ("attention", "mlp", "all"):
     fail(f"finetune_rank={finetune_rank} must be at least 1 and finetune_targets={finetune_targets!r} attention, "
          f"mlp or all")
@@ -136,7 +150,7 @@ try:
 except ValueError:
     fail(f"sample_lengths={sample_lengths!r} should be whole numbers separated by commas, like 64,128,256")
 for name in ("repeats", "batch_size", "train_steps", "sample_batch", "task_examples", "task_batch", "memory_batch",
-             "memory_seq", "memory_d_model"):
+             "memory_seq", "memory_d_model", "gen_prompt_tokens", "gen_samples", "gen_new_tokens", "gen_single"):
     if settings[name] < 1:
         fail(f"{name}={settings[name]} must be at least 1")
 if min(lengths) < 1 or min(threads, top_k, train_warmup) < 0:
@@ -213,6 +227,10 @@ def targets(results):
         row = results["sample"]["rows"][-1]
         checks.append((f"KV cache >= {SAMPLE_SPEEDUP:g}x recompute, {row['new_tokens']} new tokens",
                        f"{row['speedup']:.2f}x", row["speedup"] >= SAMPLE_SPEEDUP))
+    if "generate" in results:
+        r = results["generate"]
+        checks.append((f"batched sampling >= {GENERATE_SPEEDUP:g}x one at a time, {r['samples']} samples",
+                       f"{r['speedup']:.2f}x", r["speedup"] >= GENERATE_SPEEDUP))
     if "data" in results:
         r = results["data"]
         checks.append((f"prepare.py >= {DATA_SHARE:.0%} of tiktoken batch tokens/s", f"{r['ratio']:.0%}",
@@ -271,6 +289,15 @@ def report(info, results):
               f"{sample_layers} layers x {sample_d_model} ({r['num_params'] / 1e6:.1f}M parameters), {dtype}, {device}",
               ["continuations per forward", "examples/s"],
               [[r["batch"], f"{r['examples_per_sec']:.1f}"], [1, f"{r['unbatched_examples_per_sec']:.1f}"]])
+    if "generate" in results:
+        r = results["generate"]
+        table(f"generate: {r['shape']} shape ({r['num_params'] / 1e6:.1f}M parameters), a {r['prompt_tokens']}-token "
+              f"prompt, completions of {r['new_tokens']} tokens, temperature 1, top_k {top_k}, {dtype}, {device}",
+              ["", "completions/s", "run figures"],
+              [[f"batched: {r['samples']} samples together", f"{r['batched_completions_per_sec']:.2f}",
+                ", ".join(f"{b:.2f}" for b, _ in r["runs"])],
+               [f"one at a time ({r['single']} per run)", f"{r['single_completions_per_sec']:.2f}",
+                ", ".join(f"{s:.2f}" for _, s in r["runs"])]])
     if "data" in results:
         r = results["data"]
         table(f"data: {data_mb:g} MB of random words as {data_format} ({r['tokens']:,} tokens), {r['threads']} threads",

@@ -25,6 +25,11 @@ for a fine-tuned (SFT) checkpoint also the exact match of its greedy completions
 - Downstream benchmarks instead of the loss: --tasks=hellaswag,arc_easy,arc_challenge,mmlu,gsm8k,humaneval,sst2
   (the machinery and each task's definition live in tasks/), scored as lm-evaluation-harness does; a table of
   task, metric, value, standard error and examples, and `core` (mean centered accuracy of the multiple-choice tasks; `chatcore` too for a chat model).
+- --num_samples=N: each generative item (gsm8k, humaneval, arith) is also answered N times by sampling
+  (--temperature, --top_k, --seed) through the batched engine, and a second table shows, per task, the greedy
+  figure beside pass@1 (the mean over samples), pass@k for k = 1, 2, 4, ... N (Chen et al.'s unbiased estimator),
+  maj@N (the majority of the extracted answers; GSM8K-style tasks) and, with --verifier=RUN, best-of-N: the reply
+  that verifier run scores highest. They go to the JSON under tasks.<task>.sampled (tasks/sampling.py).
 - --report writes out_dir/report.md: the run's card (settings, hardware, tokens, time, loss curves, the loss and any
   --tasks results, a few samples).
 - A table goes to stdout, the progress bar to stderr, and with --output=PATH the numbers as JSON.
@@ -43,7 +48,7 @@ from nash import tasks as downstream
 from nash import tokenizer
 from nash.checkpoint import load_model
 from nash.common import inference_setup
-from configurator import check_output_file, configure, fail
+from configurator import check_output_file, check_range, check_sampling, configure, fail
 from nash.data import ChatExamples, SFTExamples, TokenShards, dataset_dir, ensure_prepared
 from nash.objectives import OBJECTIVES
 from nash.tasks.gsm8k import last_number
@@ -65,6 +70,11 @@ tasks = ""  # downstream benchmarks instead of the loss, comma-separated (see ta
 num_fewshot = 0  # tasks: K-shot prompts, the shots drawn deterministically from each task's train split
 task_data = ""  # tasks: a folder of <task>.jsonl in the hub datasets' own row schema; "" = the Hugging Face hub
 max_gen_tokens = 256  # tasks: the longest generated answer (gsm8k, humaneval)
+num_samples = 0  # tasks: also sample this many replies per generative item (pass@k, maj@N, best-of-N); 0 = none
+temperature = 0.8  # num_samples: the sampling temperature (Chen et al. sample pass@k at 0.8)
+top_k = 0  # num_samples: sample among the k most likely tokens; 0 = off
+seed = 1337  # num_samples: the same seed gives the same samples
+verifier = ""  # num_samples: a verifier run folder (task=verifier); best-of-N is the reply it scores highest
 tools = True  # chat: replies may call the calculator (nash/tools.py); --tools=0 for the same model without it
 report = False  # also write out_dir/report.md: the run's settings, hardware, curves, benchmarks and a few samples
 device = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps
@@ -82,6 +92,23 @@ if batch_size < 1 or seq_len < 0 or max_batches < 0 or max_examples < 0 or num_f
     fail("batch_size and max_gen_tokens must be at least 1; seq_len, max_batches, max_examples and num_fewshot "
          "cannot be negative (0 = default/all)")
 task_names = downstream.parse(tasks)
+generative = [n for n in task_names if downstream.TASKS[n].kind != "choice"]
+if num_samples < 0 or (num_samples and not generative):
+    fail(f"num_samples={num_samples} samples replies of generative tasks; give --tasks with one of "
+         f"{', '.join(n for n, t in downstream.TASKS.items() if t.kind != 'choice')} and num_samples >= 1")
+if num_samples and temperature <= 0:
+    fail(f"temperature={temperature} makes every sample the greedy reply; sample with a temperature above 0 (0.8)")
+if num_samples:
+    check_sampling(temperature, top_k, 1.0)
+    check_range("seed", seed, low=0, below=2**63)
+if verifier and not num_samples:
+    fail("--verifier picks the best of several samples; give --num_samples=N too")
+if verifier and not os.path.exists(verifier):
+    fail(f"--verifier={verifier} does not exist; give the run folder of a task=verifier run")
+no_chat = [n for n in generative if downstream.TASKS[n].chat_prompt is None]
+if verifier and no_chat:
+    fail(f"the verifier scores replies to a conversation, and {', '.join(no_chat)} has no chat format; leave it out "
+         f"of --tasks")
 if task_data and not os.path.isdir(task_data):
     fail(f"--task_data={task_data} is not a folder; it should hold <task>.jsonl files")
 if report and not os.path.isdir(out_dir):
@@ -107,6 +134,24 @@ if task == "chat":
     except ValueError:
         fail(f"{where} has no chat tokens in its vocabulary ({model.config.vocab_size} tokens): it was not "
              f"fine-tuned with task=chat; leave --task out")
+
+
+def verifier_scores():
+    """--verifier: score_replies (nash/verifier.py) over a verifier run, as downstream.run's verifier callback."""
+    try:
+        from nash.verifier import score_replies  # only now: the rest of evaluate.py needs no verifier
+    except ImportError as e:
+        fail(f"--verifier needs nash/verifier.py ({e})")
+    vmodel, vstate, vwhere = load_model(verifier, verifier, "best", device)
+    venc = tokenizer.from_spec(tokenizer.model_spec(vstate, verifier))
+
+    def score(task, docs, shots, replies):
+        conversations = [task.chat_prompt(doc, doc_shots) for doc, doc_shots in zip(docs, shots)]
+        try:
+            return score_replies(vmodel, venc, conversations, replies, ctx=ctx, batch_size=batch_size)
+        except ValueError as e:  # e.g. a model with no score head
+            fail(f"--verifier={vwhere}: {e}")
+    return score
 
 
 def measure_loss():
@@ -235,11 +280,19 @@ def measure_loss():
 results = {"checkpoint": where, "step": state["step"] if state else None, "task_data": task_data}  # "" = the hub
 if task_names:
     t0 = time.time()
+    from nash.engine import Sampling
+    sampling = Sampling(temperature=temperature, top_k=top_k or None, seed=seed) if num_samples else None
     task_results = downstream.run(prepared, model, enc, batch_size, ctx, max_gen_tokens, keep_items=True,
-                                  chat=task in OBJECTIVES and OBJECTIVES[task].chat)  # chat and rl runs
+                                  chat=task in OBJECTIVES and OBJECTIVES[task].chat,  # chat and rl runs
+                                  num_samples=num_samples, sampling=sampling,
+                                  verifier=verifier_scores() if verifier else None)
     at_step = f" at step {state['step']}" if state else ""
     print(f"{where}{at_step}: {len(task_names)} task(s), {num_fewshot}-shot, {time.time() - t0:.0f} s")
     print("\n".join(downstream.table(task_results)))
+    if num_samples:
+        print(f"\n{num_samples} samples per item at temperature {temperature:g}"
+              f"{f', top_k {top_k}' if top_k else ''}, seed {seed}" + (f", verifier {verifier}" if verifier else ""))
+        print("\n".join(downstream.sampled_table(task_results)))
     results.update(tasks={k: {m: v for m, v in r.items() if m != "items"} for k, r in task_results.items()
                           if k not in downstream.AGGREGATES},
                    **{k: task_results[k] for k in downstream.AGGREGATES})

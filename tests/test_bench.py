@@ -136,3 +136,20 @@ def test_finetune_full_against_lora(monkeypatch, tmp_path, capsys):
     assert adapters["trainable_params"] == 4 * 8 * (512 + 256 + 640 + 640) == 65_536
     for m in (full, adapters):
         assert m["ms_per_step"] > 0 and m["peak_rss_mb"] > 100
+
+
+def test_generate_batched_against_one_at_a_time(monkeypatch, tmp_path, capsys):
+    out = tmp_path / "generate.json"
+    bench(monkeypatch, "--what=generate", "--gen_shape=tiny", "--gen_prompt_tokens=12", "--gen_samples=4",
+          "--gen_new_tokens=5", "--gen_single=2", "--repeats=2", "--device=cpu", f"--output={out}")
+    printed = capsys.readouterr().out
+    assert "generate: tiny shape" in printed and "batched sampling >= 4x one at a time, 4 samples" in printed
+    r = json.loads(out.read_text())["results"]["generate"]
+    assert (r["samples"], r["single"], r["new_tokens"], r["prompt_tokens"]) == (4, 2, 5, 12)
+    assert len(r["runs"]) == 2 and all(b > 0 and s > 0 for b, s in r["runs"])
+    assert r["batched_completions_per_sec"] == max(b for b, _ in r["runs"])
+    assert r["speedup"] == pytest.approx(r["batched_completions_per_sec"] / r["single_completions_per_sec"])
+    with pytest.raises(SystemExit, match="must fit the context of 1024"):
+        bench(monkeypatch, "--what=generate", "--gen_shape=tiny", "--gen_prompt_tokens=1000", "--output=")
+    with pytest.raises(SystemExit, match="gen_shape='huge' should be 124m or tiny"):
+        bench(monkeypatch, "--what=generate", "--gen_shape=huge", "--output=")

@@ -6,6 +6,7 @@ test_execution.py."""
 import json
 import os
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from nash import tasks
 from nash.checkpoint import load_model
 from conftest import ROOT, TINY_MODEL, read_metrics, run_inline, run_script
 from nash.tasks import gsm8k
-from nash.tokenizer import get_tokenizer, render_conversation, special_ids
+from nash.tokenizer import EOT_ID, get_tokenizer, render_conversation, special_ids
 
 FIXTURES = os.path.join(ROOT, "tests", "task_data")
 
@@ -86,9 +87,9 @@ def test_gsm8k_reads_the_reference_after_hashes_and_the_models_last_number():  #
 def test_gsm8k_asks_a_chat_model_through_its_chat_format(tiny_chat_run, tmp_path, monkeypatch, capsys):
     """A task=chat run: the shots become user/assistant turns, the question the last user turn, and the prompt
     ends in <|assistant_start|>, as chat.py asks; the JSON and the table say so."""
-    prompts, real_complete = [], tasks.base.complete
-    monkeypatch.setattr(tasks.base, "complete", lambda model, enc, prompt, *a: prompts.append(prompt)
-                        or real_complete(model, enc, prompt, *a))
+    prompts, real_generate = [], tasks.base.generate
+    monkeypatch.setattr(tasks.base, "generate", lambda model, enc, batch, *a, **kw: prompts.extend(batch)
+                        or real_generate(model, enc, batch, *a, **kw))
     path = tmp_path / "gsm8k.json"
     evaluate(monkeypatch, f"--out_dir={tiny_chat_run}", "--tasks=gsm8k", "--num_fewshot=1", f"--task_data={FIXTURES}",
              "--max_gen_tokens=4", f"--output={path}")
@@ -133,14 +134,22 @@ def test_a_chat_model_answers_multiple_choice_by_letter_and_gets_a_chatcore(tiny
 
 
 class ScriptedModel(torch.nn.Module):
-    """A model that 'generates' a fixed token sequence: to see where a chat reply ends and how it is scored."""
+    """A model whose reply to any prompt is a fixed token sequence, then end-of-text, through the engine's interface
+    (next_logits on a KV cache): to see where a chat reply ends and how it is scored."""
 
     def __init__(self, tokens):
         super().__init__()
-        self.weight, self.tokens = torch.nn.Parameter(torch.zeros(1)), tokens
+        self.weight, self.tokens = torch.nn.Parameter(torch.zeros(1)), tokens + [EOT_ID]
+        self.config = SimpleNamespace(n_layers=1, max_seq_len=1024, attn_sinks=0)
 
-    def generate_stream(self, idx, max_new_tokens, **kwargs):
-        yield from (torch.tensor([t]) for t in self.tokens[:max_new_tokens])
+    def next_logits(self, idx, cache):
+        B, T = idx.shape
+        self.step = 0 if cache.pos == 0 else self.step + 1  # a fresh cache: a new prompt's prefill
+        cache.update(0, torch.zeros(B, 1, T, 1), torch.zeros(B, 1, T, 1))  # the engine stacks and selects rows
+        cache.advance(T)
+        logits = torch.zeros(B, 50304)
+        logits[:, self.tokens[self.step]] = 1.0
+        return logits
 
 
 def test_a_chat_reply_ends_at_assistant_end_and_is_scored_by_its_last_number():

@@ -5,6 +5,10 @@ train.py (eval_tasks=...) and bench.py (--what=tasks):
     prepared = tasks.prepare(["hellaswag", "gsm8k"], task_data="", max_examples=500, num_fewshot=0)
     results = tasks.run(prepared, model, enc)  # {"hellaswag": {"acc": ..., "acc_norm": ..., "n": ...}, "core": ...}
 
+Generative tasks (GSM8K, HumanEval, arith) decode through the batched engine (nash/engine.py sample_batch), greedily;
+with num_samples they also sample that many replies per item, summarized as pass@k, maj@N and best-of-N
+(tasks/sampling.py) under the task's "sampled" key, and sampled_table() shows them side by side.
+
 chat=True (a model fine-tuned with task=chat): the tasks that have a chat format ask through it (GSM8K generates a
 reply; ARC and MMLU put the question and lettered choices in a user turn and read the answer letter), the others as
 for any model; each summary says which ("format": "chat" or "plain").
@@ -18,6 +22,7 @@ import time
 
 from nash.tasks import arc, arith, gsm8k, hellaswag, humaneval, mmlu, sst2
 from nash.tasks.base import fail, fewshot_examples, load_rows, score_choice, score_generate, summarize
+from nash.tasks.sampling import ks, summarize_samples
 
 TASKS = {t.name: t for t in (hellaswag.TASK, arc.EASY, arc.CHALLENGE, mmlu.TASK, gsm8k.TASK, humaneval.TASK,
                              sst2.TASK, arith.TASK)}
@@ -47,8 +52,11 @@ def prepare(names, task_data="", max_examples=0, num_fewshot=0):
 
 
 def run(prepared, model, enc, batch_size=8, ctx=None, max_gen_tokens=256, progress=True, keep_items=False,
-        chat=False):
-    """Score the model on prepared tasks: {task: summary (+ "items" with keep_items), ..., "core": ...}."""
+        chat=False, num_samples=0, sampling=None, verifier=None):
+    """Score the model on prepared tasks: {task: summary (+ "items" with keep_items), ..., "core": ...}.
+    num_samples: the generative tasks also sample that many replies per item (sampling: the engine's Sampling)
+    and their summary gets "sampled": pass@k, maj@N and, with verifier, best-of-N (tasks/sampling.py).
+    verifier(task, docs, shots, replies) -> scores[i][j] of item i's reply j."""
     results = {}
     for task, docs, shots in prepared:
         t0 = time.time()
@@ -56,8 +64,15 @@ def run(prepared, model, enc, batch_size=8, ctx=None, max_gen_tokens=256, progre
         if task.kind == "choice":
             items = score_choice(task, model, enc, docs, shots, batch_size, ctx, progress, chat=as_chat)
         else:
-            items = score_generate(task, model, enc, docs, shots, max_gen_tokens, ctx, progress, chat=as_chat)
+            items = score_generate(task, model, enc, docs, shots, max_gen_tokens, ctx, progress, chat=as_chat,
+                                   num_samples=num_samples, sampling=sampling)
         results[task.name] = summarize(task, items, len(shots[0]))
+        if task.kind != "choice" and num_samples:
+            samples = [it["samples"] for it in items]
+            scores = verifier(task, docs, shots, [[s["completion"] for s in r] for r in samples]) if verifier else None
+            results[task.name]["sampled"] = dict(summarize_samples(samples, task.metrics[0], scores),
+                                                 temperature=sampling.temperature, top_k=sampling.top_k,
+                                                 seed=sampling.seed)
         results[task.name]["format"] = "chat" if as_chat else "plain"
         results[task.name]["seconds"] = time.time() - t0
         if keep_items:
@@ -105,6 +120,27 @@ def table(results):
               for t, m, v, s, n in rows(results)]
     widths = [max(len(line[i]) for line in lines) for i in range(5)]
     return ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+            for line in lines]
+
+
+def sampled_table(results):
+    """The generative tasks sampled N times, one row each, side by side: greedy (the task's own metric), pass@k,
+    maj@N and best-of-N, each "value ± stderr"; [] when nothing was sampled."""
+    sampled = {t: r for t, r in results.items() if t not in AGGREGATES and r.get("sampled")}
+    if not sampled:
+        return []
+    n = next(iter(sampled.values()))["sampled"]["num_samples"]
+    names = [f"pass@{k}" for k in ks(n)] + [f"maj@{n}", f"best_of_{n}"]
+    names = [m for m in names if any(m in r["sampled"] for r in sampled.values())]
+
+    def cell(r, m):
+        return "-" if r.get(m) is None else f"{r[m]:.4f}" + ("" if r.get(m + "_stderr") is None else
+                                                              f" ± {r[m + '_stderr']:.4f}")
+    lines = [("task", "n", "greedy", *names)]
+    lines += [(t, str(r["n"]), cell(r, TASKS[t].metrics[0]), *(cell(r["sampled"], m) for m in names))
+              for t, r in sampled.items()]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
             for line in lines]
 
 

@@ -9,7 +9,9 @@ the hub or from local JSONL, few-shot prompts, and the three ways of scoring a m
   the gold choice; acc_norm: the same after dividing each by the choice's length in characters. Ties go to the
   first choice (np.argmax). All continuations of all items go through the model in padded batches, longest
   first, one forward per batch; rows with the same input (one-token choices like MMLU's A/B/C/D) share one.
-- generate: greedy decoding until a stop string, end-of-text or max_gen_tokens, then the task's check. A model
+- generate: greedy decoding until a stop string, end-of-text or max_gen_tokens, then the task's check. Every prompt
+  goes through the batched engine (nash/engine.py sample_batch), as chat.py's and RL's do; optionally also N
+  sampled replies per item (evaluate.py --num_samples, tasks/sampling.py). A model
   fine-tuned for chat (task=chat) is asked through its chat format where the task has one (chat_prompt): the shots
   become earlier user/assistant turns, the item the last user turn, and the reply ends at <|assistant_end|>.
 - code: the same, then the program runs in a separate, limited process (tasks/execution.py).
@@ -20,13 +22,14 @@ import json
 import math
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from nash.engine import Sampling, sample_batch
 from nash.tokenizer import SPECIAL_TOKENS, render_conversation, special_ids
 from nash.common import fail
 
@@ -239,41 +242,63 @@ def lettered_chat_prompt(doc, shots):
 
 
 # -----------------------------------------------------------------------------
-# generation: greedy, one prompt at a time (prompts differ in length), with the KV cache
+# generation: every prompt through the batched engine (nash/engine.py sample_batch), the path chat.py, the server
+# and RL rollouts share
 
-@torch.no_grad()
-def complete(model, enc, prompt, stop, max_tokens, ctx=None, stop_ids=None):
-    """The greedy completion of prompt (token ids), cut before the first stop string, or ended by one of stop_ids
-    (default: end-of-text)."""
-    device = next(model.parameters()).device
+def fit_prompt(prompt, max_seq_len, max_tokens):
+    """The prompt's last tokens that leave room for the reply: the shots at the start go first, the question stays.
+    The engine does not slide past the context, so a prompt that filled it would leave no room to answer. As
+    lm-eval, the last max_seq_len - max_tokens tokens stay (its max_length - max_gen_toks), for any budget up to a
+    quarter of the context (GPT-2: 256 of 1,024). A larger budget (the default 256 on a demo model's context of 64)
+    would leave little or nothing of the prompt, so the room kept is capped at a quarter: the prompt keeps up to
+    three quarters, and the reply stops at the context's end."""
+    return prompt[-(max_seq_len - min(max_tokens, max_seq_len // 4)):]
+
+
+def generate(model, enc, prompts, stop, max_tokens, ctx=None, stop_ids=None, num_samples=1, sampling=None,
+             rows=64, progress=False, desc="generate"):
+    """num_samples completions of each prompt (token ids): texts[i][j], each cut before the first stop string or
+    ended by one of stop_ids (default: end-of-text) or after max_tokens. sampling: an engine Sampling (temperature,
+    top_k, seed); None = greedy, which gives exactly model.generate's tokens at temperature 0. The prompts go to
+    sample_batch `rows` rows at a time (rows // num_samples prompts; a progress bar counts them)."""
     stop_ids = stop_ids or {enc.eot_token}
-    idx = torch.tensor([prompt], dtype=torch.long, device=device)
-    out, text = [], ""
-    with ctx or torch.autocast("cpu", enabled=False):
-        for tok in model.generate_stream(idx, max_tokens, temperature=0.0):
-            if tok.item() in stop_ids:
-                break
-            out.append(tok.item())
-            text = enc.decode(out)
-            if any(s in text for s in stop):
-                break
-    cut = min([text.index(s) for s in stop if s in text], default=len(text))
-    return text[:cut]
+    S = model.config.max_seq_len
+    sampling = sampling or Sampling(temperature=0.0, top_k=None)
+    per_call = max(1, rows // num_samples)
+    texts = []
+    with tqdm(total=len(prompts), desc=desc, unit="example", disable=not progress, dynamic_ncols=True) as bar:
+        for start in range(0, len(prompts), per_call):
+            chunk = [fit_prompt(p, S, max_tokens) for p in prompts[start:start + per_call]]
+            # a seeded run seeds each chunk from (seed, its first prompt's index): reproducible for the same seed,
+            # num_samples and rows, and no chunk repeats another's draws
+            seed = sampling.seed if sampling.seed is None else int(
+                np.random.SeedSequence([sampling.seed, start]).generate_state(1)[0])
+            done = sample_batch(model, chunk, num_samples, replace(sampling, max_new_tokens=max_tokens, seed=seed),
+                                stop_ids, ctx, stop, enc, batch_size=rows)
+            texts += [[c.text for c in row] for row in done]
+            bar.update(len(chunk))
+    return texts
 
 
-def score_generate(task, model, enc, docs, shots, max_tokens, ctx, progress, chat=False):
-    """chat: ask through the chat format (task.chat_prompt; the caller checks the task has one); any special
-    token ends the reply, as in chat.py."""
+def score_generate(task, model, enc, docs, shots, max_tokens, ctx, progress, chat=False, num_samples=0,
+                   sampling=None, rows=64):
+    """Each doc's greedy reply checked: items [{"completion", **check}]; with num_samples, also that many sampled
+    replies per doc (sampling: the engine's Sampling), each checked, in item["samples"].
+    chat: ask through the chat format (task.chat_prompt; the caller checks the task has one); any special token
+    ends the reply, as in chat.py."""
     stop_ids = set(special_ids(enc)[name] for name in SPECIAL_TOKENS) if chat else None
-    items = []
-    for doc, doc_shots in tqdm(list(zip(docs, shots)), desc=task.name, unit="example", disable=not progress,
-                               dynamic_ncols=True):
-        if chat:
-            prompt = render_conversation(enc, task.chat_prompt(doc, doc_shots), for_reply=True)[0]
-        else:
-            prompt = enc.encode_ordinary(task.prompt(doc, doc_shots))
-        completion = complete(model, enc, prompt, task.stop, max_tokens, ctx, stop_ids)
-        items.append({"completion": completion, **task.check(doc, completion)})
+    if chat:
+        prompts = [render_conversation(enc, task.chat_prompt(d, s), for_reply=True)[0] for d, s in zip(docs, shots)]
+    else:
+        prompts = [enc.encode_ordinary(task.prompt(d, s)) for d, s in zip(docs, shots)]
+    greedy = generate(model, enc, prompts, task.stop, max_tokens, ctx, stop_ids, rows=rows, progress=progress,
+                      desc=task.name)
+    items = [{"completion": c, **task.check(doc, c)} for doc, [c] in zip(docs, greedy)]
+    if num_samples:
+        sampled = generate(model, enc, prompts, task.stop, max_tokens, ctx, stop_ids, num_samples, sampling, rows,
+                           progress, f"{task.name} x{num_samples}")
+        for item, doc, replies in zip(items, docs, sampled):
+            item["samples"] = [{"completion": c, **task.check(doc, c)} for c in replies]
     return items
 
 
