@@ -139,11 +139,15 @@ if task == "chat":
 def verifier_scores():
     """--verifier: score_replies (nash/verifier.py) over a verifier run, as downstream.run's verifier callback."""
     try:
-        from nash.verifier import score_replies  # only now: the rest of evaluate.py needs no verifier
+        from nash.verifier import check_verifier, score_replies  # only now: the rest of evaluate.py needs no verifier
     except ImportError as e:
         fail(f"--verifier needs nash/verifier.py ({e})")
     vmodel, vstate, vwhere = load_model(verifier, verifier, "best", device)
     venc = tokenizer.from_spec(tokenizer.model_spec(vstate, verifier))
+    try:
+        check_verifier(vmodel)  # before sampling, not after
+    except ValueError as e:
+        fail(f"--verifier={vwhere}: {e}")
 
     def score(task, docs, shots, replies):
         conversations = [task.chat_prompt(doc, doc_shots) for doc, doc_shots in zip(docs, shots)]

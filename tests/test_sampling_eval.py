@@ -148,8 +148,8 @@ def test_sampling_errors_are_one_line(monkeypatch, flags, message):
 
 
 def test_best_of_n_goes_through_the_verifier(tiny_chat_run, tmp_path, monkeypatch, capsys):
-    """The verifier branch is not merged here: a stand-in nash.verifier whose scores favour the reply that
-    contains the right answer, so best-of-N must be at least every other metric; and a ValueError is one line."""
+    """A stand-in nash.verifier whose scores favour the longest reply, so the pick is known: best-of-N is the check
+    of exactly that reply; and a ValueError while scoring is one line."""
     import sys
     import types
     calls = []
@@ -159,6 +159,7 @@ def test_best_of_n_goes_through_the_verifier(tiny_chat_run, tmp_path, monkeypatc
         return [[float(len(r)) for r in rs] for rs in replies]  # the longest reply: deterministic, checkable
     fake = types.ModuleType("nash.verifier")
     fake.score_replies = score_replies
+    fake.check_verifier = lambda model: None  # (the tiny chat run has no score head: this stand-in scores anyway)
     monkeypatch.setitem(sys.modules, "nash.verifier", fake)
     path = tmp_path / "best.json"
     evaluate(monkeypatch, f"--out_dir={tiny_chat_run}", "--tasks=arith", "--num_samples=3", "--max_examples=4",

@@ -17,7 +17,7 @@ from conftest import ROOT, read_metrics, run_inline, run_script
 from model import GPT, GPTConfig
 from nash.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from nash.tokenizer import get_tokenizer
-from nash.verifier import auc, best_of_n, majority_vote, pad_right, render_reply, score_replies
+from nash.verifier import auc, pad_right, render_reply, score_replies
 
 SMALL = dict(n_layers=2, n_heads=2, d_model=32, d_ff=64, max_seq_len=16, vocab_size=50, dropout=0.0)
 
@@ -102,11 +102,6 @@ def test_ranking_metrics_against_their_definitions():
              in itertools.product(zip(scores, labels), repeat=2) if la and not lb]
     assert auc(scores, labels) == pytest.approx(sum(pairs) / len(pairs))
     assert auc(scores, torch.ones(30)) is None
-    s = torch.tensor([[0.1, 0.9, 0.5], [0.7, 0.2, 0.7]])
-    right = torch.tensor([[0, 1, 0], [0, 1, 1]])
-    assert best_of_n(s, right) == 0.5  # question 2: a tie goes to the first, which is wrong
-    assert majority_vote(["3", None, "4", "4", "3"]) == "3" and majority_vote([None, None, "5"]) == "5"
-    assert majority_vote([None]) is None
 
 
 def test_score_replies_renders_as_training_does():
@@ -182,6 +177,17 @@ def test_verifier_demo_samples_labels_and_logs(verifier_demo_run):
     state = load_checkpoint(out / "ckpt.pt")
     assert state["model_config"]["score_head"] and "score_head.weight" in state["model"]
     assert json.load(open(out / "config.json"))["score_head"] is True
+    # the eval's best-of-N and within-question AUC are those of score_replies' scores (the last eval is of these weights)
+    from nash import tokenizer
+    from nash.tasks.sampling import best_of_n
+    val = [r for r in records if r["split"] == "val"]
+    scores = score_replies(model_from_checkpoint(state), tokenizer.from_spec(tokenizer.checkpoint_spec(state)),
+                           [val[i]["messages"] for i in range(0, 8, 2)],
+                           [[val[i]["reply"], val[i + 1]["reply"]] for i in range(0, 8, 2)])
+    right = labels.view(4, 2)
+    assert final["best_of_n"] == pytest.approx(sum(right[q, best_of_n(s)].item() for q, s in enumerate(scores)) / 4)
+    within = [a for a in map(auc, scores, right) if a is not None]
+    assert final["auc_within"] == (pytest.approx(sum(within) / len(within)) if within else None)
 
 
 def test_verifier_resume_is_exact(arith_sft_run, tmp_path):
@@ -220,18 +226,23 @@ def test_verifier_bad_input_is_one_error_line(arith_sft_run, tiny_sft_run, tmp_p
     assert not out.exists()  # nothing half-written
 
 
-def test_best_of_n_measurement_as_the_readme_runs_it(arith_sft_run, verifier_demo_run):
-    """`python -m nash.verifier --generator=... --verifier=... --num_samples=N`, at tiny size."""
+def test_best_of_n_as_the_readme_runs_it(arith_sft_run, verifier_demo_run, tmp_path):
+    """`python evaluate.py --out_dir=out-arith-sft --tasks=arith --num_samples=8 --verifier=out-verifier-demo`, at
+    tiny size, with a real verifier (tests/test_sampling_eval.py checks the pick itself); a run without a score head is
+    one error line."""
     out, _ = verifier_demo_run
-    proc = subprocess.run([sys.executable, "-m", "nash.verifier", f"--generator={arith_sft_run}", f"--verifier={out}",
-                           "--num_samples=3", "--limit=4", "--max_new_tokens=6"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    path = tmp_path / "bon.json"
+    proc = subprocess.run([sys.executable, "evaluate.py", f"--out_dir={arith_sft_run}", "--tasks=arith",
+                           "--num_samples=3", "--max_examples=4", "--max_gen_tokens=6", f"--verifier={out}",
+                           f"--output={path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for name in ("greedy pass@1", "sampled pass@1", "pass@3 (oracle)", "maj@3", "best-of-3 (verifier)"):
-        assert name + ":" in proc.stdout
-    proc = subprocess.run([sys.executable, "-m", "nash.verifier", f"--generator={arith_sft_run}",
-                           f"--verifier={arith_sft_run}", "--limit=2"], cwd=ROOT, capture_output=True, text=True)
+    sampled = json.loads(path.read_text())["tasks"]["arith"]["sampled"]
+    assert 0 <= sampled["best_of_3"] <= sampled["pass@3"] and "best_of_3" in proc.stdout
+    proc = subprocess.run([sys.executable, "evaluate.py", f"--out_dir={arith_sft_run}", "--tasks=arith",
+                           "--num_samples=2", "--max_examples=2", "--max_gen_tokens=4", f"--verifier={arith_sft_run}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and proc.stderr.strip().startswith("error: ") and "no score head" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 # -----------------------------------------------------------------------------

@@ -34,7 +34,8 @@ from nash.data import EpochSampler, mix
 from nash.objectives.pretrain import Pretrain
 from nash.objectives.rl import chat_model_problem, reward_task_problem, task_questions
 from nash.tokenizer import special_ids
-from nash.verifier import auc, best_of_n, pad_right, render_reply
+from nash.tasks.sampling import best_of_n
+from nash.verifier import auc, pad_right, render_reply
 
 EXAMPLES = "verifier_examples.jsonl"  # the labelled set, in out_dir
 SPLITS = ("train", "val")
@@ -187,14 +188,20 @@ class Verifier(Pretrain):
         scores = val[3:].cpu()
         grouped, right = scores.view(-1, n), labels.view(-1, n)
         area = auc(scores, labels)
+        # AUC within each question that has right and wrong answers: what best-of-N needs; the overall AUC also
+        # rewards telling easy questions from hard ones, which picks nothing
+        within = [a for a in map(auc, grouped, right) if a is not None]
+        picks = [row[best_of_n(s.tolist())].item() for s, row in zip(grouped, right)]
         return {"val_loss": (val[0] / val[2]).item(), "accuracy": (val[1] / val[2]).item(),
-                "auc": area, "best_of_n": best_of_n(grouped, right), "pass@1_sampled": labels.mean().item(),
+                "auc": area, "auc_within": sum(within) / len(within) if within else None,
+                "best_of_n": sum(picks) / len(picks), "pass@1_sampled": labels.mean().item(),
                 "pass@n": right.max(1).values.mean().item(), "n": n,
                 "train_loss": (train[0] / train[2]).item(), "train_accuracy": (train[1] / train[2]).item()}
 
     def describe_eval(self, m):
         area = "n/a (one label only)" if m["auc"] is None else f"{m['auc']:.3f}"
-        return (f"accuracy {100 * m['accuracy']:.1f}% | AUC {area} | best-of-{m['n']} {100 * m['best_of_n']:.1f}% "
+        within = "n/a" if m.get("auc_within") is None else f"{m['auc_within']:.3f}"
+        return (f"accuracy {100 * m['accuracy']:.1f}% | AUC {area} (within a question {within}) | best-of-{m['n']} {100 * m['best_of_n']:.1f}% "
                 f"(a random answer {100 * m['pass@1_sampled']:.1f}%, some answer right {100 * m['pass@n']:.1f}%)")
 
     def describe(self, metrics):
