@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # The whole pipeline on the embedded data, offline, on a laptop CPU: tokenizer -> data -> base pretraining -> base
-# eval -> chat SFT -> chat eval -> RL -> chat eval -> report card (the verifier and best-of-N stage comes with the
-# verifier; its column says "not run" until then). Each stage is one of
-# the project's own commands with its flags in view, so this file is also a tour of them.
+# eval -> chat SFT -> chat eval -> RL -> chat eval -> a verifier of the RL model's answers -> best-of-N -> report card.
+# Each stage is one of the project's own commands with its flags in view, so this file is also a tour of them.
 #
 #   bash runs/cpu.sh                      # about half an hour on 2 cores; writes out-pipeline-cpu/report.md
 #   TOKENIZER=gpt2 bash runs/cpu.sh       # GPT-2's BPE instead of learning one on the corpus
@@ -14,15 +13,17 @@ cd "$(dirname "$0")/.."
 DIR=${DIR:-out-pipeline-cpu}
 SMOKE=${SMOKE:-0}
 TOKENIZER=${TOKENIZER:-bpe}  # bpe: learn a byte-level BPE on the corpus | gpt2: GPT-2's
-N_STAGES=7
+N_STAGES=9
 source runs/lib.sh
 
 if [ "$SMOKE" = 1 ]; then  # tiny everything: the test of the script, not of the model
     VOCAB=512; BASE=(--max_steps=4 --eval_interval=2 --eval_iters=1 --n_layers=1 --d_model=32 --n_heads=2 --d_ff=64)
     SFT=(--max_steps=4 --eval_interval=2 --eval_iters=1 --eval_task_examples=4); EXAMPLES=4
     RL=(--max_steps=2 --batch_size=2 --rl_samples=2 --rl_max_new_tokens=8 --eval_interval=1 --eval_iters=1)
+    VERIFIER=(--max_steps=2 --batch_size=4 --verifier_samples=2 --verifier_questions=4 --verifier_max_new_tokens=8
+              --eval_interval=1 --eval_iters=1); SAMPLES=2
 else
-    VOCAB=2048; BASE=(--max_steps=600); SFT=(); RL=(); EXAMPLES=200
+    VOCAB=2048; BASE=(--max_steps=600); SFT=(); RL=(); VERIFIER=(); EXAMPLES=200; SAMPLES=8
 fi
 case "$TOKENIZER" in
     bpe) TOKENIZER_FLAGS=(--tokenizer_vocab_size=$VOCAB) ;;
@@ -51,6 +52,11 @@ stage rl "RL on the arithmetic problems, rewarded by the answer check" "10 minut
     python train.py config/rl_demo.py --init_from="$DIR/sft" --out_dir="$DIR/rl" "${RL[@]}"
 stage rl_eval "the RL model on the chat-format benchmarks" "a minute" - -- \
     python evaluate.py --out_dir="$DIR/rl" --tasks=$CHAT_TASKS "${EVAL[@]}" --output="$DIR/eval/rl.json"
+stage verifier "a verifier: the RL model's sampled answers, labelled by the answer check" "10 minutes" verifier -- \
+    python train.py config/verifier_demo.py --init_from="$DIR/rl" --out_dir="$DIR/verifier" "${VERIFIER[@]}"
+stage best_of_n "$SAMPLES answers to each problem, the verifier's pick beside pass@k and the vote" "5 minutes" - -- \
+    python evaluate.py --out_dir="$DIR/rl" --tasks=arith,gsm8k --num_samples=$SAMPLES --max_gen_tokens=32 \
+        --verifier="$DIR/verifier" "${EVAL[@]}" --output="$DIR/eval/best_of_n.json"
 echo
 python -m nash.tasks.report "$DIR" >/dev/null
 echo "the report card: $DIR/report.md"

@@ -26,6 +26,9 @@ def test_every_cell_has_a_number_or_says_not_run(tmp_path):
         "arc_easy": {"acc": 0.4, "acc_stderr": 0.2449, "n": 5}}})
     write(tmp_path / "eval" / "sft.json", {"task_data": "", "core": -0.05, "chatcore": 0.3, "tasks": {
         "gsm8k": {"exact_match": 0.5, "exact_match_stderr": None, "n": 1}}})
+    write(tmp_path / "eval" / "best_of_n.json", {"task_data": "", "tasks": {"arith": {
+        "exact_match": 0.25, "exact_match_stderr": 0.03, "n": 200,  # (the greedy figure: not this column's)
+        "sampled": {"num_samples": 8, "n": 200, "pass@1": 0.2, "best_of_8": 0.3, "best_of_8_stderr": 0.0325}}}})
     text = open(write_pipeline_report(str(tmp_path), hourly_cost=2.0)).read()
     assert not (tmp_path / "report.md.tmp").exists()
     table = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
@@ -35,7 +38,8 @@ def test_every_cell_has_a_number_or_says_not_run(tmp_path):
     assert table["CORE"] == ["0.1250", "-0.0500", "not run", "not run"]
     assert table["ARC-Easy"] == ["0.4000 ± 0.2449 (n=5)", "not run", "not run", "not run"]
     assert table["GSM8K"][1] == "0.5000 (n=1)" and table["ChatCORE"][:2] == ["not run", "0.3000"]
-    assert "base: offline files in tests/task_data; sft: the Hugging Face hub" in text
+    assert table["Arithmetic"] == ["not run", "not run", "not run", "0.3000 ± 0.0325 (n=200)"]  # the verifier's pick
+    assert "base: offline files in tests/task_data; sft: the Hugging Face hub; best_of_n: the Hugging Face hub" in text
     assert "| base | 10.0 min | 1234 | 640 | 10 | 3.5000 | 3.2500 |" in text
     assert "| total wall time | 12.5 min over 3 stages |" in text and "| cost | 0.42 at 2.00 per hour |" in text
     commit, _ = git_state()

@@ -151,14 +151,18 @@ def read_json(path):
         return None
 
 
-def summary_cell(results, name, metric):
-    """'value ± stderr (n)' from one evaluate.py JSON, or None where that figure was not measured."""
+def summary_cell(results, name, metric, column=None):
+    """'value ± stderr (n)' from one evaluate.py JSON, or None where that figure was not measured. The best-of-N
+    column reads the sampled figures (evaluate.py --num_samples --verifier): best_of_<N>, of generative tasks."""
     if results is None:
         return None
     if metric is None:  # an aggregate: core / chatcore, over the tasks that went into it
-        value = results.get(name)
+        value = None if column == "best_of_n" else results.get(name)
         return None if value is None else f"{value:.4f}"
     r = results.get("tasks", {}).get(name)
+    if r and column == "best_of_n":
+        r = r.get("sampled") or {}
+        metric = f"best_of_{r.get('num_samples')}"
     if not r or r.get(metric) is None:
         return None
     err = r.get(metric + "_stderr")
@@ -201,7 +205,7 @@ def write_pipeline_report(folder, title="Pipeline report", hourly_cost=None):
     lines += ["| metric | " + " | ".join(label for label, _ in SUMMARY_COLUMNS) + " |",
               "|---" * (len(SUMMARY_COLUMNS) + 1) + "|"]
     for label, name, metric in SUMMARY_ROWS:
-        cells = [summary_cell(evals[key], name, metric) or "not run" for _, key in SUMMARY_COLUMNS]
+        cells = [summary_cell(evals[key], name, metric, key) or "not run" for _, key in SUMMARY_COLUMNS]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     sources = {key: r.get("task_data") for key, r in evals.items() if r is not None}
     lines += ["", "Each figure: value ± standard error (number of items). Data: " + "; ".join(
