@@ -4,6 +4,8 @@
 #   python train.py config/arith_sft_demo.py     # first: the SFT model (out-arith-sft/)
 #   python train.py config/rl_demo.py
 #   python evaluate.py --out_dir=out-rl-demo --tasks=arith
+# Measured (README, docs/measurements.md): a small gain at best, +3.1 +- 1.0 points of greedy pass@1 on 1,000 extra
+# held-out problems, none visible on the 200 test problems; full fine-tuning at 1e-4..3e-4 lost pass@1.
 task = "rl"
 reward_task = "arith"
 init_from = "out-arith-sft"
@@ -12,10 +14,14 @@ dropout = 0.0
 batch_size = 8  # questions per step ...
 rl_samples = 8  # ... times answers to each: 64 rollouts a step
 rl_max_new_tokens = 32  # the longest worked answer is ~20 tokens
-rl_temperature = 1.0
-learning_rate = 5e-5  # 3e-4 lost pass@1 in the first 20 steps (README)
-warmup_steps = 0
-max_steps = 100
+rl_temperature = 0.7  # closer to the greedy answers that pass@1 scores than 1.0's (sampled reward 0.37 vs 0.31)
+# LoRA on every block matrix: the tied 50k-token head/embedding stays as SFT left it; full fine-tuning with the
+# noisy 64-rollout gradient lost 6-11 points of pass@1 in 20 steps (1e-4, 3e-4), LoRA at 1e-3 did not
+lora_rank = 16
+lora_targets = "all"
+learning_rate = 1e-3
+warmup_steps = 5
+max_steps = 40
 weight_decay = 0.0
 
 eval_interval = 20

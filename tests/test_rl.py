@@ -200,6 +200,13 @@ def test_rl_demo_logs_trl_names_and_pass_at_1(arith_sft_run, tmp_path):
     assert final["questions"] == 2 and final["val_loss"] == pytest.approx(1 - final["pass@1"])
     state = load_checkpoint(out / "ckpt.pt")
     assert state["settings"]["task"] == "rl" and state["step"] == 2
+    # the README's pass@1 of the run (a LoRA run: config/rl_demo.py trains adapters), as written but on 4 problems
+    proc = run_script("evaluate.py", f"--out_dir={out}", "--tasks=arith", "--max_examples=4")
+    assert "arith (chat)" in proc.stdout and "exact_match" in proc.stdout
+    # the README's curve of the run, as written (there on out-rl-demo)
+    png = tmp_path / "rl-demo.png"
+    proc = run_script("compare.py", out, "--metrics=pass@1,train_pass@1,reward", f"--output={png}")
+    assert png.stat().st_size > 0 and "pass@1" in proc.stdout and "reward" in proc.stdout
 
 
 @pytest.mark.parametrize("updates", [1, 2])
