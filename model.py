@@ -933,6 +933,8 @@ GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 def read_json(path):
     """A JSON object from a model folder's file, or ValueError with a one-line reason."""
     try:
+        if os.path.getsize(path) > 64 << 20:  # a config or a shard index is kilobytes: don't parse a giant
+            raise ValueError(f"it holds {os.path.getsize(path):,} bytes, too many for a config")
         with open(path) as f:
             value = json.load(f)
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:

@@ -289,3 +289,28 @@ def test_corrupt_meta_json(damage, words, tiny_data, tmp_path):
     error = run_refused("train.py", *TINY_MODEL, "--max_steps=1", "--dataset=data", f"--data_dir={data}",
                         f"--out_dir={tmp_path / 'out'}")
     assert words in error and str(data) in error, error
+
+
+def test_a_giant_config_json_is_not_parsed(tmp_path):
+    import model
+    path = tmp_path / "config.json"
+    with open(path, "wb") as f:  # sparse: 1 GiB on paper, nothing on disk
+        f.truncate(1 << 30)
+    with pytest.raises(ValueError, match=r"config.json is not readable JSON \(ValueError: it holds 1,073,741,824 bytes"):
+        model.read_json(str(path))
+
+
+@pytest.mark.parametrize("layout, change, words", [
+    ("llama", {"num_attention_heads": 0}, "wrong type or range"),
+    ("llama", {"hidden_size": "big"}, "wrong type"),
+    ("llama", {"num_hidden_layers": 1e9}, "n_layers must be a positive integer"),
+    ("gpt2", {"n_layer": -1}, "n_layers must be a positive integer"),
+    ("qwen3", {"vocab_size": None}, "vocab_size must be a positive integer"),
+])
+def test_nonsense_config_values_are_one_line(layout, change, words, folders, tmp_path):
+    """In process (the scripts turn this ValueError into their one error line, as the tests above show)."""
+    from nash import hf
+    source = copy_folder(folders[layout], tmp_path / "bad", change)
+    with pytest.raises(ValueError, match=words) as e:
+        hf.load_pretrained(source)
+    assert "\n" not in str(e.value)
