@@ -108,8 +108,8 @@ def load_checkpoint(path, map_location="cpu"):
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         fail(f"{path} is not a Nash-LLM checkpoint (format {state.get('format') if isinstance(state, dict) else None!r}, "
              f"expected {FORMAT!r})")
-    if not isinstance(state.get("model_config"), dict) or not isinstance(state.get("model"), dict):
-        fail(f"{path} is not a Nash-LLM checkpoint: it lacks the model_config or model it should hold")
+    if "model_config" not in state:  # (a checkpoint of a model always has one; model_from_checkpoint says so)
+        return state
     try:
         config = GPTConfig(**state["model_config"])
     except (TypeError, ValueError) as e:
