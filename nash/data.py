@@ -64,6 +64,7 @@ def ensure_prepared(dataset, data_dir=""):
                               cwd=ROOT)
         if proc.returncode:
             sys.exit(proc.returncode)  # (prepare.py has said why)
+    read_meta(folder)  # a corrupt meta.json is one error line here, before anything reads it
     return folder
 
 

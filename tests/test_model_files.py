@@ -314,3 +314,12 @@ def test_nonsense_config_values_are_one_line(layout, change, words, folders, tmp
     with pytest.raises(ValueError, match=words) as e:
         hf.load_pretrained(source)
     assert "\n" not in str(e.value)
+
+
+def test_evaluate_on_a_corrupt_meta_json(tiny_run, tiny_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    (data / "meta.json").write_text('{"shards": 3}')
+    error = run_refused("evaluate.py", f"--init_from={tiny_run}", "--dataset=data", f"--data_dir={data}",
+                        "--max_batches=1", "--device=cpu")
+    assert "meta.json's shards should be" in error, error
