@@ -852,12 +852,13 @@ class GPT(nn.Module):
         sd_hf = {ours(k): v for k, v in read_hf_weights(weights_path, shape_of).items()}
         if all(not v.any() for k, v in sd_hf.items() if k.endswith(".bias")):  # exported from a bias=False model
             config = replace(config, bias=False)
+        wanted = [k for k in shapes if (config.bias or not k.endswith(".bias"))  # bias=False: no bias tensors
+                  and (k != "lm_head.weight" or not config.tie_weights)]  # a tied head is wte
+        missing = [k for k in wanted if k not in sd_hf]
+        if missing:  # before the model is built: a file that cannot fill it costs nothing
+            raise ValueError(f"{weights_path} lacks {len(missing)} GPT-2 tensors, e.g. {missing[:3]}")
         model = cls(config)
         sd = model.state_dict()
-        wanted = [k for k in sd if k != "lm_head.weight" or not config.tie_weights]  # a tied head is wte
-        missing = [k for k in wanted if k not in sd_hf]
-        if missing:
-            raise ValueError(f"{weights_path} lacks {len(missing)} GPT-2 tensors, e.g. {missing[:3]}")
         with torch.no_grad():
             for k in wanted:
                 w = sd_hf[k].t() if k.endswith(conv1d) else sd_hf[k]

@@ -313,6 +313,9 @@ def load_pretrained(name_or_dir, dropout=0.0, max_bytes=None):
         for key, rows in parts:
             expected[key] = (rows, *shapes[ours][1:]) if ours in shapes else None
     sd_hf = read_hf_weights(weights_path, expected.get)  # checked against those before a byte is read
+    missing = [key for key in expected if key not in sd_hf]
+    if missing:  # before the model is built: a file that cannot fill it costs nothing
+        raise ValueError(f"{weights_path} lacks {len(missing)} {CLASSES[arch]} tensors, e.g. {missing[:3]}")
     model = GPT(config)
     from_hf_state_dict(sd_hf, model.config, arch, model.state_dict())
     return model
