@@ -834,7 +834,7 @@ class GPT(nn.Module):
                              "(nash/hf.py's load_pretrained loads Llama, Qwen3 and Mixtral)")
         config = cls.gpt2_config(hf, dropout)  # refuse what we can't compute before reading any weights
         check_size(config, max_bytes, config_path, {"n_layers": "n_layer", "n_heads": "n_head", "d_model": "n_embd",
-                                                    "d_ff": "n_inner", "max_seq_len": "n_positions"})
+                                                    "d_ff": "n_inner", "max_seq_len": "n_positions"}, weights_path)
         with torch.device("meta"):  # the shapes config.json implies, with nothing allocated
             shapes = {k: v.shape for k, v in cls(config).state_dict().items()}
         conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # stored (in, out)
@@ -945,12 +945,13 @@ def read_json(path):
     return value
 
 
-def check_size(config, max_bytes, where, names=None):
+def check_size(config, max_bytes, where, names=None, weights=None):
     """Refuse a model that would take more than max_bytes before building it, with an error naming its estimated
     size and the fields that make it big. max_bytes None: the smallest of the machine's RAM, this process's
     address-space limit (ulimit -v), its container's memory limit (cgroup memory.max) and NASH_MAX_MODEL_GB when
     set. names: the file's names of our fields (e.g. {"n_layers": "n_layer"} for GPT-2's config.json), so the
-    message speaks the file's language."""
+    message speaks the file's language. weights: the weights file (or shard index) that goes with the config: one
+    far smaller than the model's least weights in 16 bits is refused at once, before a model is even sketched."""
     limits = [(max_bytes, "allowed")] if max_bytes is not None else []
     if max_bytes is None:
         try:
@@ -980,18 +981,29 @@ def check_size(config, max_bytes, where, names=None):
             if not gb > 0:
                 raise ValueError(f"NASH_MAX_MODEL_GB={text!r} should be a number of GiB, e.g. 16")
             limits.append((int(gb * 2**30), "allowed by NASH_MAX_MODEL_GB"))
-    need = config.memory_bytes()
-    if not limits or need <= min(limits)[0]:
-        return
-    limit, what = min(limits)
-    c, field = config, lambda k: f"{(names or {}).get(k, k)}={getattr(config, k)}"
-    d, hidden = c.d_model, c.d_ff * max(c.n_experts, 1)
-    parts = [(c.vocab_size * d, ("vocab_size", "d_model")),  # which fields the biggest share of the bytes comes from
-             (c.n_layers * d * (4 * d + 3 * hidden), ("n_layers", "d_model", "d_ff") + (("n_experts",) if c.n_experts else ())),
-             (c.max_seq_len * d, ("max_seq_len", "d_model"))]
-    fields = ", ".join(map(field, max(parts)[1]))
-    raise ValueError(f"{where} describes a model of {need / 2**30:,.1f} GiB, mostly from {fields}: more than the "
-                     f"{limit / 2**30:,.1f} GiB {what}, so it is not loaded (NASH_MAX_MODEL_GB can set a lower limit)")
+    need, c = config.memory_bytes(), config
+    field = lambda k: f"{(names or {}).get(k, k)}={getattr(config, k)}"
+    if limits and need > min(limits)[0]:
+        limit, what = min(limits)
+        d, hidden = c.d_model, c.d_ff * max(c.n_experts, 1)
+        parts = [(c.vocab_size * d, ("vocab_size", "d_model")),  # which fields the biggest share of the bytes comes from
+                 (c.n_layers * d * (4 * d + 3 * hidden), ("n_layers", "d_model", "d_ff") + (("n_experts",) if c.n_experts else ())),
+                 (c.max_seq_len * d, ("max_seq_len", "d_model"))]
+        raise ValueError(f"{where} describes a model of {need / 2**30:,.1f} GiB, mostly from "
+                         f"{', '.join(map(field, max(parts)[1]))}: more than the {limit / 2**30:,.1f} GiB {what}, so it "
+                         f"is not loaded (NASH_MAX_MODEL_GB can set a lower limit)")
+    if weights is not None:
+        files = [weights]
+        if weights.endswith(".index.json"):
+            shards = read_json(weights).get("weight_map")
+            files = [os.path.join(os.path.dirname(weights), os.path.basename(str(f)))
+                     for f in set(map(str, shards.values()))] if isinstance(shards, dict) else []
+        have = sum(os.path.getsize(f) for f in files if os.path.isfile(f))
+        least = 2 * (c.vocab_size * c.d_model + c.n_layers * (2 * c.d_model ** 2 + 2 * c.d_model * c.d_ff * max(c.n_experts, 1)))
+        if have < least:  # embeddings, queries, outputs and MLPs alone, in 16 bits, take at least this
+            raise ValueError(f"{where} describes a model ({', '.join(map(field, ('n_layers', 'd_model', 'd_ff', 'vocab_size')))}) "
+                             f"whose weights take at least {least / 2**20:,.1f} MiB, but {weights} holds "
+                             f"{have / 2**20:,.1f} MiB: they do not belong together")
 
 
 def read_hf_weights(path, shape_of=None):

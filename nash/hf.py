@@ -305,7 +305,7 @@ def load_pretrained(name_or_dir, dropout=0.0, max_bytes=None):
         raise ValueError(f"{config_path} lacks {e.args[0]!r}") from None
     except (TypeError, ZeroDivisionError) as e:  # e.g. a string for a number, or no attention heads
         raise ValueError(f"{config_path} has a value of the wrong type or range ({e})") from None
-    check_size(config, max_bytes, config_path, HF_NAMES)
+    check_size(config, max_bytes, config_path, HF_NAMES, weights_path)
     with torch.device("meta"):  # the shapes config.json implies, with nothing allocated
         shapes = {k: v.shape for k, v in GPT(config).state_dict().items()}
     expected = {}  # HF key -> its shape: rows of one of our tensors, which may stack several HF tensors

@@ -161,24 +161,27 @@ def safetensors_file(path, header, data=b"", length=None):
 def weights_case(case, folder, marker):
     """Damage the weights of HF folder (a copy) as case says."""
     st, bin_ = folder / "model.safetensors", folder / "pytorch_model.bin"
+    pad = b"\0" * os.path.getsize(st)  # as big as the real weights: a file far smaller than its config is refused
+    # before it is even opened (test_weights_far_smaller_than_the_config), and these cases are about opening it
     if case == "malicious_bin":  # torch.save's zip format, with a pickle that would run a command
         st.unlink()
-        torch.save({"transformer.wte.weight": torch.zeros(2), "x": Evil(marker)}, bin_)
+        torch.save({"transformer.wte.weight": torch.zeros(len(pad) // 4), "x": Evil(marker)}, bin_)
     elif case == "malicious_pickle_bin":  # an old-style (not zip) torch file: a bare pickle
         st.unlink()
-        bin_.write_bytes(pickle.dumps(Evil(marker)))
+        bin_.write_bytes(pickle.dumps(Evil(marker)) + pad)
     elif case == "bin_not_zip":
         st.unlink()
-        bin_.write_bytes(b"this is not a torch file at all" * 10)
+        bin_.write_bytes(b"this is not a torch file at all" + pad)
     elif case == "truncated":
         st.write_bytes(st.read_bytes()[:-1000])
     elif case == "header_2_40":  # a header length of 2^40 bytes
         data = st.read_bytes()
         st.write_bytes(struct.pack("<Q", 1 << 40) + data[8:])
     elif case == "tensor_2_40":  # a tensor whose offsets claim 2^40 bytes
-        safetensors_file(st, {"transformer.wte.weight": {"dtype": "F32", "shape": [1 << 38], "data_offsets": [0, 1 << 40]}})
+        safetensors_file(st, {"transformer.wte.weight": {"dtype": "F32", "shape": [1 << 38], "data_offsets": [0, 1 << 40]}},
+                         pad)
     elif case == "header_not_json":
-        safetensors_file(st, b"{this is not json" + b" " * 20)
+        safetensors_file(st, b"{this is not json" + b" " * 20, pad)
     elif case == "wrong_shape":  # wte of a bigger model, declared honestly and backed by a (sparse) 8 GiB file
         n = 1 << 26
         safetensors_file(st, {"transformer.wte.weight": {"dtype": "F32", "shape": [n, 32], "data_offsets": [0, 4 * n * 32]}})
@@ -323,3 +326,11 @@ def test_evaluate_on_a_corrupt_meta_json(tiny_run, tiny_data, tmp_path):
     error = run_refused("evaluate.py", f"--init_from={tiny_run}", "--dataset=data", f"--data_dir={data}",
                         "--max_batches=1", "--device=cpu")
     assert "meta.json's shards should be" in error, error
+
+
+def test_weights_far_smaller_than_the_config(folders, tmp_path):
+    """1,000 layers fit in memory, but a file of 2 layers' weights cannot fill them: refused before a model (even
+    a sketch on the meta device, which for 100,000 layers takes minutes) is built."""
+    source = copy_folder(folders["llama"], tmp_path / "big", {"num_hidden_layers": 1000})
+    error = run_refused("sample.py", "--num_samples=1", "--max_new_tokens=2", "--device=cpu", f"--init_from={source}")
+    assert "num_hidden_layers=1000" in error and "model.safetensors holds" in error and "do not belong together" in error
