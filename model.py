@@ -860,27 +860,36 @@ class GPT(nn.Module):
             raise ValueError(f"{name} holds a {hf.get('model_type')!r} model; GPT.from_pretrained loads GPT-2 only "
                              "(nash/hf.py's load_pretrained loads Llama, Qwen3 and Mixtral)")
         config = cls.gpt2_config(hf, dropout)  # refuse what we can't compute before reading any weights
-        check_size(config, max_bytes, config_path)
-        # OpenAI's uploads have no "transformer." prefix, save_pretrained's do; attn.bias/masked_bias are the
-        # causal-mask buffers of old checkpoints, not weights
-        sd_hf = {("transformer." + k if not k.startswith(("transformer.", "lm_head.")) else k): v
-                 for k, v in read_hf_weights(weights_path).items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+        check_size(config, max_bytes, config_path, {"n_layers": "n_layer", "n_heads": "n_head", "d_model": "n_embd",
+                                                    "d_ff": "n_inner", "max_seq_len": "n_positions"}, weights_path)
+        with torch.device("meta"):  # the shapes config.json implies, with nothing allocated
+            shapes = {k: v.shape for k, v in cls(config).state_dict().items()}
+        conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # stored (in, out)
+
+        def ours(key):  # OpenAI's uploads have no "transformer." prefix, save_pretrained's do
+            return "transformer." + key if not key.startswith(("transformer.", "lm_head.")) else key
+
+        def shape_of(key):  # what the file must hold under key; None: not ours (attn.bias/masked_bias: old causal masks)
+            k = ours(key)
+            if k not in shapes or k.endswith((".attn.bias", ".attn.masked_bias")):
+                return None
+            if k in ("transformer.wte.weight", "lm_head.weight"):
+                return (config.vocab_size, config.d_model)  # the real rows: the padding is ours
+            return shapes[k][::-1] if k.endswith(conv1d) else shapes[k]
+        sd_hf = {ours(k): v for k, v in read_hf_weights(weights_path, shape_of).items()}
         if all(not v.any() for k, v in sd_hf.items() if k.endswith(".bias")):  # exported from a bias=False model
             config = replace(config, bias=False)
+        wanted = [k for k in shapes if (config.bias or not k.endswith(".bias"))  # bias=False: no bias tensors
+                  and (k != "lm_head.weight" or not config.tie_weights)]  # a tied head is wte
+        missing = [k for k in wanted if k not in sd_hf]
+        if missing:  # before the model is built: a file that cannot fill it costs nothing
+            raise ValueError(f"{weights_path} lacks {len(missing)} GPT-2 tensors, e.g. {missing[:3]}")
         model = cls(config)
         sd = model.state_dict()
-        conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # stored (in, out)
-        wanted = [k for k in sd if k != "lm_head.weight" or not config.tie_weights]  # a tied head is wte
-        missing = [k for k in wanted if k not in sd_hf]
-        if missing:
-            raise ValueError(f"{weights_path} lacks {len(missing)} GPT-2 tensors, e.g. {missing[:3]}")
         with torch.no_grad():
             for k in wanted:
                 w = sd_hf[k].t() if k.endswith(conv1d) else sd_hf[k]
-                target = sd[k][:w.size(0)] if k in ("transformer.wte.weight", "lm_head.weight") else sd[k]  # padding stays 0
-                if w.shape != target.shape:
-                    raise ValueError(f"{k} has shape {tuple(w.shape)} in {weights_path}, expected {tuple(target.shape)}")
-                target.copy_(w)
+                sd[k][:w.size(0)].copy_(w)  # (shapes checked as read) wte/lm_head: the padding rows stay 0
         return model
 
     # ------------------------------------------------------------------------------------------------
@@ -952,6 +961,8 @@ GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 def read_json(path):
     """A JSON object from a model folder's file, or ValueError with a one-line reason."""
     try:
+        if os.path.getsize(path) > 64 << 20:  # a config or a shard index is kilobytes: don't parse a giant
+            raise ValueError(f"it holds {os.path.getsize(path):,} bytes, too many for a config")
         with open(path) as f:
             value = json.load(f)
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
@@ -961,23 +972,73 @@ def read_json(path):
     return value
 
 
-def check_size(config, max_bytes, where):
-    """Refuse a model that would take more than max_bytes (None: the machine's memory) before building it."""
+def check_size(config, max_bytes, where, names=None, weights=None):
+    """Refuse a model that would take more than max_bytes before building it, with an error naming its estimated
+    size and the fields that make it big. max_bytes None: the smallest of the machine's RAM, this process's
+    address-space limit (ulimit -v), its container's memory limit (cgroup memory.max) and NASH_MAX_MODEL_GB when
+    set. names: the file's names of our fields (e.g. {"n_layers": "n_layer"} for GPT-2's config.json), so the
+    message speaks the file's language. weights: the weights file (or shard index) that goes with the config: one
+    far smaller than the model's least weights in 16 bits is refused at once, before a model is even sketched."""
+    limits = [(max_bytes, "allowed")] if max_bytes is not None else []
     if max_bytes is None:
         try:
-            max_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            limits.append((os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "of memory here"))
         except (ValueError, OSError, AttributeError):  # not on every OS
-            return
-    need = config.memory_bytes()
-    if need > max_bytes:
-        raise ValueError(f"{where} describes a model of {need / 2**30:,.1f} GiB (n_layers={config.n_layers}, "
-                         f"d_model={config.d_model}, max_seq_len={config.max_seq_len}, vocab_size={config.vocab_size}), "
-                         f"more than the {max_bytes / 2**30:,.1f} GiB of memory here; it is not a model this machine can load")
+            pass
+        try:
+            import resource  # POSIX only
+            soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+            if soft != resource.RLIM_INFINITY:
+                limits.append((soft, "this process may use (its address-space limit, ulimit -v)"))
+        except (ImportError, ValueError, OSError):
+            pass
+        try:
+            with open("/sys/fs/cgroup/memory.max") as f:
+                text = f.read().strip()
+            if text.isdigit():
+                limits.append((int(text), "its container may use (cgroup memory.max)"))
+        except OSError:
+            pass
+        if "NASH_MAX_MODEL_GB" in os.environ:
+            text = os.environ["NASH_MAX_MODEL_GB"]
+            try:
+                gb = float(text)
+            except ValueError:
+                gb = float("nan")
+            if not gb > 0:
+                raise ValueError(f"NASH_MAX_MODEL_GB={text!r} should be a number of GiB, e.g. 16")
+            limits.append((int(gb * 2**30), "allowed by NASH_MAX_MODEL_GB"))
+    need, c = config.memory_bytes(), config
+    field = lambda k: f"{(names or {}).get(k, k)}={getattr(config, k)}"
+    if limits and need > min(limits)[0]:
+        limit, what = min(limits)
+        d, hidden = c.d_model, c.d_ff * max(c.n_experts, 1)
+        parts = [(c.vocab_size * d, ("vocab_size", "d_model")),  # which fields the biggest share of the bytes comes from
+                 (c.n_layers * d * (4 * d + 3 * hidden), ("n_layers", "d_model", "d_ff") + (("n_experts",) if c.n_experts else ())),
+                 (c.max_seq_len * d, ("max_seq_len", "d_model"))]
+        raise ValueError(f"{where} describes a model of {need / 2**30:,.1f} GiB, mostly from "
+                         f"{', '.join(map(field, max(parts)[1]))}: more than the {limit / 2**30:,.1f} GiB {what}, so it "
+                         f"is not loaded (NASH_MAX_MODEL_GB can set a lower limit)")
+    if weights is not None:
+        files = [weights]
+        if weights.endswith(".index.json"):
+            shards = read_json(weights).get("weight_map")
+            files = [os.path.join(os.path.dirname(weights), os.path.basename(str(f)))
+                     for f in set(map(str, shards.values()))] if isinstance(shards, dict) else []
+        have = sum(os.path.getsize(f) for f in files if os.path.isfile(f))
+        least = 2 * (c.vocab_size * c.d_model + c.n_layers * (2 * c.d_model ** 2 + 2 * c.d_model * c.d_ff * max(c.n_experts, 1)))
+        if have < least:  # embeddings, queries, outputs and MLPs alone, in 16 bits, take at least this
+            raise ValueError(f"{where} describes a model ({', '.join(map(field, ('n_layers', 'd_model', 'd_ff', 'vocab_size')))}) "
+                             f"whose weights take at least {least / 2**20:,.1f} MiB, but {weights} holds "
+                             f"{have / 2**20:,.1f} MiB: they do not belong together")
 
 
-def read_hf_weights(path):
+def read_hf_weights(path, shape_of=None):
     """A Hugging Face state dict from model.safetensors, a sharded safetensors index, or pytorch_model.bin (read
-    as data: torch.load(weights_only=True) never runs code). A damaged or hostile file is a ValueError."""
+    as data: torch.load(weights_only=True) never runs code). Sizes are taken from the file before anything is read:
+    shape_of(key) -> the shape the model expects of a tensor, or None where it is not needed (then it is not read),
+    so a tensor of the wrong size is refused before it is allocated. A damaged or hostile file is a ValueError
+    naming the file and what is wrong with it."""
     if path.endswith(".index.json"):
         shards = read_json(path).get("weight_map")
         if not isinstance(shards, dict):
@@ -986,20 +1047,86 @@ def read_hf_weights(path):
         for shard in sorted(set(map(str, shards.values()))):
             if os.path.basename(shard) != shard:
                 raise ValueError(f"{path} names a shard outside its folder: {shard!r}")
-            sd.update(read_hf_weights(os.path.join(os.path.dirname(path), shard)))
+            sd.update(read_hf_weights(os.path.join(os.path.dirname(path), shard), shape_of))
         return sd
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} does not exist")
+    if path.endswith(".safetensors"):
+        # read by hand (the format is 8 bytes of header length, a JSON header of dtype, shape and byte offsets per
+        # tensor, then the data): every size is checked against the file and the model before a byte is allocated
+        dtypes = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                  "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                  "BOOL": torch.bool}
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or n > min(size - 8, 100 << 20):  # safetensors' own cap on a header: 100 MB
+                raise ValueError(f"{path} is not a readable safetensors file: its header claims {n:,} bytes, but the "
+                                 f"file holds {max(size - 8, 0):,} after the length (truncated, or not safetensors)")
+            try:
+                header = json.loads(f.read(n))
+            except (ValueError, RecursionError) as e:
+                raise ValueError(f"{path} is not a readable safetensors file: its header is not JSON "
+                                 f"({str(e).splitlines()[0][:100]})") from None
+            if not isinstance(header, dict):
+                raise ValueError(f"{path} is not a readable safetensors file: its header is not a JSON object")
+            header.pop("__metadata__", None)
+            data, wanted = size - 8 - n, {}
+            for key, info in header.items():
+                try:
+                    dtype, shape, (start, end) = dtypes[info["dtype"]], tuple(info["shape"]), info["data_offsets"]
+                    ok = all(type(v) is int and v >= 0 for v in (*shape, start, end))
+                except (KeyError, TypeError, ValueError):
+                    ok = False
+                if not ok:
+                    raise ValueError(f"{path} is not a readable safetensors file: its header describes {key!r} as "
+                                     f"{str(info)[:100]}")
+                if end - start != math.prod(shape) * dtype.itemsize or end > data:
+                    raise ValueError(f"{path} is truncated or damaged: {key} {list(shape)} ({dtype}) takes bytes "
+                                     f"{start:,} to {end:,} of its data, which ends at {data:,}")
+                expected = shape_of(key) if shape_of else shape
+                if expected is not None and tuple(expected) != shape:
+                    raise ValueError(f"{path} holds {key} of shape {shape}, expected {tuple(expected)} from config.json")
+                if expected is not None:
+                    wanted[key] = (dtype, shape, start, end)
+            sd = {}
+            for key, (dtype, shape, start, end) in wanted.items():
+                buf = torch.empty(end - start, dtype=torch.uint8)
+                f.seek(8 + n + start)
+                if f.readinto(buf.numpy()) != end - start:
+                    raise ValueError(f"{path} changed while it was read")
+                sd[key] = buf.view(dtype).reshape(shape)
+            return sd
+    import warnings
+    import zipfile
     try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-            return load_file(path)
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError, SafetensorError, RuntimeError, EOFError, ...: say what, not torch's advice
-        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        if "weights_only" in str(e):
+        with warnings.catch_warnings():  # (torch warns about old pickle protocols: noise here)
+            warnings.simplefilter("ignore")
+            try:  # mapped, not read: a tensor's bytes are only read when it is used, after its shape is checked
+                sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):
+                    raise
+                sd = torch.load(path, map_location="cpu", weights_only=True)  # torch's old (not zip) format: read it
+    except Exception as e:  # UnpicklingError, RuntimeError, EOFError, KeyError...: say what, never torch's advice
+        text = str(e)
+        if "GLOBAL" in text or "Unsupported global" in text:
             reason = "it holds Python objects, not just tensors, and loading it would run code"
+        elif not zipfile.is_zipfile(path):
+            reason = "it is not a torch file (neither a zip archive nor a pickle of tensors: truncated, or another kind)"
+        else:
+            lines = [line for line in text.splitlines() if line.strip() and "eights only" not in line
+                     and "weights_only" not in line] or [type(e).__name__]
+            reason = f"a damaged torch file ({lines[-1].strip()[:200]})"
         raise ValueError(f"{path} is not a readable weights file: {reason}") from None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ValueError(f"{path} does not hold a state dict of tensors")
+    if shape_of:
+        for key, v in sd.items():
+            expected = shape_of(key)
+            if expected is not None and tuple(expected) != tuple(v.shape):
+                raise ValueError(f"{path} holds {key} of shape {tuple(v.shape)}, expected {tuple(expected)} from config.json")
+        sd = {k: v for k, v in sd.items() if shape_of(k) is not None}
     return sd
 
 

@@ -17,7 +17,7 @@ import torch
 
 from nash import hf
 from nash.common import fail
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, check_size
 
 FORMAT = "nash-llm-checkpoint/1"
 CHECKPOINT_FILES = {"latest": "ckpt.pt", "best": "best.pt"}
@@ -108,6 +108,16 @@ def load_checkpoint(path, map_location="cpu"):
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         fail(f"{path} is not a Nash-LLM checkpoint (format {state.get('format') if isinstance(state, dict) else None!r}, "
              f"expected {FORMAT!r})")
+    if "model_config" not in state:  # (a checkpoint of a model always has one; model_from_checkpoint says so)
+        return state
+    try:
+        config = GPTConfig(**state["model_config"])
+    except (TypeError, ValueError) as e:
+        fail(f"{path}'s model_config is not a model of this version of model.py ({str(e).splitlines()[0][:200]})")
+    try:  # every model built from a checkpoint comes through here: sized before anything is allocated
+        check_size(config, None, path)
+    except ValueError as e:
+        fail(str(e))
     return state
 
 

@@ -64,6 +64,7 @@ def ensure_prepared(dataset, data_dir=""):
                               cwd=ROOT)
         if proc.returncode:
             sys.exit(proc.returncode)  # (prepare.py has said why)
+    read_meta(folder)  # a corrupt meta.json is one error line here, before anything reads it
     return folder
 
 
@@ -100,29 +101,67 @@ class EpochSampler:
         return items, offsets
 
 
+def read_meta(folder):
+    """A prepared dataset's meta.json, checked field by field (a dict), or one error line naming what is wrong:
+    every reader of a dataset (the shards, the tokenizer it was made with) takes it from here."""
+    path, fix = os.path.join(folder, "meta.json"), f"prepare it again with `{prepare_command(folder)} --force`"
+    if not os.path.isfile(path):
+        fail(f"{folder} holds no prepared dataset (no meta.json); run `{prepare_command(folder)}`")
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (ValueError, OSError, RecursionError) as e:
+        fail(f"{path} is not valid JSON ({str(e).splitlines()[0][:200]}); {fix}")
+    if not isinstance(meta, dict):
+        fail(f"{path} holds a {type(meta).__name__}, not a JSON object, so prepare.py did not write it; {fix}")
+
+    def count(v):  # a JSON integer (not a bool, not a float)
+        return type(v) is int and v >= 0
+
+    def name(v):  # a file of the folder itself
+        return isinstance(v, str) and v and os.path.basename(v) == v and v not in (".", "..")
+
+    wanted = {"shards": ("a {split: [shard file, ...]} object",
+                         lambda v: isinstance(v, dict) and all(isinstance(s, list) for s in v.values())),
+              "tokens": ("a {split: number of tokens} object",
+                         lambda v: isinstance(v, dict) and all(count(n) for n in v.values())),
+              "shard_size": ("a positive integer", lambda v: count(v) and v > 0),
+              "vocab_size": ("a positive integer", lambda v: count(v) and v > 0),
+              "dtype": ("a string", lambda v: isinstance(v, str))}
+    optional = {"tokenizer": ("a string", lambda v: isinstance(v, str)),
+                "tokenizer_pattern": ("a string", lambda v: isinstance(v, str)),
+                "tokenizer_file": ("a file name in the folder", name),
+                "special_tokens": ("a {token: id} object",
+                                   lambda v: isinstance(v, dict) and all(count(i) for i in v.values()))}
+    for key, (what, ok) in {**wanted, **optional}.items():
+        if key not in meta:
+            if key in wanted:
+                fail(f"{path} lacks {key!r}, so prepare.py did not write it; {fix}")
+        elif not ok(meta[key]):
+            fail(f"{path}'s {key} should be {what}, not {json.dumps(meta[key])[:100]}; {fix}")
+    if meta["dtype"] not in ("uint16", "uint32"):  # uint32 when the vocabulary has more than 65,536 tokens
+        fail(f"{path} says dtype {meta['dtype']!r}, but shards hold uint16 or uint32 tokens; {fix}")
+    for split, files in meta["shards"].items():
+        if split not in meta["tokens"]:
+            fail(f"{path} lacks the number of {split} tokens (tokens.{split}); {fix}")
+        bad = [f for f in files if not name(f)]
+        if bad:
+            fail(f"{path} names a shard outside its folder ({json.dumps(bad[0])[:100]}); {fix}")
+    return meta
+
+
 class TokenShards:
     """One split of a prepared dataset, memory-mapped shard by shard (never concatenated)."""
 
     def __init__(self, data_dir, split, vocab_size=None):
         self.folder, self.split = data_dir, split
         fix = f"prepare it again with `{prepare_command(data_dir)} --force`"
-        meta_path = os.path.join(data_dir, "meta.json")
-        if not os.path.isfile(meta_path):
-            fail(f"{data_dir} holds no prepared dataset (no meta.json); run `{prepare_command(data_dir)}`")
-        try:
-            with open(meta_path) as f:
-                self.meta = meta = json.load(f)
-        except (ValueError, OSError) as e:
-            fail(f"{meta_path} is not valid JSON ({e}); {fix}")
-        try:
-            if split not in meta["shards"]:
-                fail(f"{meta_path} has no split {split!r} (it has {', '.join(meta['shards'])}); use train or val")
-            files, shard_size, total = meta["shards"][split], meta["shard_size"], meta["tokens"][split]
-            dtype, self.vocab_size = meta["dtype"], vocab_size or meta["vocab_size"]
-        except (KeyError, TypeError) as e:
-            fail(f"{meta_path} lacks {e}, so prepare.py did not write it; {fix}")
-        if dtype not in ("uint16", "uint32"):  # uint32 when the vocabulary has more than 65,536 tokens
-            fail(f"{meta_path} says dtype {dtype!r}, but shards hold uint16 or uint32 tokens; {fix}")
+        self.meta = meta = read_meta(data_dir)
+        if split not in meta["shards"]:
+            fail(f"{os.path.join(data_dir, 'meta.json')} has no split {split!r} (it has {', '.join(meta['shards'])}); "
+                 f"use train or val")
+        files, shard_size, total = meta["shards"][split], meta["shard_size"], meta["tokens"][split]
+        dtype, self.vocab_size = meta["dtype"], vocab_size or meta["vocab_size"]
         itemsize = np.dtype(dtype).itemsize
         self.files, self.shards, sizes = [], [], []
         for i, name in enumerate(files):

@@ -43,6 +43,8 @@ from model import GPT, GPT2_NAMES, GPTConfig, check_size, read_hf_weights, read_
 from nash.tokenizer import write_gpt2_tokenizer
 
 HF_GPT2_NAMES = GPT2_NAMES  # OpenAI's, loaded by model.py's GPT.from_pretrained
+HF_NAMES = {"n_layers": "num_hidden_layers", "n_heads": "num_attention_heads", "d_model": "hidden_size",
+            "d_ff": "intermediate_size", "max_seq_len": "max_position_embeddings", "n_experts": "num_local_experts"}
 NORM_EPS = 1e-5  # model.py's eps for every LayerNorm / RMSNorm
 CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM",
            "mixtral": "MixtralForCausalLM"}
@@ -318,10 +320,19 @@ def load_pretrained(name_or_dir, dropout=0.0, max_bytes=None):
         config = config_from_hf(hf, dropout)  # refuse what we can't compute before reading any weights
     except KeyError as e:
         raise ValueError(f"{config_path} lacks {e.args[0]!r}") from None
-    except TypeError as e:
-        raise ValueError(f"{config_path} has a value of the wrong type ({e})") from None
-    check_size(config, max_bytes, config_path)
-    sd_hf = read_hf_weights(weights_path)
+    except (TypeError, ZeroDivisionError) as e:  # e.g. a string for a number, or no attention heads
+        raise ValueError(f"{config_path} has a value of the wrong type or range ({e})") from None
+    check_size(config, max_bytes, config_path, HF_NAMES, weights_path)
+    with torch.device("meta"):  # the shapes config.json implies, with nothing allocated
+        shapes = {k: v.shape for k, v in GPT(config).state_dict().items()}
+    expected = {}  # HF key -> its shape: rows of one of our tensors, which may stack several HF tensors
+    for ours, parts, _ in key_map(config, arch):
+        for key, rows in parts:
+            expected[key] = (rows, *shapes[ours][1:]) if ours in shapes else None
+    sd_hf = read_hf_weights(weights_path, expected.get)  # checked against those before a byte is read
+    missing = [key for key in expected if key not in sd_hf]
+    if missing:  # before the model is built: a file that cannot fill it costs nothing
+        raise ValueError(f"{weights_path} lacks {len(missing)} {CLASSES[arch]} tensors, e.g. {missing[:3]}")
     model = GPT(config)
     from_hf_state_dict(sd_hf, model.config, arch, model.state_dict())
     return model

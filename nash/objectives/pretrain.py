@@ -10,7 +10,7 @@ import torch
 
 from nash import tokenizer
 from nash.common import fail
-from nash.data import TokenShards, ensure_prepared
+from nash.data import TokenShards, ensure_prepared, read_meta
 
 
 class Pretrain:
@@ -33,7 +33,7 @@ class Pretrain:
     def data_tokenizer(self, folder):
         """The tokenizer spec the data was made with (the model must read ids the same way), or None for text data
         that the model's own tokenizer encodes."""
-        return tokenizer.dataset_spec(folder)
+        return tokenizer.dataset_spec(folder, read_meta(folder))  # meta.json checked field by field first
 
     def check_model(self, model, enc):
         """A one-line problem with the model this run starts from (before any change to it), or None."""
