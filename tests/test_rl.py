@@ -133,28 +133,33 @@ def test_kl_penalty_to_the_reference():
 # the embedded arithmetic task
 
 def test_arith_data_is_the_generator_output(tmp_path):
-    """data/arith is exactly what its seeded script writes, and no test question is in train or the chat data."""
+    """data/arith is exactly what its seeded script writes, and no test or held-out question is in train or the chat
+    data (nor in each other)."""
     import runpy
     import shutil
     from conftest import ROOT
     copy = tmp_path / "arith"
     shutil.copytree(os.path.join(ROOT, "data", "arith"), copy)
-    for name in ("train.jsonl", "test.jsonl", "chat/train.jsonl", "chat/val.jsonl"):
+    for name in ("train.jsonl", "test.jsonl", "heldout.jsonl", "chat/train.jsonl", "chat/val.jsonl"):
         os.remove(copy / name)
     runpy.run_path(str(copy / "generate.py"), run_name="__main__")
-    for name in ("train.jsonl", "test.jsonl", "chat/train.jsonl", "chat/val.jsonl"):
+    for name in ("train.jsonl", "test.jsonl", "heldout.jsonl", "chat/train.jsonl", "chat/val.jsonl"):
         assert (copy / name).read_bytes() == open(os.path.join(ROOT, "data", "arith", name), "rb").read(), name
     test = {json.loads(line)["question"] for line in open(copy / "test.jsonl")}
     chat = {json.loads(line)["messages"][0]["content"] for f in ("chat/train.jsonl", "chat/val.jsonl")
             for line in open(copy / f)}
     train = {json.loads(line)["question"] for line in open(copy / "train.jsonl")}
+    heldout = {json.loads(line)["question"] for line in open(copy / "heldout.jsonl")}
     assert len(test) == 200 and not test & train and not test & chat
+    assert len(heldout) == 1000 and not heldout & (train | chat | test)
 
 
 def test_arith_task_checks_answers_as_gsm8k():
     task = TASKS["arith"]
     docs = load_rows(task, "test")
     assert len(docs) == 200 and len(load_rows(task, "train")) == 2000
+    heldout = TASKS["arith_heldout"]  # the same task on the 1,000 held-out problems
+    assert len(load_rows(heldout, heldout.split)) == 1000 and heldout.check is task.check
     doc = docs[0]
     worked = doc["target"]  # the reference's own working ends in "#### N"
     assert task.check(doc, worked)["exact_match"] == 1.0
@@ -203,6 +208,8 @@ def test_rl_demo_logs_trl_names_and_pass_at_1(arith_sft_run, tmp_path):
     # the README's pass@1 of the run (a LoRA run: config/rl_demo.py trains adapters), as written but on 4 problems
     proc = run_script("evaluate.py", f"--out_dir={out}", "--tasks=arith", "--max_examples=4")
     assert "arith (chat)" in proc.stdout and "exact_match" in proc.stdout
+    proc = run_script("evaluate.py", f"--out_dir={out}", "--tasks=arith_heldout", "--max_examples=4")
+    assert "arith_heldout (chat)" in proc.stdout
     # the README's curve of the run, as written (there on out-rl-demo)
     png = tmp_path / "rl-demo.png"
     proc = run_script("compare.py", out, "--metrics=pass@1,train_pass@1,reward", f"--output={png}")

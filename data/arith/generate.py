@@ -8,6 +8,8 @@ task=rl samples answers to (train) and scores pass@1 on (test), through nash/tas
 chat/val.jsonl are the same kind of problems as conversations (the question a user turn, the worked answer the
 assistant's), for the SFT step before RL (config/arith_sft_demo.py): chat/train.jsonl asks the questions of
 train.jsonl, so RL practises on problems the SFT model has seen, as nanochat's RL does on GSM8K's train split.
+heldout.jsonl holds 1,000 further problems (their own seed, none in the other files), the task arith_heldout: 200 test
+problems put a standard error of 3.5 points on pass@1, too coarse to see what RL moves.
 
 A problem is one or two steps of adding and taking away with numbers below 20 ("Ann has 7 apples. Ann buys 5
 more. ..."), answered with its working ("7 + 5 = 12"): one addition or subtraction fact per step, a few hundred
@@ -24,6 +26,7 @@ ITEMS = "apples pens cards coins books shells stamps marbles cookies stickers".s
 GAIN = ["buys {n} more", "finds {n} more", "gets {n} more from a friend", "is given {n} more"]
 LOSS = ["gives {n} away", "loses {n}", "eats {n}", "sells {n}"]
 NUM_TRAIN, NUM_VAL, NUM_TEST, SEED = 2000, 100, 200, 1234
+NUM_HELDOUT, HELDOUT_SEED = 1000, 98765  # drawn after the rest, from their own generator: the files above stay as they were
 LIMIT = 20  # every number in a problem, start, change and result, is below this
 
 
@@ -67,10 +70,16 @@ def main():
             seen.add(row["question"])
             others.append(row)
     train, val = others[:NUM_TRAIN], others[NUM_TRAIN:]
+    heldout, rng = [], random.Random(HELDOUT_SEED)
+    while len(heldout) < NUM_HELDOUT:
+        row = problem(rng)
+        if row["question"] not in seen:
+            seen.add(row["question"])
+            heldout.append(row)
     folder = os.path.dirname(os.path.abspath(__file__))
     os.makedirs(os.path.join(folder, "chat"), exist_ok=True)
-    for name, rows in (("train.jsonl", train), ("test.jsonl", test), ("chat/train.jsonl", map(conversation, train)),
-                       ("chat/val.jsonl", map(conversation, val))):
+    for name, rows in (("train.jsonl", train), ("test.jsonl", test), ("heldout.jsonl", heldout),
+                       ("chat/train.jsonl", map(conversation, train)), ("chat/val.jsonl", map(conversation, val))):
         with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
 

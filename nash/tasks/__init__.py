@@ -25,7 +25,7 @@ from nash.tasks.base import fail, fewshot_examples, load_rows, score_choice, sco
 from nash.tasks.sampling import ks, summarize_samples
 
 TASKS = {t.name: t for t in (hellaswag.TASK, arc.EASY, arc.CHALLENGE, mmlu.TASK, gsm8k.TASK, humaneval.TASK,
-                             sst2.TASK, arith.TASK)}
+                             sst2.TASK, arith.TASK, arith.HELDOUT)}
 
 
 def parse(names):
