@@ -46,6 +46,14 @@ def run_script(script, *args, env=None, check=True, timeout=300):
     return proc
 
 
+def error_line(proc):
+    """A user error is one line on stderr and exit code 1."""
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    return lines[0]
+
+
 def run_inline(monkeypatch, script, *args):
     """`python script args` inside this process (no interpreter or torch start-up); returns the script's
     globals. A user error surfaces as SystemExit with the message."""

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from nash import lora
 from nash.checkpoint import load_checkpoint, model_from_checkpoint
-from conftest import TINY_MODEL, TINY_TRAINING, run_inline, run_script
+from conftest import TINY_MODEL, TINY_TRAINING, error_line, run_inline, run_script
 from nash.data import SFTExamples
 from model import GPT, GPTConfig
 from nash.tokenizer import get_tokenizer
@@ -22,13 +22,6 @@ LORA = ["--lora_rank=4", "--lora_alpha=8", "--lora_targets=all", "--learning_rat
 def lora_sft(out, base, sft_data, *flags, check=True):
     return run_script("train.py", *TINY_MODEL, *TINY_TRAINING, "--task=sft", "--dataset=echo", f"--data_dir={sft_data}",
                       f"--init_from={base}", f"--out_dir={out}", *LORA, *flags, check=check)
-
-
-def error_line(proc):
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

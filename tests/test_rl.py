@@ -171,17 +171,10 @@ def test_arith_task_checks_answers_as_gsm8k():
 # -----------------------------------------------------------------------------
 # train.py with task=rl, at tiny sizes
 
-from conftest import read_metrics, run_script  # noqa: E402
+from conftest import error_line, read_metrics, run_script  # noqa: E402
 from nash.checkpoint import load_checkpoint  # noqa: E402
 
 TINY_RL = ["--batch_size=2", "--rl_samples=3", "--rl_max_new_tokens=6", "--eval_iters=1", "--log_interval=1"]
-
-
-def error_line(proc):
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    return lines[0]
 
 
 def rl_run(out, init_from, *flags, check=True):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from nash.checkpoint import load_checkpoint, save_checkpoint
-from conftest import assert_ddp_matches, ROOT, TINY_MODEL, TINY_TRAINING, read_metrics, run_script
+from conftest import ROOT, TINY_MODEL, TINY_TRAINING, assert_ddp_matches, error_line, read_metrics, run_script
 from model import GPT, GPTConfig
 
 
@@ -22,12 +22,6 @@ def train(out_dir, data_dir, *flags, check=True, env=None):
                       f"--out_dir={out_dir}", *flags, check=check, env=env)
 
 
-def error_line(proc):
-    """A user error is one line on stderr and exit code 1."""
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    return lines[0]
 
 
 def test_pretraining_run_leaves_a_complete_run_folder(tiny_run):

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT, read_metrics, run_inline, run_script
+from conftest import ROOT, error_line, read_metrics, run_inline, run_script
 from model import GPT, GPTConfig
 from nash.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from nash.tokenizer import get_tokenizer
@@ -138,13 +138,6 @@ def verifier_run(out, init_from, *flags, check=True):
     """The README's `python train.py config/verifier_demo.py`, at tiny size."""
     return run_script("train.py", "config/verifier_demo.py", f"--init_from={init_from}", *TINY_VERIFIER,
                       f"--out_dir={out}", *flags, check=check)
-
-
-def error_line(proc):
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

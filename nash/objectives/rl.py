@@ -142,10 +142,24 @@ class Questions:
             yield torch.arange(start, min(n, start + batch_size)), torch.tensor([self.split, 0, 0, 0])
 
 
-class RL(Pretrain):
-    fine_tunes = True
+class AsksRewardTask(Pretrain):
+    """What RL and the verifier (nash/objectives/verifier.py) share: a trained chat model answers reward_task's
+    questions; there is no dataset folder of their own."""
     needs_trained_model = True
     chat = True  # answers are chat replies; benchmarks in eval_tasks ask in the chat format
+
+    def check_model(self, model, enc):
+        return chat_model_problem(self.settings, model, enc)
+
+    def prepare(self, folder):
+        pass  # the questions come from reward_task
+
+    def data_tokenizer(self, folder):
+        return None
+
+
+class RL(AsksRewardTask):
+    fine_tunes = True
     stats = STATS
 
     def check_settings(self):
@@ -164,15 +178,6 @@ class RL(Pretrain):
         if s["rl_max_new_tokens"] < 1:
             return f"rl_max_new_tokens={s['rl_max_new_tokens']} should be at least 1"
         return reward_task_problem(s["reward_task"], "RL needs one to compute rewards")
-
-    def check_model(self, model, enc):
-        return chat_model_problem(self.settings, model, enc)
-
-    def prepare(self, folder):
-        pass  # the questions come from reward_task
-
-    def data_tokenizer(self, folder):
-        return None
 
     def setup(self, model, init_from, resume, lora_info):
         """The policy to sample from (the plain model), the frozen reference when rl_kl_beta > 0 (DPO's: a copy of

@@ -31,8 +31,7 @@ from nash import lora
 from nash import tasks as downstream
 from nash.common import fail
 from nash.data import EpochSampler, mix
-from nash.objectives.pretrain import Pretrain
-from nash.objectives.rl import chat_model_problem, reward_task_problem, task_questions
+from nash.objectives.rl import AsksRewardTask, reward_task_problem, task_questions
 from nash.tokenizer import special_ids
 from nash.tasks.sampling import best_of_n
 from nash.verifier import auc, pad_right, render_reply
@@ -65,9 +64,7 @@ class Examples:
             yield self.batch(list(range(start, min(len(self.rows), start + batch_size))))
 
 
-class Verifier(Pretrain):
-    needs_trained_model = True  # the generator's answers are what it learns to judge
-    chat = True  # questions and answers are chat turns; benchmarks in eval_tasks ask in the chat format
+class Verifier(AsksRewardTask):  # (a trained chat model, the generator: its answers are what it learns to judge)
     stats = ("accuracy",)  # of the step's examples, at probability 1/2
 
     def check_settings(self):
@@ -82,15 +79,6 @@ class Verifier(Pretrain):
         if s["verifier_max_new_tokens"] < 1:
             return f"verifier_max_new_tokens={s['verifier_max_new_tokens']} should be at least 1"
         return reward_task_problem(s["reward_task"], "a verifier learns from its labels")
-
-    def check_model(self, model, enc):
-        return chat_model_problem(self.settings, model, enc)
-
-    def prepare(self, folder):
-        pass  # the questions come from reward_task
-
-    def data_tokenizer(self, folder):
-        return None
 
     def setup(self, model, init_from, resume, lora_info):
         self.model, self.resuming = model, resume is not None
