@@ -8,7 +8,7 @@ from math import comb
 import pytest
 import torch
 
-from conftest import ROOT, TINY_MODEL, run_inline
+from conftest import ROOT, run_inline
 from model import GPT, GPTConfig
 from nash import tasks
 from nash.engine import Sampling
