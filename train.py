@@ -194,7 +194,8 @@ if init_from == "resume":
     path = os.path.join(out_dir, "ckpt.pt")
     if not os.path.isfile(path):
         fail(f"init_from=resume but {path} does not exist; start a run with --init_from=scratch")
-    resume = load_checkpoint(path)
+    resume = load_checkpoint(path, needs=("model_config", "model", "settings", "optimizers", "step", "best_val_loss",
+                                          "rng"))  # what resuming reads below
     # the run's model and optimizer state only fit the run's own model and optimizer settings
     saved_shape = asdict(GPTConfig(**resume["model_config"]))  # defaults fill fields older checkpoints lack
     run = {**resume["settings"], **{k: saved_shape[k] for k in MODEL_SETTINGS}}  # the shape as saved

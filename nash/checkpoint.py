@@ -88,8 +88,10 @@ def run_files(out_dir):
                   or (name.startswith("ckpt_") and name.endswith(".pt")))
 
 
-def load_checkpoint(path, map_location="cpu"):
-    """Load a checkpoint without unpickling code; one clear error for anything that is not one."""
+def load_checkpoint(path, map_location="cpu", needs=()):
+    """Load a checkpoint without unpickling code; one clear error for anything that is not one. needs: the keys
+    the caller reads (train.py resuming reads the optimizers, the step, ...): a checkpoint without them is
+    refused here, in one line, rather than as a KeyError wherever the first missing one is read."""
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
@@ -108,6 +110,10 @@ def load_checkpoint(path, map_location="cpu"):
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         fail(f"{path} is not a Nash-LLM checkpoint (format {state.get('format') if isinstance(state, dict) else None!r}, "
              f"expected {FORMAT!r})")
+    missing = [key for key in needs if key not in state]
+    if missing:
+        fail(f"{path} lacks {', '.join(map(repr, missing))}, which every checkpoint train.py writes holds; it may be "
+             f"corrupt or from another program")
     if "model_config" not in state:  # (a checkpoint of a model always has one; model_from_checkpoint says so)
         return state
     try:
