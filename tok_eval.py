@@ -17,7 +17,7 @@ import numpy as np
 
 from nash import tokenizer
 from configurator import configure, fail
-from nash.data import TokenShards, dataset_dir
+from nash.data import TokenShards, dataset_dir, read_meta
 
 # -----------------------------------------------------------------------------
 # settings (python tok_eval.py --help lists them)
@@ -32,9 +32,7 @@ output = ""  # also write the numbers as JSON to this file
 
 def split_documents(folder, split, max_chars):
     """The documents of a prepared split, decoded from its shards (end-of-text precedes each)."""
-    if not os.path.exists(os.path.join(folder, "meta.json")):
-        fail(f"{folder} holds no prepared dataset (no meta.json); prepare it with prepare.py first")
-    enc = tokenizer.from_spec(tokenizer.dataset_spec(folder))
+    enc = tokenizer.from_spec(tokenizer.dataset_spec(folder, read_meta(folder)))  # meta.json checked field by field
     shards = TokenShards(folder, split)
     tokens = np.concatenate([np.asarray(s) for s in shards.shards])  # fine for a val split; max_chars bounds the rest
     cuts = list(np.flatnonzero(tokens == enc.eot_token)) + [len(tokens)]
@@ -80,9 +78,7 @@ if __name__ == "__main__":  # (bench.py imports the functions above)
     if split not in ("val", "train") or max_chars < 1:
         fail(f"split={split!r} should be val or train, and max_chars={max_chars} positive")
     folder = dataset_dir(dataset, data_dir)
-    if not os.path.exists(os.path.join(folder, "meta.json")):
-        fail(f"{folder} holds no prepared dataset (no meta.json); prepare it with prepare.py first")
-    spec = tokenizer.dataset_spec(folder)
+    spec = tokenizer.dataset_spec(folder, read_meta(folder))  # one error line for a missing or corrupt meta.json
     encodings = [("gpt2", tokenizer.get_tokenizer())]
     cl100k = tokenizer.get_cl100k()
     if cl100k is None:
