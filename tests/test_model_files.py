@@ -247,6 +247,18 @@ def test_checkpoint_whose_config_is_not_a_model(tiny_run, tmp_path, tiny_data):
     assert "ckpt.pt" in error and "n_layers" in error, error
 
 
+def test_resume_from_a_checkpoint_without_model_config(tiny_run, tmp_path, tiny_data):
+    """A ckpt.pt that lacks what resuming reads is one error line naming it, not a KeyError wherever it is read."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    state = torch.load(run / "ckpt.pt", weights_only=True)
+    del state["model_config"]
+    torch.save(state, run / "ckpt.pt")
+    error = run_refused("train.py", f"--out_dir={run}", "--init_from=resume", "--max_steps=30", "--dataset=tiny",
+                        f"--data_dir={tiny_data}")
+    assert "ckpt.pt" in error and "model_config" in error, error
+
+
 # -----------------------------------------------------------------------------
 # 3. train.py on a data folder whose meta.json is corrupt
 
@@ -291,6 +303,24 @@ def test_corrupt_meta_json(damage, words, tiny_data, tmp_path):
         path.write_text(json.dumps({**meta, "tokenizer": ["gpt2"]}))
     error = run_refused("train.py", *TINY_MODEL, "--max_steps=1", "--dataset=data", f"--data_dir={data}",
                         f"--out_dir={tmp_path / 'out'}")
+    assert words in error and str(data) in error, error
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("not_json", "meta.json is not valid JSON"),
+    ("a_list", "meta.json holds a list, not a JSON object"),
+    ("tokenizer_file_outside", "meta.json's tokenizer_file should be a file name in the folder"),
+])
+def test_tok_eval_on_a_corrupt_meta_json(damage, words, tiny_data, tmp_path):
+    """tok_eval.py reads the dataset's tokenizer through the same checks of meta.json as train.py."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    path = data / "meta.json"
+    meta = json.loads(path.read_text())
+    path.write_text({"not_json": "{not json", "a_list": "[1, 2]",
+                     "tokenizer_file_outside": json.dumps({**meta, "tokenizer": "bpe-512",
+                                                           "tokenizer_file": "../../etc/passwd"})}[damage])
+    error = run_refused("tok_eval.py", f"--data_dir={data}")
     assert words in error and str(data) in error, error
 
 
