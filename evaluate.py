@@ -75,7 +75,7 @@ temperature = 0.8  # num_samples: the sampling temperature (Chen et al. sample p
 top_k = 0  # num_samples: sample among the k most likely tokens; 0 = off
 seed = 1337  # num_samples: the same seed gives the same samples
 verifier = ""  # num_samples: a verifier run folder (task=verifier); best-of-N is the reply it scores highest
-tools = True  # chat: replies may call the calculator (nash/tools.py); --tools=0 for the same model without it
+tools = True  # chat: replies (and a chat model's --tasks answers) may call the calculator (nash/tools.py); 0: without it
 report = False  # also write out_dir/report.md: the run's settings, hardware, curves, benchmarks and a few samples
 device = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps
 dtype = "auto"  # auto (CUDA: bfloat16 where supported, else float16; float32 elsewhere) | float32 | bfloat16 | float16
@@ -289,7 +289,7 @@ if task_names:
     task_results = downstream.run(prepared, model, enc, batch_size, ctx, max_gen_tokens, keep_items=True,
                                   chat=task in OBJECTIVES and OBJECTIVES[task].chat,  # chat and rl runs
                                   num_samples=num_samples, sampling=sampling,
-                                  verifier=verifier_scores() if verifier else None)
+                                  verifier=verifier_scores() if verifier else None, tools=tools)
     at_step = f" at step {state['step']}" if state else ""
     print(f"{where}{at_step}: {len(task_names)} task(s), {num_fewshot}-shot, {time.time() - t0:.0f} s")
     print("\n".join(downstream.table(task_results)))

@@ -1053,7 +1053,10 @@ def read_hf_weights(path, shape_of=None):
         raise FileNotFoundError(f"{path} does not exist")
     if path.endswith(".safetensors"):
         # read by hand (the format is 8 bytes of header length, a JSON header of dtype, shape and byte offsets per
-        # tensor, then the data): every size is checked against the file and the model before a byte is allocated
+        # tensor, then the data): every size is checked against the file and the model before a byte is allocated.
+        # Not the safetensors library: safe_open (0.8) maps the whole file before it parses the header, so under a
+        # memory limit a file with an oversized tensor fails to map instead of being refused by its shape, and an
+        # honest model needs its file's size in address space twice (tests/test_model_files.py wrong_shape)
         dtypes = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
                   "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
                   "BOOL": torch.bool}

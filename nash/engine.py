@@ -63,6 +63,13 @@ class Completion:
     forced_at: list = field(default_factory=list)  # their indices in tokens (an RL loss must not train on them)
 
 
+def tools_available(model, enc):
+    """Whether model has rows for enc's tool tokens, so its replies may call the calculator (chat models from before
+    the tool tokens have six chat tokens: they talk, without tools)."""
+    ids = special_ids(enc)
+    return all(ids.get(name, 1 << 62) < model.config.vocab_size for name in TOOL_TOKENS)
+
+
 def row_generators(seed, n_prompts, num_samples, device):
     """One torch.Generator per (prompt i, sample j), seeded from (seed, i, j) through numpy's SeedSequence: a
     row's draws depend on its own seed only, never on which rows share its batch or when they finish."""
@@ -254,7 +261,7 @@ class ChatEngine:
             raise ValueError(f"the model's vocabulary ({model.config.vocab_size} tokens) has no room for the chat "
                              f"tokens (ids up to {top}): it was not fine-tuned for chat; train it with task=chat")
         # the calculator (tools.py), for a model with rows for the tool tokens (older chat models have six tokens)
-        self.tools = tools and all(self.ids.get(name, 1 << 62) < model.config.vocab_size for name in TOOL_TOKENS)
+        self.tools = tools and tools_available(model, self.enc)
         self.stop_ids = {self.ids[name] for name in SPECIAL_TOKENS if name not in TOOL_TOKENS}  # end a reply
         config = model.config
         self.max_seq_len, self.sinks = config.max_seq_len, config.attn_sinks  # cache positions count the sinks

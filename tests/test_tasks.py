@@ -140,7 +140,7 @@ class ScriptedModel(torch.nn.Module):
     def __init__(self, tokens):
         super().__init__()
         self.weight, self.tokens = torch.nn.Parameter(torch.zeros(1)), tokens + [EOT_ID]
-        self.config = SimpleNamespace(n_layers=1, max_seq_len=1024, attn_sinks=0)
+        self.config = SimpleNamespace(n_layers=1, max_seq_len=1024, attn_sinks=0, vocab_size=50304)
 
     def next_logits(self, idx, cache):
         B, T = idx.shape

@@ -355,3 +355,27 @@ def test_bench_measures_the_forced_tokens_cost(monkeypatch, tmp_path, capsys):
     assert lone["plain_forwards"] - lone["tools_forwards"] == forced * calls  # each output rides with <|python_end|>
     assert batched["plain_forwards"] == batched["tools_forwards"]  # one token per step
     assert all(row[k] > 0 for row in (lone, batched) for k in ("tools_tokens_per_sec", "plain_tokens_per_sec"))
+
+
+def test_chat_benchmarks_ask_with_the_calculator():
+    """evaluate.py --tasks on a chat model (tasks/base.py score_generate) runs the calculator as chat.py does: the
+    steered model's reply is the call and the engine's output, whose number the answer check reads; --tools=0 asks
+    the same model without it (the call's first token is then a special token, which ends a chat reply)."""
+    from nash.tasks import TASKS
+    from nash.tasks.base import score_generate
+    model = SteeredGPT({**chain_of("<|assistant_start|>", "<|python_start|>", " 6 * 7", "<|python_end|>"),
+                        **chain_of("<|output_end|>", "<|assistant_end|>")})
+    task = TASKS["arith"]
+    doc = task.doc({"question": "What is 6 times 7?", "answer": "6 * 7 = 42\n#### 42"})
+    [on], [off] = (score_generate(task, model, ENC, [doc], [[]], 20, None, False, chat=True, tools=t)
+                   for t in (True, False))
+    assert on["completion"] == "<|python_start|> 6 * 7<|python_end|><|output_start|>42<|output_end|>"
+    assert on["exact_match"] == 1.0 and off["completion"] == "" and off["exact_match"] == 0.0
+
+
+def test_rl_trains_on_the_call_never_on_the_forced_output():
+    from nash.objectives.rl import rollout_batch
+    prompt, reply = [1, 2, 3], [10, 11, 12, 13, 14]  # a call (10, 11), the output forced in (12, 13), the end (14)
+    x, y = rollout_batch([prompt], [[reply]], [[[2, 3]]])
+    assert y[0].tolist() == [-1, -1, 10, 11, -1, -1, 14]
+    assert rollout_batch([prompt], [[reply]])[1][0].tolist() == [-1, -1, 10, 11, 12, 13, 14]  # nothing forced

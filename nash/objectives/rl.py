@@ -52,17 +52,21 @@ def group_advantages(rewards, std_normalize=False):
     return advantages, std
 
 
-def rollout_batch(prompts, replies):
+def rollout_batch(prompts, replies, forced=None):
     """prompts: P lists of token ids; replies: P lists of S token-id lists (the reply and its stop token, if it
-    ended on one). -> (x, y) int64 (P * S, T), right-padded: y is -1 on the prompt and the padding, so only the
-    sampled tokens are trained on; row p * S + s is answer s to question p."""
-    rows = [(p, r) for p, group in zip(prompts, replies) for r in group]
-    T = max(len(p) + len(r) for p, r in rows) - 1
+    ended on one); forced: the same shape, each reply's positions the calculator forced in (Completion.forced_at).
+    -> (x, y) int64 (P * S, T), right-padded: y is -1 on the prompt, the padding and the forced tool outputs, so only
+    the sampled tokens are trained on (a policy never learns to predict what the tool returns); row p * S + s is
+    answer s to question p."""
+    forced = forced or [[[] for _ in group] for group in replies]
+    rows = [(p, r, f) for p, group, fs in zip(prompts, replies, forced) for r, f in zip(group, fs)]
+    T = max(len(p) + len(r) for p, r, _ in rows) - 1
     x, y = torch.zeros((len(rows), T), dtype=torch.long), torch.full((len(rows), T), -1, dtype=torch.long)
-    for i, (prompt, reply) in enumerate(rows):
+    for i, (prompt, reply, forced_at) in enumerate(rows):
         seq = torch.tensor(prompt + reply, dtype=torch.long)
         x[i, :len(seq) - 1] = seq[:-1]
         y[i, len(prompt) - 1:len(seq) - 1] = seq[len(prompt):]
+        y[i, [len(prompt) - 1 + j for j in forced_at]] = -1
     return x, y
 
 
@@ -209,8 +213,9 @@ class RL(AsksRewardTask):
 
     def sample(self, questions, rows, num_samples, temperature, seed):
         """Answers to the questions: ([the prompts], [per question, the replies' token ids with their stop token],
-        rewards (P, S)), from the plain model in eval mode (its training mode is restored after)."""
-        from nash.engine import Sampling, sample_batch
+        [the same, the positions the calculator forced in], rewards (P, S)), from the plain model in eval mode (its
+        training mode is restored after). A model with the tool tokens may call the calculator, as in chat.py."""
+        from nash.engine import Sampling, sample_batch, tools_available
         docs = [questions.docs[r] for r in rows]
         prompts = [questions.prompts[r] for r in rows]
         top_k = self.settings["rl_top_k"] or None
@@ -219,13 +224,15 @@ class RL(AsksRewardTask):
         was_training = self.policy.training
         stop_ids = {self.stop_id} if temperature else set(special_ids(self.enc).values())  # greedy: evaluate.py's stops
         try:
-            results = sample_batch(self.policy, prompts, num_samples, sampling, stop_ids, enc=self.enc)
+            results = sample_batch(self.policy, prompts, num_samples, sampling, stop_ids, enc=self.enc,
+                                   tools=tools_available(self.policy, self.enc))
         finally:
             self.policy.train(was_training)
         replies = [[c.tokens + [self.stop_id] * (c.finish_reason == "stop") for c in group] for group in results]
+        forced = [[c.forced_at for c in group] for group in results]
         rewards = torch.tensor([[float(self.task.check(doc, c.text)[self.task.metrics[0]]) for c in group]
                                 for doc, group in zip(docs, results)])
-        return prompts, replies, rewards
+        return prompts, replies, forced, rewards
 
     def rollouts_for(self, x, y):
         """The micro-batch's rollouts: sampled now, or kept from the step that sampled them (rl_updates > 1)."""
@@ -233,10 +240,10 @@ class RL(AsksRewardTask):
         key = (group, index)
         if key not in self.rollouts:
             s = self.settings
-            prompts, replies, rewards = self.sample(self.splits[split], x.tolist(), s["rl_samples"],
-                                                    s["rl_temperature"], mix("rl", seed, group, index) % 2**63)
+            prompts, replies, forced, rewards = self.sample(self.splits[split], x.tolist(), s["rl_samples"],
+                                                            s["rl_temperature"], mix("rl", seed, group, index) % 2**63)
             advantages, std = group_advantages(rewards, s["rl_std_normalize"])
-            tokens, targets = rollout_batch(prompts, replies)
+            tokens, targets = rollout_batch(prompts, replies, forced)
             stats = [rewards.mean(), std.mean(), (std == 0).float().mean(), (targets != -1).sum() / len(targets)]
             rollout = {"x": tokens, "y": targets, "advantages": advantages.flatten(), "stats": torch.stack(stats)}
             if s["rl_updates"] > 1:  # the sampling policy's log-probs, for the ratio of the later updates
@@ -267,7 +274,7 @@ class RL(AsksRewardTask):
 
     def eval_sums(self, model, x, y):
         """Correct greedy answers and questions of one batch."""
-        _, _, rewards = self.sample(self.splits[int(y[0])], x.tolist(), 1, 0.0, 0)
+        *_, rewards = self.sample(self.splits[int(y[0])], x.tolist(), 1, 0.0, 0)
         return torch.stack([rewards.sum(), torch.tensor(float(rewards.numel()))]).to(x.device)
 
     def eval_metrics(self, val, train):

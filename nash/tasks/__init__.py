@@ -52,11 +52,12 @@ def prepare(names, task_data="", max_examples=0, num_fewshot=0):
 
 
 def run(prepared, model, enc, batch_size=8, ctx=None, max_gen_tokens=256, progress=True, keep_items=False,
-        chat=False, num_samples=0, sampling=None, verifier=None):
+        chat=False, num_samples=0, sampling=None, verifier=None, tools=True):
     """Score the model on prepared tasks: {task: summary (+ "items" with keep_items), ..., "core": ...}.
     num_samples: the generative tasks also sample that many replies per item (sampling: the engine's Sampling)
     and their summary gets "sampled": pass@k, maj@N and, with verifier, best-of-N (tasks/sampling.py).
-    verifier(task, docs, shots, replies) -> scores[i][j] of item i's reply j."""
+    verifier(task, docs, shots, replies) -> scores[i][j] of item i's reply j. tools: a chat model's replies may call
+    the calculator (where it has the tool tokens), as in chat.py; False asks the same model without it."""
     results = {}
     for task, docs, shots in prepared:
         t0 = time.time()
@@ -65,7 +66,7 @@ def run(prepared, model, enc, batch_size=8, ctx=None, max_gen_tokens=256, progre
             items = score_choice(task, model, enc, docs, shots, batch_size, ctx, progress, chat=as_chat)
         else:
             items = score_generate(task, model, enc, docs, shots, max_gen_tokens, ctx, progress, chat=as_chat,
-                                   num_samples=num_samples, sampling=sampling)
+                                   num_samples=num_samples, sampling=sampling, tools=tools)
         results[task.name] = summarize(task, items, len(shots[0]))
         if task.kind != "choice" and num_samples:
             samples = [it["samples"] for it in items]

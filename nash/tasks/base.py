@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nash.engine import Sampling, sample_batch
+from nash.engine import Sampling, sample_batch, tools_available
 from nash.tokenizer import SPECIAL_TOKENS, render_conversation, special_ids
 from nash.common import fail
 
@@ -256,11 +256,12 @@ def fit_prompt(prompt, max_seq_len, max_tokens):
 
 
 def generate(model, enc, prompts, stop, max_tokens, ctx=None, stop_ids=None, num_samples=1, sampling=None,
-             rows=64, progress=False, desc="generate"):
+             rows=64, progress=False, desc="generate", tools=False):
     """num_samples completions of each prompt (token ids): texts[i][j], each cut before the first stop string or
     ended by one of stop_ids (default: end-of-text) or after max_tokens. sampling: an engine Sampling (temperature,
     top_k, seed); None = greedy, which gives exactly model.generate's tokens at temperature 0. The prompts go to
-    sample_batch `rows` rows at a time (rows // num_samples prompts; a progress bar counts them)."""
+    sample_batch `rows` rows at a time (rows // num_samples prompts; a progress bar counts them). tools: replies may
+    call the calculator, its outputs forced in by the engine (as chat.py's)."""
     stop_ids = stop_ids or {enc.eot_token}
     S = model.config.max_seq_len
     sampling = sampling or Sampling(temperature=0.0, top_k=None)
@@ -274,29 +275,30 @@ def generate(model, enc, prompts, stop, max_tokens, ctx=None, stop_ids=None, num
             seed = sampling.seed if sampling.seed is None else int(
                 np.random.SeedSequence([sampling.seed, start]).generate_state(1)[0])
             done = sample_batch(model, chunk, num_samples, replace(sampling, max_new_tokens=max_tokens, seed=seed),
-                                stop_ids, ctx, stop, enc, batch_size=rows)
+                                stop_ids, ctx, stop, enc, batch_size=rows, tools=tools)
             texts += [[c.text for c in row] for row in done]
             bar.update(len(chunk))
     return texts
 
 
 def score_generate(task, model, enc, docs, shots, max_tokens, ctx, progress, chat=False, num_samples=0,
-                   sampling=None, rows=64):
+                   sampling=None, rows=64, tools=True):
     """Each doc's greedy reply checked: items [{"completion", **check}]; with num_samples, also that many sampled
     replies per doc (sampling: the engine's Sampling), each checked, in item["samples"].
     chat: ask through the chat format (task.chat_prompt; the caller checks the task has one); any special token
-    ends the reply, as in chat.py."""
+    ends the reply, as in chat.py, but a calculator call (tools, where the model has the tool tokens' rows)."""
     stop_ids = set(special_ids(enc)[name] for name in SPECIAL_TOKENS) if chat else None
+    tools = chat and tools and tools_available(model, enc)
     if chat:
         prompts = [render_conversation(enc, task.chat_prompt(d, s), for_reply=True)[0] for d, s in zip(docs, shots)]
     else:
         prompts = [enc.encode_ordinary(task.prompt(d, s)) for d, s in zip(docs, shots)]
     greedy = generate(model, enc, prompts, task.stop, max_tokens, ctx, stop_ids, rows=rows, progress=progress,
-                      desc=task.name)
+                      desc=task.name, tools=tools)
     items = [{"completion": c, **task.check(doc, c)} for doc, [c] in zip(docs, greedy)]
     if num_samples:
         sampled = generate(model, enc, prompts, task.stop, max_tokens, ctx, stop_ids, num_samples, sampling, rows,
-                           progress, f"{task.name} x{num_samples}")
+                           progress, f"{task.name} x{num_samples}", tools)
         for item, doc, replies in zip(items, docs, sampled):
             item["samples"] = [{"completion": c, **task.check(doc, c)} for c in replies]
     return items
