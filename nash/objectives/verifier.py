@@ -38,6 +38,7 @@ from nash.verifier import auc, pad_right, render_reply
 
 EXAMPLES = "verifier_examples.jsonl"  # the labelled set, in out_dir
 SPLITS = ("train", "val")
+CHUNK = 32  # questions sampled together: a step of the progress bar
 
 
 class Examples:
@@ -131,7 +132,10 @@ class Verifier(AsksRewardTask):  # (a trained chat model, the generator: its ans
 
     def sample_and_label(self):
         """verifier_samples answers to each question of both splits from the starting model, labelled by the task's
-        check; seeded per split, and per answer inside the engine, so the set is the same for any batch size."""
+        check; seeded per split and chunk of CHUNK questions, and per answer inside the engine, so the set is the
+        same for any batch size. A progress bar counts the questions (minutes on a CPU)."""
+        from tqdm import tqdm
+
         from nash.engine import Sampling, sample_batch
         s, task = self.settings, self.task
         self.log(f"sampling {s['verifier_samples']} answers to each of {len(self.questions['train'][0])} train and "
@@ -142,9 +146,16 @@ class Verifier(AsksRewardTask):  # (a trained chat model, the generator: its ans
         try:
             for split in SPLITS:
                 docs, prompts = self.questions[split]
-                sampling = Sampling(temperature=s["verifier_temperature"], top_k=None,
-                                    max_new_tokens=s["verifier_max_new_tokens"], seed=mix("verifier", s["seed"], split) % 2**63)
-                results = sample_batch(self.model, prompts, s["verifier_samples"], sampling, {stop_id}, enc=self.enc)
+                results = []
+                with tqdm(total=len(prompts), desc=f"{split} answers", unit="question", dynamic_ncols=True,
+                          disable=self.log is not print) as bar:  # (log is print in the process that logs)
+                    for start in range(0, len(prompts), CHUNK):
+                        sampling = Sampling(temperature=s["verifier_temperature"], top_k=None,
+                                            max_new_tokens=s["verifier_max_new_tokens"],
+                                            seed=mix("verifier", s["seed"], split, start) % 2**63)
+                        results += sample_batch(self.model, prompts[start:start + CHUNK], s["verifier_samples"],
+                                                sampling, {stop_id}, enc=self.enc)
+                        bar.update(len(prompts[start:start + CHUNK]))
                 for q, (doc, group) in enumerate(zip(docs, results)):
                     for j, c in enumerate(group):
                         records.append({"split": split, "question": q, "sample": j, "messages": task.chat_prompt(doc, []),
