@@ -3,7 +3,7 @@
 # eval -> chat SFT -> chat eval -> RL -> chat eval -> a verifier of the RL model's answers -> best-of-N -> report card.
 # Each stage is one of the project's own commands with its flags in view, so this file is also a tour of them.
 #
-#   bash runs/cpu.sh                      # about half an hour on 2 cores; writes out-pipeline-cpu/report.md
+#   bash runs/cpu.sh                      # about 7 minutes on 2 cores (measured); writes out-pipeline-cpu/report.md
 #   TOKENIZER=gpt2 bash runs/cpu.sh       # GPT-2's BPE instead of learning one on the corpus
 #   SMOKE=1 DIR=/tmp/p bash runs/cpu.sh   # every stage shrunk to seconds (the test suite runs this)
 #
@@ -36,25 +36,25 @@ BASE_TASKS=arc_easy,arc_challenge,mmlu,hellaswag
 CHAT_TASKS=arc_easy,arc_challenge,mmlu,gsm8k,arith,humaneval
 EVAL=(--task_data=tests/task_data --max_examples=$EXAMPLES)
 
-stage data "the tokenizer and the token shards of the embedded Shakespeare" "under a minute" - -- \
+stage data "the tokenizer and the token shards of the embedded Shakespeare" "seconds" - -- \
     python prepare.py --input=data/shakespeare/input.txt --name=corpus --data_root="$DIR/data" "${TOKENIZER_FLAGS[@]}"
-stage base "pretraining the base model" "10 minutes" base -- \
+stage base "pretraining the base model" "2 minutes" base -- \
     python train.py --data_dir="$DIR/data/corpus" --out_dir="$DIR/base" "${BASE[@]}"
-stage base_eval "CORE: multiple choice scored by log-likelihood" "a minute" - -- \
+stage base_eval "CORE: multiple choice scored by log-likelihood" "seconds" - -- \
     python evaluate.py --out_dir="$DIR/base" --tasks=$BASE_TASKS "${EVAL[@]}" --output="$DIR/eval/base.json"
-stage sft "chat fine-tuning on the arithmetic word problems" "5 minutes" sft -- \
+stage sft "chat fine-tuning on the arithmetic word problems" "2 minutes" sft -- \
     python train.py --task=chat --dataset=arith/chat --init_from="$DIR/base" --out_dir="$DIR/sft" --max_seq_len=64 \
         --batch_size=16 --learning_rate=3e-3 --warmup_steps=50 --max_steps=800 --weight_decay=0.0 \
         --eval_interval=100 --eval_iters=7 --eval_tasks=arith --eval_task_examples=200 "${SFT[@]}"
-stage sft_eval "the chat model on the chat-format benchmarks" "a minute" - -- \
+stage sft_eval "the chat model on the chat-format benchmarks" "under a minute" - -- \
     python evaluate.py --out_dir="$DIR/sft" --tasks=$CHAT_TASKS "${EVAL[@]}" --output="$DIR/eval/sft.json"
-stage rl "RL on the arithmetic problems, rewarded by the answer check" "10 minutes" rl -- \
+stage rl "RL on the arithmetic problems, rewarded by the answer check" "a minute" rl -- \
     python train.py config/rl_demo.py --init_from="$DIR/sft" --out_dir="$DIR/rl" "${RL[@]}"
-stage rl_eval "the RL model on the chat-format benchmarks" "a minute" - -- \
+stage rl_eval "the RL model on the chat-format benchmarks" "under a minute" - -- \
     python evaluate.py --out_dir="$DIR/rl" --tasks=$CHAT_TASKS "${EVAL[@]}" --output="$DIR/eval/rl.json"
-stage verifier "a verifier: the RL model's sampled answers, labelled by the answer check" "10 minutes" verifier -- \
+stage verifier "a verifier: the RL model's sampled answers, labelled by the answer check" "2 minutes" verifier -- \
     python train.py config/verifier_demo.py --init_from="$DIR/rl" --out_dir="$DIR/verifier" "${VERIFIER[@]}"
-stage best_of_n "$SAMPLES answers to each problem, the verifier's pick beside pass@k and the vote" "5 minutes" - -- \
+stage best_of_n "$SAMPLES answers to each problem, the verifier's pick beside pass@k and the vote" "under a minute" - -- \
     python evaluate.py --out_dir="$DIR/rl" --tasks=arith,gsm8k --num_samples=$SAMPLES --max_gen_tokens=32 \
         --verifier="$DIR/verifier" "${EVAL[@]}" --output="$DIR/eval/best_of_n.json"
 echo
