@@ -262,6 +262,13 @@ def test_resume_from_a_checkpoint_without_model_config(tiny_run, tmp_path, tiny_
 # -----------------------------------------------------------------------------
 # 3. train.py on a data folder whose meta.json is corrupt
 
+def copy_of_dataset(tiny_data, tmp_path):
+    """A prepared dataset to damage: (its folder, its meta.json's path, the meta as it was)."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    return data, data / "meta.json", json.loads((data / "meta.json").read_text())
+
+
 @pytest.mark.parametrize("damage, words", [
     ("not_json", "meta.json is not valid JSON"),
     ("a_list", "meta.json holds a list, not a JSON object"),
@@ -275,10 +282,7 @@ def test_resume_from_a_checkpoint_without_model_config(tiny_run, tmp_path, tiny_
     ("tokenizer_a_list", "meta.json's tokenizer should be"),
 ])
 def test_corrupt_meta_json(damage, words, tiny_data, tmp_path):
-    data = tmp_path / "data"
-    shutil.copytree(tiny_data, data)
-    path = data / "meta.json"
-    meta = json.loads(path.read_text())
+    data, path, meta = copy_of_dataset(tiny_data, tmp_path)
     if damage == "not_json":
         path.write_text("{not json")
     elif damage == "a_list":
@@ -313,10 +317,7 @@ def test_corrupt_meta_json(damage, words, tiny_data, tmp_path):
 ])
 def test_tok_eval_on_a_corrupt_meta_json(damage, words, tiny_data, tmp_path):
     """tok_eval.py reads the dataset's tokenizer through the same checks of meta.json as train.py."""
-    data = tmp_path / "data"
-    shutil.copytree(tiny_data, data)
-    path = data / "meta.json"
-    meta = json.loads(path.read_text())
+    data, path, meta = copy_of_dataset(tiny_data, tmp_path)
     path.write_text({"not_json": "{not json", "a_list": "[1, 2]",
                      "tokenizer_file_outside": json.dumps({**meta, "tokenizer": "bpe-512",
                                                            "tokenizer_file": "../../etc/passwd"})}[damage])
