@@ -1,6 +1,6 @@
 # What runs/cpu.sh and runs/gpu.sh share: a stage runner that skips finished stages, resumes interrupted training,
 # stops at the first failure with that stage's own error, and records each stage's wall time for the report card.
-# Sourced, not run. Expects DIR (the pipeline folder) and N_STAGES.
+# Sourced, not run. Expects DIR (the pipeline folder) and N_STAGES; DRY_RUN=1 prints each stage's command instead.
 set -euo pipefail
 mkdir -p "$DIR/.done" "$DIR/eval"
 STAGE_K=0
@@ -13,6 +13,10 @@ stage() {
     STAGE_K=$((STAGE_K + 1))
     echo
     echo "== stage $STAGE_K of $N_STAGES: $name: $what (expected: $expected)"
+    if [ "${DRY_RUN:-0}" = 1 ]; then  # show the commands, run nothing (tests/test_pipeline.py checks runs/gpu.sh so)
+        echo "   \$ $*"
+        return
+    fi
     if [ -f "$DIR/.done/$name" ]; then
         echo "   finished in an earlier run: skipped (delete $DIR/.done/$name to redo it)"
         return
