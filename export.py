@@ -162,7 +162,7 @@ model = AutoModelForSequenceClassification.from_pretrained("{name}")
 print(torch.sigmoid(model(torch.tensor([ids])).logits[0, 0]))
 ```
 
-In Nash-LLM: `nash.verifier.score_replies` on the run itself, e.g. best-of-N with `python -m nash.verifier`.
+In Nash-LLM: `nash.verifier.score_replies` on the run itself, e.g. best-of-N with `python evaluate.py --num_samples=N --verifier=RUN`.
 """
 
 

@@ -3,7 +3,7 @@
 # a score head added) learns to tell which; held out: 8 answers to each of the 200 test problems.
 #   python train.py config/arith_sft_demo.py     # first: the generator (out-arith-sft/)
 #   python train.py config/verifier_demo.py
-#   python -m nash.verifier --generator=out-arith-sft --verifier=out-verifier-demo --num_samples=8 --max_new_tokens=32
+#   python evaluate.py --out_dir=out-arith-sft --tasks=arith --num_samples=8 --max_gen_tokens=32 --verifier=out-verifier-demo
 task = "verifier"
 reward_task = "arith"
 init_from = "out-arith-sft"
