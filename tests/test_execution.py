@@ -297,6 +297,7 @@ def test_a_huge_print_fails_without_growing_the_evaluator():
 def test_without_bubblewrap_it_is_one_error_line_never_an_unsandboxed_run(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap on it
     execution.bwrap_command.cache_clear()
+    execution._trial.cache_clear()
     try:
         assert "bubblewrap" in execution.available()
         with pytest.raises(SystemExit) as exit_:
@@ -305,3 +306,18 @@ def test_without_bubblewrap_it_is_one_error_line_never_an_unsandboxed_run(monkey
         assert "\n" not in str(exit_.value) and not (tmp_path / "ran").exists()
     finally:
         execution.bwrap_command.cache_clear()
+        execution._trial.cache_clear()
+
+
+def test_a_bwrap_that_cannot_make_its_sandbox_is_one_error_line(monkeypatch):
+    # e.g. unprivileged user namespaces switched off: every program would fail, and pass@1 would read 0
+    python = execution.bwrap_command()[1]
+    monkeypatch.setattr(execution, "bwrap_command", lambda: (["bwrap", "--no-such-option"], python))
+    execution._trial.cache_clear()
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            run_program("print('ran')")
+        assert str(exit_.value).startswith("error: bubblewrap cannot make its sandbox here")
+        assert "user namespaces" in str(exit_.value)
+    finally:
+        execution._trial.cache_clear()

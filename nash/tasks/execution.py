@@ -389,24 +389,38 @@ def bwrap_command():
     return args, python
 
 
+@functools.lru_cache(maxsize=1)
+def _trial():
+    """bwrap's message if it cannot make its sandbox on this machine (no unprivileged user namespaces, say),
+    else ''. Once per process: without it every program would just fail, and pass@1 read 0 with no error."""
+    args, python = bwrap_command()
+    run = subprocess.run(args + ["--uid", str(NOBODY), "--gid", str(NOBODY), python, "-I", "-S", "-c", "pass"],
+                         capture_output=True, text=True)
+    return "" if run.returncode == 0 else (run.stderr.strip().splitlines() or ["no message"])[-1]
+
+
 def available():
-    """None if the sandbox can run here, else the `error:` message saying what to install."""
+    """None if the sandbox can run here, else the `error:` message saying what to install or enable."""
     try:
         bwrap_command()
         seccomp_filter()
     except RuntimeError as e:
         return str(e)
+    if _trial():
+        return (f"bubblewrap cannot make its sandbox here ({_trial()}); it needs unprivileged user namespaces "
+                "(sysctl kernel.unprivileged_userns_clone=1; on Ubuntu 24.04+ also "
+                "kernel.apparmor_restrict_unprivileged_userns=0, or an AppArmor profile for bwrap)")
     return None
 
 
 def _sandbox(job, timeout, memory_mb):
     """Run the supervisor with `job` in a fresh sandbox. Returns (status, verdict text, output tail)."""
-    try:
-        args, python = bwrap_command()
-        bpf = seccomp_filter()
-    except RuntimeError as e:
+    problem = available()
+    if problem:
         from nash.common import fail
-        fail(str(e))  # never run generated code unsandboxed
+        fail(problem)  # never run generated code unsandboxed, and never fail every program silently
+    args, python = bwrap_command()
+    bpf = seccomp_filter()
     root = os.geteuid() == 0
     job = {**job, "memory_mb": memory_mb, "cpu_s": int(timeout) + 1, "output_bytes": OUTPUT_BYTES,
            "scratch_files": SCRATCH_FILES, "processes": MAX_PROCESSES, "drop": root, "uid": NOBODY}
