@@ -275,8 +275,10 @@ def check():
         kind, data = program.receive()
         if kind == b"r":  # the tests may expect a built-in exception type
             name, _, message = data.decode("utf-8", "replace").partition(":")
-            error = getattr(builtins, name, None)
-            raise (error if isinstance(error, type) and issubclass(error, Exception) else RuntimeError)(message)
+            error = getattr(builtins, name, None)  # never StopIteration: it would end a map() in the tests early
+            ok = isinstance(error, type) and issubclass(error, Exception) and not issubclass(
+                error, (StopIteration, StopAsyncIteration))
+            raise (error if ok else RuntimeError)(message)
         if kind != b"o":
             raise RuntimeError("the program ended before answering")
         return decode(data.decode("utf-8", "surrogatepass"))
@@ -456,9 +458,16 @@ def _sandbox(job, timeout, memory_mb):
                 os.close(fd)
                 fds.remove(fd)
             status = None
-            try:
-                if root:
+            if root:
+                try:
                     _map_ids(info_r, block_w)
+                except OSError as e:  # every program would hang until its timeout: say why instead
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    from nash.common import fail
+                    fail(f"could not give the code sandbox its user ids ({e}); run the evaluation as a user "
+                         "other than root, or where root may write /proc/PID/uid_map")
+            try:
                 proc.stdin.write(marshal.dumps(job))
                 proc.stdin.close()
             except (BrokenPipeError, OSError, ValueError):  # it died before reading: its output says why
