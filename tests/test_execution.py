@@ -266,6 +266,26 @@ def test_nothing_outside_the_scratch_can_be_written_or_read(guard, tmp_path):
                 os.remove(os.path.join(ROOT, f))
 
 
+HOOKED = {  # the audit hook, the second layer, still refuses these in Python, even after trying to disarm it
+    "subprocess": "import subprocess; subprocess.run(['true'])",
+    "os.system": "import os; os.system('true')",
+    "fork": "import os; os.fork()",
+    "socket": "import socket; socket.socket()",
+    "ctypes": "import ctypes",
+    "symlink": "import os; os.symlink('/usr', 'out')",
+    "write outside": "open('/usr/x', 'w')",
+    "gc walk": "import gc; gc.get_objects()",
+}
+
+
+@pytest.mark.parametrize("name", list(HOOKED))
+def test_the_audit_hook_still_refuses_what_the_program_should_not_do(name):
+    disarm = ("import __main__ as m\nm.inside = lambda p: True\nm.SCRATCH = '/'\n"
+              "for name in ('FORBIDDEN', 'PATH_EVENTS', 'BANNED_MODULES'):\n    getattr(m, name, set()).clear()\n")
+    result = run_program(disarm + HOOKED[name] + "\n")
+    assert result["status"] == "failed" and "PermissionError" in result["output"] and "sandbox:" in result["output"]
+
+
 def test_the_child_gets_a_clean_environment_and_no_parent_secrets(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_secret_for_the_test")
     monkeypatch.setenv("WANDB_API_KEY", "wandb_secret_for_the_test")
