@@ -120,3 +120,26 @@ def test_checkpoint_whose_tokenizer_is_not_one(tiny_run, tmp_path):
 def test_tok_eval_output_that_is_a_folder(bpe_data, tmp_path):
     error = run_refused("tok_eval.py", f"--data_dir={bpe_data}", f"--output={tmp_path}")
     assert "output=" in error and "not a folder" in error, error
+
+
+@pytest.mark.parametrize("case, words", [
+    ("base_is_itself", "leads back to itself"),
+    ("record_a_string", "LoRA record is not one train.py writes"),
+    ("rank_huge", "LoRA rank 1000000000 is not between 1 and the model's width"),
+])
+def test_checkpoint_whose_lora_record_is_hostile(case, words, tiny_run, tmp_path):
+    """The "lora" record names a base to open and sizes adapters: a base that is the run itself recursed until
+    RecursionError, and "yes" was a TypeError traceback."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    for name in ("ckpt.pt", "best.pt"):
+        state = torch.load(run / name, weights_only=True)
+        state["lora"] = {"base": str(run / "best.pt"), "base_fingerprint": "x", "rank": 4, "alpha": 8.0,
+                         "dropout": 0.0, "targets": "attention"}
+        if case == "record_a_string":
+            state["lora"] = "yes"
+        elif case == "rank_huge":
+            state["lora"]["rank"] = 10 ** 9
+        torch.save(state, run / name)
+    error = run_refused("sample.py", f"--init_from={run}", "--num_samples=1", "--max_new_tokens=2")
+    assert words in error, error
