@@ -96,6 +96,9 @@ generative = [n for n in task_names if downstream.TASKS[n].kind != "choice"]
 if num_samples < 0 or (num_samples and not generative):
     fail(f"num_samples={num_samples} samples replies of generative tasks; give --tasks with one of "
          f"{', '.join(n for n, t in downstream.TASKS.items() if t.kind != 'choice')} and num_samples >= 1")
+# a prompt's samples decode together, one KV-cache row each: bound them before any allocation (pass@k and voting
+# are measured with tens to hundreds; Chen et al. drew 200)
+check_range("num_samples", num_samples, low=0, high=1024, hint="sample in several runs with other --seed values")
 if num_samples and temperature <= 0:
     fail(f"temperature={temperature} makes every sample the greedy reply; sample with a temperature above 0 (0.8)")
 if num_samples:

@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 from nash import tokenizer
-from configurator import configure, fail
+from configurator import check_output_file, configure, fail
 from nash.data import TokenShards, dataset_dir, read_meta
 
 # -----------------------------------------------------------------------------
@@ -77,6 +77,8 @@ if __name__ == "__main__":  # (bench.py imports the functions above)
     configure(globals())
     if split not in ("val", "train") or max_chars < 1:
         fail(f"split={split!r} should be val or train, and max_chars={max_chars} positive")
+    if output:
+        check_output_file("output", output)  # before the measuring, not after it
     folder = dataset_dir(dataset, data_dir)
     spec = tokenizer.dataset_spec(folder, read_meta(folder))  # one error line for a missing or corrupt meta.json
     encodings = [("gpt2", tokenizer.get_tokenizer())]

@@ -127,12 +127,12 @@ def load_checkpoint(path, map_location="cpu", needs=()):
     return state
 
 
-def model_from_checkpoint(state, merge_lora=True, **overrides):
+def model_from_checkpoint(state, merge_lora=True, bases=(), **overrides):
     """The GPT a checkpoint describes, with its weights. overrides change config fields (e.g. dropout).
     An adapter checkpoint (LoRA) loads its base and puts the adapters on it, merged into the weights unless
-    merge_lora=False (train.py resuming)."""
+    merge_lora=False (train.py resuming). bases: the adapter bases already being loaded on the way here."""
     if state.get("lora"):
-        return lora_model_from_checkpoint(state, merge_lora, **overrides)
+        return lora_model_from_checkpoint(state, merge_lora, bases, **overrides)
     try:
         config = GPTConfig(**{**state["model_config"], **overrides})
         model = GPT(config)
@@ -150,23 +150,38 @@ def base_source(init_from):
     return source if source in hf.HF_GPT2_NAMES else os.path.abspath(source)
 
 
-def load_base(source, **overrides):
+def load_base(source, bases=(), **overrides):
     """The model named by base_source(): GPT-2 weights, a Hugging Face folder, or a run's checkpoint (with its own
     adapters, if any, merged in)."""
     kind, source, _ = resolve_source(source, "best")
     if kind == "pretrained":
         return pretrained_model(source, **overrides)
-    return model_from_checkpoint(load_checkpoint(source), **overrides)
+    return model_from_checkpoint(load_checkpoint(source), bases=bases, **overrides)
 
 
-def lora_model_from_checkpoint(state, merge_lora=True, **overrides):
-    """Base + adapters from an adapter checkpoint, refusing a base whose weights changed since training."""
+LORA_FIELDS = {"base": str, "base_fingerprint": str, "rank": int, "alpha": (int, float), "dropout": (int, float),
+               "targets": str}
+MAX_LORA_CHAIN = 8  # adapters on a base that is itself an adapter run, and so on: far more than anyone stacks
+
+
+def lora_model_from_checkpoint(state, merge_lora=True, bases=(), **overrides):
+    """Base + adapters from an adapter checkpoint, refusing a base whose weights changed since training, and a
+    "lora" record that is not one train.py wrote (it names files to open: hostile input)."""
     from nash import lora  # here, not at the top: lora.py is only needed for adapter checkpoints
     info = state["lora"]
+    wrong = [k for k, kind in LORA_FIELDS.items() if not isinstance(info, dict) or not isinstance(info.get(k), kind)]
+    if wrong or (problem := lora.check_settings(info["rank"], info["alpha"], info["dropout"], info["targets"])):
+        fail(f"the checkpoint's LoRA record is not one train.py writes "
+             f"({'no valid ' + ', '.join(wrong) if wrong else problem}); it may be corrupt or from another program")
+    if not 1 <= info["rank"] <= GPTConfig(**state["model_config"]).d_model:  # (rank x width per adapted layer)
+        fail(f"the checkpoint's LoRA rank {info['rank']} is not between 1 and the model's width; it may be corrupt")
     base = info["base"]
+    if base in bases or len(bases) >= MAX_LORA_CHAIN:
+        fail(f"this LoRA checkpoint's base {base} leads back to itself (or through more than {MAX_LORA_CHAIN} "
+             f"adapter runs); use a checkpoint whose adapters sit on a plain model")
     if base not in hf.HF_GPT2_NAMES and not os.path.exists(base):
         fail(f"this LoRA checkpoint adapts {base}, which no longer exists; put it back, or use a merged export")
-    model = load_base(base, **{"dropout": state["model_config"].get("dropout", 0.0), **overrides})
+    model = load_base(base, bases + (base,), **{"dropout": state["model_config"].get("dropout", 0.0), **overrides})
     if lora.fingerprint(model.state_dict()) != info["base_fingerprint"]:
         fail(f"this LoRA checkpoint adapts {base}, whose weights have changed since it was trained "
              f"(fingerprint {lora.fingerprint(model.state_dict())}, expected {info['base_fingerprint']})")

@@ -106,6 +106,9 @@ GPT4_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+
                 r"""\s*[\r\n]|\s+(?!\S)|\s""")
 TOKENIZER_FILE = "tokenizer.tiktoken"  # in a dataset folder: the ordinary tokens, one "base64 id" line each
 GPT2_SPEC = {"name": "gpt2"}
+# the most ordinary tokens a trained tokenizer may have: the largest vocabularies in use are ~256k; a file or
+# checkpoint claiming more is refused before it is read into memory
+MAX_TOKENS = 1 << 20
 
 
 def train_bpe(texts, vocab_size, pattern=GPT4_PATTERN):
@@ -125,19 +128,56 @@ def train_bpe(texts, vocab_size, pattern=GPT4_PATTERN):
             "tokens": [token for _, token in ranks], "special_tokens": list(SPECIAL_TOKENS)}
 
 
+def spec_problem(spec):
+    """What makes a spec (from a checkpoint or a dataset folder: hostile input) unusable, or None."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        return "it has no name"
+    if spec["name"] == "gpt2":
+        return None
+    tokens, specials, pattern = spec.get("tokens"), spec.get("special_tokens"), spec.get("pattern")
+    if not isinstance(tokens, list) or not all(isinstance(t, bytes) and t for t in tokens):
+        return "its tokens are not a list of byte strings"
+    if not 256 <= len(tokens) <= MAX_TOKENS:
+        return f"it has {len(tokens):,} tokens, outside 256 (the bytes) .. {MAX_TOKENS:,}"
+    if len(set(tokens)) != len(tokens):
+        return "a token appears twice in it"
+    if not isinstance(specials, list) or not all(isinstance(t, str) and t for t in specials) or \
+            len(set(specials)) != len(specials) or len(specials) > 1000:
+        return "its special tokens are not a list of distinct names"
+    if not isinstance(pattern, str) or len(pattern) > 10_000:
+        return "its pre-split pattern is not text"
+    return None
+
+
+SPEC_FIX = "prepare the dataset again (prepare.py --force), or use a checkpoint Nash-LLM wrote"
+
+
+def check_spec(spec):
+    """spec, or one error line if it is not one Nash-LLM wrote (a damaged checkpoint or dataset folder)."""
+    if problem := spec_problem(spec):
+        fail(f"the tokenizer {spec.get('name') if isinstance(spec, dict) else spec!r:.60} cannot be used: {problem}; "
+             f"{SPEC_FIX}")
+    return spec
+
+
 def from_spec(spec):
-    """The tiktoken Encoding of a spec (GPT-2's, or a trained one)."""
-    if spec.get("name") == "gpt2":
-        return get_tokenizer()
+    """The tiktoken Encoding of a spec (GPT-2's, or a trained one); never a tiktoken traceback."""
     import tiktoken
+    name = check_spec(spec)["name"]
+    if name == "gpt2":
+        return get_tokenizer()
     tokens, specials = spec["tokens"], spec["special_tokens"]
-    return tiktoken.Encoding(name=spec["name"], pat_str=spec["pattern"],
-                             mergeable_ranks={token: i for i, token in enumerate(tokens)},
-                             special_tokens={s: len(tokens) + i for i, s in enumerate(specials)},
-                             explicit_n_vocab=len(tokens) + len(specials))
+    try:
+        return tiktoken.Encoding(name=name, pat_str=spec["pattern"],
+                                 mergeable_ranks={token: i for i, token in enumerate(tokens)},
+                                 special_tokens={s: len(tokens) + i for i, s in enumerate(specials)},
+                                 explicit_n_vocab=len(tokens) + len(specials))
+    except (ValueError, AssertionError) as e:  # e.g. a pattern that does not parse: "Parsing error at position 3"
+        fail(f"the tokenizer {name!r} cannot be used ({str(e) or 'tiktoken refused it'}); {SPEC_FIX}")
 
 
 def spec_vocab_size(spec):
+    check_spec(spec)
     return VOCAB_SIZE if spec.get("name") == "gpt2" else len(spec["tokens"]) + len(spec["special_tokens"])
 
 
@@ -159,8 +199,16 @@ def dataset_spec(folder, meta=None):
     fix = f"prepare {folder} again with prepare.py --force"
     path = os.path.join(folder, meta.get("tokenizer_file", TOKENIZER_FILE))
     try:
-        with open(path) as f:
-            lines = [line.split() for line in f if line.strip()]
+        if os.path.getsize(path) > MAX_TOKENS * 64:  # (a line is a base64 token and its id: tens of bytes)
+            fail(f"{path} is {os.path.getsize(path):,} bytes, too large for a tokenizer of at most {MAX_TOKENS:,} "
+                 f"tokens; {fix}")
+        lines = []
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    lines.append(line.split())
+                if len(lines) > MAX_TOKENS:  # stop reading: a file this long is not a tokenizer we wrote
+                    fail(f"{path} holds more than {MAX_TOKENS:,} tokens; {fix}")
         tokens = [base64.b64decode(token) for token, _ in lines]
         ok = [int(i) for _, i in lines] == list(range(len(tokens)))
         specials = sorted(meta["special_tokens"], key=meta["special_tokens"].get)
@@ -169,11 +217,11 @@ def dataset_spec(folder, meta=None):
                 "special_tokens": specials}
     except FileNotFoundError:
         fail(f"{path} is missing, and meta.json says the dataset was tokenised with it; {fix}")
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # (UnicodeDecodeError is a ValueError)
         fail(f"{path} or its meta.json is not a tokenizer prepare.py wrote ({type(e).__name__}: {e}); {fix}")
     if not ok:
         fail(f"{path} does not number its tokens 0, 1, 2, ... with the special tokens right after; {fix}")
-    return spec
+    return check_spec(spec)
 
 
 def checkpoint_spec(state):

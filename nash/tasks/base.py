@@ -75,11 +75,13 @@ def plain_prompt(doc, shots):
 
 def read_jsonl(path):
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:  # bytes: a line that is not UTF-8 is named, not a UnicodeDecodeError traceback
         for i, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    rows.append(json.loads(line.decode("utf-8")))
+                except UnicodeDecodeError as e:
+                    fail(f"{path} line {i} is not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8")
                 except ValueError as e:
                     fail(f"{path} line {i} is not JSON ({e}); each line should be one row of the dataset")
     return rows
@@ -111,11 +113,32 @@ def load_rows(task, split, task_data="", limit=0):
         rows = rows.select(range(min(limit, len(rows)))) if limit else rows
         rows = list(rows)
     rows = rows[:limit] if limit else rows
-    try:
-        return [task.doc(row) for row in rows]
-    except (KeyError, TypeError, ValueError, IndexError) as e:
-        fail(f"a row of {task.name} does not have the schema of {task.hub[0] if task.hub else task.name} "
-             f"({type(e).__name__}: {e})")
+    schema = task.hub[0] if task.hub else task.name
+    docs = []
+    for i, row in enumerate(rows, 1):
+        try:
+            doc = task.doc(row)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:  # e.g. a number where text goes
+            fail(f"row {i} of {task.name} ({split}) does not have the schema of {schema} ({type(e).__name__}: {e})")
+        if problem := doc_problem(task, doc):
+            fail(f"row {i} of {task.name} ({split}) {problem}; the rows should follow the schema of {schema}")
+        docs.append(doc)
+    return docs
+
+
+def doc_problem(task, doc):
+    """What is wrong with a doc that task.doc built without an error (the scorers assume these), or None."""
+    if not isinstance(doc.get("text"), str):
+        return "has no prompt text"
+    if task.kind == "choice":
+        choices = doc.get("choices")
+        if not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
+            return "has no choices (a non-empty list of strings)"
+        if not isinstance(doc.get("gold"), int) or not 0 <= doc["gold"] < len(choices):
+            return f"names answer {doc.get('gold')!r}, not one of its {len(choices)} choices"
+    elif not isinstance(doc.get("target", ""), str):
+        return "has a reference answer that is not text"
+    return None
 
 
 def fewshot_examples(task, docs, pool, k):
@@ -132,6 +155,9 @@ def fewshot_examples(task, docs, pool, k):
         rnd = random.Random(FEWSHOT_SEED)
         same = task.fewshot_split == task.split
         extra = same or task.fewshot_extra_draw
+        if len(pool) < k + extra:  # lm-eval draws k (+1) shots from the pool for every item
+            fail(f"{task.name}: --num_fewshot={k} needs at least {k + extra} examples in its {task.fewshot_split} "
+                 f"split, which has {len(pool)}; lower --num_fewshot or give a larger {task.fewshot_split} split")
         shots = [[s for s in rnd.sample(pool, k + extra) if not same or s != d][:k] for d in docs]
     if any(len(s) < k for s in shots):
         fail(f"{task.name}: the {task.fewshot_split} split has fewer than {k} examples for some items; "
