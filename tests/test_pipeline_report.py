@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 from nash.tasks.report import SUMMARY_COLUMNS, SUMMARY_ROWS, git_state, write_pipeline_report
 
@@ -47,6 +49,7 @@ def test_every_cell_has_a_number_or_says_not_run(tmp_path):
     assert "![loss curves of every stage](pipeline_curves.png)" in text and (tmp_path / "pipeline_curves.png").exists()
 
 
+@pytest.mark.slow
 def test_the_module_is_the_scripts_last_command(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "nash.tasks.report", str(tmp_path)], cwd=ROOT, capture_output=True,
                           text=True)

@@ -300,6 +300,7 @@ def start_slow_prepare(tmp_path, name):
     return proc, tmp
 
 
+@pytest.mark.slow
 def test_interrupted_prepare_leaves_no_dataset(tmp_path):
     proc, tmp = start_slow_prepare(tmp_path, "big")
     proc.send_signal(signal.SIGTERM)  # like Ctrl-C: cleans up and says so in one line
@@ -326,6 +327,7 @@ def test_failure_midway_leaves_nothing(tmp_path, monkeypatch):
     assert leftovers(tmp_path / "out") == []
 
 
+@pytest.mark.slow
 def test_command_line_errors_are_one_line(tmp_path):
     result = subprocess.run([sys.executable, os.path.join(ROOT, "prepare.py"), "--dataset=wikitext",
                              f"--data_root={tmp_path}"], capture_output=True, text=True)

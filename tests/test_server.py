@@ -178,6 +178,7 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(tiny_chat_r
         assert "http://" not in page.text and "https://" not in page.text  # self-contained: nothing fetched elsewhere
 
 
+@pytest.mark.slow
 def test_a_client_that_disconnects_stops_the_generation(long_chat_ckpt):
     with serving(f"--init_from={long_chat_ckpt}", "--temperature=0") as url:
         with httpx.Client(timeout=60) as client:
@@ -201,6 +202,7 @@ def test_a_client_that_disconnects_stops_the_generation(long_chat_ckpt):
                                                                        [{"role": "user", "content": "talk"}], 20)[0]
 
 
+@pytest.mark.slow
 def test_concurrent_requests_are_served_one_at_a_time_in_arrival_order(long_chat_ckpt):
     asks = [("a long one", 400), ("short one", 8), ("another short one", 8)]
     results, finished = {}, []
@@ -350,6 +352,7 @@ def test_stop_strings_match_the_naive_search():
             assert matcher.held == held, (stops, text[:fed])
 
 
+@pytest.mark.slow
 def test_openai_client_stop_strings(long_chat_ckpt):
     from openai import BadRequestError, OpenAI
     messages = [{"role": "user", "content": "talk"}]
@@ -390,6 +393,7 @@ def test_a_cancel_during_prefill_stops_between_chunks(monkeypatch, rolling):
     assert reply == list(fresh.generate(prompt, Sampling(temperature=0.0, max_new_tokens=4)))
 
 
+@pytest.mark.slow
 def test_a_client_that_leaves_during_a_rolling_prefill_frees_the_worker(rope_chat_ckpt):
     words = 20_000  # past the context of 32, a rolling prefill goes a token at a time: many seconds of work
     with serving(f"--init_from={rope_chat_ckpt[0]}", "--rolling_cache") as url:

@@ -250,6 +250,7 @@ LAYOUTS = {"gpt2": (dict(), "GPT2ForSequenceClassification"),
                      "Qwen3ForSequenceClassification")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(LAYOUTS))
 def test_export_as_a_sequence_classifier_gives_our_scores(name, tmp_path):
     from nash import hf
