@@ -553,8 +553,8 @@ def test_malformed_calls_in_a_request_are_a_400_naming_the_message(history, erro
 
 
 def test_the_readmes_reply_shapes_read_as_the_same_calls():
-    """README, tool use: the reply as streamed, and in OpenAI's shape, render to the same token ids, with the call."""
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    """docs/chat.md, tool use: the reply as streamed, and in OpenAI's shape, render to the same token ids, with the call."""
+    with open(os.path.join(ROOT, "docs", "chat.md"), encoding="utf-8") as f:  # moved there from the README
         readme = f.read()
     block = readme.split("**In chat, the page and the server.**")[1].split("```python\n")[1].split("```")[0]
     streamed, *openai_shape = eval("[" + block + "]")  # a list of messages, as written
