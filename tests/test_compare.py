@@ -67,7 +67,7 @@ def test_one_run_is_its_own_plot(tiny_run, tmp_path):
     proc = run_script("compare.py", tiny_run, f"--output={png}")
     assert png.read_bytes()[:8] == PNG_MAGIC
     rows = table_rows(proc.stdout)
-    assert set(rows) == {("val_loss", os.path.normpath(tiny_run)), ("train_loss", os.path.normpath(tiny_run))}
+    assert set(rows) == {("loss", os.path.normpath(tiny_run)), ("val_loss", os.path.normpath(tiny_run))}
     assert "settings that differ" not in proc.stdout
 
 
