@@ -117,10 +117,11 @@ def test_the_readmes_offline_benchmarks_and_sampling(tiny_run):
 
 
 @pytest.mark.slow
-def test_the_readmes_own_run(tiny_run, sft_data, tmp_path):
+def test_the_readmes_own_run(tiny_data, sft_data, tmp_path):
     """README, your own run: your text prepared and trained on, then your prompt/completion pairs fine-tuned from
-    the quick start's out/ (tiny sizes; datasets in tmp_path, not in the checkout's data/)."""
-    as_out(tiny_run)
+    the quick start's out/ (its shape, 2 steps; datasets in tmp_path, not in the checkout's data/)."""
+    quick = ["--max_steps=2", "--eval_interval=2", "--eval_iters=1", "--batch_size=2", "--max_seq_len=32"]
+    run_script("train.py", "--dataset=tiny", f"--data_dir={tiny_data}", *quick)  # python train.py, shortened
     os.mkdir("notes")
     with open(os.path.join(ROOT, "data", "shakespeare", "input.txt")) as f:
         text = f.read(40_000)
@@ -130,9 +131,8 @@ def test_the_readmes_own_run(tiny_run, sft_data, tmp_path):
     run_script("train.py", "--dataset=notes", "--out_dir=out-notes", f"--data_dir={tmp_path / 'notes'}", *TINY_MODEL,
                *TINY_TRAINING, "--max_steps=4")
     assert read_metrics("out-notes")[-1]["step"] == 4
-    proc = run_script("train.py", "config/sft_demo.py", "--init_from=out", "--dataset=my_task",
-                      "--out_dir=out-my-sft", f"--data_dir={sft_data}", "--max_steps=4", "--eval_interval=2")
-    assert "starting from out/best.pt" in proc.stdout.replace(os.path.abspath("out"), "out")
+    run_script("train.py", "config/sft_demo.py", "--init_from=out", "--dataset=my_task", "--out_dir=out-my-sft",
+               f"--data_dir={sft_data}", "--max_steps=4", "--eval_interval=2", "--eval_iters=1")
     assert [r["step"] for r in read_metrics("out-my-sft") if r["event"] == "eval"][-1] == 4
 
 
