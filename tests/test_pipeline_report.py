@@ -16,6 +16,7 @@ def write(path, value):
     path.write_text(value if isinstance(value, str) else json.dumps(value))
 
 
+@pytest.mark.slow
 def test_every_cell_has_a_number_or_says_not_run(tmp_path):
     write(tmp_path / "stages.jsonl", "\n".join(json.dumps(s) for s in [
         {"stage": "tokenizer", "seconds": 30.0}, {"stage": "base", "seconds": 600.0, "run": "base"},

@@ -436,6 +436,7 @@ def test_single_txt_without_separators_splits_as_nanogpt(tmp_path, monkeypatch, 
     assert train == [text[:cut]] and val == [text[cut:]]
 
 
+@pytest.mark.slow
 def test_val_share_holds_for_many_files_and_few_huge_rows(tmp_path):
     rng = np.random.default_rng(0)
     words = shakespeare_text(600_000).split()

@@ -508,6 +508,7 @@ def calculator_server():
         yield engine, OpenAI(base_url="http://testserver/v1", api_key="none", http_client=http)
 
 
+@pytest.mark.slow
 def test_a_reply_with_calls_sent_back_in_any_shape_is_what_the_model_generated():
     """The calls stream as the tool tokens' names; a client that sends the reply back (as streamed, as OpenAI's
     tool_calls + role "tool" messages, or as content parts) gets the very token ids the model generated and saw,

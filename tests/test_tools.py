@@ -343,6 +343,7 @@ def test_batched_sampling_without_tools_leaves_the_tool_tokens_to_the_model():
         sample_batch(model, [prompt], 1, greedy, stop_ids=(), tools=True)
 
 
+@pytest.mark.slow
 def test_bench_measures_the_forced_tokens_cost(monkeypatch, tmp_path, capsys):
     """bench.py --what=tools (benches/tools.py), as the README runs it: the same reply with and without the
     calculator; a lone row saves the forwards of its outputs (one forward per call), batched rows do not."""

@@ -184,6 +184,7 @@ def test_prepare_trains_on_train_split_and_tokenises_with_it(bpe_data):
         assert meta["tokens"][split] == len(tokens)
 
 
+@pytest.mark.slow
 def test_uint32_shards_beyond_65536_tokens(tmp_path):
     """A vocabulary past uint16: random words leave enough pairs for 66,000 tokens; ids above 65,535 survive."""
     rng = random.Random(0)
@@ -292,6 +293,7 @@ def test_tok_eval_reports_bytes_per_token_per_source(bpe_data, tiny_data, monkey
     assert row["cl100k_base"] > row["gpt2"] > row["bpe-512"] > 1  # a 512-token vocabulary compresses least
 
 
+@pytest.mark.slow
 def test_bench_tokenizer_section(monkeypatch, tmp_path, capsys):
     """bench.py --what=tokenizer at tiny size: it runs both trainers, prepare.py and the encoders, and reports
     compression per source. Speed is measured there, never asserted here."""

@@ -74,6 +74,7 @@ def toy_set(n, seed):
     return rows, torch.tensor(labels)
 
 
+@pytest.mark.slow
 def test_bce_training_ranks_right_answers_above_wrong_ones():
     model = tiny_verifier()
     train_rows, train_labels = toy_set(256, seed=1)
