@@ -27,7 +27,7 @@ from configurator import configure, fail
 
 # -----------------------------------------------------------------------------
 # settings (python compare.py --help lists them)
-metrics = "val_loss,train_loss"  # comma-separated, from evals (val_loss, accuracy, ...) or train steps (loss, lr, mfu, ...)
+metrics = "loss,val_loss"  # comma-separated, from train steps (loss: one point per log line; lr, mfu, ...) or evals (val_loss, train_loss, accuracy, ...)
 output = "compare.png"  # the figure (.png, .pdf or .svg); "" = no figure, just the tables
 log_scale = False  # logarithmic y axes
 # bare arguments are runs, not config files: only the flags go to the configurator
@@ -42,7 +42,7 @@ NOT_COMPARED = ("out_dir",)  # differs between any two runs by construction; the
 
 metric_names = [m.strip() for m in metrics.split(",") if m.strip()]
 if not metric_names:
-    fail("--metrics is empty; name at least one, e.g. --metrics=val_loss,train_loss")
+    fail("--metrics is empty; name at least one, e.g. --metrics=loss,val_loss")
 if not run_specs:
     fail("no runs given; usage: python compare.py RUN_DIR [RUN_DIR ...] [--key=value ...] (see --help)")
 if output and os.path.splitext(output)[1].lower() not in (".png", ".pdf", ".svg"):

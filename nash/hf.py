@@ -351,8 +351,17 @@ def check_output(output, force=False):
         if not force:
             raise ExportError(f"{output} is not empty; choose an empty or new folder, or pass --force to replace it")
     parent = os.path.dirname(os.path.abspath(output))
+    while not os.path.exists(parent):  # missing parents are created when writing (export/my-model on a fresh clone)
+        parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        raise ExportError(f"the parent folder of --output={output} does not exist; create it first")
+        raise ExportError(f"--output={output} lies under {parent}, which is a file; give a folder path")
+
+
+def make_parent(output):
+    """The folder that will hold output, created if missing (check_output made sure it can be)."""
+    parent = os.path.dirname(os.path.abspath(output))
+    os.makedirs(parent, exist_ok=True)
+    return parent
 
 
 def export_model(model, output, card="", force=False, write_tokenizer=write_gpt2_tokenizer, dtype=torch.float32):
@@ -365,7 +374,7 @@ def export_model(model, output, card="", force=False, write_tokenizer=write_gpt2
     config = model.config
     arch = architecture(config)  # refuse before touching the disk
     check_output(output, force)
-    parent = os.path.dirname(os.path.abspath(output))
+    parent = make_parent(output)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(output))}.", suffix=".tmp", dir=parent)
     try:
         tok = write_tokenizer(tmp, config)
@@ -375,6 +384,7 @@ def export_model(model, output, card="", force=False, write_tokenizer=write_gpt2
         hf = hf_config(config, arch, tok["bos_token_id"], tok["eos_token_id"], str(dtype).removeprefix("torch."))
         sd = {k: v.detach().to("cpu", dtype) for k, v in to_hf_state_dict(model.state_dict(), config, arch).items()}
         save_file(sd, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        os.chmod(os.path.join(tmp, "model.safetensors"), 0o644)  # safetensors writes it 0600; the rest are 0644
         generation = {"bos_token_id": tok["bos_token_id"], "eos_token_id": tok["eos_token_id"],
                       "pad_token_id": tok["eos_token_id"], "max_length": config.max_seq_len}
         for name, obj in (("config.json", hf), ("generation_config.json", generation)):

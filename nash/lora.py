@@ -207,10 +207,11 @@ def export_peft(state, config, output, force=False):
     adapter_config, tensors = to_peft(state["model"], state["lora"], config, arch, hf.key_map)
     base = state["lora"]["base"]
     adapter_config["base_model_name_or_path"] = base if os.path.isdir(base) or not os.path.exists(base) else None
-    parent = os.path.dirname(os.path.abspath(output))
+    parent = hf.make_parent(output)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(output))}.", suffix=".tmp", dir=parent)
     try:
         save_file(tensors, os.path.join(tmp, "adapter_model.safetensors"), metadata={"format": "pt"})
+        os.chmod(os.path.join(tmp, "adapter_model.safetensors"), 0o644)  # safetensors writes it 0600
         with open(os.path.join(tmp, "adapter_config.json"), "w") as f:
             json.dump(adapter_config, f, indent=2)
         os.chmod(tmp, 0o755)

@@ -18,6 +18,18 @@ TINY_TRAINING = ["--batch_size=4", "--max_steps=20", "--warmup_steps=2", "--eval
                  "--log_interval=5", "--checkpoint_interval=10", "--learning_rate=3e-3"]
 
 
+# session fixtures built by running the scripts (prepare.py, train.py) in subprocesses: a test that needs one is slow
+SCRIPT_FIXTURES = {"tiny_data", "tiny_run", "tiny_sft_run", "tiny_chat_run", "arith_sft_run"}
+
+
+def pytest_collection_modifyitems(items):
+    """Mark slow every test that needs a run or dataset the scripts build, however indirectly (a module fixture that
+    trains from tiny_data counts): `pytest -m "not slow"`, the fast lane, then never starts a script."""
+    for item in items:
+        if SCRIPT_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def assert_ddp_matches(one, two, learning_rate, steps):
     """The weights of a 2-process DDP run against a 1-process run of the same global batch. Not bit for bit, and
     no code change can make it so: gloo's all-reduce adds the ranks' gradients in another order than one process
@@ -35,12 +47,43 @@ def assert_ddp_matches(one, two, learning_rate, steps):
     assert close >= 0.999 * total, f"{total - close} of {total} weights differ beyond float32 rounding"
 
 
-def run_script(script, *args, env=None, check=True, timeout=300):
-    """Run one of the repo's scripts as a user would; returns the CompletedProcess (text output).
-    With check, a non-zero exit fails the test and shows what the script printed."""
+def tracked_names():
+    """The checkout's own top-level files and folders (git's list; without git, all but a user's runs and plots)."""
+    try:
+        files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        return sorted({line.split("/")[0] for line in files.splitlines() if line})
+    except (OSError, subprocess.CalledProcessError):
+        return sorted(n for n in os.listdir(ROOT) if not n.startswith(("out", "compare", "bench", "export", "wandb")))
+
+
+TRACKED = tracked_names()
+
+
+def make_checkout(tmp_path_factory):
+    """A folder that looks like a fresh clone: the repo's tracked files linked in, none of what a user leaves at
+    the top (out/, compare.png, export/, bench.json). The README's commands run in it as written (config/...,
+    tests/task_data), and a default output lands in it, never in the checkout."""
+    folder = tmp_path_factory.mktemp("checkout")
+    for name in TRACKED:
+        os.symlink(os.path.join(ROOT, name), folder / name)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def clean_checkout(tmp_path_factory, monkeypatch):
+    """Every test runs in its own clean checkout (make_checkout), so no test depends on, or adds to, the state
+    a user leaves in theirs. Returns the folder."""
+    folder = make_checkout(tmp_path_factory)
+    monkeypatch.chdir(folder)
+    return folder
+
+
+def run_script(script, *args, env=None, check=True, timeout=300, cwd=None):
+    """Run one of the repo's scripts as a user would, from the test's clean checkout (or cwd); returns the
+    CompletedProcess (text output). With check, a non-zero exit fails the test and shows what it printed."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", **(env or {})}
     proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], capture_output=True,
-                          text=True, env=full_env, cwd=ROOT, timeout=timeout)
+                          text=True, env=full_env, cwd=cwd or os.getcwd(), timeout=timeout)
     if check and proc.returncode != 0:
         pytest.fail(f"{script} {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -134,7 +177,7 @@ def arith_sft_run(tmp_path_factory):
     problems (tests/test_rl.py, tests/test_verifier.py)."""
     out = tmp_path_factory.mktemp("runs") / "arith_sft"
     run_script("train.py", "config/arith_sft_demo.py", *TINY_MODEL, "--max_seq_len=64", "--max_steps=4",
-               "--eval_interval=0", "--eval_tasks=", f"--out_dir={out}")
+               "--eval_interval=0", "--eval_tasks=", f"--out_dir={out}", cwd=make_checkout(tmp_path_factory))
     return str(out)
 
 

@@ -20,6 +20,7 @@ def bench(monkeypatch, *args):
     return run_inline(monkeypatch, "bench.py", *args)
 
 
+@pytest.mark.slow
 def test_runs_end_to_end_and_writes_json(monkeypatch, tmp_path, capsys):
     out = tmp_path / "bench.json"
     bench(monkeypatch, *TINY, f"--output={out}")
@@ -105,6 +106,7 @@ def test_setting_errors_are_one_line(monkeypatch, tmp_path, flags, message):
     assert not (tmp_path / "never.json").exists()
 
 
+@pytest.mark.slow
 def test_chat_through_the_server_with_and_without_the_cache(monkeypatch, tmp_path, capsys):
     out = tmp_path / "chat.json"
     bench(monkeypatch, "--what=chat", "--repeats=1", "--device=cpu", "--chat_turns=2", "--chat_user_words=4",
@@ -123,6 +125,7 @@ def test_chat_through_the_server_with_and_without_the_cache(monkeypatch, tmp_pat
         bench(monkeypatch, "--what=chat", "--repeats=1", "--chat_turns=9", "--chat_reply_tokens=20", "--output=")
 
 
+@pytest.mark.slow
 def test_finetune_full_against_lora(monkeypatch, tmp_path, capsys):
     out = tmp_path / "finetune.json"
     bench(monkeypatch, "--what=finetune", "--repeats=1", "--train_steps=3", "--train_warmup=1", "--device=cpu",

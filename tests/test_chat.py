@@ -205,6 +205,7 @@ def test_conversation_drops_the_oldest_turns_but_keeps_the_system_prompt():
     assert conversation.messages[-2]["content"] == "question number 5"  # the refused message is not kept
 
 
+@pytest.mark.slow
 def test_demo_set_is_generated_deterministically(tmp_path):
     import shutil
     shutil.copy(os.path.join(ROOT, "data", "chat_demo", "generate.py"), tmp_path / "generate.py")
@@ -218,6 +219,7 @@ def test_demo_set_is_generated_deterministically(tmp_path):
     assert not {json.dumps(m) for m in val.examples} & {json.dumps(m) for m in train.examples}
 
 
+@pytest.mark.slow
 def test_demo_config_trains(tmp_path):
     # the README's `python train.py config/chat_demo.py`, for 2 steps
     run_script("train.py", "config/chat_demo.py", "--max_steps=2", "--eval_interval=2", "--eval_iters=1",

@@ -180,6 +180,7 @@ def reference(path, messages, n, rolling=True):
     return "".join(decoder(t) for t in engine.generate(engine.render(messages), Sampling(0.0, None, None, n)))
 
 
+@pytest.mark.slow
 def test_chat_cli_rolling_cache_goes_past_the_context(rope_chat_ckpt):
     rope, learned = rope_chat_ckpt
     proc = run_script("chat.py", f"--init_from={rope}", "--rolling_cache", "--prompt=Tell me a story.",

@@ -52,6 +52,7 @@ def test_typo_in_config_file_is_an_error(tmp_path):
         configure(defaults(), [str(cfg)])
 
 
+@pytest.mark.slow
 def test_help_lists_settings_with_comments(tmp_path):
     script = tmp_path / "script.py"
     script.write_text('"""A demo script."""\nimport sys\nsys.path.insert(0, %r)\nfrom configurator import configure\n'

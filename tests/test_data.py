@@ -164,6 +164,7 @@ def test_too_few_tokens_for_a_window(prepared):
     assert x.shape == (2, val.num_tokens - 1)
 
 
+@pytest.mark.slow
 def test_dataset_dir_and_ensure_prepared(tmp_path, monkeypatch):
     assert dataset_dir("shakespeare") == os.path.join(ROOT, "data", "shakespeare")
     assert dataset_dir("shakespeare", str(tmp_path)) == str(tmp_path)

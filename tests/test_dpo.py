@@ -110,6 +110,7 @@ def test_preference_batches_are_chosen_rows_then_rejected_rows(tmp_path):
     assert x[0, :3].tolist() == x[2, :3].tolist() and x[1, :3].tolist() == x[3, :3].tolist()
 
 
+@pytest.mark.slow
 def test_identical_policy_and_reference_start_at_log_2(base_run, prefs, tmp_path):
     for name, flags in (("full", []), ("lora", ["--lora_rank=4"])):
         dpo_run(tmp_path / name, base_run, prefs, "--log_interval=1", "--max_steps=2", "--eval_interval=0",
@@ -123,6 +124,7 @@ def test_identical_policy_and_reference_start_at_log_2(base_run, prefs, tmp_path
     assert state["lora"]["base"] == os.path.join(base_run, "ckpt.pt")  # no eval ran there, so no best.pt
 
 
+@pytest.mark.slow
 def test_reward_accuracy_rises_well_above_chance_on_held_out_pairs(base_run, prefs, tmp_path):
     out = tmp_path / "dpo"
     proc = dpo_run(out, base_run, prefs, "--batch_size=8", "--max_steps=16", "--eval_interval=8", "--eval_iters=2",
@@ -138,6 +140,7 @@ def test_reward_accuracy_rises_well_above_chance_on_held_out_pairs(base_run, pre
     assert {"rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected"} <= set(train[-1])
 
 
+@pytest.mark.slow
 def test_reward_accuracy_on_the_demos_own_val_rises_well_above_chance(tmp_path):
     """The embedded demos as the README chains them, Base -> SFT (data/sft_demo) -> DPO (data/dpo_demo: correct
     reversals over plausible mistakes), at a tiny size, scored on the DPO demo's held-out pairs: every reward
@@ -153,6 +156,7 @@ def test_reward_accuracy_on_the_demos_own_val_rises_well_above_chance(tmp_path):
     assert last["val_rewards/accuracies"] >= 0.62 and last["val_rewards/margins"] > 0
 
 
+@pytest.mark.slow
 def test_resume_of_full_dpo_rebuilds_the_reference(base_run, prefs, tmp_path):
     full, half = tmp_path / "full", tmp_path / "half"
     flags = ["--max_steps=6", "--eval_interval=3", "--checkpoint_interval=3", "--lr_decay_steps=6"]
@@ -186,6 +190,7 @@ def test_bad_preference_data_is_one_line(tmp_path, line, message):
         PreferenceExamples(str(tmp_path / "p.jsonl"), 32)
 
 
+@pytest.mark.slow
 def test_dpo_setting_errors(prefs, base_run, tmp_path):
     for flags, message in ((["--init_from=scratch"], "task=dpo starts from a trained model"),
                            (["--dpo_beta=0"], "dpo_beta=0.0 must be positive")):
@@ -228,6 +233,7 @@ def test_prepare_brings_ultrafeedback_into_trl_format(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path / "data")) == ["ultrafeedback"]
 
 
+@pytest.mark.slow
 def test_demo_pairs_are_regenerated_byte_for_byte(tmp_path):
     """data/dpo_demo/generate.py, run on a copy of data/, rewrites exactly the committed files."""
     import shutil
@@ -249,6 +255,7 @@ def test_demo_pairs_are_regenerated_byte_for_byte(tmp_path):
             assert p["prompt"] not in sft_val
 
 
+@pytest.mark.slow
 def test_demo_config_with_lora_under_ddp_matches_one_process_and_runs_in_float16(base_run, prefs, tmp_path):
     """config/dpo_demo.py (README) at tiny sizes with LoRA: 2 processes (gloo) = 1 process, and float16 AMP."""
     from test_train import torchrun

@@ -128,6 +128,7 @@ def test_errors_are_one_line(tiny_run, monkeypatch, flags, words):
     assert message.startswith("error: ") and "\n" not in message and words in message, message
 
 
+@pytest.mark.slow
 def test_missing_checkpoint_from_the_command_line(tmp_path):
     proc = run_script("evaluate.py", f"--out_dir={tmp_path}", check=False)
     lines = proc.stderr.strip().splitlines()

@@ -4,7 +4,11 @@ that must agree within the first window)."""
 import json
 import math
 
+import pytest
+
 from conftest import run_script
+
+pytestmark = pytest.mark.slow  # trains pairs of models through experiments.py
 
 TINY = ["--n_layers=1", "--n_heads=2", "--d_model=32", "--batch_size=2", "--max_steps=3", "--warmup_steps=1",
         "--eval_iters=1", "--moe_seq_len=16", "--dense_d_ff=32", "--n_experts=4", "--sink_seq_len=8",

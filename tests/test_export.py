@@ -75,6 +75,7 @@ def max_diff(ours, theirs, idx):
 # every mapping: transformers computes what we compute
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(MAPPINGS))
 def test_transformers_gives_our_logits_and_greedy_tokens(name, tmp_path):
     model = make(name)
@@ -123,6 +124,7 @@ TEXTS = ["Hello world", "<|endoftext|>ROMEO: O, she doth teach the torches to bu
          "a<|endoftext|>b <|endoftext|> c", "<|user_start|>Reverse: big red car<|user_end|><|assistant_start|>car"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("vocab_size", [50257, 50263])
 def test_tokenizer_files_give_our_ids(vocab_size, tmp_path):
     """A GPT-2-vocabulary model gets <|endoftext|> as its one special token (the chat tokens' spellings are
@@ -275,6 +277,7 @@ def test_output_never_loses_files(tmp_path, monkeypatch):
     assert hf.is_hf_folder(str(tmp_path / "empty"))
 
 
+@pytest.mark.slow
 def test_refusal_from_the_command_line(tmp_path):
     torch.manual_seed(0)
     model = GPT(GPTConfig(**{**TINY, "mlp": "relu2"}))
@@ -289,6 +292,7 @@ def test_refusal_from_the_command_line(tmp_path):
 # HF folders made by transformers itself load into ours, or are refused
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["llama", "qwen3", "mixtral"])
 def test_folders_saved_by_transformers_load_with_parity(arch, tmp_path):
     torch.manual_seed(0)
@@ -334,6 +338,7 @@ def test_folders_we_cannot_compute_are_refused(change, words, tmp_path, monkeypa
 # lm-evaluation-harness on an export, offline, with the local task in tests/lm_eval_task
 
 
+@pytest.mark.slow
 def test_lm_eval_runs_on_an_export(tmp_path, monkeypatch):
     lm_eval = pytest.importorskip("lm_eval")
     from lm_eval.tasks import TaskManager

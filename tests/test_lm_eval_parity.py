@@ -12,6 +12,8 @@ import pytest
 
 from conftest import ROOT, run_inline, run_script
 
+pytestmark = pytest.mark.slow  # parity with lm-evaluation-harness
+
 lm_eval = pytest.importorskip("lm_eval")
 LM_EVAL_TASKS = os.path.join(os.path.dirname(lm_eval.__file__), "tasks")
 FIXTURES = os.path.join(ROOT, "tests", "task_data")

@@ -176,6 +176,7 @@ def test_lora_errors_are_one_line(tiny_sft_run, lora_run, sft_data, tiny_data, t
 LLAMA = dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", n_kv_heads=1, bias=False, tie_weights=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [{}, LLAMA, {**LLAMA, "qk_norm": True}], ids=["gpt2", "llama", "qwen3"])
 def test_peft_loads_the_exported_adapter_with_the_merged_models_logits(tmp_path, shape):
     """GPT-2 keeps c_attn fused (Conv1D, fan_in_fan_out); Llama/Qwen3 split c_attn into q/k/v_proj (with GQA) and

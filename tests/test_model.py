@@ -401,6 +401,7 @@ def hf_gpt2(tmp_path, tie=True):
     return hf
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tie", [True, False])
 def test_from_pretrained_safetensors_parity(tmp_path, tie):
     hf = hf_gpt2(tmp_path, tie)
@@ -416,6 +417,7 @@ def test_from_pretrained_safetensors_parity(tmp_path, tie):
     assert model.num_params() == sum(p.numel() for p in hf.parameters())
 
 
+@pytest.mark.slow
 def test_from_pretrained_bin_parity(tmp_path):
     # an old-style checkpoint: pytorch_model.bin, keys without "transformer.", with attn.bias mask buffers
     from safetensors.torch import load_file
@@ -454,6 +456,7 @@ def test_from_pretrained_errors(tmp_path, monkeypatch):
         GPT.from_pretrained("gpt2")
 
 
+@pytest.mark.slow
 def test_import_needs_only_torch():
     code = "import sys, model; bad = {'transformers', 'safetensors', 'huggingface_hub', 'numpy'} & set(sys.modules); print(bad)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)

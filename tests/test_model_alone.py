@@ -6,7 +6,11 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from conftest import ROOT
+
+pytestmark = pytest.mark.slow  # a fresh interpreter in an empty folder, against transformers
 
 CHILD = textwrap.dedent('''
     import sys, torch

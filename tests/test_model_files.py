@@ -86,6 +86,7 @@ def inference_args(script, source, tmp_path):
             "export.py": [f"--output={tmp_path / 'export'}"]}[script] + [f"--init_from={source}"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script, layout, change, field", [
     ("sample.py", "gpt2", {"n_layer": 100_000}, "n_layer=100000"),
     ("evaluate.py", "gpt2", {"n_positions": 10**9}, "n_positions=1000000000"),
@@ -189,6 +190,7 @@ def weights_case(case, folder, marker):
             f.truncate(os.path.getsize(st) + 4 * n * 32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case, words", [
     ("malicious_bin", "pytorch_model.bin .*(code|Python objects)"),
     ("malicious_pickle_bin", "pytorch_model.bin .*(code|Python objects|not a)"),
@@ -359,6 +361,7 @@ def test_evaluate_on_a_corrupt_meta_json(tiny_run, tiny_data, tmp_path):
     assert "meta.json's shards should be" in error, error
 
 
+@pytest.mark.slow
 def test_weights_far_smaller_than_the_config(folders, tmp_path):
     """1,000 layers fit in memory, but a file of 2 layers' weights cannot fill them: refused before a model (even
     a sketch on the meta device, which for 100,000 layers takes minutes) is built."""

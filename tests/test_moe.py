@@ -179,6 +179,7 @@ def test_sft_and_sampling_with_experts(sft_data, tmp_path, monkeypatch, capsys):
     assert "== completion ==" in stdout and len(stdout.split("== completion ==")[1]) > 40
 
 
+@pytest.mark.slow
 def test_torch_compile_gives_eager_loss_gradients_and_aux_loss():
     # aot_eager: TorchDynamo's capture (a graph break at the per-expert split, whose sizes change every batch)
     # and AOTAutograd's backward, without inductor's C++ code generation (a minute on a small CPU; also checked

@@ -10,6 +10,8 @@ import pytest
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.slow  # runs/cpu.sh and runs/gpu.sh end to end
+
 
 def run(tmp_path, **env):
     return subprocess.run(["bash", "runs/cpu.sh"], cwd=ROOT, capture_output=True, text=True, timeout=900,

@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 from nash.tasks.report import SUMMARY_COLUMNS, SUMMARY_ROWS, git_state, write_pipeline_report
 
@@ -14,6 +16,7 @@ def write(path, value):
     path.write_text(value if isinstance(value, str) else json.dumps(value))
 
 
+@pytest.mark.slow
 def test_every_cell_has_a_number_or_says_not_run(tmp_path):
     write(tmp_path / "stages.jsonl", "\n".join(json.dumps(s) for s in [
         {"stage": "tokenizer", "seconds": 30.0}, {"stage": "base", "seconds": 600.0, "run": "base"},
@@ -47,6 +50,7 @@ def test_every_cell_has_a_number_or_says_not_run(tmp_path):
     assert "![loss curves of every stage](pipeline_curves.png)" in text and (tmp_path / "pipeline_curves.png").exists()
 
 
+@pytest.mark.slow
 def test_the_module_is_the_scripts_last_command(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "nash.tasks.report", str(tmp_path)], cwd=ROOT, capture_output=True,
                           text=True)

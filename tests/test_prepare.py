@@ -300,6 +300,7 @@ def start_slow_prepare(tmp_path, name):
     return proc, tmp
 
 
+@pytest.mark.slow
 def test_interrupted_prepare_leaves_no_dataset(tmp_path):
     proc, tmp = start_slow_prepare(tmp_path, "big")
     proc.send_signal(signal.SIGTERM)  # like Ctrl-C: cleans up and says so in one line
@@ -326,6 +327,7 @@ def test_failure_midway_leaves_nothing(tmp_path, monkeypatch):
     assert leftovers(tmp_path / "out") == []
 
 
+@pytest.mark.slow
 def test_command_line_errors_are_one_line(tmp_path):
     result = subprocess.run([sys.executable, os.path.join(ROOT, "prepare.py"), "--dataset=wikitext",
                              f"--data_root={tmp_path}"], capture_output=True, text=True)
@@ -434,6 +436,7 @@ def test_single_txt_without_separators_splits_as_nanogpt(tmp_path, monkeypatch, 
     assert train == [text[:cut]] and val == [text[cut:]]
 
 
+@pytest.mark.slow
 def test_val_share_holds_for_many_files_and_few_huge_rows(tmp_path):
     rng = np.random.default_rng(0)
     words = shakespeare_text(600_000).split()

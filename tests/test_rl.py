@@ -132,6 +132,7 @@ def test_kl_penalty_to_the_reference():
 # -----------------------------------------------------------------------------
 # the embedded arithmetic task
 
+@pytest.mark.slow
 def test_arith_data_is_the_generator_output(tmp_path):
     """data/arith is exactly what its seeded script writes, and no test or held-out question is in train or the chat
     data (nor in each other)."""

@@ -178,6 +178,7 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(tiny_chat_r
         assert "http://" not in page.text and "https://" not in page.text  # self-contained: nothing fetched elsewhere
 
 
+@pytest.mark.slow
 def test_a_client_that_disconnects_stops_the_generation(long_chat_ckpt):
     with serving(f"--init_from={long_chat_ckpt}", "--temperature=0") as url:
         with httpx.Client(timeout=60) as client:
@@ -201,6 +202,7 @@ def test_a_client_that_disconnects_stops_the_generation(long_chat_ckpt):
                                                                        [{"role": "user", "content": "talk"}], 20)[0]
 
 
+@pytest.mark.slow
 def test_concurrent_requests_are_served_one_at_a_time_in_arrival_order(long_chat_ckpt):
     asks = [("a long one", 400), ("short one", 8), ("another short one", 8)]
     results, finished = {}, []
@@ -350,6 +352,7 @@ def test_stop_strings_match_the_naive_search():
             assert matcher.held == held, (stops, text[:fed])
 
 
+@pytest.mark.slow
 def test_openai_client_stop_strings(long_chat_ckpt):
     from openai import BadRequestError, OpenAI
     messages = [{"role": "user", "content": "talk"}]
@@ -390,6 +393,7 @@ def test_a_cancel_during_prefill_stops_between_chunks(monkeypatch, rolling):
     assert reply == list(fresh.generate(prompt, Sampling(temperature=0.0, max_new_tokens=4)))
 
 
+@pytest.mark.slow
 def test_a_client_that_leaves_during_a_rolling_prefill_frees_the_worker(rope_chat_ckpt):
     words = 20_000  # past the context of 32, a rolling prefill goes a token at a time: many seconds of work
     with serving(f"--init_from={rope_chat_ckpt[0]}", "--rolling_cache") as url:
@@ -504,6 +508,7 @@ def calculator_server():
         yield engine, OpenAI(base_url="http://testserver/v1", api_key="none", http_client=http)
 
 
+@pytest.mark.slow
 def test_a_reply_with_calls_sent_back_in_any_shape_is_what_the_model_generated():
     """The calls stream as the tool tokens' names; a client that sends the reply back (as streamed, as OpenAI's
     tool_calls + role "tool" messages, or as content parts) gets the very token ids the model generated and saw,
@@ -549,8 +554,8 @@ def test_malformed_calls_in_a_request_are_a_400_naming_the_message(history, erro
 
 
 def test_the_readmes_reply_shapes_read_as_the_same_calls():
-    """README, tool use: the reply as streamed, and in OpenAI's shape, render to the same token ids, with the call."""
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    """docs/chat.md, tool use: the reply as streamed, and in OpenAI's shape, render to the same token ids, with the call."""
+    with open(os.path.join(ROOT, "docs", "chat.md"), encoding="utf-8") as f:  # moved there from the README
         readme = f.read()
     block = readme.split("**In chat, the page and the server.**")[1].split("```python\n")[1].split("```")[0]
     streamed, *openai_shape = eval("[" + block + "]")  # a list of messages, as written

@@ -239,6 +239,7 @@ def test_chat_shows_the_call_and_its_result_distinctly():
     assert "".join(conversation.reply("2+2?", Sampling(temperature=0.0, top_k=None))) == "[calculator: 2+2 -> 4] "
 
 
+@pytest.mark.slow
 def test_the_demo_data_is_what_its_generator_writes(tmp_path):
     run_script(os.path.join(ROOT, "data", "tools_demo", "generate.py"), str(tmp_path))
     for split in ("train", "val"):
@@ -252,6 +253,7 @@ def test_the_demo_data_is_what_its_generator_writes(tmp_path):
         assert all(calculate(p["text"]) == parts[i + 1]["text"] for i, p in enumerate(parts) if p["type"] == "python")
 
 
+@pytest.mark.slow
 def test_readme_tools_demo_commands(tmp_path):
     out = str(tmp_path / "demo")
     # the README's `python train.py config/tools_demo.py`, for 2 steps
@@ -341,6 +343,7 @@ def test_batched_sampling_without_tools_leaves_the_tool_tokens_to_the_model():
         sample_batch(model, [prompt], 1, greedy, stop_ids=(), tools=True)
 
 
+@pytest.mark.slow
 def test_bench_measures_the_forced_tokens_cost(monkeypatch, tmp_path, capsys):
     """bench.py --what=tools (benches/tools.py), as the README runs it: the same reply with and without the
     calculator; a lone row saves the forwards of its outputs (one forward per call), batched rows do not."""

@@ -198,6 +198,7 @@ def test_new_run_does_not_silently_replace_an_old_one(tiny_data, tmp_path):
     assert load_checkpoint(tmp_path / "run" / "ckpt.pt")["step"] == 3
 
 
+@pytest.mark.slow
 def test_malformed_jsonl_names_file_and_line(sft_data, tmp_path):
     bad = tmp_path / "badsft"
     shutil.copytree(sft_data, bad)

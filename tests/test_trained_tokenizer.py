@@ -162,6 +162,7 @@ def bpe_data(tmp_path_factory):
     return str(root / "plays")
 
 
+@pytest.mark.slow
 def test_prepare_trains_on_train_split_and_tokenises_with_it(bpe_data):
     meta = json.load(open(os.path.join(bpe_data, "meta.json")))
     spec = tokenizer.dataset_spec(bpe_data)
@@ -183,6 +184,7 @@ def test_prepare_trains_on_train_split_and_tokenises_with_it(bpe_data):
         assert meta["tokens"][split] == len(tokens)
 
 
+@pytest.mark.slow
 def test_uint32_shards_beyond_65536_tokens(tmp_path):
     """A vocabulary past uint16: random words leave enough pairs for 66,000 tokens; ids above 65,535 survive."""
     rng = random.Random(0)
@@ -212,12 +214,14 @@ def bpe_run(bpe_data, tmp_path_factory):
     return str(out)
 
 
+@pytest.mark.slow
 def test_model_takes_vocab_and_checkpoint_carries_the_tokenizer(bpe_data, bpe_run):
     state = torch.load(os.path.join(bpe_run, "best.pt"), weights_only=True)
     assert state["tokenizer"] == tokenizer.dataset_spec(bpe_data)
     assert state["model_config"]["vocab_size"] == 512  # from meta.json, not GPT-2's 50257
 
 
+@pytest.mark.slow
 def test_sample_decodes_with_the_run_tokenizer(bpe_run, monkeypatch, capsys):
     from nash.checkpoint import load_model
     out = run_inline(monkeypatch, "sample.py", f"--out_dir={bpe_run}", "--start=ROMEO:", "--temperature=0",
@@ -233,6 +237,7 @@ def test_sample_decodes_with_the_run_tokenizer(bpe_run, monkeypatch, capsys):
     assert capsys.readouterr().out.startswith("ROMEO:" + enc.decode(ids))
 
 
+@pytest.mark.slow
 def test_evaluate_counts_the_bytes_of_the_text(bpe_data, bpe_run, monkeypatch):
     r = run_inline(monkeypatch, "evaluate.py", f"--out_dir={bpe_run}", "--batch_size=4", "--device=cpu")["results"]
     # bits per byte divides by the UTF-8 bytes of the target text: every scored token's, end-of-text left out
@@ -288,6 +293,7 @@ def test_tok_eval_reports_bytes_per_token_per_source(bpe_data, tiny_data, monkey
     assert row["cl100k_base"] > row["gpt2"] > row["bpe-512"] > 1  # a 512-token vocabulary compresses least
 
 
+@pytest.mark.slow
 def test_bench_tokenizer_section(monkeypatch, tmp_path, capsys):
     """bench.py --what=tokenizer at tiny size: it runs both trainers, prepare.py and the encoders, and reports
     compression per source. Speed is measured there, never asserted here."""
@@ -307,6 +313,7 @@ def test_bench_tokenizer_section(monkeypatch, tmp_path, capsys):
 
 
 
+@pytest.mark.slow
 def test_export_writes_the_tokenizer_with_the_same_ids(bpe_data, bpe_run, tmp_path, monkeypatch, capsys):
     """export.py on a run with its own tokenizer: AutoTokenizer loads the folder and gives tiktoken's ids, id for
     id, and the folder brings the run back (the same tokenizer, the same greedy sample)."""

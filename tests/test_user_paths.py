@@ -199,6 +199,7 @@ def test_resume_keeps_the_run_settings_and_config_json_tells_the_truth(tiny_data
     assert load_checkpoint(out / "ckpt.pt")["step"] == 3
 
 
+@pytest.mark.slow
 def test_corrupt_input_prepares_to_one_line(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"text": broken\n')
     proc = run_script("prepare.py", f"--input={tmp_path / 'bad.jsonl'}", f"--data_root={tmp_path / 'd'}", check=False)

@@ -74,6 +74,7 @@ def toy_set(n, seed):
     return rows, torch.tensor(labels)
 
 
+@pytest.mark.slow
 def test_bce_training_ranks_right_answers_above_wrong_ones():
     model = tiny_verifier()
     train_rows, train_labels = toy_set(256, seed=1)
@@ -250,6 +251,7 @@ LAYOUTS = {"gpt2": (dict(), "GPT2ForSequenceClassification"),
                      "Qwen3ForSequenceClassification")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(LAYOUTS))
 def test_export_as_a_sequence_classifier_gives_our_scores(name, tmp_path):
     from nash import hf

@@ -22,8 +22,11 @@ import json
 import math
 import os
 import random
+import socket
+import sys
 from dataclasses import dataclass, field, replace
 from typing import Callable
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -92,6 +95,24 @@ def local_file(task, split, task_data):
     return os.path.join(task_data, f"{task.name}.jsonl" if split == task.split else f"{task.name}.{split}.jsonl")
 
 
+def go_offline_if_unreachable(timeout=3.0):
+    """Offline, datasets retries the hub for ~30 s before its error. One connection to the hub's host (a few
+    seconds at most) tells at once; if it fails, datasets runs in offline mode: what it cached loads, the rest
+    fails immediately. Returns why the hub cannot be reached, or "" when it can (or offline mode is already on)."""
+    if any(os.environ.get(k, "").upper() in ("1", "ON", "YES", "TRUE") for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return ""
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname, url.port or (80 if url.scheme == "http" else 443)), timeout).close()
+        return ""
+    except OSError as e:
+        os.environ["HF_HUB_OFFLINE"] = "1"  # read when huggingface_hub and datasets are imported...
+        for module in ("huggingface_hub.constants", "datasets.config"):  # ...and set there if they already were
+            if module in sys.modules:
+                sys.modules[module].HF_HUB_OFFLINE = True
+        return f"{url.hostname} cannot be reached: {e.strerror or type(e).__name__}"
+
+
 def load_rows(task, split, task_data="", limit=0):
     if task.read_rows is not None:
         rows = task.read_rows(split)
@@ -102,11 +123,12 @@ def load_rows(task, split, task_data="", limit=0):
                  f"(the dataset's own row schema), or leave out --task_data to read it from the hub")
         rows = read_jsonl(path)
     else:
+        offline = go_offline_if_unreachable()
         try:
             import datasets
             rows = datasets.load_dataset(task.hub[0], task.hub[1], split=split)
         except Exception as e:  # offline, no such dataset, hub errors: datasets raises many kinds
-            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            reason = offline or (str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__)
             fail(f"could not load {task.hub[0]}{' (' + task.hub[1] + ')' if task.hub[1] else ''} split {split} "
                  f"for {task.name} from the Hugging Face hub ({reason}); offline, pass --task_data=DIR holding "
                  f"{os.path.basename(local_file(task, split, 'DIR'))} in that dataset's row schema")
