@@ -13,7 +13,8 @@ import torch.nn.functional as F
 import prepare
 from benches.common import run, sync
 from benches.data import make_corpus
-from model import GPT, GPTConfig, peak_flops
+from model import GPT, GPTConfig
+from nash.common import peak_flops
 
 
 def optimizer_step(loss, model, opt, scaler, grad_clip):
@@ -214,7 +215,7 @@ def bench_train(tmp, cfg):
         runs["plain loop"].append(json.loads(run(plain, "the plain loop", env)[0]))
     with torch.device("meta"):  # only to count FLOPs: no memory, no init
         flops = GPT(GPTConfig(**cfg.train_args)).flops_per_token(cfg.max_seq_len)
-    peak = peak_flops(cfg.device)  # None on CPU and on GPUs missing from model.PEAK_FLOPS
+    peak = peak_flops(cfg.device)  # None on CPU and on GPUs missing from common.PEAK_FLOPS
     result = {}
     for name, times in runs.items():
         ms = min(median(t) for t in times)  # the fastest run's median step

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 import torch
 
 from nash import tasks as downstream
+from nash.engine import Sampling, stream
 
 HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 SAMPLE_PROMPTS = ("\n", "ROMEO:", "Once upon a time")  # the first is "start of a document"
@@ -58,11 +59,9 @@ def samples(model, enc, ctx, device, n_tokens=48):
     out = []
     for i, prompt in enumerate(SAMPLE_PROMPTS):
         ids = [enc.eot_token] if prompt == "\n" else enc.encode_ordinary(prompt)
-        generator = torch.Generator(device=device).manual_seed(1337 + i)  # the same samples every time
-        with ctx:
-            tokens = model.generate(torch.tensor([ids], device=device), n_tokens, temperature=0.8, top_k=200,
-                                    generator=generator, stop_token=enc.eot_token)
-        text = enc.decode([t for t in tokens[0].tolist() if t != enc.eot_token])
+        sampling = Sampling(temperature=0.8, top_k=200, max_new_tokens=n_tokens, seed=1337 + i)  # the same every time
+        tokens = list(stream(model, ids, sampling, stop_ids={enc.eot_token}, ctx=ctx))
+        text = enc.decode([t for t in ids + tokens if t != enc.eot_token])
         out.append(text)
     return out
 
