@@ -142,7 +142,8 @@ def git_state():
     return head.stdout.strip(), bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip())
 
 
-def read_json(path):
+def read_json_or_none(path):
+    """A run's or an eval's JSON for the report, or None where it is missing or unreadable (a stage not run)."""
     try:
         with open(path) as f:
             return json.load(f)
@@ -173,7 +174,7 @@ def stage_rows(folder, stages):
     rows = []
     for s in stages:
         run = s.get("run") and os.path.join(folder, s["run"])
-        config = (read_json(os.path.join(run, "config.json")) or {}) if run else {}
+        config = (read_json_or_none(os.path.join(run, "config.json")) or {}) if run else {}
         metrics = read_metrics(run) if run else []
         evals = [r for r in metrics if r.get("event") == "eval"]
         last = metrics[-1] if metrics else {}
@@ -190,7 +191,7 @@ def write_pipeline_report(folder, title="Pipeline report", hourly_cost=None):
     if os.path.isfile(os.path.join(folder, "stages.jsonl")):
         with open(os.path.join(folder, "stages.jsonl")) as f:
             stages = [json.loads(line) for line in f if line.strip()]
-    evals = {key: read_json(os.path.join(folder, "eval", key + ".json")) for _, key in SUMMARY_COLUMNS}
+    evals = {key: read_json_or_none(os.path.join(folder, "eval", key + ".json")) for _, key in SUMMARY_COLUMNS}
     commit, dirty = git_state()
     total = sum(s["seconds"] for s in stages)
     lines = [f"# {title}", "", f"Written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.", "",
@@ -216,7 +217,7 @@ def write_pipeline_report(folder, title="Pipeline report", hourly_cost=None):
     lines += ["## Settings that matter", "", "| stage | " + " | ".join(KEY_SETTINGS) + " |",
               "|---" * (len(KEY_SETTINGS) + 1) + "|"]
     for s in stages:
-        config = (read_json(os.path.join(folder, s["run"], "config.json")) or {}) if s.get("run") else {}
+        config = (read_json_or_none(os.path.join(folder, s["run"], "config.json")) or {}) if s.get("run") else {}
         if config:
             lines.append(f"| {s['stage']} | " + " | ".join(fmt(config.get(k)) for k in KEY_SETTINGS) + " |")
     lines.append("")
