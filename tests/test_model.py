@@ -364,7 +364,8 @@ def test_optimizer_groups(name):
     for g in adamw.param_groups:
         assert g["base_lr"] == g["lr"] == 1e-3
         assert all((p.dim() >= 2) == (g["weight_decay"] == 0.1) for p in g["params"])
-    assert not adamw.defaults["fused"]
+    assert adamw.defaults["fused"]  # on CPU too (device_type="cpu", the default)
+    assert not model.configure_optimizers(device_type="mps")[0].defaults["fused"]
 
     adamw, muon = model.configure_optimizers("muon", learning_rate=1e-3, weight_decay=0.1)
     assert isinstance(muon, torch.optim.Muon) and muon.param_groups[0]["adjust_lr_fn"] == "match_rms_adamw"
