@@ -25,8 +25,8 @@ this file holds the settings, their checks, the driver and the report.
   (same shapes, optimizer and clipping), alternated step by step in this process. And the peak memory of the loss alone
   (head + cross-entropy, forward + backward) at GPT-2 124M's training shape, each way of computing it in a fresh
   process: peak RSS, and torch.cuda.max_memory_allocated on a GPU.
-- sample: model.generate tokens/s with the KV cache and with the whole context recomputed at each step, from a
-  one-token prompt, at a few lengths, on a randomly initialised model (speed does not depend on the weights).
+- sample: tokens/s of the engine's decode loop with the KV cache (nash/engine.py) against model.generate, which
+  recomputes the whole context at each step, from a one-token prompt, at a few lengths, on a randomly initialised model (speed does not depend on the weights).
 - tasks: multiple-choice scoring examples/s (tasks/: every continuation of HellaSwag items through the model, as
   evaluate.py --tasks does) on the sample model, in padded batches of task_batch and one continuation per forward.
 - data: prepare.py's tokens/s (prepare.prepare() here: read, split, tokenise, write shards) against tiktoken's
@@ -98,7 +98,7 @@ sample_layers = 6  # the defaults are config/train_small.py's small model
 sample_heads = 6
 sample_d_model = 384
 sample_d_ff = 1536
-sample_context = 256  # the model's max_seq_len; past it the cache is refilled at every step (see model.py)
+sample_context = 256  # the model's max_seq_len; a generation stops at its end (prompt + new tokens)
 sample_lengths = "64,128,256"  # new tokens per generate call, comma-separated
 sample_batch = 1  # sequences generated together
 top_k = 200  # as sample.py's default; 0 = off
@@ -279,7 +279,7 @@ def report(info, results):
     if "sample" in results:
         r = results["sample"]
         table(f"sample: {sample_layers} layers x {sample_d_model} ({r['num_params'] / 1e6:.1f}M parameters), context "
-              f"{sample_context}, batch {sample_batch}, top_k {top_k}, {dtype}, {device}",
+              f"{sample_context}, batch {sample_batch}, temperature 1, {dtype}, {device}",
               ["new tokens", "KV cache tok/s", "recompute tok/s", "speedup"],
               [[row["new_tokens"], f"{row['cache_tokens_per_sec']:.1f}", f"{row['recompute_tokens_per_sec']:.1f}",
                 f"{row['speedup']:.2f}x"] for row in r["rows"]])

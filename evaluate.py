@@ -48,6 +48,7 @@ from nash import tasks as downstream
 from nash import tokenizer
 from nash.checkpoint import load_model
 from nash.common import inference_setup
+from nash.engine import Completion, Sampling, stream
 from configurator import check_output_file, check_range, check_sampling, configure, fail
 from nash.data import ChatExamples, SFTExamples, TokenShards, dataset_dir, ensure_prepared
 from nash.objectives import OBJECTIVES
@@ -131,7 +132,7 @@ run = state["settings"] if state else {"task": "pretrain", "dataset": "shakespea
 task = task or run.get("task", "pretrain")  # a chat model answers the tasks that have a chat format through it
 chat_engine = None  # task=chat: chat.py's engine answers (exact match of the last replies)
 if task == "chat":
-    from nash.engine import ChatEngine, Sampling
+    from nash.engine import ChatEngine
     try:
         chat_engine = ChatEngine(model, ctx, enc, tools=tools)  # (it checks the model has rows for the chat tokens)
     except ValueError:
@@ -235,10 +236,10 @@ def measure_loss():
         matches = 0
         for prompt_ids, completion_ids in tqdm(examples, unit="example", desc="exact match", dynamic_ncols=True):
             reference = completion_ids + [enc.eot_token]  # a completion ends where the model says end-of-text
-            idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-            with ctx:  # one token more than the reference cannot match, so never generate more
-                out = model.generate(idx, len(reference), temperature=0.0, stop_token=enc.eot_token)
-            matches += out[0, len(prompt_ids):].tolist() == reference
+            greedy = Sampling(temperature=0.0, top_k=None, max_new_tokens=len(reference))  # one more cannot match
+            reply = Completion()
+            list(stream(model, prompt_ids, greedy, stop_ids={enc.eot_token}, ctx=ctx, completion=reply))
+            matches += reply.tokens == completion_ids and reply.finish_reason == "stop"
         results["exact_match"] = matches / len(examples) if examples else None
         results["exact_match_examples"] = len(examples)
 
@@ -287,7 +288,6 @@ def measure_loss():
 results = {"checkpoint": where, "step": state["step"] if state else None, "task_data": task_data}  # "" = the hub
 if task_names:
     t0 = time.time()
-    from nash.engine import Sampling
     sampling = Sampling(temperature=temperature, top_k=top_k or None, seed=seed) if num_samples else None
     task_results = downstream.run(prepared, model, enc, batch_size, ctx, max_gen_tokens, keep_items=True,
                                   chat=task in OBJECTIVES and OBJECTIVES[task].chat,  # chat and rl runs

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from nash.checkpoint import load_checkpoint, model_from_checkpoint
 from configurator import configure, fail
 from nash.data import TokenShards, dataset_dir, ensure_prepared
-from model import RollingKVCache
+from nash.kv_cache import RollingKVCache
 
 # -----------------------------------------------------------------------------
 # settings (python experiments.py --help lists them)

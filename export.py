@@ -62,7 +62,7 @@ if adapter_only:  # peft's adapter_config.json + adapter_model.safetensors, for 
     if not (state and state.get("lora")):
         fail(f"{source} holds no LoRA adapters (trained with lora_rank=0); export it without --adapter_only")
     base = lora.export_peft(state, model.config, output, force)
-    how = (f"--init_from={base}" if base in hf.HF_GPT2_NAMES else f"--ckpt={base}") if not hf.is_hf_folder(base) else ""
+    how = (f"--init_from={base}" if base in hf.GPT2_NAMES else f"--ckpt={base}") if not hf.is_hf_folder(base) else ""
     print(f"exported the adapters of {source} in peft's format to {output}; they adapt {base}"
           + (f", exported by `python export.py {how} --output=BASE`" if how else "") + ": load them with "
           f"peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), {output!r})")

@@ -5,21 +5,23 @@ Defaults are OpenAI's GPT-2 small (124M): learned positions, pre-LayerNorm, tanh
 embeddings. Switches bring in the modern parts: RoPE, RMSNorm, SwiGLU/ReLU², GQA/MQA, QK-norm, an
 untied head, a Mixture-of-Experts MLP, learnable attention-sink tokens. Also here, because they need the
 model's insides: the one training/eval loss (fused with the lm_head in chunks, or plain: same numbers),
-generation with a KV cache (exact, or StreamingLLM's rolling one past the context), the optimizers
-(AdamW, or Muon for the hidden matrices), FLOPs per token and MFU, and GPT.from_pretrained for OpenAI's
-GPT-2 (transformers-free: safetensors/huggingface_hub are imported inside it). Other Hugging Face families
-(Llama, Qwen3, Mixtral) and export live in nash/hf.py, which builds this GPT. The reasoning behind the
-attention sinks, the rolling cache and the MoE routing is in docs/model.md.
+the optimizers (AdamW, or Muon for the hidden matrices) and FLOPs per token.
+
+The model computes; it does not decode or read files. Attention takes an optional kv_cache (the caches and
+the one decode loop, with its sampler, live in nash/kv_cache.py and nash/engine.py); `generate` here is a
+short uncached sampler, so that a copied file still samples and the engine's tests have an oracle.
+Weights from files: nash/hf.py (Hugging Face folders, checked) and nash/checkpoint.py (our runs);
+GPT.from_pretrained is nanoGPT's thin GPT-2 loader through transformers, for a copied file. The reasoning
+behind the attention sinks, the rolling cache and the MoE routing is in docs/model.md.
 """
-import json
 import math
-import os
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
 
 
 @dataclass
@@ -111,168 +113,6 @@ def apply_rope(x, rope, start=0):
         cos, sin = rope[0][start:start + T].to(x.dtype), rope[1][start:start + T].to(x.dtype)
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-
-
-# -----------------------------------------------------------------------------
-# KV caches. Attention talks to both through update(layer, k, v, rope), which returns every key and value
-# the new queries see, keys already rotated; the model calls slot() before a forward and advance() after it.
-
-class KVCache:
-    """Keys and values of the positions seen so far, for every layer: one (B, n_kv_heads, capacity, head_dim)
-    buffer per layer for k and for v, made at the first write (so in the dtype the model computes in).
-    `pos` counts the positions filled (the sinks included); every layer writes at the same place in a forward.
-    `pad` (None, or (B,) ids): rows of different lengths, right-aligned (stack); row b's first pad[b] slots are
-    empty, attention never looks at them and a slot's position is its index minus pad[b]."""
-
-    def __init__(self, n_layers, capacity):
-        self.capacity = capacity
-        self.k = [None] * n_layers
-        self.v = [None] * n_layers
-        self.pos = 0
-        self.pad = None
-
-    def reset(self):
-        self.pos = 0  # the buffers are simply overwritten
-
-    def rewind(self, pos):
-        """Forget every entry after the first pos (positions count the sinks): the next write goes there."""
-        self.pos = pos
-
-    def room(self, sinks=0):
-        """How many new positions the next forward may feed."""
-        return self.capacity - self.pos - (sinks if self.pos == 0 else 0)
-
-    def slot(self, T):
-        """Where the first of T new entries goes (the position of the first new query)."""
-        if self.pos + T > self.capacity:
-            raise ValueError(f"sequence of {self.pos + T} positions is longer than max_seq_len plus the sinks "
-                             f"({self.capacity}), what the cache holds")
-        return self.pos
-
-    def advance(self, T):  # called once all layers have written their T entries
-        self.pos += T
-
-    def _buffers(self, layer, k):
-        if self.k[layer] is None or self.k[layer].size(0) != k.size(0):
-            B, H, _, D = k.shape
-            self.k[layer] = k.new_empty(B, H, self.capacity, D)
-            self.v[layer] = k.new_empty(B, H, self.capacity, D)
-        return self.k[layer], self.v[layer]
-
-    def update(self, layer, k, v, rope=None):
-        """Store k, v (B, n_kv_heads, T, head_dim) at positions pos..pos+T (keys rotated there); return all so far."""
-        if rope is not None:
-            k = apply_rope(k, rope, self.pos if self.pad is None else self.pos - self.pad)
-        ks, vs = self._buffers(layer, k)
-        end = self.pos + k.size(2)
-        ks[:, :, self.pos:end], vs[:, :, self.pos:end] = k, v
-        return ks[:, :, :end], vs[:, :, :end]
-
-    def expand(self, n):
-        """Copy row 0 of the cache to n rows: a prompt prefilled once, then sampled n times together."""
-        for buffers in (self.k, self.v):
-            for i, buf in enumerate(buffers):
-                if buf is not None:
-                    buffers[i] = buf[:1].expand(n, -1, -1, -1).clone()
-
-    def select(self, rows):
-        """Keep only these rows (a LongTensor of row indices, in the new order): finished samples leave the batch."""
-        for buffers in (self.k, self.v):
-            for i, buf in enumerate(buffers):
-                if buf is not None:
-                    buffers[i] = buf.index_select(0, rows)
-        if self.pad is not None:
-            self.pad = self.pad.index_select(0, rows)
-
-    @classmethod
-    def stack(cls, caches, copies, capacity):
-        """One cache holding row 0 of each of caches, copies times each (prompt i's rows are i * copies ...),
-        right-aligned: the shorter ones are left-padded, so the next token of every row goes in the same slot."""
-        end = max(c.pos for c in caches)
-        out = cls(len(caches[0].k), capacity)
-        out.pos = end
-        out.pad = torch.tensor([end - c.pos for c in caches for _ in range(copies)], device=caches[0].k[0].device)
-        for layer in range(len(out.k)):
-            for mine, theirs in ((out.k, [c.k for c in caches]), (out.v, [c.v for c in caches])):
-                _, H, _, D = theirs[0][layer].shape
-                buf = theirs[0][layer].new_zeros(len(caches) * copies, H, capacity, D)  # padding: finite, masked
-                for i, c in enumerate(caches):
-                    buf[i * copies:(i + 1) * copies, :, end - c.pos:end] = theirs[i][layer][:1, :, :c.pos]
-                mine[layer] = buf
-        return out
-
-
-class RollingKVCache(KVCache):
-    """StreamingLLM's KV cache (Xiao et al. 2023, arXiv:2309.17453): the first `keep` entries stay for good
-    (the learned sinks, or the model's first tokens, which became sinks on their own), then the most recent
-    ones, capacity in all, so generation goes past the context at a constant cost per token. Keys are stored
-    before RoPE and rotated at their slot in the cache at every step, so the model never sees a position it
-    did not train on. Within capacity it is the exact cache; past it, an approximation (docs/model.md)."""
-
-    def __init__(self, n_layers, capacity, keep):
-        if not 0 <= keep < capacity:
-            raise ValueError(f"keep ({keep}) must be at least 0 and less than the cache's capacity ({capacity})")
-        super().__init__(n_layers, capacity)  # pos: entries filled, at most capacity
-        self.keep = keep
-        self.seen = 0  # positions fed in all
-
-    @classmethod
-    def for_config(cls, config, keep=None):
-        """The cache for a model: room for its sinks and max_seq_len tokens (the lengths it trained on);
-        keep: entries never evicted, by default the learned sinks, or else the first 4 tokens (StreamingLLM)."""
-        if config.pos_emb != "rope":
-            raise ValueError("the rolling KV cache needs pos_emb=rope: with learned positions every cached key/value "
-                             "carries its absolute position, so the window cannot be re-positioned without "
-                             "recomputing it (the exact sliding window, the default)")
-        capacity = config.max_seq_len + config.attn_sinks
-        keep = (config.attn_sinks or 4) if keep is None else keep
-        return cls(config.n_layers, capacity, min(keep, capacity - 1))
-
-    def reset(self):
-        self.pos = self.seen = 0
-
-    @property
-    def evicted(self):
-        """True once an entry was dropped to make room: the cache no longer holds every position fed."""
-        return self.seen > self.pos
-
-    def rewind(self, pos):
-        """Forget every entry after the first pos; only while nothing was evicted (the entries in the window
-        were computed alongside tokens that are gone: reset and feed them again instead)."""
-        if pos == self.seen:
-            return
-        if self.evicted or pos > self.seen:
-            raise ValueError(f"cannot rewind the rolling cache to position {pos}: it has seen {self.seen} and "
-                             f"evicted {self.seen - self.pos}; reset it and feed the tokens again")
-        self.pos = self.seen = pos
-
-    def room(self, sinks=0):
-        """The free slots, or 1 once full, when each new position evicts the oldest one."""
-        return max(super().room(sinks), 1)
-
-    def slot(self, T):
-        """Where the first of T new entries goes: after the others, or the last slot once full."""
-        if self.pos + T <= self.capacity:
-            return self.pos
-        if T == 1:
-            return self.capacity - 1
-        raise ValueError(f"the rolling cache has {self.capacity - self.pos} free slots for {T} new positions; "
-                         "once it fills, feed one position at a time")
-
-    def update(self, layer, k, v, rope=None):
-        ks, vs = self._buffers(layer, k)
-        T = k.size(2)
-        start = self.slot(T)
-        if start < self.pos:  # full: evict the oldest entry after the kept ones, the window moves down
-            for buf in (ks, vs):
-                buf[:, :, self.keep:-1] = buf[:, :, self.keep + 1:].clone()
-        ks[:, :, start:start + T], vs[:, :, start:start + T] = k, v
-        keys = ks[:, :, :start + T]
-        return (apply_rope(keys, rope) if rope is not None else keys), vs[:, :, :start + T]
-
-    def advance(self, T):
-        self.pos = min(self.pos + T, self.capacity)
-        self.seen += T
 
 
 # -----------------------------------------------------------------------------
@@ -723,173 +563,55 @@ class GPT(nn.Module):
         return torch.stack([block.mlp.load for block in self.transformer.h])
 
     # ------------------------------------------------------------------------------------------------
-    # generation
+    # generation, the simple way
 
-    @contextmanager
-    def _sampling_mode(self):
-        # eval (no dropout) and no autograd while we compute a step; the model's own mode is put back
-        # before every yield, so a caller sees it unchanged even while a stream is half consumed
-        was_training = self.training
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, generator=None, stop_token=None):
+        """idx (B, T0) followed by up to max_new_tokens sampled tokens: each step a full forward over the last
+        max_seq_len tokens, no cache, greedy at temperature 0 (nanoGPT's loop). Slow and obviously right: what
+        a copied model.py samples with, and the oracle the engine's cached decoding is tested against
+        (nash/engine.py has the cache, top-k/top-p and per-row stops). A row that emitted stop_token keeps
+        emitting it; generation ends when every row has."""
+        was_training, done = self.training, torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         self.eval()
-        try:
-            with torch.no_grad():
-                yield
-        finally:
-            self.train(was_training)
-
-    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                        stop_token=None, generator=None, use_cache=True, rolling_cache=False, keep=None):
-        """Yield the next token of each row, a LongTensor of shape (B,), one step at a time.
-
-        idx (B, T0) is the prompt; only its last max_seq_len tokens are used. Each step's logits are
-        exactly those of a full forward over the last max_seq_len tokens of the sequence so far
-        (that is what use_cache=False computes). With the cache: prefill the window once, then feed
-        one position per step; once the window is full and starts to slide, every earlier position
-        changes (learned positions shift, and the dropped token no longer feeds the later layers'
-        keys/values), so the cache is refilled from the new window at each step; past the context
-        a step costs a full window, the price of the exact semantics.
-
-        rolling_cache=True (RoPE only): StreamingLLM's cache instead (RollingKVCache): the sinks, or the
-        first `keep` positions (default 4), plus the most recent ones, so a step costs the same however
-        far past max_seq_len it goes. The same logits within max_seq_len; past it, an approximation. A
-        prompt longer than max_seq_len goes in as its first max_seq_len tokens, then one at a time.
-
-        stop_token: a row that has emitted it keeps emitting it; the stream ends after the step at
-        which the last row stops (or after max_new_tokens)."""
-        if idx.dim() != 2 or idx.size(1) == 0:
-            raise ValueError(f"idx must be a (B, T) tensor of token ids with T >= 1, got shape {tuple(idx.shape)}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        if top_p is not None and not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        S, n_sinks = self.config.max_seq_len, self.config.attn_sinks
-        window = idx[:, -S:]  # what the model sees; the caller keeps the full sequence
-        cache = KVCache(self.config.n_layers, n_sinks + S) if use_cache else None
-        if rolling_cache:
-            cache = RollingKVCache.for_config(self.config, keep)
-        done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         for _ in range(max_new_tokens):
-            with self._sampling_mode():
-                if rolling_cache and cache.seen:
-                    logits = self.next_logits(next_tok[:, None], cache)
-                elif rolling_cache:
-                    logits = self.next_logits(idx[:, :S], cache)
-                    for t in range(S, idx.size(1)):
-                        logits = self.next_logits(idx[:, t:t + 1], cache)
-                elif cache is None:
-                    logits = self.next_logits(window)
-                elif cache.pos == n_sinks + window.size(1) - 1:  # cache holds all but the newest token: feed just that
-                    logits = self.next_logits(window[:, -1:], cache)
-                else:  # first step, or the window slid: (re)prefill the whole window
-                    cache.reset()
-                    logits = self.next_logits(window, cache)
-                next_tok = sample_next(logits, temperature, top_k, top_p, generator)
-                if stop_token is not None:
-                    next_tok = torch.where(done, torch.full_like(next_tok, stop_token), next_tok)
-                    done |= next_tok == stop_token
-                window = torch.cat([window, next_tok[:, None]], dim=1)[:, -S:]
-            yield next_tok
+            logits = self.next_logits(idx[:, -self.config.max_seq_len:])
+            if temperature == 0:
+                tok = logits.argmax(dim=-1)
+            else:
+                tok = torch.multinomial(F.softmax(logits / temperature, dim=-1), 1, generator=generator).squeeze(-1)
+            if stop_token is not None:
+                tok = torch.where(done, torch.full_like(tok, stop_token), tok)
+                done |= tok == stop_token
+            idx = torch.cat([idx, tok[:, None]], dim=1)
             if stop_token is not None and bool(done.all()):
-                return
-
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                 stop_token=None, generator=None, use_cache=True, rolling_cache=False, keep=None):
-        """The prompt idx (B, T0) followed by the sampled tokens: (B, T0 + n), n <= max_new_tokens
-        (fewer when every row has hit stop_token). See generate_stream for the options."""
-        steps = self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, stop_token, generator, use_cache,
-                                     rolling_cache, keep)
-        return torch.cat([idx] + [tok[:, None] for tok in steps], dim=1)
+                break
+        self.train(was_training)
+        return idx
 
     # ------------------------------------------------------------------------------------------------
-    # OpenAI's GPT-2 weights
-
-    @staticmethod
-    def gpt2_config(hf, dropout=0.0, bias=True):
-        """Our GPTConfig for a Hugging Face GPT-2 config.json (a dict); ValueError naming what we don't compute."""
-        if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise ValueError(f"activation_function {hf['activation_function']!r} is not supported (only GPT-2's tanh GELU)")
-        if hf.get("layer_norm_epsilon", 1e-5) != 1e-5:
-            raise ValueError(f"layer_norm_epsilon {hf['layer_norm_epsilon']} is not supported (only 1e-05)")
-        for key, ok in (("scale_attn_by_inverse_layer_idx", False), ("reorder_and_upcast_attn", False),
-                        ("scale_attn_weights", True)):
-            if hf.get(key, ok) != ok:
-                raise ValueError(f"{key}={hf[key]} is not supported")
-        try:
-            return GPTConfig(n_layers=hf["n_layer"], n_heads=hf["n_head"], d_model=hf["n_embd"],
-                             d_ff=hf.get("n_inner") or 4 * hf["n_embd"], max_seq_len=hf["n_positions"],
-                             vocab_size=hf["vocab_size"], dropout=dropout, bias=bias,
-                             tie_weights=hf.get("tie_word_embeddings", True))
-        except KeyError as e:
-            raise ValueError(f"config.json lacks {e.args[0]!r}") from None
-        except TypeError as e:
-            raise ValueError(f"config.json has a value of the wrong type ({e})") from None
+    # OpenAI's GPT-2 weights, for a copied model.py
 
     @classmethod
-    def from_pretrained(cls, name_or_dir, dropout=0.0, max_bytes=None):
-        """OpenAI's GPT-2 (gpt2, gpt2-medium, gpt2-large, gpt2-xl from the Hugging Face hub, or the local
-        cache when offline), or a local Hugging Face GPT-2 folder (config.json + model.safetensors, sharded
-        or not, or pytorch_model.bin read as data only). All-zero biases load as bias=False. max_bytes: refuse
-        a config.json whose model would take more (memory_bytes) before allocating anything.
-        Raises OSError / ValueError with a one-line reason. Llama, Qwen3, Mixtral folders: nash/hf.py."""
-        name = str(name_or_dir)
-        if os.path.isdir(name):
-            config_path = os.path.join(name, "config.json")
-            if not os.path.isfile(config_path):
-                raise FileNotFoundError(f"{name} has no config.json; expected a Hugging Face model folder "
-                                        "(config.json + model.safetensors or pytorch_model.bin)")
-            weights = [os.path.join(name, f) for f in ("model.safetensors", "model.safetensors.index.json",
-                                                       "pytorch_model.bin") if os.path.isfile(os.path.join(name, f))]
-            if not weights:
-                raise FileNotFoundError(f"{name} has neither model.safetensors nor pytorch_model.bin")
-            weights_path = weights[0]
-        elif name in GPT2_NAMES:
-            from huggingface_hub import hf_hub_download
-            try:  # falls back to the local HF cache when offline
-                config_path = hf_hub_download("openai-community/" + name, "config.json")
-                weights_path = hf_hub_download("openai-community/" + name, "model.safetensors")
-            except Exception as e:
-                raise OSError(f"could not download {name} from the Hugging Face hub ({type(e).__name__}: {str(e)[:200]}); "
-                              "pass a local directory with config.json and model.safetensors instead") from None
-        else:
-            raise ValueError(f"{name!r} is neither a GPT-2 model name ({', '.join(GPT2_NAMES)}) nor an existing "
-                             "directory holding a Hugging Face checkpoint")
-        hf = read_json(config_path)
-        if hf.get("model_type", "gpt2") != "gpt2":
-            raise ValueError(f"{name} holds a {hf.get('model_type')!r} model; GPT.from_pretrained loads GPT-2 only "
-                             "(nash/hf.py's load_pretrained loads Llama, Qwen3 and Mixtral)")
-        config = cls.gpt2_config(hf, dropout)  # refuse what we can't compute before reading any weights
-        check_size(config, max_bytes, config_path, {"n_layers": "n_layer", "n_heads": "n_head", "d_model": "n_embd",
-                                                    "d_ff": "n_inner", "max_seq_len": "n_positions"}, weights_path)
-        with torch.device("meta"):  # the shapes config.json implies, with nothing allocated
-            shapes = {k: v.shape for k, v in cls(config).state_dict().items()}
-        conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # stored (in, out)
-
-        def ours(key):  # OpenAI's uploads have no "transformer." prefix, save_pretrained's do
-            return "transformer." + key if not key.startswith(("transformer.", "lm_head.")) else key
-
-        def shape_of(key):  # what the file must hold under key; None: not ours (attn.bias/masked_bias: old causal masks)
-            k = ours(key)
-            if k not in shapes or k.endswith((".attn.bias", ".attn.masked_bias")):
-                return None
-            if k in ("transformer.wte.weight", "lm_head.weight"):
-                return (config.vocab_size, config.d_model)  # the real rows: the padding is ours
-            return shapes[k][::-1] if k.endswith(conv1d) else shapes[k]
-        sd_hf = {ours(k): v for k, v in read_hf_weights(weights_path, shape_of).items()}
-        if all(not v.any() for k, v in sd_hf.items() if k.endswith(".bias")):  # exported from a bias=False model
-            config = replace(config, bias=False)
-        wanted = [k for k in shapes if (config.bias or not k.endswith(".bias"))  # bias=False: no bias tensors
-                  and (k != "lm_head.weight" or not config.tie_weights)]  # a tied head is wte
-        missing = [k for k in wanted if k not in sd_hf]
-        if missing:  # before the model is built: a file that cannot fill it costs nothing
-            raise ValueError(f"{weights_path} lacks {len(missing)} GPT-2 tensors, e.g. {missing[:3]}")
-        model = cls(config)
-        sd = model.state_dict()
+    def from_pretrained(cls, name_or_dir, dropout=0.0):
+        """OpenAI's GPT-2 (gpt2 .. gpt2-xl, or a local GPT-2 folder), nanoGPT's way: transformers (imported here
+        only) reads the weights; our names are GPT-2's, so they copy straight over, the Conv1D matrices that
+        GPT-2 stores as (in, out) transposed. The project itself loads through nash/hf.py: no transformers
+        needed, every size checked before a byte is read, Llama/Qwen3/Mixtral too."""
+        from transformers import GPT2LMHeadModel
+        hf = GPT2LMHeadModel.from_pretrained(name_or_dir)
+        c = hf.config
+        model = cls(GPTConfig(n_layers=c.n_layer, n_heads=c.n_head, d_model=c.n_embd, d_ff=c.n_inner or 4 * c.n_embd,
+                              max_seq_len=c.n_positions, vocab_size=c.vocab_size, dropout=dropout,
+                              tie_weights=c.tie_word_embeddings))
+        sd, conv1d = model.state_dict(), ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
         with torch.no_grad():
-            for k in wanted:
-                w = sd_hf[k].t() if k.endswith(conv1d) else sd_hf[k]
-                sd[k][:w.size(0)].copy_(w)  # (shapes checked as read) wte/lm_head: the padding rows stay 0
+            for k, w in hf.state_dict().items():
+                if k in sd:  # (old files' attn.bias causal masks are not weights)
+                    w = w.t() if k.endswith(conv1d) else w
+                    sd[k][:w.size(0)].copy_(w)  # wte / lm_head: the padding rows stay zero
+        return model
+
         return model
 
     # ------------------------------------------------------------------------------------------------
@@ -905,7 +627,9 @@ class GPT(nn.Module):
         "match_rms_adamw" so that the same learning_rate and weight_decay work; AdamW for the rest.
         Each param group carries "base_lr", its initial lr, for the training script's schedule."""
         params = [(n, p) for n, p in self.named_parameters() if p.requires_grad]  # a tied matrix appears once
-        fused = device_type == "cuda"  # fused AdamW: one kernel for all params
+        # fused AdamW: one pass over each tensor for the whole update, on CUDA and on CPU too, where the foreach
+        # version's separate sqrt/mul/lerp/addcdiv passes over the embedding took ~1/6 of a small model's step
+        fused = device_type in ("cuda", "cpu")
         if optimizer == "adamw":
             adam_params, muon_params = params, []
         elif optimizer == "muon":
@@ -928,7 +652,7 @@ class GPT(nn.Module):
         return optimizers
 
     # ------------------------------------------------------------------------------------------------
-    # FLOPs and MFU
+    # FLOPs
 
     def flops_per_token(self, seq_len):
         """Training FLOPs (forward + backward) per token at sequence length seq_len.
@@ -944,254 +668,3 @@ class GPT(nn.Module):
         N -= idle_expert_params(self, matrices_only=True)  # MoE: only the experts a token goes to do work
         N += cfg.vocab_size * cfg.d_model
         return 6 * N + 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len
-
-    def estimate_mfu(self, tokens_per_sec, seq_len, device):
-        """Model FLOPs utilisation: achieved training FLOPS / the GPU's peak, as a fraction. tokens_per_sec
-        is per GPU (divide a global rate by the world size). None where the peak is unknown (CPU, mps,
-        a GPU missing from PEAK_FLOPS)."""
-        peak = peak_flops(device)
-        if peak is None:
-            return None
-        return tokens_per_sec * self.flops_per_token(seq_len) / peak
-
-
-GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-
-
-def read_json(path):
-    """A JSON object from a model folder's file, or ValueError with a one-line reason."""
-    try:
-        if os.path.getsize(path) > 64 << 20:  # a config or a shard index is kilobytes: don't parse a giant
-            raise ValueError(f"it holds {os.path.getsize(path):,} bytes, too many for a config")
-        with open(path) as f:
-            value = json.load(f)
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise ValueError(f"{path} is not readable JSON ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} holds a {type(value).__name__}, not a JSON object")
-    return value
-
-
-def check_size(config, max_bytes, where, names=None, weights=None):
-    """Refuse a model that would take more than max_bytes before building it, with an error naming its estimated
-    size and the fields that make it big. max_bytes None: the smallest of the machine's RAM, this process's
-    address-space limit (ulimit -v), its container's memory limit (cgroup memory.max) and NASH_MAX_MODEL_GB when
-    set. names: the file's names of our fields (e.g. {"n_layers": "n_layer"} for GPT-2's config.json), so the
-    message speaks the file's language. weights: the weights file (or shard index) that goes with the config: one
-    far smaller than the model's least weights in 16 bits is refused at once, before a model is even sketched."""
-    limits = [(max_bytes, "allowed")] if max_bytes is not None else []
-    if max_bytes is None:
-        try:
-            limits.append((os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "of memory here"))
-        except (ValueError, OSError, AttributeError):  # not on every OS
-            pass
-        try:
-            import resource  # POSIX only
-            soft = resource.getrlimit(resource.RLIMIT_AS)[0]
-            if soft != resource.RLIM_INFINITY:
-                limits.append((soft, "this process may use (its address-space limit, ulimit -v)"))
-        except (ImportError, ValueError, OSError):
-            pass
-        try:
-            with open("/sys/fs/cgroup/memory.max") as f:
-                text = f.read().strip()
-            if text.isdigit():
-                limits.append((int(text), "its container may use (cgroup memory.max)"))
-        except OSError:
-            pass
-        if "NASH_MAX_MODEL_GB" in os.environ:
-            text = os.environ["NASH_MAX_MODEL_GB"]
-            try:
-                gb = float(text)
-            except ValueError:
-                gb = float("nan")
-            if not gb > 0:
-                raise ValueError(f"NASH_MAX_MODEL_GB={text!r} should be a number of GiB, e.g. 16")
-            limits.append((int(gb * 2**30), "allowed by NASH_MAX_MODEL_GB"))
-    need, c = config.memory_bytes(), config
-    field = lambda k: f"{(names or {}).get(k, k)}={getattr(config, k)}"
-    if limits and need > min(limits)[0]:
-        limit, what = min(limits)
-        d, hidden = c.d_model, c.d_ff * max(c.n_experts, 1)
-        parts = [(c.vocab_size * d, ("vocab_size", "d_model")),  # which fields the biggest share of the bytes comes from
-                 (c.n_layers * d * (4 * d + 3 * hidden), ("n_layers", "d_model", "d_ff") + (("n_experts",) if c.n_experts else ())),
-                 (c.max_seq_len * d, ("max_seq_len", "d_model"))]
-        raise ValueError(f"{where} describes a model of {need / 2**30:,.1f} GiB, mostly from "
-                         f"{', '.join(map(field, max(parts)[1]))}: more than the {limit / 2**30:,.1f} GiB {what}, so it "
-                         f"is not loaded (NASH_MAX_MODEL_GB can set a lower limit)")
-    if weights is not None:
-        files = [weights]
-        if weights.endswith(".index.json"):
-            shards = read_json(weights).get("weight_map")
-            files = [os.path.join(os.path.dirname(weights), os.path.basename(str(f)))
-                     for f in set(map(str, shards.values()))] if isinstance(shards, dict) else []
-        have = sum(os.path.getsize(f) for f in files if os.path.isfile(f))
-        least = 2 * (c.vocab_size * c.d_model + c.n_layers * (2 * c.d_model ** 2 + 2 * c.d_model * c.d_ff * max(c.n_experts, 1)))
-        if have < least:  # embeddings, queries, outputs and MLPs alone, in 16 bits, take at least this
-            raise ValueError(f"{where} describes a model ({', '.join(map(field, ('n_layers', 'd_model', 'd_ff', 'vocab_size')))}) "
-                             f"whose weights take at least {least / 2**20:,.1f} MiB, but {weights} holds "
-                             f"{have / 2**20:,.1f} MiB: they do not belong together")
-
-
-def read_hf_weights(path, shape_of=None):
-    """A Hugging Face state dict from model.safetensors, a sharded safetensors index, or pytorch_model.bin (read
-    as data: torch.load(weights_only=True) never runs code). Sizes are taken from the file before anything is read:
-    shape_of(key) -> the shape the model expects of a tensor, or None where it is not needed (then it is not read),
-    so a tensor of the wrong size is refused before it is allocated. A damaged or hostile file is a ValueError
-    naming the file and what is wrong with it."""
-    if path.endswith(".index.json"):
-        shards = read_json(path).get("weight_map")
-        if not isinstance(shards, dict):
-            raise ValueError(f"{path} has no weight_map")
-        sd = {}
-        for shard in sorted(set(map(str, shards.values()))):
-            if os.path.basename(shard) != shard:
-                raise ValueError(f"{path} names a shard outside its folder: {shard!r}")
-            sd.update(read_hf_weights(os.path.join(os.path.dirname(path), shard), shape_of))
-        return sd
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} does not exist")
-    if path.endswith(".safetensors"):
-        # read by hand (the format is 8 bytes of header length, a JSON header of dtype, shape and byte offsets per
-        # tensor, then the data): every size is checked against the file and the model before a byte is allocated.
-        # Not the safetensors library: safe_open (0.8) maps the whole file before it parses the header, so under a
-        # memory limit a file with an oversized tensor fails to map instead of being refused by its shape, and an
-        # honest model needs its file's size in address space twice (tests/test_model_files.py wrong_shape)
-        dtypes = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                  "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-                  "BOOL": torch.bool}
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if size < 8 or n > min(size - 8, 100 << 20):  # safetensors' own cap on a header: 100 MB
-                raise ValueError(f"{path} is not a readable safetensors file: its header claims {n:,} bytes, but the "
-                                 f"file holds {max(size - 8, 0):,} after the length (truncated, or not safetensors)")
-            try:
-                header = json.loads(f.read(n))
-            except (ValueError, RecursionError) as e:
-                raise ValueError(f"{path} is not a readable safetensors file: its header is not JSON "
-                                 f"({str(e).splitlines()[0][:100]})") from None
-            if not isinstance(header, dict):
-                raise ValueError(f"{path} is not a readable safetensors file: its header is not a JSON object")
-            header.pop("__metadata__", None)
-            data, wanted = size - 8 - n, {}
-            for key, info in header.items():
-                try:
-                    dtype, shape, (start, end) = dtypes[info["dtype"]], tuple(info["shape"]), info["data_offsets"]
-                    ok = all(type(v) is int and v >= 0 for v in (*shape, start, end))
-                except (KeyError, TypeError, ValueError):
-                    ok = False
-                if not ok:
-                    raise ValueError(f"{path} is not a readable safetensors file: its header describes {key!r} as "
-                                     f"{str(info)[:100]}")
-                if end - start != math.prod(shape) * dtype.itemsize or end > data:
-                    raise ValueError(f"{path} is truncated or damaged: {key} {list(shape)} ({dtype}) takes bytes "
-                                     f"{start:,} to {end:,} of its data, which ends at {data:,}")
-                expected = shape_of(key) if shape_of else shape
-                if expected is not None and tuple(expected) != shape:
-                    raise ValueError(f"{path} holds {key} of shape {shape}, expected {tuple(expected)} from config.json")
-                if expected is not None:
-                    wanted[key] = (dtype, shape, start, end)
-            sd = {}
-            for key, (dtype, shape, start, end) in wanted.items():
-                buf = torch.empty(end - start, dtype=torch.uint8)
-                f.seek(8 + n + start)
-                if f.readinto(buf.numpy()) != end - start:
-                    raise ValueError(f"{path} changed while it was read")
-                sd[key] = buf.view(dtype).reshape(shape)
-            return sd
-    import warnings
-    import zipfile
-    try:
-        with warnings.catch_warnings():  # (torch warns about old pickle protocols: noise here)
-            warnings.simplefilter("ignore")
-            try:  # mapped, not read: a tensor's bytes are only read when it is used, after its shape is checked
-                sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as e:
-                if "mmap" not in str(e):
-                    raise
-                sd = torch.load(path, map_location="cpu", weights_only=True)  # torch's old (not zip) format: read it
-    except Exception as e:  # UnpicklingError, RuntimeError, EOFError, KeyError...: say what, never torch's advice
-        text = str(e)
-        if "GLOBAL" in text or "Unsupported global" in text:
-            reason = "it holds Python objects, not just tensors, and loading it would run code"
-        elif not zipfile.is_zipfile(path):
-            reason = "it is not a torch file (neither a zip archive nor a pickle of tensors: truncated, or another kind)"
-        else:
-            lines = [line for line in text.splitlines() if line.strip() and "eights only" not in line
-                     and "weights_only" not in line] or [type(e).__name__]
-            reason = f"a damaged torch file ({lines[-1].strip()[:200]})"
-        raise ValueError(f"{path} is not a readable weights file: {reason}") from None
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors")
-    if shape_of:
-        for key, v in sd.items():
-            expected = shape_of(key)
-            if expected is not None and tuple(expected) != tuple(v.shape):
-                raise ValueError(f"{path} holds {key} of shape {tuple(v.shape)}, expected {tuple(expected)} from config.json")
-        sd = {k: v for k, v in sd.items() if shape_of(k) is not None}
-    return sd
-
-
-def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """Pick one token per row from logits (B, V): greedy when temperature == 0, else sample from
-    softmax(logits / temperature) restricted to the top_k tokens and then to the nucleus top_p. generator: one
-    torch.Generator, or a list of one per row."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        # keep the smallest set of most likely tokens whose probabilities add up to >= top_p:
-        # drop a token when the ones ranked above it already reach top_p (the first one always stays)
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = F.softmax(sorted_logits, dim=-1)
-        drop = probs.cumsum(dim=-1) - probs >= top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = F.softmax(logits, dim=-1)
-    if isinstance(generator, (list, tuple)):  # one per row: a row's draws do not depend on the other rows
-        return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generator)])
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
-
-
-# Peak dense (no sparsity) 16-bit tensor-core FLOPS per GPU, bf16 where it exists (fp16 for V100/T4),
-# with fp32 accumulation (GeForce cards run at half rate with it). Matched against
-# torch.cuda.get_device_name as a case-insensitive substring, longest key first, so that "H100 PCIe"
-# wins over "H100" and "L40S" over "L4". Unknown GPUs get no MFU rather than a wrong one.
-PEAK_FLOPS = {
-    "B200": 2250e12,
-    "GH200": 989e12,
-    "H200": 989e12,        # H200 SXM
-    "H200 NVL": 835e12,
-    "H100": 989e12,        # H100 SXM, e.g. "NVIDIA H100 80GB HBM3"
-    "H100 PCIe": 756e12,
-    "H100 NVL": 835e12,
-    "A100": 312e12,        # SXM and PCIe alike
-    "L40S": 362e12,
-    "L40": 181e12,
-    "L4": 121e12,
-    "RTX 4090": 165e12,
-    "RTX 3090": 71e12,
-    "V100": 125e12,        # SXM2
-    "V100-PCIE": 112e12,
-    "Tesla T4": 65e12,
-    "MI300X": 1307e12,
-}
-
-
-def peak_flops(device):
-    """Peak dense 16-bit FLOPS of a CUDA device, or None (CPU, mps, or a GPU not in PEAK_FLOPS)."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return None
-    try:
-        name = torch.cuda.get_device_name(device)
-    except (RuntimeError, AssertionError):  # no CUDA here after all
-        return None
-    for key in sorted(PEAK_FLOPS, key=len, reverse=True):
-        if key.lower() in name.lower():
-            return PEAK_FLOPS[key]
-    return None

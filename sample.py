@@ -11,12 +11,13 @@ Sample text from a trained run, or from OpenAI's GPT-2, streamed to the terminal
 - A checkpoint fine-tuned with task=sft is prompted the way it was trained: the prompt's text as-is,
   then the completion it generates, up to end-of-text. Write the prompt exactly like the training
   prompts, trailing newline included if they had one (in bash: --start=$'Reverse: big red car\n').
-- Samples come one after another, each streamed token by token (KV cache). Bytes are decoded
-  incrementally, so a character whose UTF-8 bytes span two tokens prints whole, once complete.
+- Samples come one after another, each streamed token by token through the engine's decode loop (KV cache,
+  nash/engine.py). Bytes are decoded incrementally (engine.Decoder), so a character whose UTF-8 bytes span two
+  tokens prints whole, once complete. A sample ends at the model's context (max_seq_len tokens with the prompt);
+  --rolling_cache (RoPE models) goes on past it.
 - The same seed gives the same text. Only the samples go to stdout (what was loaded goes to stderr),
   so `python sample.py ... > samples.txt` keeps just the text.
 """
-import codecs
 import sys
 
 import torch
@@ -24,6 +25,7 @@ import torch
 from nash import tokenizer
 from nash.checkpoint import load_model
 from nash.common import inference_setup
+from nash.engine import Decoder, Sampling, stream
 from configurator import check_range, check_sampling, configure, fail
 
 # -----------------------------------------------------------------------------
@@ -93,7 +95,6 @@ if state and state.get("metrics"):
     info += f", val loss {state['metrics']['val_loss']:.4f}"
 print(f"sampling from {where} ({info}{', fine-tuned: prompt -> completion' if sft else ''}) on {device}, {dtype}",
       file=sys.stderr)
-idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
 echo = enc.decode([t for t in prompt_ids if t != eot])  # the prompt as text; a document start is not text
 
 # -----------------------------------------------------------------------------
@@ -109,18 +110,13 @@ try:
             print("== completion ==")
         else:
             print(echo, end="", flush=True)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # holds back an incomplete character
-        pieces = []
-        with ctx:
-            for tok in model.generate_stream(idx, max_new_tokens, temperature=temperature, top_k=top_k or None,
-                                             top_p=top_p, stop_token=eot if stop_at_eot else None,
-                                             generator=generator, use_cache=True, rolling_cache=rolling_cache):
-                t = int(tok[0])
-                if stop_at_eot and t == eot:
-                    break
-                pieces.append(decoder.decode(enc.decode_single_token_bytes(t)))
-                print(pieces[-1], end="", flush=True)
-        pieces.append(decoder.decode(b"", final=True))
+        decoder, pieces = Decoder(enc), []  # holds back an incomplete character
+        sampling = Sampling(temperature=temperature, top_k=top_k or None, top_p=top_p, max_new_tokens=max_new_tokens)
+        for t in stream(model, prompt_ids, sampling, stop_ids={eot} if stop_at_eot else (), generators=[generator],
+                        rolling_cache=rolling_cache, ctx=ctx):
+            pieces.append(decoder(t))
+            print(pieces[-1], end="", flush=True)
+        pieces.append(decoder.flush())
         samples.append("".join(pieces))
         print(pieces[-1])
         if i < num_samples - 1:

@@ -29,7 +29,7 @@ from nash import lora, tokenizer
 from nash import tasks as downstream
 from nash.checkpoint import base_source, load_checkpoint, model_from_checkpoint, pretrained_model, resolve_source, \
     run_files, save_checkpoint
-from nash.common import autocast, fail, pick_device, pick_dtype
+from nash.common import autocast, estimate_mfu, fail, pick_device, pick_dtype
 from nash.data import dataset_dir
 from nash.objectives import OBJECTIVES
 
@@ -465,7 +465,7 @@ while step < max_steps:
         elapsed = time.time() - t_log
         dt = elapsed / steps_since_log
         tokens_per_sec = tokens_per_step / dt
-        mfu = raw_model.estimate_mfu(tokens_per_sec / world_size, max_seq_len, device)
+        mfu = estimate_mfu(raw_model, tokens_per_sec / world_size, max_seq_len, device)
         moe = {}  # MoE: the mean load-balancing loss, and each layer's fraction of assignments per expert
         if config.n_experts:
             moe = {"aux_loss": aux_sum.item() / steps_since_log,

@@ -1,24 +1,34 @@
-"""bench.py --what=sample: model.generate with the KV cache against recomputing the context (see bench.py)."""
+"""bench.py --what=sample: the engine's decode loop with the KV cache (nash/engine.py sample_batch) against
+model.py's uncached generate, which recomputes the whole context at every step (see bench.py)."""
 import time
 
 import torch
 
 from nash import tokenizer
+from nash.engine import Sampling, sample_batch
 from benches.common import sync
 from model import GPT, GPTConfig
 
 
 def bench_sample(tmp, cfg):
     torch.manual_seed(cfg.seed)
-    model = GPT(GPTConfig(**cfg.sample_args)).to(cfg.device)
-    prompt = torch.full((cfg.sample_batch, 1), tokenizer.EOT_ID, device=cfg.device)  # sample.py's default start
+    model = GPT(GPTConfig(**cfg.sample_args)).to(cfg.device).eval()
+    prompt = [tokenizer.EOT_ID]  # sample.py's default start
 
     def tokens_per_sec(new_tokens, use_cache):
-        generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
+        # plain sampling at temperature 1 on both sides (model.generate has no top-k): the same work per token;
+        # the cached engine stops at the context's end, so neither side goes past it
+        new_tokens = min(new_tokens, model.config.max_seq_len - len(prompt))
         sync(cfg.device)
         t0 = time.perf_counter()
-        with cfg.ctx:
-            model.generate(prompt, new_tokens, top_k=cfg.top_k or None, generator=generator, use_cache=use_cache)
+        with torch.no_grad(), cfg.ctx:
+            if use_cache:
+                sampling = Sampling(temperature=1.0, top_k=None, max_new_tokens=new_tokens, seed=cfg.seed)
+                rows = sample_batch(model, [prompt], cfg.sample_batch, sampling, set(), cfg.ctx)[0]
+                assert all(len(r.tokens) == new_tokens for r in rows)
+            else:
+                idx = torch.tensor([prompt] * cfg.sample_batch, device=cfg.device)
+                model.generate(idx, new_tokens, generator=torch.Generator(device=cfg.device).manual_seed(cfg.seed))
         sync(cfg.device)
         return cfg.sample_batch * new_tokens / (time.perf_counter() - t0)
 

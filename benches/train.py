@@ -13,7 +13,8 @@ import torch.nn.functional as F
 import prepare
 from benches.common import run, sync
 from benches.data import make_corpus
-from model import GPT, GPTConfig, peak_flops
+from model import GPT, GPTConfig
+from nash.common import peak_flops
 
 
 def optimizer_step(loss, model, opt, scaler, grad_clip):
@@ -104,8 +105,8 @@ class RefGPT(torch.nn.Module):
 
 
 def versus_reference(cfg):
-    """ms per training step of model.py's GPT (train.py's loss path) and of RefGPT, same shapes, batches, AdamW
-    and clipping, alternated step by step in this process so that load hits both alike. Each step is timed on its
+    """ms per training step of model.py's GPT (train.py's loss path and optimizer) and of RefGPT (nanoGPT's), same
+    shapes, batches, AdamW settings and clipping, alternated step by step in this process so that load hits both alike. Each step is timed on its
     own (device synchronised); a run is train_steps steps, its figure the median after train_warmup."""
     torch.manual_seed(cfg.seed)
     ours = GPT(GPTConfig(**cfg.train_args)).to(cfg.device)
@@ -113,10 +114,13 @@ def versus_reference(cfg):
     loops = {}
     for name, model, loss_fn in (("model.py", ours, lambda m, x, y: m(x, y, return_logits=False)[1]),
                                  ("reference", ref, lambda m, x, y: m(x, y)[1])):
-        params = [p for p in model.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-        opt = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.95), fused=cfg.device_type == "cuda")
+        if model is ours:  # the step as train.py takes it: configure_optimizers' AdamW (fused, on CPU too)
+            [opt] = model.configure_optimizers("adamw", 1e-3, 0.1, (0.9, 0.95), cfg.device_type)
+        else:  # nanoGPT's configure_optimizers: the same groups, fused on CUDA only
+            params = [p for p in model.parameters() if p.requires_grad]
+            groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+                      {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+            opt = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.95), fused=cfg.device_type == "cuda")
         scaler = torch.amp.GradScaler(cfg.device_type, enabled=cfg.dtype == "float16")
         loops[name] = (model, torch.compile(model) if cfg.compile else model, loss_fn, opt, scaler)
     batches = torch.randint(GPTConfig().vocab_size, (cfg.train_steps, 2, cfg.batch_size, cfg.max_seq_len),
@@ -214,7 +218,7 @@ def bench_train(tmp, cfg):
         runs["plain loop"].append(json.loads(run(plain, "the plain loop", env)[0]))
     with torch.device("meta"):  # only to count FLOPs: no memory, no init
         flops = GPT(GPTConfig(**cfg.train_args)).flops_per_token(cfg.max_seq_len)
-    peak = peak_flops(cfg.device)  # None on CPU and on GPUs missing from model.PEAK_FLOPS
+    peak = peak_flops(cfg.device)  # None on CPU and on GPUs missing from common.PEAK_FLOPS
     result = {}
     for name, times in runs.items():
         ms = min(median(t) for t in times)  # the fastest run's median step

@@ -17,7 +17,7 @@ import torch
 
 from nash import hf
 from nash.common import fail
-from model import GPT, GPTConfig, check_size
+from model import GPT, GPTConfig
 
 FORMAT = "nash-llm-checkpoint/1"
 CHECKPOINT_FILES = {"latest": "ckpt.pt", "best": "best.pt"}
@@ -55,7 +55,7 @@ def resolve_source(location, which="best"):
         if os.path.isfile(which):
             return "checkpoint", which, ""
         fail(f"ckpt={which!r} should be best, latest or the path of a checkpoint file (no file {which} exists)")
-    if location in hf.HF_GPT2_NAMES:
+    if location in hf.GPT2_NAMES:
         return "pretrained", location, ""
     if os.path.isfile(location):
         return "checkpoint", location, ""
@@ -121,7 +121,7 @@ def load_checkpoint(path, map_location="cpu", needs=()):
     except (TypeError, ValueError) as e:
         fail(f"{path}'s model_config is not a model of this version of model.py ({str(e).splitlines()[0][:200]})")
     try:  # every model built from a checkpoint comes through here: sized before anything is allocated
-        check_size(config, None, path)
+        hf.check_size(config, None, path)
     except ValueError as e:
         fail(str(e))
     return state
@@ -147,7 +147,7 @@ def base_source(init_from):
     """How an adapter checkpoint names the model it adapts: a GPT-2 name, or an absolute path (a Hugging Face
     folder, or the checkpoint file of a run)."""
     kind, source, _ = resolve_source(init_from, "best")
-    return source if source in hf.HF_GPT2_NAMES else os.path.abspath(source)
+    return source if source in hf.GPT2_NAMES else os.path.abspath(source)
 
 
 def load_base(source, bases=(), **overrides):
@@ -179,7 +179,7 @@ def lora_model_from_checkpoint(state, merge_lora=True, bases=(), **overrides):
     if base in bases or len(bases) >= MAX_LORA_CHAIN:
         fail(f"this LoRA checkpoint's base {base} leads back to itself (or through more than {MAX_LORA_CHAIN} "
              f"adapter runs); use a checkpoint whose adapters sit on a plain model")
-    if base not in hf.HF_GPT2_NAMES and not os.path.exists(base):
+    if base not in hf.GPT2_NAMES and not os.path.exists(base):
         fail(f"this LoRA checkpoint adapts {base}, which no longer exists; put it back, or use a merged export")
     model = load_base(base, bases + (base,), **{"dropout": state["model_config"].get("dropout", 0.0), **overrides})
     if lora.fingerprint(model.state_dict()) != info["base_fingerprint"]:

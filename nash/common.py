@@ -1,5 +1,6 @@
 """
-What every script and module needs: fail() for the one-line errors, and the device / precision choice.
+What every script and module needs: fail() for the one-line errors, the device / precision choice, and the
+machine facts (the GPUs' peak FLOPS, for MFU).
 """
 import contextlib
 import sys
@@ -60,3 +61,56 @@ def autocast(device_type, dtype):
     if dtype == "float32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device_type, dtype=getattr(torch, dtype))
+
+
+# -----------------------------------------------------------------------------
+# machine facts: peak FLOPS and MFU
+
+# Peak dense (no sparsity) 16-bit tensor-core FLOPS per GPU, bf16 where it exists (fp16 for V100/T4),
+# with fp32 accumulation (GeForce cards run at half rate with it). Matched against
+# torch.cuda.get_device_name as a case-insensitive substring, longest key first, so that "H100 PCIe"
+# wins over "H100" and "L40S" over "L4". Unknown GPUs get no MFU rather than a wrong one.
+PEAK_FLOPS = {
+    "B200": 2250e12,
+    "GH200": 989e12,
+    "H200": 989e12,        # H200 SXM
+    "H200 NVL": 835e12,
+    "H100": 989e12,        # H100 SXM, e.g. "NVIDIA H100 80GB HBM3"
+    "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
+    "A100": 312e12,        # SXM and PCIe alike
+    "L40S": 362e12,
+    "L40": 181e12,
+    "L4": 121e12,
+    "RTX 4090": 165e12,
+    "RTX 3090": 71e12,
+    "V100": 125e12,        # SXM2
+    "V100-PCIE": 112e12,
+    "Tesla T4": 65e12,
+    "MI300X": 1307e12,
+}
+
+
+def peak_flops(device):
+    """Peak dense 16-bit FLOPS of a CUDA device, or None (CPU, mps, or a GPU not in PEAK_FLOPS)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    try:
+        name = torch.cuda.get_device_name(device)
+    except (RuntimeError, AssertionError):  # no CUDA here after all
+        return None
+    for key in sorted(PEAK_FLOPS, key=len, reverse=True):
+        if key.lower() in name.lower():
+            return PEAK_FLOPS[key]
+    return None
+
+
+def estimate_mfu(model, tokens_per_sec, seq_len, device):
+    """Model FLOPs utilisation: achieved training FLOPS / the GPU's peak, as a fraction. tokens_per_sec is per GPU
+    (divide a global rate by the world size). None where the peak is unknown (CPU, mps, a GPU missing from
+    PEAK_FLOPS)."""
+    peak = peak_flops(device)
+    if peak is None:
+        return None
+    return tokens_per_sec * model.flops_per_token(seq_len) / peak

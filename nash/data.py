@@ -238,7 +238,7 @@ class TokenShards:
             yield self.read(np.arange(b * batch_size, min(n, (b + 1) * batch_size)) * seq_len, seq_len)
 
 
-def read_jsonl(path, fields, what):
+def read_jsonl_fields(path, fields, what):
     """The rows of a JSONL file as tuples of the string fields named; one clear error for anything else.
     what: the file's kind and an example, for the messages (e.g. 'SFT data', 'data/sft_demo/')."""
     shape = "{" + ", ".join(f'"{k}": ...' for k in fields) + "}"
@@ -274,7 +274,7 @@ class SFTExamples:
 
     def __init__(self, path, max_seq_len, enc=None):
         self.path = path
-        rows = read_jsonl(path, ("prompt", "completion"), ("SFT data", "data/sft_demo/"))
+        rows = read_jsonl_fields(path, ("prompt", "completion"), ("SFT data", "data/sft_demo/"))
         self.tokenize([p for p, _ in rows], [c for _, c in rows], max_seq_len, enc)
 
     def tokenize(self, prompts, completions, max_seq_len, enc=None):
@@ -396,7 +396,7 @@ class PreferenceExamples(SFTExamples):
 
     def __init__(self, path, max_seq_len, enc=None):
         self.path = path
-        rows = read_jsonl(path, ("prompt", "chosen", "rejected"), ("preference data", "data/dpo_demo/"))
+        rows = read_jsonl_fields(path, ("prompt", "chosen", "rejected"), ("preference data", "data/dpo_demo/"))
         prompts = [p for p, _, _ in rows]
         self.tokenize(prompts + prompts, [c for _, c, _ in rows] + [r for _, _, r in rows], max_seq_len, enc)
         self.num_pairs = len(self.sequences) // 2  # a prompt too long drops both halves: the halves stay aligned

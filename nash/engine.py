@@ -9,7 +9,7 @@ so only the new turn is prefilled; a prompt that diverges (a new chat, an edited
 to fit the context) rewinds the cache to where they agree. This is exact, not an approximation: positions
 are absolute and nothing before the common prefix changes, so the logits are those of a full forward pass.
 
-With rolling_cache=True (RoPE models) the engine uses StreamingLLM's rolling cache (model.py's RollingKVCache) instead: the
+With rolling_cache=True (RoPE models) the engine uses StreamingLLM's rolling cache (nash/kv_cache.py's RollingKVCache) instead: the
 sinks (or the first 4 tokens) plus the most recent tokens, so a conversation and a single reply go on past
 max_seq_len at a constant cost per token; nothing is dropped and no reply is cut at the context's end. Within
 max_seq_len it is the exact cache (same logits). Past it, it approximates, and prefix reuse meets eviction:
@@ -21,9 +21,12 @@ context one token at a time, a cost proportional to the whole prompt. That refil
 approximation: the rolling state is a function of the tokens fed, so it lands where feeding them one by one
 from the start would have.
 
-The model.py parts it builds on: KVCache (rewinding is setting pos back; the buffers are overwritten),
-GPT.next_logits (a forward that continues a cache) and sample_next. One engine serves one conversation at
-a time; server.py runs it in a single worker thread.
+What it builds on: nash/kv_cache.py's KVCache (rewinding is setting pos back; the buffers are overwritten) and
+model.py's GPT.next_logits (a forward that continues a cache). Here live the project's one sampler (sample_next),
+one decode loop (decode), one UTF-8 decoder (Decoder) and one stop-string matcher (StopMatcher): sample.py,
+evaluate.py, the report, the benches (stream, sample_batch), chat.py and the server (ChatEngine), RL and the
+verifier (sample_batch) all decode through them. One engine serves one conversation at a time; server.py runs it
+in a single worker thread.
 
 Tool use (issue 26): a model with rows for the tool tokens may call the calculator mid-reply; tools.ToolState
 follows each sampled token and says which tokens to force in (a call's output), and generate() yields those too,
@@ -36,9 +39,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from model import KVCache, RollingKVCache
-from model import sample_next
+from nash.kv_cache import KVCache, RollingKVCache
 from nash.tokenizer import CHAT_TOKENS, SPECIAL_TOKENS, TOOL_TOKENS, get_tokenizer, render_conversation, special_ids
 from nash.tools import ToolState
 
@@ -79,6 +82,33 @@ def row_generators(seed, n_prompts, num_samples, device):
             for i in range(n_prompts) for j in range(num_samples)]
 
 
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """Pick one token per row from logits (B, V): greedy when temperature == 0, else sample from
+    softmax(logits / temperature) restricted to the top_k tokens and then to the nucleus top_p. generator: one
+    torch.Generator, or a list of one per row."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        # keep the smallest set of most likely tokens whose probabilities add up to >= top_p:
+        # drop a token when the ones ranked above it already reach top_p (the first one always stays)
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = F.softmax(sorted_logits, dim=-1)
+        drop = probs.cumsum(dim=-1) - probs >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = F.softmax(logits, dim=-1)
+    if isinstance(generator, (list, tuple)):  # one per row: a row's draws do not depend on the other rows
+        return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generator)])
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+# Peak dense (no sparsity) 16-bit tensor-core FLOPS per GPU, bf16 where it exists (fp16 for V100/T4),
+
+
 def prefill(model, cache, tokens, rolling, chunk=PREFILL_CHUNK, should_stop=None, fed=None):
     """Run tokens through the model after what the cache holds; the logits (1, V) after the last one, or None when
     should_stop() turned true between two chunks (its client left: a 200k-token prompt must not keep the worker).
@@ -110,7 +140,7 @@ def decode(model, cache, logits, completions, budgets, sampling, stop_ids, gener
     pending = [[] for _ in completions]  # per row, the forced tokens still to go in
     live = list(range(len(completions)))
     decoders = [Decoder(enc) for _ in completions] if stop_strings else None
-    longest_stop = max(map(len, stop_strings), default=0)
+    stops = [StopStrings(list(stop_strings)) for _ in completions] if stop_strings else None
     while True:
         if should_stop is not None and should_stop():
             return
@@ -134,10 +164,10 @@ def decode(model, cache, logits, completions, budgets, sampling, stop_ids, gener
                     continue
             c.tokens.append(token)
             yield b, token
-            if decoders:  # a stop string may span tokens: look at the new piece and the characters before it
+            if decoders:  # a stop string may span tokens: the matcher carries what the reply's end has matched
                 piece = decoders[b](token)
                 c.text += piece
-                if any(s in c.text[-(len(piece) + longest_stop):] for s in stop_strings):
+                if stops[b].feed(piece) is not None:
                     c.finish_reason = "stop"
                     continue
             if len(c.tokens) >= budgets[b]:
@@ -157,7 +187,9 @@ def decode(model, cache, logits, completions, budgets, sampling, stop_ids, gener
                 c.tokens.append(token)
                 c.forced += 1
                 if decoders:
-                    c.text += decoders[b](token)
+                    piece = decoders[b](token)
+                    c.text += piece
+                    stops[b].feed(piece)  # (a calculator's output does not end a reply, but later text may)
                 yield b, token
             if len(c.tokens) >= budgets[b]:
                 c.finish_reason = "length"
@@ -167,6 +199,39 @@ def decode(model, cache, logits, completions, budgets, sampling, stop_ids, gener
         live = [live[k] for k in keep]
         with torch.no_grad(), ctx or nullcontext():
             logits = model.next_logits(feed, cache)
+
+
+def stream(model, prompt, sampling, stop_ids=(), generators=None, rolling_cache=False, keep=None, ctx=None,
+           completion=None):
+    """Yield one completion of prompt (token ids) token by token: the decode loop for one row, as sample.py,
+    evaluate.py's SFT exact match, the report's samples and the benches take it. Ends at a stop id (not yielded),
+    after sampling.max_new_tokens, or at the model's context with the exact cache (a prompt of max_seq_len tokens
+    or more keeps its last max_seq_len - 1); rolling_cache=True (RoPE) goes on past it with StreamingLLM's cache,
+    `keep` entries never evicted (RollingKVCache.for_config). generators: [a torch.Generator], whose state carries
+    on from call to call; None: sampling.seed's (row_generators). completion: a Completion to fill (its
+    finish_reason says how it ended). The model is in eval mode while it runs."""
+    config = model.config
+    prompt = list(prompt) if rolling_cache else list(prompt)[-(config.max_seq_len - 1):]
+    if not prompt:
+        raise ValueError("the prompt is empty: give at least one token")
+    if sampling.max_new_tokens < 1:
+        return
+    if rolling_cache:
+        cache = RollingKVCache.for_config(config, keep)
+    else:
+        cache = KVCache(config.n_layers, config.attn_sinks + config.max_seq_len)
+    budget = sampling.max_new_tokens if rolling_cache else min(sampling.max_new_tokens, config.max_seq_len - len(prompt))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), ctx or nullcontext():
+            logits = prefill(model, cache, prompt, rolling_cache)
+        generators = generators or row_generators(sampling.seed, 1, 1, logits.device)
+        row = completion if completion is not None else Completion()
+        for _, token in decode(model, cache, logits, [row], [budget], sampling, set(stop_ids), generators, ctx=ctx):
+            yield token
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()
@@ -242,7 +307,7 @@ def sample_batch(model, prompts, num_samples, sampling, stop_ids, ctx=None, stop
     for c in (c for row in results for c in row):
         if c.text is not None:
             c.text = Decoder.text(enc, c.tokens)
-            cut = min([c.text.index(s) for s in stop_strings if s in c.text], default=len(c.text))
+            cut = StopStrings(list(stop_strings)).feed(c.text) if stop_strings else None
             c.text = c.text[:cut]
     return results
 
@@ -369,6 +434,49 @@ class Decoder:
         return "".join(map(decoder, tokens)) + decoder.flush()
 
 
+class StopStrings:
+    """Finds the first stop string to appear in a reply fed piece by piece, in time linear in the reply and the stop
+    strings (Knuth-Morris-Pratt): for each stop string, the length of its longest prefix that the reply ends with,
+    updated a character at a time. That length is also how much of the reply's end to hold back from the stream."""
+
+    def __init__(self, stops):
+        self.stops, self.seen = stops, 0
+        self.matched = [0] * len(stops)
+        self.fallback = [self.failure(s) for s in stops]
+
+    @staticmethod
+    def failure(s):
+        """fallback[i]: the length of the longest proper prefix of s[:i + 1] that is also a suffix of it."""
+        fallback, k = [0] * len(s), 0
+        for i in range(1, len(s)):
+            while k and s[i] != s[k]:
+                k = fallback[k - 1]
+            if s[i] == s[k]:
+                k += 1
+            fallback[i] = k
+        return fallback
+
+    def feed(self, piece):
+        """Where the reply ends if piece completes a stop string: before the first one to complete (the longest of
+        those completing at the same character); else None."""
+        for i, c in enumerate(piece):
+            for j, s in enumerate(self.stops):
+                k = self.matched[j]
+                while k and c != s[k]:
+                    k = self.fallback[j][k - 1]
+                self.matched[j] = k + 1 if c == s[k] else 0
+            done = [len(s) for s, k in zip(self.stops, self.matched) if k == len(s)]
+            if done:
+                return self.seen + i + 1 - max(done)
+        self.seen += len(piece)
+        return None
+
+    @property
+    def held(self):
+        """How many characters at the reply's end may be the start of a stop string."""
+        return max(self.matched, default=0)
+
+
 class Conversation:
     """A conversation for chat.py: the messages so far, fitted into the model's context turn by turn (or, with the
     engine's rolling cache, kept whole: the cache forgets the middle instead).
@@ -435,4 +543,5 @@ class Conversation:
             self.pieces.append(self.piece(self.messages[-1], tokens))
 
 
-__all__ = ["ChatEngine", "Completion", "Conversation", "Decoder", "Sampling", "CHAT_TOKENS", "sample_batch"]
+__all__ = ["ChatEngine", "Completion", "Conversation", "Decoder", "Sampling", "StopStrings", "CHAT_TOKENS",
+           "sample_batch", "sample_next", "stream"]

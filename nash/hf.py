@@ -10,7 +10,8 @@ The pieces, for code that builds on them (adapters, other layouts, other tokeniz
     key_map(config, arch)                                 our tensor names <-> HF tensor names and row slices
     to_hf_state_dict(sd, config, arch) / from_hf_state_dict(sd_hf, config, arch, into)
     tokenizer.write_gpt2_tokenizer / write_trained_tokenizer   the tokenizer files; export_model takes either
-    is_hf_folder(path), model.read_hf_weights(path)       recognising and reading HF folders
+    is_hf_folder(path), read_hf_weights(path)             recognising and reading HF folders
+    read_json(path), check_size(config, ...)               a config file, and a model that fits in memory
 
 Exact or refused: a model exports only to a transformers class that computes the very same function, and
 an HF folder loads only if our model computes what transformers would. Which class, by our settings:
@@ -33,16 +34,19 @@ so export and load cannot disagree. Padded vocabulary rows are dropped on export
 Only torch is needed to import this file; safetensors / huggingface_hub are imported when used.
 """
 import json
+import math
 import os
 import shutil
 import tempfile
 
 import torch
 
-from model import GPT, GPT2_NAMES, GPTConfig, check_size, read_hf_weights, read_json
+from model import GPT, GPTConfig
 from nash.tokenizer import write_gpt2_tokenizer
 
-HF_GPT2_NAMES = GPT2_NAMES  # OpenAI's, loaded by model.py's GPT.from_pretrained
+GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # OpenAI's, downloaded from the hub
+GPT2_FIELDS = {"n_layers": "n_layer", "n_heads": "n_head", "d_model": "n_embd", "d_ff": "n_inner",
+               "max_seq_len": "n_positions"}  # GPT-2's config.json names of our fields
 HF_NAMES = {"n_layers": "num_hidden_layers", "n_heads": "num_attention_heads", "d_model": "hidden_size",
             "d_ff": "intermediate_size", "max_seq_len": "max_position_embeddings", "n_experts": "num_local_experts"}
 NORM_EPS = 1e-5  # model.py's eps for every LayerNorm / RMSNorm
@@ -137,6 +141,27 @@ def hf_config(config, arch, bos_token_id=50256, eos_token_id=50256, dtype="float
     return out
 
 
+def gpt2_config(hf, dropout=0.0, bias=True):
+    """Our GPTConfig for a Hugging Face GPT-2 config.json (a dict); ValueError naming what we don't compute."""
+    if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise ValueError(f"activation_function {hf['activation_function']!r} is not supported (only GPT-2's tanh GELU)")
+    if hf.get("layer_norm_epsilon", 1e-5) != 1e-5:
+        raise ValueError(f"layer_norm_epsilon {hf['layer_norm_epsilon']} is not supported (only 1e-05)")
+    for key, ok in (("scale_attn_by_inverse_layer_idx", False), ("reorder_and_upcast_attn", False),
+                    ("scale_attn_weights", True)):
+        if hf.get(key, ok) != ok:
+            raise ValueError(f"{key}={hf[key]} is not supported")
+    try:
+        return GPTConfig(n_layers=hf["n_layer"], n_heads=hf["n_head"], d_model=hf["n_embd"],
+                         d_ff=hf.get("n_inner") or 4 * hf["n_embd"], max_seq_len=hf["n_positions"],
+                         vocab_size=hf["vocab_size"], dropout=dropout, bias=bias,
+                         tie_weights=hf.get("tie_word_embeddings", True))
+    except KeyError as e:
+        raise ValueError(f"config.json lacks {e.args[0]!r}") from None
+    except TypeError as e:
+        raise ValueError(f"config.json has a value of the wrong type ({e})") from None
+
+
 def config_from_hf(hf, dropout=0.0, bias=None):
     """Our GPTConfig for an HF config.json (a dict); ValueError naming anything whose maths we don't have.
     bias: for GPT-2, whether its biases are in use (all-zero biases load as bias=False)."""
@@ -144,7 +169,7 @@ def config_from_hf(hf, dropout=0.0, bias=None):
     if arch not in CLASSES:
         raise ValueError(f"model_type {arch!r} is not supported; Nash-LLM loads {', '.join(CLASSES)} folders")
     if arch == "gpt2":
-        return GPT.gpt2_config(hf, dropout, True if bias is None else bias)
+        return gpt2_config(hf, dropout, True if bias is None else bias)
     # Llama / Qwen3
     heads, d = hf["num_attention_heads"], hf["hidden_size"]
     if hf.get("hidden_act", "silu") != "silu":
@@ -281,6 +306,184 @@ def from_hf_state_dict(sd_hf, config, arch, into):
 
 
 # -----------------------------------------------------------------------------
+# reading files: JSON, sizes, weights
+
+def read_json(path):
+    """A JSON object from a model folder's file, or ValueError with a one-line reason."""
+    try:
+        if os.path.getsize(path) > 64 << 20:  # a config or a shard index is kilobytes: don't parse a giant
+            raise ValueError(f"it holds {os.path.getsize(path):,} bytes, too many for a config")
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ValueError(f"{path} is not readable JSON ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} holds a {type(value).__name__}, not a JSON object")
+    return value
+
+
+def check_size(config, max_bytes, where, names=None, weights=None):
+    """Refuse a model that would take more than max_bytes before building it, with an error naming its estimated
+    size and the fields that make it big. max_bytes None: the smallest of the machine's RAM, this process's
+    address-space limit (ulimit -v), its container's memory limit (cgroup memory.max) and NASH_MAX_MODEL_GB when
+    set. names: the file's names of our fields (e.g. {"n_layers": "n_layer"} for GPT-2's config.json), so the
+    message speaks the file's language. weights: the weights file (or shard index) that goes with the config: one
+    far smaller than the model's least weights in 16 bits is refused at once, before a model is even sketched."""
+    limits = [(max_bytes, "allowed")] if max_bytes is not None else []
+    if max_bytes is None:
+        try:
+            limits.append((os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "of memory here"))
+        except (ValueError, OSError, AttributeError):  # not on every OS
+            pass
+        try:
+            import resource  # POSIX only
+            soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+            if soft != resource.RLIM_INFINITY:
+                limits.append((soft, "this process may use (its address-space limit, ulimit -v)"))
+        except (ImportError, ValueError, OSError):
+            pass
+        try:
+            with open("/sys/fs/cgroup/memory.max") as f:
+                text = f.read().strip()
+            if text.isdigit():
+                limits.append((int(text), "its container may use (cgroup memory.max)"))
+        except OSError:
+            pass
+        if "NASH_MAX_MODEL_GB" in os.environ:
+            text = os.environ["NASH_MAX_MODEL_GB"]
+            try:
+                gb = float(text)
+            except ValueError:
+                gb = float("nan")
+            if not gb > 0:
+                raise ValueError(f"NASH_MAX_MODEL_GB={text!r} should be a number of GiB, e.g. 16")
+            limits.append((int(gb * 2**30), "allowed by NASH_MAX_MODEL_GB"))
+    need, c = config.memory_bytes(), config
+    field = lambda k: f"{(names or {}).get(k, k)}={getattr(config, k)}"
+    if limits and need > min(limits)[0]:
+        limit, what = min(limits)
+        d, hidden = c.d_model, c.d_ff * max(c.n_experts, 1)
+        parts = [(c.vocab_size * d, ("vocab_size", "d_model")),  # which fields the biggest share of the bytes comes from
+                 (c.n_layers * d * (4 * d + 3 * hidden), ("n_layers", "d_model", "d_ff") + (("n_experts",) if c.n_experts else ())),
+                 (c.max_seq_len * d, ("max_seq_len", "d_model"))]
+        raise ValueError(f"{where} describes a model of {need / 2**30:,.1f} GiB, mostly from "
+                         f"{', '.join(map(field, max(parts)[1]))}: more than the {limit / 2**30:,.1f} GiB {what}, so it "
+                         f"is not loaded (NASH_MAX_MODEL_GB can set a lower limit)")
+    if weights is not None:
+        files = [weights]
+        if weights.endswith(".index.json"):
+            shards = read_json(weights).get("weight_map")
+            files = [os.path.join(os.path.dirname(weights), os.path.basename(str(f)))
+                     for f in set(map(str, shards.values()))] if isinstance(shards, dict) else []
+        have = sum(os.path.getsize(f) for f in files if os.path.isfile(f))
+        least = 2 * (c.vocab_size * c.d_model + c.n_layers * (2 * c.d_model ** 2 + 2 * c.d_model * c.d_ff * max(c.n_experts, 1)))
+        if have < least:  # embeddings, queries, outputs and MLPs alone, in 16 bits, take at least this
+            raise ValueError(f"{where} describes a model ({', '.join(map(field, ('n_layers', 'd_model', 'd_ff', 'vocab_size')))}) "
+                             f"whose weights take at least {least / 2**20:,.1f} MiB, but {weights} holds "
+                             f"{have / 2**20:,.1f} MiB: they do not belong together")
+
+
+def read_hf_weights(path, shape_of=None):
+    """A Hugging Face state dict from model.safetensors, a sharded safetensors index, or pytorch_model.bin (read
+    as data: torch.load(weights_only=True) never runs code). Sizes are taken from the file before anything is read:
+    shape_of(key) -> the shape the model expects of a tensor, or None where it is not needed (then it is not read),
+    so a tensor of the wrong size is refused before it is allocated. A damaged or hostile file is a ValueError
+    naming the file and what is wrong with it."""
+    if path.endswith(".index.json"):
+        shards = read_json(path).get("weight_map")
+        if not isinstance(shards, dict):
+            raise ValueError(f"{path} has no weight_map")
+        sd = {}
+        for shard in sorted(set(map(str, shards.values()))):
+            if os.path.basename(shard) != shard:
+                raise ValueError(f"{path} names a shard outside its folder: {shard!r}")
+            sd.update(read_hf_weights(os.path.join(os.path.dirname(path), shard), shape_of))
+        return sd
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} does not exist")
+    if path.endswith(".safetensors"):
+        # read by hand (the format is 8 bytes of header length, a JSON header of dtype, shape and byte offsets per
+        # tensor, then the data): every size is checked against the file and the model before a byte is allocated.
+        # Not the safetensors library: safe_open (0.8) maps the whole file before it parses the header, so under a
+        # memory limit a file with an oversized tensor fails to map instead of being refused by its shape, and an
+        # honest model needs its file's size in address space twice (tests/test_model_files.py wrong_shape)
+        dtypes = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                  "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                  "BOOL": torch.bool}
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or n > min(size - 8, 100 << 20):  # safetensors' own cap on a header: 100 MB
+                raise ValueError(f"{path} is not a readable safetensors file: its header claims {n:,} bytes, but the "
+                                 f"file holds {max(size - 8, 0):,} after the length (truncated, or not safetensors)")
+            try:
+                header = json.loads(f.read(n))
+            except (ValueError, RecursionError) as e:
+                raise ValueError(f"{path} is not a readable safetensors file: its header is not JSON "
+                                 f"({str(e).splitlines()[0][:100]})") from None
+            if not isinstance(header, dict):
+                raise ValueError(f"{path} is not a readable safetensors file: its header is not a JSON object")
+            header.pop("__metadata__", None)
+            data, wanted = size - 8 - n, {}
+            for key, info in header.items():
+                try:
+                    dtype, shape, (start, end) = dtypes[info["dtype"]], tuple(info["shape"]), info["data_offsets"]
+                    ok = all(type(v) is int and v >= 0 for v in (*shape, start, end))
+                except (KeyError, TypeError, ValueError):
+                    ok = False
+                if not ok:
+                    raise ValueError(f"{path} is not a readable safetensors file: its header describes {key!r} as "
+                                     f"{str(info)[:100]}")
+                if end - start != math.prod(shape) * dtype.itemsize or end > data:
+                    raise ValueError(f"{path} is truncated or damaged: {key} {list(shape)} ({dtype}) takes bytes "
+                                     f"{start:,} to {end:,} of its data, which ends at {data:,}")
+                expected = shape_of(key) if shape_of else shape
+                if expected is not None and tuple(expected) != shape:
+                    raise ValueError(f"{path} holds {key} of shape {shape}, expected {tuple(expected)} from config.json")
+                if expected is not None:
+                    wanted[key] = (dtype, shape, start, end)
+            sd = {}
+            for key, (dtype, shape, start, end) in wanted.items():
+                buf = torch.empty(end - start, dtype=torch.uint8)
+                f.seek(8 + n + start)
+                if f.readinto(buf.numpy()) != end - start:
+                    raise ValueError(f"{path} changed while it was read")
+                sd[key] = buf.view(dtype).reshape(shape)
+            return sd
+    import warnings
+    import zipfile
+    try:
+        with warnings.catch_warnings():  # (torch warns about old pickle protocols: noise here)
+            warnings.simplefilter("ignore")
+            try:  # mapped, not read: a tensor's bytes are only read when it is used, after its shape is checked
+                sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):
+                    raise
+                sd = torch.load(path, map_location="cpu", weights_only=True)  # torch's old (not zip) format: read it
+    except Exception as e:  # UnpicklingError, RuntimeError, EOFError, KeyError...: say what, never torch's advice
+        text = str(e)
+        if "GLOBAL" in text or "Unsupported global" in text:
+            reason = "it holds Python objects, not just tensors, and loading it would run code"
+        elif not zipfile.is_zipfile(path):
+            reason = "it is not a torch file (neither a zip archive nor a pickle of tensors: truncated, or another kind)"
+        else:
+            lines = [line for line in text.splitlines() if line.strip() and "eights only" not in line
+                     and "weights_only" not in line] or [type(e).__name__]
+            reason = f"a damaged torch file ({lines[-1].strip()[:200]})"
+        raise ValueError(f"{path} is not a readable weights file: {reason}") from None
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors")
+    if shape_of:
+        for key, v in sd.items():
+            expected = shape_of(key)
+            if expected is not None and tuple(expected) != tuple(v.shape):
+                raise ValueError(f"{path} holds {key} of shape {tuple(v.shape)}, expected {tuple(expected)} from config.json")
+        sd = {k: v for k, v in sd.items() if shape_of(k) is not None}
+    return sd
+
+
+# -----------------------------------------------------------------------------
 # loading a Hugging Face folder (or OpenAI's GPT-2 from the hub)
 
 def is_hf_folder(path):
@@ -296,24 +499,40 @@ def weights_file(folder):
     return None
 
 
+def hub_files(name):
+    """(config.json, model.safetensors) of OpenAI's GPT-2 `name` from the Hugging Face hub, or its local cache offline."""
+    from huggingface_hub import hf_hub_download
+    try:
+        return (hf_hub_download("openai-community/" + name, "config.json"),
+                hf_hub_download("openai-community/" + name, "model.safetensors"))
+    except Exception as e:
+        raise OSError(f"could not download {name} from the Hugging Face hub ({type(e).__name__}: {str(e)[:200]}); "
+                      "pass a local directory with config.json and model.safetensors instead") from None
+
+
 def load_pretrained(name_or_dir, dropout=0.0, max_bytes=None):
     """A GPT with the weights of a Hugging Face folder (GPT-2, Llama, Qwen3 or Mixtral layout: config.json +
-    model.safetensors or pytorch_model.bin), or of gpt2 / gpt2-medium / gpt2-large / gpt2-xl from the hub
-    (those and GPT-2 folders through model.py's GPT.from_pretrained). A config whose model would not fit in
-    memory (or max_bytes) is refused before anything is allocated.
+    model.safetensors, sharded or not, or pytorch_model.bin read as data only), or of gpt2 / gpt2-medium /
+    gpt2-large / gpt2-xl from the hub. A config whose model would not fit in memory (or max_bytes) is refused
+    before anything is allocated; every tensor's shape is checked before it is read (read_hf_weights). A GPT-2
+    whose biases are all zero (exported from a bias=False model) loads as bias=False.
     Raises FileNotFoundError / OSError / ValueError with a one-line reason."""
     name = str(name_or_dir)
-    if name in HF_GPT2_NAMES or not os.path.isdir(name) or not os.path.isfile(os.path.join(name, "config.json")):
-        return GPT.from_pretrained(name, dropout, max_bytes)  # (it says what is missing)
-    config_path = os.path.join(name, "config.json")
+    if name in GPT2_NAMES and not os.path.isdir(name):
+        config_path, weights_path = hub_files(name)
+    elif os.path.isdir(name):
+        config_path, weights_path = os.path.join(name, "config.json"), weights_file(name)
+        if not os.path.isfile(config_path):
+            raise FileNotFoundError(f"{name} has no config.json; expected a Hugging Face model folder "
+                                    "(config.json + model.safetensors or pytorch_model.bin)")
+    else:
+        raise ValueError(f"{name!r} is neither a GPT-2 model name ({', '.join(GPT2_NAMES)}) nor an existing "
+                         "directory holding a Hugging Face checkpoint")
     hf = read_json(config_path)
     arch = hf.get("model_type", "gpt2")
     if any(a.endswith("ForSequenceClassification") for a in hf.get("architectures") or []):
         raise ValueError(f"{name} is a sequence classifier ({hf['architectures'][0]}, e.g. an exported verifier), not "
                          f"a language model; use the run it was exported from (its checkpoint keeps the score head)")
-    if arch == "gpt2":
-        return GPT.from_pretrained(name, dropout, max_bytes)
-    weights_path = weights_file(name)
     if weights_path is None:
         raise FileNotFoundError(f"{name} has neither model.safetensors nor pytorch_model.bin")
     try:
@@ -322,17 +541,25 @@ def load_pretrained(name_or_dir, dropout=0.0, max_bytes=None):
         raise ValueError(f"{config_path} lacks {e.args[0]!r}") from None
     except (TypeError, ZeroDivisionError) as e:  # e.g. a string for a number, or no attention heads
         raise ValueError(f"{config_path} has a value of the wrong type or range ({e})") from None
-    check_size(config, max_bytes, config_path, HF_NAMES, weights_path)
+    check_size(config, max_bytes, config_path, GPT2_FIELDS if arch == "gpt2" else HF_NAMES, weights_path)
     with torch.device("meta"):  # the shapes config.json implies, with nothing allocated
         shapes = {k: v.shape for k, v in GPT(config).state_dict().items()}
     expected = {}  # HF key -> its shape: rows of one of our tensors, which may stack several HF tensors
-    for ours, parts, _ in key_map(config, arch):
+    for ours, parts, transpose in key_map(config, arch):
         for key, rows in parts:
-            expected[key] = (rows, *shapes[ours][1:]) if ours in shapes else None
-    sd_hf = read_hf_weights(weights_path, expected.get)  # checked against those before a byte is read
+            shape = (rows, *shapes[ours][1:]) if ours in shapes else None
+            expected[key] = shape[::-1] if transpose and shape else shape  # GPT-2's Conv1D: stored (in, out)
+
+    def hf_key(key):  # OpenAI's own uploads have no "transformer." prefix; save_pretrained's do
+        if arch == "gpt2" and not key.startswith(("transformer.", "lm_head.", "score.")):
+            return "transformer." + key
+        return key
+    sd_hf = {hf_key(k): v for k, v in read_hf_weights(weights_path, lambda k: expected.get(hf_key(k))).items()}
     missing = [key for key in expected if key not in sd_hf]
     if missing:  # before the model is built: a file that cannot fill it costs nothing
         raise ValueError(f"{weights_path} lacks {len(missing)} {CLASSES[arch]} tensors, e.g. {missing[:3]}")
+    if arch == "gpt2" and all(not v.any() for k, v in sd_hf.items() if k.endswith(".bias")):
+        config = config_from_hf(hf, dropout, bias=False)  # exported from a bias=False model
     model = GPT(config)
     from_hf_state_dict(sd_hf, model.config, arch, model.state_dict())
     return model

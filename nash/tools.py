@@ -64,7 +64,7 @@ def walk(node, depth):
     if depth > MAX_DEPTH:
         raise Refused(f"nested deeper than {MAX_DEPTH}")
     if isinstance(node, ast.Constant) and type(node.value) in (int, float, str):  # (not bool, bytes, None, ...)
-        return check_size(node.value)
+        return check_result(node.value)
     if isinstance(node, ast.UnaryOp) and type(node.op) in UNARY:
         value = walk(node.operand, depth + 1)
         if isinstance(value, str):
@@ -73,7 +73,7 @@ def walk(node, depth):
     if isinstance(node, ast.BinOp) and type(node.op) in BINARY:
         left, right = walk(node.left, depth + 1), walk(node.right, depth + 1)
         check_cost(type(node.op), left, right)
-        return check_size(BINARY[type(node.op)](left, right))
+        return check_result(BINARY[type(node.op)](left, right))
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and not node.keywords:
         method = node.func.attr
         if method not in STRING_METHODS:
@@ -85,7 +85,7 @@ def walk(node, depth):
         if method == "replace" and len(args) >= 2 and isinstance(args[1], str):  # the one that can grow a string
             if len(target) * max(1, len(args[1])) > MAX_STRING * 10:
                 raise Refused(f"result longer than {MAX_STRING} characters")
-        return check_size(getattr(target, method)(*args))
+        return check_result(getattr(target, method)(*args))
     raise Refused(f"{describe(node)} is not allowed (only numbers, strings, + - * / // % ** and .count() etc.)")
 
 
@@ -121,7 +121,7 @@ def check_cost(op, left, right):
         raise Refused("% formatting of strings is not allowed")
 
 
-def check_size(value):
+def check_result(value):
     if isinstance(value, bool):
         return value
     if isinstance(value, int) and value.bit_length() > MAX_BITS:

@@ -1,4 +1,4 @@
-"""The chat engine's rolling KV cache (nash/engine.py, model.py's RollingKVCache): within the context it is the exact engine (same
+"""The chat engine's rolling KV cache (nash/engine.py, nash/kv_cache.py's RollingKVCache): within the context it is the exact engine (same
 tokens, same logits, prefix reuse included); past it a reply and a conversation go on at a constant cache size,
 a new turn prefills only itself, and an edited history after eviction is prefilled from scratch and lands where
 a fresh engine would. Also: the exact engine with sink tokens rewinds to the right positions, and chat.py /
@@ -123,9 +123,8 @@ def test_a_reply_three_times_the_context_at_a_constant_cache_size(sinks, key_len
     steps = key_lengths[model.config.n_layers:]  # after the prefill: one call per layer per token
     assert len(steps) == model.config.n_layers * n and steps[-40:] == [S + sinks] * 40
     assert engine.cache.k[0].shape[2] == engine.cache.pos == S + sinks and engine.cache.evicted
-    # the same tokens as sample.py's rolling generation (model.generate_stream) from the same prompt
-    same = model.generate(torch.tensor([prompt]), n, temperature=0, rolling_cache=True)[0, len(prompt):]
-    assert reply == same.tolist()
+    # the same tokens as sample.py's rolling generation (engine.stream) from the same prompt
+    assert reply == list(E.stream(model, prompt, Sampling(temperature=0.0, max_new_tokens=n), rolling_cache=True))
 
 
 def test_a_conversation_past_the_context_keeps_every_turn_and_prefills_only_the_new_one(logits_seen):

@@ -1,7 +1,7 @@
-"""Tests for model.py: shapes, causality, parameter counts, the loss, KV-cache generation against full
-recompute, sampling filters, GPT-2 parity with Hugging Face transformers, optimizers and MFU. CPU only,
+"""Tests for model.py: shapes, causality, parameter counts, the loss, chunked prefill through a KV cache, GPT-2
+parity with Hugging Face transformers (nash/hf.py's loader and model.py's thin one), optimizers, FLOPs and MFU.
+(Decoding, sampling and the caches against model.generate: tests/test_engine.py.) CPU only,
 no network, tiny models (the 124M model is only built on the meta device, to count)."""
-import itertools
 import os
 import subprocess
 import sys
@@ -13,6 +13,9 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import model as M  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
+from nash.hf import load_pretrained  # noqa: E402
+from nash.common import estimate_mfu, peak_flops  # noqa: E402
+from nash.kv_cache import KVCache  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,20 +47,6 @@ def make(cfg, seed=0, randomize=True):
                 else:  # norm gains around 1, biases around 0
                     p.normal_(1.0 if name.endswith("weight") else 0.0, 0.2)
     return model.eval()
-
-
-@pytest.fixture
-def recorded_logits(monkeypatch):
-    """Collect the logits each generation step samples from (the same hook for cached and uncached)."""
-    log = []
-    real = M.sample_next
-
-    def recording(logits, *args, **kwargs):
-        log.append(logits.clone())
-        return real(logits, *args, **kwargs)
-
-    monkeypatch.setattr(M, "sample_next", recording)
-    return log
 
 
 # --------------------------------------------------------------------------------------------------
@@ -256,135 +245,6 @@ def test_chunked_loss_under_autocast(dtype):
 
 
 # --------------------------------------------------------------------------------------------------
-# generation: the KV cache against full recompute
-
-
-@pytest.mark.parametrize("name", list(CONFIGS))
-@pytest.mark.parametrize("prompt_len,new", [(5, 40), (1, 20), (16, 8), (23, 12)])  # past the context, and long prompts
-def test_cache_equals_full_recompute(name, prompt_len, new, recorded_logits):
-    model = make(CONFIGS[name])
-    S = model.config.max_seq_len
-    idx = torch.randint(0, 100, (3, prompt_len))
-    cached = model.generate(idx, new, temperature=0)
-    cached_logits = list(recorded_logits)
-    recorded_logits.clear()
-    full = model.generate(idx, new, temperature=0, use_cache=False)
-    assert cached.shape == (3, prompt_len + new)
-    assert torch.equal(cached, full)
-    assert torch.equal(cached[:, :prompt_len], idx)
-    assert len(cached_logits) == len(recorded_logits) == new
-    for step, (a, b) in enumerate(zip(cached_logits, recorded_logits)):
-        # and both are what a plain forward over the last max_seq_len tokens gives
-        window = cached[:, :prompt_len + step][:, -S:]
-        expected = model(window)[0][:, -1]
-        torch.testing.assert_close(a, expected, atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(b, expected, atol=1e-4, rtol=1e-4)
-        assert torch.equal(cached[:, prompt_len + step], expected.argmax(-1))
-
-
-def test_cache_matches_sampling_and_keeps_train_mode():
-    model = make(MODERN)
-    model.train()  # generation samples in eval mode (no dropout), then puts train mode back
-    idx = torch.randint(0, 100, (4, 3))
-    a = model.generate(idx, 30, top_k=10, generator=torch.Generator().manual_seed(1))
-    b = model.generate(idx, 30, top_k=10, generator=torch.Generator().manual_seed(1), use_cache=False)
-    assert torch.equal(a, b)
-    assert model.training and all(m.training for m in model.modules())
-    stream = model.generate_stream(idx, 30, temperature=0)
-    first = list(itertools.islice(stream, 3))  # half-consumed stream: the mode is still the caller's
-    assert model.training and [t.shape for t in first] == [(4,)] * 3
-    assert not any(t.requires_grad for t in first)
-
-
-def test_stream_yields_what_generate_returns():
-    model = make(CLASSIC)
-    idx = torch.randint(0, 100, (2, 4))
-    steps = list(model.generate_stream(idx, 10, temperature=0))
-    assert all(t.dtype == torch.long and t.shape == (2,) for t in steps)
-    assert torch.equal(torch.cat([idx, torch.stack(steps, 1)], 1), model.generate(idx, 10, temperature=0))
-    assert model.generate(idx, 0).shape == (2, 4)
-
-
-# --------------------------------------------------------------------------------------------------
-# sampling
-
-
-def test_sample_next_filters():
-    probs = torch.tensor([0.4, 0.3, 0.2, 0.06, 0.04])
-    logits = probs.log().repeat(4000, 1)
-    g = torch.Generator().manual_seed(0)
-
-    def support(**kw):
-        return set(M.sample_next(logits, generator=g, **kw).tolist())
-
-    assert support(top_k=3) == {0, 1, 2}
-    assert support(top_k=1) == {0}
-    assert support(top_p=0.65) == {0, 1}  # 0.4 < 0.65 <= 0.4 + 0.3
-    assert support(top_p=0.3) == {0}
-    assert support(top_k=2, top_p=0.9) == {0, 1}
-    assert support(top_p=1.0) == {0, 1, 2, 3, 4}
-    assert support(temperature=0) == {0}
-    counts = torch.bincount(M.sample_next(logits, generator=g), minlength=5).float() / 4000
-    torch.testing.assert_close(counts, probs, atol=0.03, rtol=0)  # really samples from softmax(logits)
-
-
-@pytest.mark.parametrize("kw", [dict(top_k=4), dict(top_p=0.6), dict(top_k=6, top_p=0.5, temperature=0.7)])
-def test_generate_samples_only_from_allowed_set(kw, recorded_logits):
-    model = make(MODERN)
-    idx = torch.randint(0, 100, (1, 4)).repeat(64, 1)  # 64 samples of one prompt at once
-    out = model.generate(idx, 6, generator=torch.Generator().manual_seed(0), **kw)
-    temperature = kw.get("temperature", 1.0)
-    for step, logits in enumerate(recorded_logits):
-        probs = F.softmax(logits / temperature, dim=-1)
-        for row in range(64):
-            order = probs[row].argsort(descending=True)
-            allowed = order[:kw.get("top_k", 100)]
-            if "top_p" in kw:  # the smallest prefix (of the top-k, renormalised) that reaches top_p
-                p = probs[row, allowed] / probs[row, allowed].sum()
-                allowed = allowed[:int((p.cumsum(0) < kw["top_p"]).sum()) + 1]
-            assert out[row, 4 + step].item() in allowed.tolist()
-    assert len(set(out[:, 4].tolist())) > 1  # it did sample, not just take the argmax
-
-
-def test_temperature_zero_and_generator_reproducible():
-    model = make(CLASSIC)
-    idx = torch.randint(0, 100, (8, 3))
-    g1 = model.generate(idx, 12, temperature=0, generator=torch.Generator().manual_seed(1))
-    g2 = model.generate(idx, 12, temperature=0, generator=torch.Generator().manual_seed(2))
-    assert torch.equal(g1, g2)
-    s1 = model.generate(idx, 12, generator=torch.Generator().manual_seed(3))
-    s2 = model.generate(idx, 12, generator=torch.Generator().manual_seed(3))
-    s3 = model.generate(idx, 12, generator=torch.Generator().manual_seed(4))
-    assert torch.equal(s1, s2) and not torch.equal(s1, s3)
-    same_prompt = model.generate(idx[:1].repeat(8, 1), 12, generator=torch.Generator().manual_seed(5))
-    assert same_prompt.shape == (8, 15) and len({tuple(r) for r in same_prompt[:, 3:].tolist()}) > 1
-
-
-def test_stop_token_scripted(monkeypatch):
-    script = iter(torch.tensor(s) for s in ([1, 2], [9, 3], [4, 5], [4, 9], [4, 6]))
-    monkeypatch.setattr(M, "sample_next", lambda *a, **k: next(script))
-    model = make(CLASSIC)
-    out = model.generate(torch.zeros(2, 3, dtype=torch.long), 10, stop_token=9)
-    # row 0 stops at step 1 and then only repeats 9; generation ends when row 1 stops at step 3
-    assert out[:, 3:].tolist() == [[1, 9, 9, 9], [2, 3, 5, 9]]
-
-
-def test_stop_token_real():
-    model = make(CLASSIC)
-    idx = torch.randint(0, 100, (3, 4))
-    free = model.generate(idx, 20, temperature=0)[:, 4:]
-    stop = free[0, 2].item()
-    out = model.generate(idx, 20, temperature=0, stop_token=stop)[:, 4:]
-    hits = [(row == stop).nonzero() for row in free]
-    end = max(h[0].item() + 1 for h in hits) if all(len(h) for h in hits) else 20
-    expected = free[:, :end].clone()
-    for r, h in enumerate(hits):
-        if len(h):
-            expected[r, h[0].item():] = stop
-    assert torch.equal(out, expected)
-
-
-# --------------------------------------------------------------------------------------------------
 # GPT-2 weights: parity with Hugging Face transformers
 
 
@@ -406,7 +266,7 @@ def hf_gpt2(tmp_path, tie=True):
 def test_from_pretrained_safetensors_parity(tmp_path, tie):
     hf = hf_gpt2(tmp_path, tie)
     assert os.path.exists(tmp_path / "model.safetensors")
-    model = GPT.from_pretrained(tmp_path).eval()
+    model = load_pretrained(tmp_path).eval()
     assert model.config.tie_weights == tie and model.config.dropout == 0.0
     idx = torch.randint(0, 50257, (2, 40))
     with torch.no_grad():
@@ -415,6 +275,17 @@ def test_from_pretrained_safetensors_parity(tmp_path, tie):
     assert ours.shape == theirs.shape == (2, 40, 50257)
     assert (ours - theirs).abs().max().item() < 1e-4
     assert model.num_params() == sum(p.numel() for p in hf.parameters())
+
+
+@pytest.mark.slow
+def test_thin_from_pretrained_through_transformers(tmp_path):
+    # model.py's own loader (for a copied file): transformers reads, the same weights come out as nash/hf.py's
+    hf_model = hf_gpt2(tmp_path, tie=False)
+    ours, checked = GPT.from_pretrained(str(tmp_path)).eval(), load_pretrained(tmp_path).eval()
+    idx = torch.randint(0, 50257, (2, 20))
+    with torch.no_grad():
+        assert (ours(idx)[0] - hf_model(idx).logits).abs().max().item() < 1e-4
+        assert torch.equal(ours(idx)[0], checked(idx)[0])
 
 
 @pytest.mark.slow
@@ -429,7 +300,7 @@ def test_from_pretrained_bin_parity(tmp_path):
     (tmp_path / "bin").mkdir()
     torch.save(sd, tmp_path / "bin" / "pytorch_model.bin")
     (tmp_path / "bin" / "config.json").write_text((tmp_path / "hf" / "config.json").read_text())
-    model = GPT.from_pretrained(str(tmp_path / "bin"), dropout=0.1).eval()
+    model = load_pretrained(str(tmp_path / "bin"), dropout=0.1).eval()
     assert model.config.dropout == 0.1
     idx = torch.randint(0, 50257, (2, 30))
     with torch.no_grad():
@@ -439,12 +310,12 @@ def test_from_pretrained_bin_parity(tmp_path):
 def test_from_pretrained_errors(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # so no local directory can be mistaken for a model name
     with pytest.raises(FileNotFoundError, match="no config.json"):
-        GPT.from_pretrained(tmp_path)
+        load_pretrained(tmp_path)
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="neither model.safetensors nor pytorch_model.bin"):
-        GPT.from_pretrained(tmp_path)
+        load_pretrained(tmp_path)
     with pytest.raises(ValueError, match="neither a GPT-2 model name"):
-        GPT.from_pretrained("gpt5")
+        load_pretrained("gpt5")
 
     huggingface_hub = pytest.importorskip("huggingface_hub")
 
@@ -453,7 +324,7 @@ def test_from_pretrained_errors(tmp_path, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     with pytest.raises(OSError, match="could not download gpt2 from the Hugging Face hub .*pass a local directory"):
-        GPT.from_pretrained("gpt2")
+        load_pretrained("gpt2")
 
 
 @pytest.mark.slow
@@ -497,7 +368,8 @@ def test_optimizer_groups(name):
     for g in adamw.param_groups:
         assert g["base_lr"] == g["lr"] == 1e-3
         assert all((p.dim() >= 2) == (g["weight_decay"] == 0.1) for p in g["params"])
-    assert not adamw.defaults["fused"]
+    assert adamw.defaults["fused"]  # on CPU too (device_type="cpu", the default)
+    assert not model.configure_optimizers(device_type="mps")[0].defaults["fused"]
 
     adamw, muon = model.configure_optimizers("muon", learning_rate=1e-3, weight_decay=0.1)
     assert isinstance(muon, torch.optim.Muon) and muon.param_groups[0]["adjust_lr_fn"] == "match_rms_adamw"
@@ -524,9 +396,9 @@ def test_fused_adamw_on_cuda_flag():
 
 def test_mfu_none_on_cpu():
     model = GPT(GPTConfig(**CLASSIC))
-    assert M.peak_flops("cpu") is None and M.peak_flops(torch.device("cpu")) is None
-    assert M.peak_flops("mps") is None
-    assert model.estimate_mfu(1e5, 16, "cpu") is None
+    assert peak_flops("cpu") is None and peak_flops(torch.device("cpu")) is None
+    assert peak_flops("mps") is None
+    assert estimate_mfu(model, 1e5, 16, "cpu") is None
 
 
 @pytest.mark.parametrize("gpu,peak", [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12),
@@ -536,7 +408,7 @@ def test_mfu_none_on_cpu():
                                       ("Some Future GPU", None)])
 def test_peak_flops_table(monkeypatch, gpu, peak):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: gpu)
-    assert M.peak_flops("cuda") == peak
+    assert peak_flops("cuda") == peak
 
 
 def test_flops_and_mfu_gpt2_small(monkeypatch):
@@ -548,7 +420,7 @@ def test_flops_and_mfu_gpt2_small(monkeypatch):
     expected = 6 * N + 12 * 12 * 12 * 64 * 1024  # + attention at T = 1024
     assert model.flops_per_token(1024) == expected == 854_438_400
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
-    assert model.estimate_mfu(100_000, 1024, "cuda") == pytest.approx(100_000 * 854_438_400 / 989e12)
+    assert estimate_mfu(model, 100_000, 1024, "cuda") == pytest.approx(100_000 * 854_438_400 / 989e12)
 
 
 @pytest.mark.parametrize("name", ["classic", "modern"])
@@ -557,7 +429,7 @@ def test_kv_cache_chunked_prefill(name):
     model = make(CONFIGS[name])
     idx = torch.randint(0, 100, (2, 16))
     full = model.hidden_states(idx)
-    cache = M.KVCache(model.config.n_layers, model.config.max_seq_len)
+    cache = KVCache(model.config.n_layers, model.config.max_seq_len)
     parts = [model.hidden_states(idx[:, a:b], cache) for a, b in ((0, 5), (5, 6), (6, 13), (13, 16))]
     assert cache.pos == 16
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)

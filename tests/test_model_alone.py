@@ -1,5 +1,7 @@
 """model.py stands alone: copied by itself into an empty folder, it imports, builds every switch (the score head
-too), trains a step, generates with both KV caches and loads OpenAI's GPT-2 layout, with nothing of the project beside it."""
+too), trains a step, generates (its uncached generate) and loads OpenAI's GPT-2 layout, with nothing of the project
+beside it; and what it generated there agrees token for token with the engine's cached decoding, run from the
+repository on the same weights."""
 import os
 import shutil
 import subprocess
@@ -21,6 +23,7 @@ CHILD = textwrap.dedent('''
     switches = [{}, dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, n_kv_heads=2, tie_weights=False),
                 dict(mlp="relu2", bias=False), dict(n_experts=4, experts_top_k=2), dict(pos_emb="rope", attn_sinks=2)]
     torch.manual_seed(0)
+    outputs = []
     for extra in switches:
         m = GPT(GPTConfig(**small, **extra))
         opt = m.configure_optimizers("adamw", 1e-2)[0]
@@ -33,11 +36,11 @@ CHILD = textwrap.dedent('''
         opt.step()
         m.eval()
         prompt = x[:1, :4]
-        exact = m.generate(prompt, 20, temperature=0.0)
+        exact = m.generate(prompt, 20, temperature=0.0)  # past the 16-token context: the window slides
         assert exact.shape == (1, 24)
-        assert torch.equal(exact, m.generate(prompt, 20, temperature=0.0, use_cache=False))
-        if m.config.pos_emb == "rope":  # past the 16-token context at a constant cost
-            assert m.generate(prompt, 30, temperature=0.0, rolling_cache=True).shape == (1, 34)
+        assert m.generate(prompt, 5, temperature=1.0, generator=torch.Generator().manual_seed(0)).shape == (1, 9)
+        outputs.append((extra, m.state_dict(), exact))
+    torch.save(outputs, sys.argv[4])
     v = GPT(GPTConfig(**small, score_head=True))  # a verifier: the score head, read at each row's last real token
     scores = v.score(x, torch.tensor([15, 3]))
     assert scores.shape == (2,) and torch.equal(v(x, last=torch.tensor([15, 3]))[0], scores)
@@ -68,9 +71,23 @@ def test_model_py_runs_alone_in_an_empty_folder(tmp_path):
     hf = transformers.GPT2LMHeadModel(cfg).eval()
     hf.save_pretrained(tmp_path / "gpt2-tiny")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "child.py", str(alone), str(tmp_path / "gpt2-tiny"), str(tmp_path / "l.pt")],
+    proc = subprocess.run([sys.executable, "child.py", str(alone), str(tmp_path / "gpt2-tiny"), str(tmp_path / "l.pt"),
+                           str(tmp_path / "gen.pt")],
                           cwd=alone, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "alone ok" in proc.stdout, proc.stdout + proc.stderr
     with torch.no_grad():
         theirs = hf(torch.tensor([[464, 2068, 7586]])).logits
     assert (torch.load(tmp_path / "l.pt") - theirs).abs().max() < 1e-4
+    # the engine's cached decoding (the repository's), on the weights trained there, gives the same tokens
+    from model import GPT, GPTConfig
+    from nash.engine import Sampling, stream
+    small = dict(n_layers=2, n_heads=4, d_model=32, d_ff=64, max_seq_len=16, vocab_size=97, dropout=0.0)
+    for extra, state, exact in torch.load(tmp_path / "gen.pt"):
+        m = GPT(GPTConfig(**small, **extra))
+        m.load_state_dict(state)
+        prompt = exact[0, :4].tolist()
+        within = list(stream(m, prompt, Sampling(temperature=0.0, top_k=None, max_new_tokens=20)))
+        assert within == exact[0, 4:16].tolist(), extra  # the exact cache: up to the context's end
+        if m.config.pos_emb == "rope":  # the rolling cache agrees within the context too, then goes on
+            rolling = list(stream(m, prompt, Sampling(temperature=0.0, top_k=None, max_new_tokens=20), rolling_cache=True))
+            assert rolling[:12] == within and len(rolling) == 20, extra

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY_MODEL
+from nash import hf
 
 LIMIT = 3 << 30  # address space for each script: torch needs ~1 GiB of it, a 100,000-layer model far more
 TINY_HF = dict(n_layers=2, n_heads=2, d_model=32, d_ff=64, max_seq_len=32, dropout=0.0)
@@ -129,16 +130,15 @@ def test_train_refuses_a_huge_model_to_start_from(where, tiny_run, tiny_data, fo
 
 def test_size_limit_is_the_smaller_of_memory_and_the_address_space_limit(monkeypatch):
     """In process: the limit in force, and NASH_MAX_MODEL_GB to lower it; a model that fits is built."""
-    import model
     from model import GPTConfig
     config = GPTConfig(**TINY_HF)
-    model.check_size(config, None, "x")  # fits anywhere
+    hf.check_size(config, None, "x")  # fits anywhere
     monkeypatch.setenv("NASH_MAX_MODEL_GB", "0.001")
     with pytest.raises(ValueError, match=r"x describes a model of 0.0 GiB, mostly from .*NASH_MAX_MODEL_GB"):
-        model.check_size(GPTConfig(**{**TINY_HF, "n_layers": 100}), None, "x")
+        hf.check_size(GPTConfig(**{**TINY_HF, "n_layers": 100}), None, "x")
     monkeypatch.setenv("NASH_MAX_MODEL_GB", "lots")
     with pytest.raises(ValueError, match="NASH_MAX_MODEL_GB='lots' should be a number of GiB"):
-        model.check_size(config, None, "x")
+        hf.check_size(config, None, "x")
 
 
 # -----------------------------------------------------------------------------
@@ -328,12 +328,11 @@ def test_tok_eval_on_a_corrupt_meta_json(damage, words, tiny_data, tmp_path):
 
 
 def test_a_giant_config_json_is_not_parsed(tmp_path):
-    import model
     path = tmp_path / "config.json"
     with open(path, "wb") as f:  # sparse: 1 GiB on paper, nothing on disk
         f.truncate(1 << 30)
     with pytest.raises(ValueError, match=r"config.json is not readable JSON \(ValueError: it holds 1,073,741,824 bytes"):
-        model.read_json(str(path))
+        hf.read_json(str(path))
 
 
 @pytest.mark.parametrize("layout, change, words", [

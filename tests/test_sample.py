@@ -5,10 +5,9 @@ Most runs are in-process (runpy), so they cost no interpreter or torch start-up.
 import pytest
 import torch
 
-import model as model_module
+import nash.engine as engine_module
 from nash.checkpoint import load_model
 from conftest import run_inline, run_script
-from model import GPT
 from nash.tokenizer import EOT_ID, get_tokenizer
 
 
@@ -71,32 +70,32 @@ def test_temperature_zero_is_greedy_decoding(tiny_run, monkeypatch, capsys):
 
 def test_sampling_flags_reach_the_sampler(tiny_run, monkeypatch, capsys):
     seen, streams = [], []
-    real_sample_next, real_stream = model_module.sample_next, GPT.generate_stream
+    real_sample_next, real_stream = engine_module.sample_next, engine_module.stream
 
     def spy_sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
         seen.append((temperature, top_k, top_p, generator is not None))
         return real_sample_next(logits, temperature, top_k, top_p, generator)
 
-    def spy_stream(self, idx, max_new_tokens, **kwargs):
-        streams.append((idx.tolist(), max_new_tokens, kwargs))
-        return real_stream(self, idx, max_new_tokens, **kwargs)
+    def spy_stream(model, prompt, sampling, stop_ids=(), **kwargs):
+        streams.append((list(prompt), sampling.max_new_tokens, set(stop_ids)))
+        return real_stream(model, prompt, sampling, stop_ids, **kwargs)
 
-    monkeypatch.setattr(model_module, "sample_next", spy_sample_next)
-    monkeypatch.setattr(GPT, "generate_stream", spy_stream)
+    monkeypatch.setattr(engine_module, "sample_next", spy_sample_next)
+    monkeypatch.setattr(engine_module, "stream", spy_stream)
     sample(monkeypatch, f"--out_dir={tiny_run}", "--temperature=0.5", "--top_k=7", "--top_p=0.9", "--num_samples=2",
            "--max_new_tokens=5", "--stop_at_eot=False")
     assert seen == [(0.5, 7, 0.9, True)] * 10  # every token of both samples
     assert len(streams) == 2
-    for idx, n, kwargs in streams:
-        assert idx == [[EOT_ID]] and n == 5  # the default prompt: a new document, as training saw them
-        assert kwargs["use_cache"] is True and kwargs["stop_token"] is None
+    for prompt, n, stop_ids in streams:
+        assert prompt == [EOT_ID] and n == 5  # the default prompt: a new document, as training saw them
+        assert stop_ids == set()
     seen.clear()
     sample(monkeypatch, f"--out_dir={tiny_run}", "--top_k=0", "--top_p=1.0", "--num_samples=1", "--max_new_tokens=3",
            "--stop_at_eot=False")
     assert seen == [(0.8, None, 1.0, True)] * 3  # top_k=0 is off; top_p=1.0 is a no-op in the sampler
-    assert streams[-1][2]["stop_token"] is None
+    assert streams[-1][2] == set()
     sample(monkeypatch, f"--out_dir={tiny_run}", "--num_samples=1", "--max_new_tokens=3")
-    assert streams[-1][2]["stop_token"] == EOT_ID
+    assert streams[-1][2] == {EOT_ID}
 
 
 def test_file_prompt(tiny_run, tmp_path, monkeypatch, capsys):
@@ -117,11 +116,10 @@ def test_streaming_keeps_multibyte_characters_whole(tiny_run, monkeypatch, capsy
     broken = [t for t in ids if not _is_utf8(enc.decode_single_token_bytes(t))]
     assert broken, "the test needs a character split over tokens"
 
-    def fake_stream(self, idx, max_new_tokens, **kwargs):
-        for t in ids + [EOT_ID]:
-            yield torch.tensor([t])
+    def fake_stream(model, prompt, sampling, stop_ids=(), **kwargs):
+        yield from ids  # (the engine leaves the stop token out)
 
-    monkeypatch.setattr(GPT, "generate_stream", fake_stream)
+    monkeypatch.setattr(engine_module, "stream", fake_stream)
     g = sample(monkeypatch, f"--out_dir={tiny_run}", "--start=x", "--num_samples=1")
     assert g["samples"] == [text]
     out = capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""Tests for attention-sink tokens and the rolling KV cache (model.py's RollingKVCache): the rolling cache equals the exact
+"""Tests for attention-sink tokens and the rolling KV cache (nash/kv_cache.py's RollingKVCache): the rolling cache equals the exact
 one within the context, keeps a constant size and cost past it, puts keys at the right positions (checked
 exactly on a one-layer model), refuses learned positions; the sinks train; sample.py --rolling_cache.
 The exact cache against full recompute with sinks is in test_model.py (its CONFIGS include sink models)."""
@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL, TINY_TRAINING, run_inline
-from model import RollingKVCache
+from nash.engine import Sampling, stream
+from nash.kv_cache import RollingKVCache
 from model import GPT, GPTConfig
 
 ROPE = dict(n_layers=2, n_heads=4, d_model=32, d_ff=64, max_seq_len=8, vocab_size=100, dropout=0.0,
@@ -27,17 +28,20 @@ def test_rolling_equals_exact_within_the_context(sinks):
     model = make(attn_sinks=sinks)
     idx = torch.randint(0, 100, (3, 3))
     # 6 new tokens: the last one is sampled from a full window of 8, still nothing evicted
-    exact = model.generate(idx, 6, temperature=0)
-    rolling = model.generate(idx, 6, temperature=0, rolling_cache=True)
-    assert torch.equal(exact, rolling)
+    exact = model.generate(idx, 6, temperature=0)  # model.py's uncached oracle
+    for row in range(3):
+        rolling = list(stream(model, idx[row].tolist(), Sampling(0.0, None, None, 6), rolling_cache=True))
+        assert exact[row, 3:].tolist() == rolling
 
 
 @pytest.mark.parametrize("sinks,keep", [(0, None), (2, None), (1, 3)])
 def test_rolling_cache_past_the_context_constant_size(sinks, keep, key_lengths):
     model = make(attn_sinks=sinks)
     S = model.config.max_seq_len
-    out = model.generate(torch.randint(0, 100, (2, 3)), 3 * S, temperature=0, rolling_cache=True, keep=keep)
-    assert out.shape == (2, 3 + 3 * S)
+    prompt = torch.randint(0, 100, (3,)).tolist()
+    out = torch.tensor([prompt + list(stream(model, prompt, Sampling(0.0, None, None, 3 * S), rolling_cache=True,
+                                             keep=keep))])
+    assert out.shape == (1, 3 + 3 * S)
     per_step = key_lengths[model.config.n_layers:]  # after the prefill: one call per layer per step
     assert len(per_step) == model.config.n_layers * (3 * S - 1)
     assert max(per_step) == S + sinks and per_step[-20:] == [S + sinks] * 20  # full, and it stays that size
@@ -71,7 +75,7 @@ def test_rolling_cache_positions_exact_on_one_layer(sinks, keep):
 def test_rolling_cache_refuses_learned_positions():
     model = make(pos_emb="learned", qk_norm=False)
     with pytest.raises(ValueError, match="rolling KV cache needs pos_emb=rope"):
-        model.generate(torch.zeros(1, 2, dtype=torch.long), 3, rolling_cache=True)
+        list(stream(model, [0, 0], Sampling(0.0, None, None, 3), rolling_cache=True))
     with pytest.raises(ValueError, match="once it fills, feed one position at a time"):
         cache = RollingKVCache.for_config(make().config)
         make().next_logits(torch.zeros(1, 9, dtype=torch.long), cache)

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 import torch
 
 from nash import tasks as downstream
+from nash.engine import Sampling, stream
 
 HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 SAMPLE_PROMPTS = ("\n", "ROMEO:", "Once upon a time")  # the first is "start of a document"
@@ -58,11 +59,9 @@ def samples(model, enc, ctx, device, n_tokens=48):
     out = []
     for i, prompt in enumerate(SAMPLE_PROMPTS):
         ids = [enc.eot_token] if prompt == "\n" else enc.encode_ordinary(prompt)
-        generator = torch.Generator(device=device).manual_seed(1337 + i)  # the same samples every time
-        with ctx:
-            tokens = model.generate(torch.tensor([ids], device=device), n_tokens, temperature=0.8, top_k=200,
-                                    generator=generator, stop_token=enc.eot_token)
-        text = enc.decode([t for t in tokens[0].tolist() if t != enc.eot_token])
+        sampling = Sampling(temperature=0.8, top_k=200, max_new_tokens=n_tokens, seed=1337 + i)  # the same every time
+        tokens = list(stream(model, ids, sampling, stop_ids={enc.eot_token}, ctx=ctx))
+        text = enc.decode([t for t in ids + tokens if t != enc.eot_token])
         out.append(text)
     return out
 
@@ -143,7 +142,8 @@ def git_state():
     return head.stdout.strip(), bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip())
 
 
-def read_json(path):
+def read_json_or_none(path):
+    """A run's or an eval's JSON for the report, or None where it is missing or unreadable (a stage not run)."""
     try:
         with open(path) as f:
             return json.load(f)
@@ -174,7 +174,7 @@ def stage_rows(folder, stages):
     rows = []
     for s in stages:
         run = s.get("run") and os.path.join(folder, s["run"])
-        config = (read_json(os.path.join(run, "config.json")) or {}) if run else {}
+        config = (read_json_or_none(os.path.join(run, "config.json")) or {}) if run else {}
         metrics = read_metrics(run) if run else []
         evals = [r for r in metrics if r.get("event") == "eval"]
         last = metrics[-1] if metrics else {}
@@ -191,7 +191,7 @@ def write_pipeline_report(folder, title="Pipeline report", hourly_cost=None):
     if os.path.isfile(os.path.join(folder, "stages.jsonl")):
         with open(os.path.join(folder, "stages.jsonl")) as f:
             stages = [json.loads(line) for line in f if line.strip()]
-    evals = {key: read_json(os.path.join(folder, "eval", key + ".json")) for _, key in SUMMARY_COLUMNS}
+    evals = {key: read_json_or_none(os.path.join(folder, "eval", key + ".json")) for _, key in SUMMARY_COLUMNS}
     commit, dirty = git_state()
     total = sum(s["seconds"] for s in stages)
     lines = [f"# {title}", "", f"Written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.", "",
@@ -217,7 +217,7 @@ def write_pipeline_report(folder, title="Pipeline report", hourly_cost=None):
     lines += ["## Settings that matter", "", "| stage | " + " | ".join(KEY_SETTINGS) + " |",
               "|---" * (len(KEY_SETTINGS) + 1) + "|"]
     for s in stages:
-        config = (read_json(os.path.join(folder, s["run"], "config.json")) or {}) if s.get("run") else {}
+        config = (read_json_or_none(os.path.join(folder, s["run"], "config.json")) or {}) if s.get("run") else {}
         if config:
             lines.append(f"| {s['stage']} | " + " | ".join(fmt(config.get(k)) for k in KEY_SETTINGS) + " |")
     lines.append("")
