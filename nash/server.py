@@ -250,6 +250,22 @@ class Job:
         self.loop.call_soon_threadsafe(self.out.put_nowait, (kind, value))
 
 
+class JobStream(StreamingResponse):
+    """A streamed reply whose job is cancelled however the response ends: Starlette cancels the stream when its
+    client hangs up (events() then cancels in its finally), but a client gone before the first chunk was read
+    would leave events() never started."""
+
+    def __init__(self, job, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.job = job
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.job.cancel.set()
+
+
 class Worker:
     """The one thread that runs the engine, a job at a time, in the order they were submitted. It also counts the
     requests let in (admit/release), so that a full queue is refused at the door (503) instead of growing."""
@@ -612,8 +628,9 @@ def create_app(engine, name="nash", defaults=None, host=None, port=None, api_key
                 job.cancel.set()
 
         if stream:
-            return StreamingResponse(events(), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return JobStream(job, events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
         async def watch():  # the body is read: the next message is the client hanging up (or never)
             while (await request.receive())["type"] != "http.disconnect":
                 pass
