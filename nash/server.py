@@ -575,22 +575,23 @@ def create_app(engine, name="nash", defaults=None, host=None, port=None, api_key
 
     @app.post("/v1/chat/completions")
     async def completions(request: Request):
+        try:
+            raw = await asyncio.wait_for(read_body(request, max_body_bytes), limits.body_timeout)
+        except TooLarge:
+            return too_large(max_body_bytes)
+        except asyncio.TimeoutError:
+            return error_response(f"the request body took longer than {limits.body_timeout:g} s to arrive", 408,
+                                  code="request_timeout", headers={"Connection": "close"})
+        # counted once its body is here (a slow body holds its own connection, not a place in the queue)
         if not worker.admit():  # as vLLM: a full server says so at once, and when to try again
             return error_response(f"the server is busy: {limits.max_queue} requests are already waiting for the "
                                   "model; try again later", 503, code="server_busy", kind="server_error",
                                   headers={"Retry-After": str(worker.retry_after())})
-        try:
-            raw = await asyncio.wait_for(read_body(request, max_body_bytes), limits.body_timeout)
-            # off the event loop: the other requests (and /health) go on meanwhile
+        try:  # off the event loop: the other requests (and /health) go on meanwhile
             prompt, sampling, stop, stream, include_usage = await run_in_threadpool(parse_body, raw, engine, defaults,
                                                                                     limits)
         except BaseException as e:  # (the worker releases a request it was given; one refused here is released now)
             worker.release()
-            if isinstance(e, TooLarge):
-                return too_large(max_body_bytes)
-            if isinstance(e, asyncio.TimeoutError):
-                return error_response(f"the request body took longer than {limits.body_timeout:g} s to arrive",
-                                      408, code="request_timeout", headers={"Connection": "close"})
             if isinstance(e, BadRequest):
                 return error_response(str(e), e.status, e.param, e.code)
             raise

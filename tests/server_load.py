@@ -48,12 +48,12 @@ def never_stopping_checkpoint(path):
 
 
 @contextlib.contextmanager
-def serving(args):
+def serving(args, root=ROOT):
     with socket.socket() as s:
         s.bind((HOST, 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "chat.py", "--serve", f"--host={HOST}", f"--port={port}", *args],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://{HOST}:{port}"
     try:
         for _ in range(600):
@@ -68,38 +68,41 @@ def serving(args):
         proc.wait(timeout=60)
 
 
+PROBE = """
+import sys, time, httpx
+with httpx.Client(timeout=10) as client:
+    while True:
+        t = time.monotonic()
+        try:
+            ok = client.get(sys.argv[1] + "/health").status_code == 200
+        except httpx.HTTPError:
+            ok = False
+        print(time.monotonic() - t if ok else -1, flush=True)
+        time.sleep(0.1)
+"""
+
+
 class HealthProbe:
-    """Asks /health every 0.1 s in a thread; the latencies (a failure counts as 10 s)."""
+    """Asks /health every 0.1 s from a process of its own (not among this one's client threads, which would delay
+    it for their own reasons); the latencies (a failure: None)."""
 
     def __init__(self, url):
-        self.url, self.times, self.failed, self.stop = url, [], 0, threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self):
-        with httpx.Client(timeout=10) as client:
-            while not self.stop.is_set():
-                t = time.monotonic()
-                try:
-                    ok = client.get(self.url + "/health").status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                self.times.append(time.monotonic() - t if ok else 10.0)
-                self.failed += not ok
-                time.sleep(0.1)
+        self.url = url
 
     def __enter__(self):
-        self.thread.start()
+        self.proc = subprocess.Popen([sys.executable, "-c", PROBE, self.url], stdout=subprocess.PIPE, text=True)
         return self
 
     def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join()
+        self.proc.terminate()
+        self.times = [float(line) for line in self.proc.communicate()[0].split()]
+        self.failed = sum(t < 0 for t in self.times)
 
     def summary(self):
-        ts = sorted(self.times)
+        ts = sorted(t for t in self.times if t >= 0)
         p99 = ts[min(len(ts) - 1, int(0.99 * len(ts)))]
-        return (f"/health: {len(ts)} asked, median {statistics.median(ts) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
-                f"max {ts[-1] * 1000:.0f} ms, failed {self.failed}")
+        return (f"/health: {len(self.times)} asked, median {statistics.median(ts) * 1000:.0f} ms, p99 "
+                f"{p99 * 1000:.0f} ms, max {ts[-1] * 1000:.0f} ms, failed {self.failed}")
 
 
 def health(url):
@@ -109,7 +112,7 @@ def health(url):
 def idle(url, seconds=120):
     for _ in range(int(seconds / 0.1)):
         h = health(url)
-        if not h["busy"] and not h["admitted"]:
+        if not h["busy"] and not h.get("admitted"):
             return h
         time.sleep(0.1)
     raise SystemExit("the server stayed busy")
@@ -120,7 +123,7 @@ ASK = {"messages": [{"role": "user", "content": "talk"}]}
 
 def disconnects(url, count=10):
     """Clients that hang up after 0.5 s of a reply of up to 1000 tokens, half streamed; tokens generated after."""
-    after = []
+    after, before_all, start = [], [], health(url)["tokens_generated"]
     for i in range(count):
         stream = i % 2 == 1
         with httpx.Client(timeout=0.5 if not stream else 30) as client:
@@ -132,18 +135,19 @@ def disconnects(url, count=10):
                         if time.monotonic() > end:
                             break
                     before = [health(url)["tokens_generated"]]  # (read before hanging up: an upper bound)
-            else:  # the client gives up after 0.5 s (httpx's timeout), /health read just before
-                before = []
-                timer = threading.Timer(0.4, lambda: before.append(health(url)["tokens_generated"]))
-                timer.start()
-                try:
-                    client.post(url + "/v1/chat/completions", json={**ASK, "max_tokens": 1000})
-                except httpx.ReadTimeout:
-                    pass
-                timer.join()
+            else:  # a raw socket: the request sent, 0.5 s, /health read, then the client hangs up
+                port, data = int(url.rsplit(":", 1)[1]), json.dumps({**ASK, "max_tokens": 1000}).encode()
+                with socket.create_connection((HOST, port)) as sock:
+                    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: "
+                                 b"application/json\r\nContent-Length: %d\r\n\r\n%s"
+                                 % (HOST.encode(), port, len(data), data))
+                    time.sleep(0.5)
+                    before = [health(url)["tokens_generated"]]
         h = idle(url)
         after.append(h["tokens_generated"] - before[0])
-    return after
+        before_all.append(before[0] - start)
+        start = h["tokens_generated"]
+    return after, before_all
 
 
 def concurrent_streams(url, clients=100, max_tokens=50):
@@ -227,6 +231,7 @@ def slow_clients(url, half_open=300, slowloris=20, bodies=20, seconds=35):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--init_from", default="", help="a chat run or checkpoint; default: a random model")
+    parser.add_argument("--root", default=ROOT, help="the checkout whose chat.py to serve (an older one: a baseline)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.init_from
@@ -234,11 +239,11 @@ def main():
             ckpt = os.path.join(tmp, "never_stops.pt")
             never_stopping_checkpoint(ckpt)
         model = [f"--init_from={ckpt}", "--temperature=0"]
-        with serving(model) as url:
+        with serving(model, args.root) as url:
             with HealthProbe(url) as probe:
-                after = disconnects(url)
-            print(f"disconnects: {len(after)} clients hung up mid-reply (streamed and not); tokens generated after "
-                  f"(an upper bound: read before hanging up): {after}; {probe.summary()}", flush=True)
+                after, before = disconnects(url)
+            print(f"disconnects: {len(after)} clients hung up mid-reply (streamed and not); tokens generated before "
+                  f"{before}, after (an upper bound: read before hanging up) {after}; {probe.summary()}", flush=True)
             with HealthProbe(url) as probe:
                 counts, retry, took = concurrent_streams(url)
             print(f"100 concurrent streams, --max_queue default: {counts}, Retry-After {retry}, {took:.1f} s; "
@@ -249,7 +254,10 @@ def main():
             print(f"slow clients (the defaults: --header_timeout=10, --body_timeout=30): {closed}; {probe.summary()}",
                   flush=True)
             print(f"server counters: {json.dumps(idle(url))}", flush=True)
-        with serving([*model, "--max_queue=128"]) as url:
+        with open(os.path.join(args.root, "chat.py")) as f:
+            if "max_queue" not in f.read():
+                return  # (a baseline from before --max_queue)
+        with serving([*model, "--max_queue=128"], args.root) as url:
             with HealthProbe(url) as probe:
                 counts, retry, took = concurrent_streams(url)
             print(f"100 concurrent streams, --max_queue=128: {counts}, {took:.1f} s; {probe.summary()}", flush=True)

@@ -723,7 +723,7 @@ def test_slow_and_half_open_connections_are_timed_out_and_health_stays_fast():
     byte at a time, and one whose body never ends: /health answers within 1 s meanwhile, the headers get a 408 and
     the connection closed after header_timeout, the body a 408 after body_timeout."""
     app = server.create_app(ChatEngine(chat_model(), contextlib.nullcontext()), "tiny", Sampling(temperature=0.0),
-                            limits=server.Limits(body_timeout=1.0))
+                            limits=server.Limits(body_timeout=1.0, max_queue=0))
     with live(app, header_timeout=1.0) as url:
         host, port = url.removeprefix("http://").split(":")
         head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
@@ -735,6 +735,8 @@ def test_slow_and_half_open_connections_are_timed_out_and_health_stays_fast():
         drip = socket.create_connection((host, int(port)), timeout=30)
         body = socket.create_connection((host, int(port)), timeout=30)
         body.sendall((head + "Content-Length: 1000\r\n\r\n").encode() + b'{"messages": [')
+        # a body on its way takes no place in the queue (here of 0: only the request being answered)
+        assert httpx.post(url + "/v1/chat/completions", json={**HI, "max_tokens": 2}, timeout=30).status_code == 200
         started = time.monotonic()
         dripped = 0
         for i, c in enumerate(head.encode()):  # a slowloris: a byte every 0.2 s, /health asked between
