@@ -696,6 +696,20 @@ def head_timeout_protocol(seconds):
     return HeadTimeout
 
 
+def raise_file_limit():
+    """Each connection is a file descriptor: with the usual soft limit of 1,024, a thousand half-open connections
+    left no descriptor for /health until the header deadline freed them (measured in docs/server.md). The soft limit
+    goes up to the hard one, as Go's runtime does for every server it starts."""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else max(soft, 65536),
+                                                        hard))
+    except (ImportError, ValueError, OSError):  # (not on Windows; a limit the system will not raise stays)
+        pass
+
+
 def serve(engine, name="nash", host="127.0.0.1", port=8000, defaults=None, api_key=None, limits=None):
     import uvicorn
     limits = limits or Limits()
@@ -712,5 +726,6 @@ def serve(engine, name="nash", host="127.0.0.1", port=8000, defaults=None, api_k
     # no limit_concurrency: uvicorn counts every open connection, half-open ones too, and would answer /health with
     # 503 while a slow client holds them; max_queue bounds the work instead, the head deadline the sockets.
     # timeout_graceful_shutdown: Ctrl-C does not wait for ever on streams that a client keeps open.
+    raise_file_limit()
     uvicorn.run(app, host=host, port=port, log_level="warning", http=head_timeout_protocol(limits.header_timeout),
                 timeout_graceful_shutdown=5)
