@@ -16,7 +16,7 @@ takes jobs from a FIFO queue, in arrival order; nothing else touches the cache, 
 each other. Prompts that extend the previous conversation reuse its cache (engine.py). A client that goes
 away (a closed tab, the stop button, a dropped connection) sets its job's cancel flag and the worker stops
 generating at the next token. With --rolling_cache, conversations and replies may run past the model's
-context (max_tokens up to MAX_ROLLING_TOKENS), at a constant cost per token (engine.py). Bad requests get
+context (max_tokens up to --max_reply_tokens, 4096 by default), at a constant cost per token (engine.py). Bad requests get
 a 4xx with OpenAI's error object {"error": {"message", "type", "param", "code"}}; an exception inside a job
 fails that request only.
 
@@ -26,7 +26,12 @@ and the conversation tokenised in a thread pool, never on the event loop, so /he
 requests stay responsive; POSTs must be JSON (415: the "simple" text/plain or form POST that a foreign page may
 send without asking the browser first is not); on a loopback address the Host header must name it and an Origin
 must be the page's own (403: DNS rebinding); with an API key every /v1 request needs `Authorization: Bearer KEY`
-(401). Stop strings are limited in number and length and matched in linear time (StopStrings).
+(401). Stop strings are limited in number and length; the engine's decode loop finds them (engine.stop_cut).
+
+Shedding load (issue 35; measured in docs/server.md): a client that hangs up, streamed or not, stops its reply at the
+next decode step; at most max_queue requests wait behind the one being answered (more: 503 with Retry-After, as
+vLLM); a connection has header_timeout seconds to send a request's headers (head_timeout_protocol) and a body
+body_timeout seconds (408); max_tokens is capped by max_reply_tokens; every number is range-checked (400, never 500).
 
 Calculator calls (issue 26): the engine runs them itself, mid-reply, so they are not OpenAI's client-side tool calls
 (no finish_reason "tool_calls" for the client to answer). A reply streams them in its content, spelled with the tool
@@ -213,7 +218,8 @@ def parse_body(raw, engine, defaults, limits=None):
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise BadRequest(f"the request body is not valid JSON: it is not UTF-8 ({e}); send it encoded as UTF-8") from None
+        raise BadRequest(f"the request body is not valid JSON: it is not UTF-8 ({e}); send it encoded as UTF-8") \
+            from None
     return parse_request(load_json(text, "the request body"), engine, defaults, limits)
 
 
