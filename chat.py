@@ -46,6 +46,10 @@ host = "127.0.0.1"  # --serve: the address to listen on (0.0.0.0 = every interfa
 port = 8000  # --serve: the port
 api_key = ""  # --serve: clients must send Authorization: Bearer KEY on /v1; "" = $NASH_API_KEY (kept out of ps), or none
 max_body_bytes = 1 << 20  # --serve: the largest request body; larger ones get 413 before they are read
+max_queue = 16  # --serve: requests that may wait behind the one being answered; more get 503 with Retry-After
+max_reply_tokens = 0  # --serve: the largest max_tokens a request may ask; 0 = the context (rolling_cache: 4096)
+header_timeout = 10.0  # --serve: seconds a connection may take to send a request's headers, then it is closed
+body_timeout = 30.0  # --serve: seconds a request's body may take to arrive, then 408
 settings = configure(globals())
 # -----------------------------------------------------------------------------
 
@@ -56,6 +60,13 @@ if not 0 < port < 65536:
     fail(f"port={port} is not a TCP port (1 to 65535)")
 if max_body_bytes < 1:
     fail(f"max_body_bytes={max_body_bytes} must be at least 1 (bytes; the default, 1048576, is 1 MiB)")
+if max_queue < 0:
+    fail(f"max_queue={max_queue} cannot be negative; 0 lets in only the request being answered")
+if max_reply_tokens < 0:
+    fail(f"max_reply_tokens={max_reply_tokens} cannot be negative; 0 = the model's context (4096 with rolling_cache)")
+for name in ("header_timeout", "body_timeout"):
+    if not 0 < globals()[name] <= 3600:
+        fail(f"{name}={globals()[name]} must be a number of seconds from above 0 to 3600")
 api_key = api_key or os.environ.get("NASH_API_KEY", "")
 
 import torch  # noqa: E402  (after the checks: --help and bad flags answer at once)
@@ -84,8 +95,8 @@ print(f"chatting with {where} ({info}, context {engine.max_seq_len} tokens{windo
 if serve:
     from nash import server
     name = os.path.basename(os.path.dirname(os.path.abspath(where)))  # the run folder's name is the model's id
-    server.serve(engine, name=name, host=host, port=port, defaults=sampling, api_key=api_key or None,
-                 max_body_bytes=max_body_bytes)
+    limits = server.Limits(max_body_bytes, max_queue, max_reply_tokens or None, header_timeout, body_timeout)
+    server.serve(engine, name=name, host=host, port=port, defaults=sampling, api_key=api_key or None, limits=limits)
     sys.exit(0)
 
 conversation = Conversation(engine, system, shown_tokens(engine.ids) if engine.tools else None)

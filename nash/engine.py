@@ -307,9 +307,15 @@ def sample_batch(model, prompts, num_samples, sampling, stop_ids, ctx=None, stop
     for c in (c for row in results for c in row):
         if c.text is not None:
             c.text = Decoder.text(enc, c.tokens)
-            cut = StopStrings(list(stop_strings)).feed(c.text) if stop_strings else None
-            c.text = c.text[:cut]
+            c.text = c.text[:stop_cut(c.text, stop_strings)]
     return results
+
+
+def stop_cut(text, stop_strings):
+    """Where a reply that decode ended at a stop string ends: before the first one in it (len(text): none is).
+    StopStrings finds, a piece at a time, the token that completes one; the whole of that token's text is then cut
+    here, before whichever stop string starts first (one token may complete two)."""
+    return min([text.index(s) for s in stop_strings if s in text], default=len(text))
 
 
 class ChatEngine:
@@ -363,9 +369,10 @@ class ChatEngine:
             raise
         return logits
 
-    def generate(self, prompt, sampling, should_stop=None):
+    def generate(self, prompt, sampling, should_stop=None, stop_strings=()):
         """Yield the reply's token ids one by one (the stop token is not yielded). prompt: token ids. Stops at a
-        special token, after sampling.max_new_tokens, at the end of the context (not with the rolling cache), or
+        special token, after sampling.max_new_tokens, at the end of the context (not with the rolling cache), after
+        the token that completes one of stop_strings (stop_cut says where the text ends), or
         when should_stop() is true (asked between prefill chunks and before each token; finish_reason "stopped").
         After it, the cache holds the prompt and the reply (or the part of them fed before stopping)."""
         if not prompt or (len(prompt) >= self.max_seq_len and not self.rolling):
@@ -390,11 +397,12 @@ class ChatEngine:
             self.finish_reason = "stopped"
             return
         budget = sampling.max_new_tokens if self.rolling else min(sampling.max_new_tokens, self.max_seq_len - len(prompt))
-        reply = Completion()
+        reply = Completion(text="" if stop_strings else None)
         self.finish_reason = None  # should_stop: the reply ends where it is
         try:
             for _, token in decode(self.model, self.cache, logits, [reply], [budget], sampling, self.stop_ids,
-                                   row_generators(sampling.seed, 1, 1, self.device), should_stop=should_stop,
+                                   row_generators(sampling.seed, 1, 1, self.device), stop_strings, self.enc,
+                                   should_stop=should_stop,
                                    ctx=self.ctx, tools=[ToolState(self.enc, self.ids)] if self.tools else None):
                 yield token
         except GeneratorExit:  # the consumer stopped reading (at a yield: the cache is consistent)
@@ -544,4 +552,4 @@ class Conversation:
 
 
 __all__ = ["ChatEngine", "Completion", "Conversation", "Decoder", "Sampling", "StopStrings", "CHAT_TOKENS",
-           "sample_batch", "sample_next", "stream"]
+           "sample_batch", "sample_next", "stop_cut", "stream"]

@@ -16,7 +16,7 @@ takes jobs from a FIFO queue, in arrival order; nothing else touches the cache, 
 each other. Prompts that extend the previous conversation reuse its cache (engine.py). A client that goes
 away (a closed tab, the stop button, a dropped connection) sets its job's cancel flag and the worker stops
 generating at the next token. With --rolling_cache, conversations and replies may run past the model's
-context (max_tokens up to MAX_ROLLING_TOKENS), at a constant cost per token (engine.py). Bad requests get
+context (max_tokens up to --max_reply_tokens, 4096 by default), at a constant cost per token (engine.py). Bad requests get
 a 4xx with OpenAI's error object {"error": {"message", "type", "param", "code"}}; an exception inside a job
 fails that request only.
 
@@ -26,7 +26,12 @@ and the conversation tokenised in a thread pool, never on the event loop, so /he
 requests stay responsive; POSTs must be JSON (415: the "simple" text/plain or form POST that a foreign page may
 send without asking the browser first is not); on a loopback address the Host header must name it and an Origin
 must be the page's own (403: DNS rebinding); with an API key every /v1 request needs `Authorization: Bearer KEY`
-(401). Stop strings are limited in number and length and matched in linear time (StopStrings).
+(401). Stop strings are limited in number and length; the engine's decode loop finds them (engine.stop_cut).
+
+Shedding load (issue 35; measured in docs/server.md): a client that hangs up, streamed or not, stops its reply at the
+next decode step; at most max_queue requests wait behind the one being answered (more: 503 with Retry-After, as
+vLLM); a connection has header_timeout seconds to send a request's headers (head_timeout_protocol) and a body
+body_timeout seconds (408); max_tokens is capped by max_reply_tokens; every number is range-checked (400, never 500).
 
 Calculator calls (issue 26): the engine runs them itself, mid-reply, so they are not OpenAI's client-side tool calls
 (no finish_reason "tool_calls" for the client to answer). A reply streams them in its content, spelled with the tool
@@ -48,17 +53,19 @@ import re
 import threading
 import time
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 
-from nash.engine import Decoder, Sampling
+from nash.engine import Decoder, Sampling, StopStrings, stop_cut
 from nash.tokenizer import check_parts
 
-MAX_ROLLING_TOKENS = 65536  # the longest reply with the rolling cache: one request cannot hold the worker for ever
+# The longest reply one request may ask for with the rolling cache, by default: a reply past the context costs the
+# same per token for ever, so this bounds how long one request holds the (single) worker. --max_reply_tokens sets it.
+ROLLING_REPLY_TOKENS = 4096
 # The largest request body by default: 1 MiB is ~250k tokens of English, hundreds of times the context of the models
 # served here and more than a long rolling-cache conversation; it bounds what one request may make the server hold
 # (a 100 MB body cost 1.7 GB of RSS). --max_body_bytes raises it.
@@ -67,11 +74,30 @@ MAX_STOP_STRINGS = 4  # as the OpenAI API
 # Up to len(stop) - 1 characters of a reply are held back while they may be the start of a stop string, so a
 # stream can lag that much: stop strings are markers ("\nUser:"), a few characters, not passages.
 MAX_STOP_CHARS = 256
+# Below these, sampling is greedy in all but name, and float32 cannot do the arithmetic: logits / 1e-300 overflow to
+# inf, and a top_p of 1e-320 rounds to 0 (both made the sampler's softmax NaN: a 500)
+MIN_TEMPERATURE, MIN_TOP_P = 0.01, 1e-6
+MAX_SEED = 2**63 - 1  # seeds are non-negative (numpy's SeedSequence); 64 bits are plenty
 
 
-def reply_limit(engine):
-    """The most tokens one reply may ask for: the context, or past it with the rolling cache."""
-    return MAX_ROLLING_TOKENS if engine.rolling else engine.max_seq_len
+@dataclass
+class Limits:
+    """How much one client may ask of the server (chat.py's --serve settings of the same names)."""
+    max_body_bytes: int = MAX_BODY_BYTES  # a larger body: 413 before it is read
+    max_queue: int = 16  # requests that may wait behind the one being answered; more: 503 with Retry-After
+    max_reply_tokens: int | None = None  # the largest max_tokens; None: the context (rolling: ROLLING_REPLY_TOKENS)
+    header_timeout: float = 10.0  # seconds a connection may take to send a request's headers (then it is closed)
+    body_timeout: float = 30.0  # seconds a request's body may take to arrive once its headers did (then 408)
+
+
+def reply_limit(engine, limits=None):
+    """The most tokens one reply may ask for: the context (or ROLLING_REPLY_TOKENS past it with the rolling cache),
+    or less where the server's max_reply_tokens says so."""
+    limit = ROLLING_REPLY_TOKENS if engine.rolling else engine.max_seq_len
+    cap = limits.max_reply_tokens if limits is not None else None
+    return limit if cap is None else (cap if engine.rolling else min(cap, limit))
+
+
 UI_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ui.html")
 
 
@@ -175,58 +201,26 @@ def refuse_constant(name):
     raise ValueError(f"{name} is not a JSON number")
 
 
-def parse_body(raw, engine, defaults):
-    """parse_request on the raw body: JSON first. In a worker thread: tokenising a long conversation takes a while."""
+def load_json(text, what):
+    """json.loads, or a BadRequest that names what was being read: NaN and Infinity are Python's, not JSON's, and
+    nesting deeper than Python's recursion limit (100,000 brackets) is refused, not a RecursionError (a 500)."""
     try:
-        body = json.loads(raw, parse_constant=refuse_constant)  # NaN and Infinity are Python's, not JSON's
+        return json.loads(text, parse_constant=refuse_constant)
     except RecursionError:
-        raise BadRequest("the request body is nested too deeply to be a chat request") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequest(f"the request body is not valid JSON ({e})") from None
-    return parse_request(body, engine, defaults)
+        raise BadRequest(f"{what} is nested too deeply to be a chat request") from None
+    except ValueError as e:
+        raise BadRequest(f"{what} is not valid JSON ({e})") from None
 
 
-class StopStrings:
-    """Finds the first stop string to appear in a reply fed piece by piece, in time linear in the reply and the stop
-    strings (Knuth-Morris-Pratt): for each stop string, the length of its longest prefix that the reply ends with,
-    updated a character at a time. That length is also how much of the reply's end to hold back from the stream."""
-
-    def __init__(self, stops):
-        self.stops, self.seen = stops, 0
-        self.matched = [0] * len(stops)
-        self.fallback = [self.failure(s) for s in stops]
-
-    @staticmethod
-    def failure(s):
-        """fallback[i]: the length of the longest proper prefix of s[:i + 1] that is also a suffix of it."""
-        fallback, k = [0] * len(s), 0
-        for i in range(1, len(s)):
-            while k and s[i] != s[k]:
-                k = fallback[k - 1]
-            if s[i] == s[k]:
-                k += 1
-            fallback[i] = k
-        return fallback
-
-    def feed(self, piece):
-        """Where the reply ends if piece completes a stop string: before the first one to complete (the longest of
-        those completing at the same character); else None."""
-        for i, c in enumerate(piece):
-            for j, s in enumerate(self.stops):
-                k = self.matched[j]
-                while k and c != s[k]:
-                    k = self.fallback[j][k - 1]
-                self.matched[j] = k + 1 if c == s[k] else 0
-            done = [len(s) for s, k in zip(self.stops, self.matched) if k == len(s)]
-            if done:
-                return self.seen + i + 1 - max(done)
-        self.seen += len(piece)
-        return None
-
-    @property
-    def held(self):
-        """How many characters at the reply's end may be the start of a stop string."""
-        return max(self.matched, default=0)
+def parse_body(raw, engine, defaults, limits=None):
+    """parse_request on the raw body: UTF-8 (as JSON must be: json.loads would guess UTF-16 from the bytes), then
+    JSON. In a worker thread: tokenising a long conversation takes a while."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRequest(f"the request body is not valid JSON: it is not UTF-8 ({e}); send it encoded as UTF-8") \
+            from None
+    return parse_request(load_json(text, "the request body"), engine, defaults, limits)
 
 
 class Job:
@@ -241,18 +235,57 @@ class Job:
         self.loop.call_soon_threadsafe(self.out.put_nowait, (kind, value))
 
 
-class Worker:
-    """The one thread that runs the engine, a job at a time, in the order they were submitted."""
+class JobStream(StreamingResponse):
+    """A streamed reply whose job is cancelled however the response ends: Starlette cancels the stream when its
+    client hangs up (events() then cancels in its finally), but a client gone before the first chunk was read
+    would leave events() never started."""
 
-    def __init__(self, engine):
-        self.engine, self.jobs = engine, queue.Queue()
+    def __init__(self, job, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.job = job
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.job.cancel.set()
+
+
+class Worker:
+    """The one thread that runs the engine, a job at a time, in the order they were submitted. It also counts the
+    requests let in (admit/release), so that a full queue is refused at the door (503) instead of growing."""
+
+    def __init__(self, engine, max_queue=Limits.max_queue):
+        self.engine, self.jobs, self.max_queue = engine, queue.Queue(), max_queue
         self.busy, self.served, self.cancelled, self.tokens_generated = False, 0, 0, 0
+        self.admitted, self.refused, self.lock = 0, 0, threading.Lock()
+        self.seconds_per_job = 1.0  # a running mean of how long a job takes (Retry-After)
         threading.Thread(target=self.run, daemon=True, name="chat-engine").start()
+
+    def admit(self):
+        """Let one more request in (True), unless max_queue already wait behind the one being answered."""
+        with self.lock:
+            if self.admitted > self.max_queue:
+                self.refused += 1
+                return False
+            self.admitted += 1
+            return True
+
+    def release(self):
+        with self.lock:
+            self.admitted -= 1
+
+    def retry_after(self):
+        """Seconds until a place is likely free: the jobs ahead times a job's mean time, 1 to 60 (Retry-After)."""
+        return max(1, min(60, math.ceil(self.seconds_per_job * max(1, self.admitted - self.max_queue))))
+
+    def submit(self, job):
+        self.jobs.put(job)  # FIFO: served after every job submitted before it; release() when it is done
 
     def run(self):
         while True:
             job = self.jobs.get()
-            self.busy = True
+            self.busy, start = True, time.monotonic()
             try:
                 self.serve(job)
             except Exception as e:  # a bug or a bad state: fail this request, keep serving
@@ -261,36 +294,35 @@ class Worker:
             finally:
                 self.busy = False
                 self.served += 1
+                self.seconds_per_job = 0.8 * self.seconds_per_job + 0.2 * (time.monotonic() - start)
+                self.release()
 
     def serve(self, job):
         if job.cancel.is_set():  # the client left while waiting in the queue
             self.cancelled += 1
             return job.put("done", ("cancelled", 0))
-        decoder, text, sent, n, finish = Decoder(self.engine.enc), "", 0, 0, None
-        stops = StopStrings(job.stop)
-        for token in self.engine.generate(job.prompt, job.sampling, should_stop=job.cancel.is_set):
+        decoder, text, sent, n, cut = Decoder(self.engine.enc), "", 0, 0, None
+        stops = StopStrings(list(job.stop))  # the engine's matcher: which piece ends the reply, and what to hold back
+        # the engine ends the reply at a stop string (or a stop token, the length, a cancel); the text is cut here
+        for token in self.engine.generate(job.prompt, job.sampling, should_stop=job.cancel.is_set,
+                                          stop_strings=job.stop):
             n += 1
             self.tokens_generated += 1
             piece = decoder(token)
             text += piece
-            cut = stops.feed(piece)
-            if cut is not None:  # a stop string: the reply ends before it, and none of it is sent
-                text, finish = text[:cut], "stop"
+            if stops.feed(piece) is not None:  # this piece completes a stop string: cut before the first to start
+                cut = stop_cut(text, job.stop)
                 break
-            # hold back an end that may be the start of a stop string, send the rest
-            if len(text) - stops.held > sent:
-                job.put("text", text[sent:len(text) - stops.held])
-                sent = len(text) - stops.held
-        if finish is None:
-            piece = decoder.flush()  # a character whose bytes the reply cut short, as U+FFFD
-            cut = stops.feed(piece)
-            text += piece
-            if cut is not None:
-                text, finish = text[:cut], "stop"
-            else:
-                finish = "cancelled" if job.cancel.is_set() else self.engine.finish_reason
-        if len(text) > sent:
-            job.put("text", text[sent:])
+            ready = len(text) - stops.held  # an end that may start a stop string waits
+            if ready > sent:
+                job.put("text", text[sent:ready])
+                sent = ready
+        if cut is None:
+            text += decoder.flush()  # a character whose bytes the reply cut short, as U+FFFD
+            cut = stop_cut(text, job.stop)
+        finish = "stop" if cut < len(text) else "cancelled" if job.cancel.is_set() else self.engine.finish_reason
+        if cut > sent:
+            job.put("text", text[sent:cut])
         if job.cancel.is_set():
             self.cancelled += 1
         job.put("done", (finish, n))
@@ -343,6 +375,8 @@ def calculator_calls(m, i):
                              f"\"calculator\", \"arguments\"}}}}: this model's one tool is its calculator", f"{where}[{j}]")
         try:
             expression = json.loads(function.get("arguments"))["expression"]
+        except RecursionError:  # (100,000 brackets: a 500 before)
+            raise BadRequest(f"{where}[{j}].function.arguments is nested too deeply", f"{where}[{j}]") from None
         except (TypeError, ValueError, KeyError):
             expression = None
         if not isinstance(expression, str):
@@ -418,7 +452,7 @@ def conversation(messages, tools):
     return clean
 
 
-def parse_request(body, engine, defaults):
+def parse_request(body, engine, defaults, limits=None):
     """(prompt ids, Sampling, stop strings, stream, include_usage) from an OpenAI chat completions body."""
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
@@ -429,36 +463,35 @@ def parse_request(body, engine, defaults):
     if not any(m["content"].strip() for m in clean if m["role"] == "user"):
         raise BadRequest("the messages hold no user message with text", "messages")
 
-    def number(name, low, high, default, kind=float):
+    def number(name, low, high, default, kind=float, hint=""):
+        """body[name] checked against [low, high] before anything uses it (an int of 400 digits is no float)."""
         value = body.get(name)
         if value is None:
             return default
-        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-                or (kind is int and value != int(value))):  # (1e999 parses as infinity)
-            raise BadRequest(f"'{name}' is {shown(value)}; it must be {'an integer' if kind is int else 'a number'}",
-                             name)
-        if not low <= value <= high:
-            raise BadRequest(f"'{name}' is {value}; it must be between {low} and {high}", name)
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high
+                or (isinstance(value, float) and not math.isfinite(value))  # (1e999 parses as infinity)
+                or (kind is int and value != int(value))):
+            raise BadRequest(f"'{name}' is {shown(value)}; it must be {'an integer' if kind is int else 'a number'}"
+                             f" from {low} to {high}{hint}", name)
         return kind(value)
 
     ctx = engine.max_seq_len
-    limit = reply_limit(engine)
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    limit = reply_limit(engine, limits)
     param = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
-                                   or not 1 <= max_tokens <= limit):
-        raise BadRequest(f"'{param}' is {shown(max_tokens)}; it must be an integer from 1 to {limit}"
-                         f"{'' if engine.rolling else ' (the context)'}", param)
-    if body.get("n") not in (None, 1):
-        raise BadRequest("only n=1 is supported: one reply per request", "n")
-    top_k = number("top_k", 0, 1_000_000, defaults.top_k or 0, int)  # not OpenAI's; pass it with extra_body
-    top_p = number("top_p", 0.0, 1.0, defaults.top_p or 1.0)
-    if top_p == 0:
-        raise BadRequest("'top_p' must be above 0", "top_p")
-    sampling = replace(defaults, temperature=number("temperature", 0.0, 2.0, defaults.temperature),
-                       top_k=top_k or None, top_p=top_p if top_p < 1 else None,
-                       max_new_tokens=max_tokens or defaults.max_new_tokens,
-                       seed=number("seed", -2**63, 2**63 - 1, None, int))
+    where = "this server's limit (--max_reply_tokens)" if limit < (ROLLING_REPLY_TOKENS if engine.rolling else ctx) \
+        else "the rolling cache's limit (--max_reply_tokens)" if engine.rolling else "the context"
+    max_tokens = number(param, 1, limit, None, int, f" ({where})")
+    if body.get("n") is not None and (type(body["n"]) is not int or body["n"] != 1):  # (True == 1 in Python)
+        raise BadRequest(f"'n' is {shown(body['n'])}; only n=1 is supported: one reply per request", "n")
+    top_k = number("top_k", 0, 1_000_000, defaults.top_k or 0, int, "; 0 turns it off")  # not OpenAI's: extra_body
+    top_p = number("top_p", MIN_TOP_P, 1.0, defaults.top_p or 1.0, hint="; 1 turns it off")
+    temperature = number("temperature", 0.0, 2.0, defaults.temperature, hint="; 0 is greedy")
+    if 0 < temperature < MIN_TEMPERATURE:
+        raise BadRequest(f"'temperature' is {temperature}; it must be 0 (greedy) or from {MIN_TEMPERATURE} to 2",
+                         "temperature")
+    sampling = replace(defaults, temperature=temperature, top_k=top_k or None, top_p=top_p if top_p < 1 else None,
+                       max_new_tokens=min(max_tokens or defaults.max_new_tokens, limit),
+                       seed=number("seed", 0, MAX_SEED, None, int, "; leave it out for a random reply"))
     stop = body.get("stop")
     stop = [stop] if isinstance(stop, str) else stop
     if stop is not None and not (isinstance(stop, list) and len(stop) <= MAX_STOP_STRINGS
@@ -477,11 +510,12 @@ def parse_request(body, engine, defaults):
     return prompt, sampling, stop or [], stream, include_usage
 
 
-def create_app(engine, name="nash", defaults=None, host=None, port=None, api_key=None, max_body_bytes=MAX_BODY_BYTES):
+def create_app(engine, name="nash", defaults=None, host=None, port=None, api_key=None, limits=None):
     """The app. host, port: where it is served; on a loopback host requests must name it (Host, Origin); None: no
-    such check (in-process clients). api_key: required on /v1 (None: none)."""
-    defaults = defaults or Sampling()
-    worker = Worker(engine)
+    such check (in-process clients). api_key: required on /v1 (None: none). limits: Limits (the defaults: None)."""
+    defaults, limits = defaults or Sampling(), limits or Limits()
+    worker = Worker(engine, limits.max_queue)
+    max_body_bytes = limits.max_body_bytes
     app = FastAPI(title="Nash-LLM chat", docs_url=None, redoc_url=None)
     app.add_middleware(Gate, hosts=loopback_hosts(host, port) if host and is_loopback(host) else None,
                        api_key=api_key, max_body_bytes=max_body_bytes)
@@ -504,11 +538,12 @@ def create_app(engine, name="nash", defaults=None, host=None, port=None, api_key
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": name, "busy": worker.busy, "waiting": worker.jobs.qsize(),
+                "admitted": worker.admitted, "refused": worker.refused,  # (let in and not done; turned away: 503)
                 "served": worker.served, "cancelled": worker.cancelled, "tokens_generated": worker.tokens_generated,
                 "cached_tokens": len(engine.cached)}  # (what the KV cache holds: how far a prefill got)
 
     model_card = {"id": name, "object": "model", "created": created, "owned_by": "nash-llm",
-                  "context_length": engine.max_seq_len, "max_tokens": reply_limit(engine),  # (the page's limit)
+                  "context_length": engine.max_seq_len, "max_tokens": reply_limit(engine, limits),  # (the page's limit)
                   "rolling_cache": engine.rolling}
 
     @app.get("/v1/models")
@@ -525,15 +560,27 @@ def create_app(engine, name="nash", defaults=None, host=None, port=None, api_key
     @app.post("/v1/chat/completions")
     async def completions(request: Request):
         try:
-            raw = await read_body(request, max_body_bytes)
+            raw = await asyncio.wait_for(read_body(request, max_body_bytes), limits.body_timeout)
         except TooLarge:
             return too_large(max_body_bytes)
+        except asyncio.TimeoutError:
+            return error_response(f"the request body took longer than {limits.body_timeout:g} s to arrive", 408,
+                                  code="request_timeout", headers={"Connection": "close"})
+        # counted once its body is here (a slow body holds its own connection, not a place in the queue)
+        if not worker.admit():  # as vLLM: a full server says so at once, and when to try again
+            return error_response(f"the server is busy: {limits.max_queue} requests are already waiting for the "
+                                  "model; try again later", 503, code="server_busy", kind="server_error",
+                                  headers={"Retry-After": str(worker.retry_after())})
         try:  # off the event loop: the other requests (and /health) go on meanwhile
-            prompt, sampling, stop, stream, include_usage = await run_in_threadpool(parse_body, raw, engine, defaults)
-        except BadRequest as e:
-            return error_response(str(e), e.status, e.param, e.code)
+            prompt, sampling, stop, stream, include_usage = await run_in_threadpool(parse_body, raw, engine, defaults,
+                                                                                    limits)
+        except BaseException as e:  # (the worker releases a request it was given; one refused here is released now)
+            worker.release()
+            if isinstance(e, BadRequest):
+                return error_response(str(e), e.status, e.param, e.code)
+            raise
         job = Job(prompt, sampling, stop, asyncio.get_running_loop())
-        worker.jobs.put(job)  # FIFO: served after every job submitted before it
+        worker.submit(job)
         rid, now = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         head = {"id": rid, "created": now, "model": name, "system_fingerprint": None}
 
@@ -566,17 +613,18 @@ def create_app(engine, name="nash", defaults=None, host=None, port=None, api_key
                 job.cancel.set()
 
         if stream:
-            return StreamingResponse(events(), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        pieces = []
+            return JobStream(job, events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+        async def watch():  # the body is read: the next message is the client hanging up (or never)
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            job.cancel.set()  # the worker stops before its next decode step
+
+        pieces, watcher = [], asyncio.create_task(watch())
         try:
             while True:
-                try:
-                    kind, value = await asyncio.wait_for(job.out.get(), timeout=0.25)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        return error_response("the client disconnected", 499)
-                    continue
+                kind, value = await job.out.get()
                 if kind == "text":
                     pieces.append(value)
                 elif kind == "error":
@@ -585,6 +633,7 @@ def create_app(engine, name="nash", defaults=None, host=None, port=None, api_key
                     finish, n = value
                     break
         finally:
+            watcher.cancel()
             job.cancel.set()
         return {**head, "object": "chat.completion", "choices": [
             {"index": 0, "message": {"role": "assistant", "content": "".join(pieces), "refusal": None},
@@ -593,10 +642,62 @@ def create_app(engine, name="nash", defaults=None, host=None, port=None, api_key
     return app
 
 
-def serve(engine, name="nash", host="127.0.0.1", port=8000, defaults=None, api_key=None,
-          max_body_bytes=MAX_BODY_BYTES):
+def head_timeout_protocol(seconds):
+    """uvicorn's h11 protocol with a deadline for each request's head: uvicorn times out only idle keep-alive
+    connections, so a client that opens a connection and sends its headers a byte at a time (slowloris), or never
+    finishes them, held a socket and a file descriptor for ever; the API key is checked only once the headers are
+    complete. Each connection gets `seconds` to send a request's headers, counted from when it opened or from the
+    end of its previous response; a body's own deadline is the app's (Limits.body_timeout, 408)."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeadTimeout(H11Protocol):
+        head_timer = None
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self.arm()
+
+        def on_response_complete(self):
+            super().on_response_complete()
+            self.arm()
+
+        def connection_lost(self, exc):
+            if self.head_timer is not None:
+                self.head_timer.cancel()
+            super().connection_lost(exc)
+
+        def arm(self):
+            if self.head_timer is not None:
+                self.head_timer.cancel()
+            self.head_timer = self.loop.call_later(seconds, self.late)
+
+        def late(self):
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():  # no complete head yet
+                self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                self.transport.close()
+
+    return HeadTimeout
+
+
+def raise_file_limit():
+    """Each connection is a file descriptor: with the usual soft limit of 1,024, a thousand half-open connections
+    left no descriptor for /health until the header deadline freed them (measured in docs/server.md). The soft limit
+    goes up to the hard one, as Go's runtime does for every server it starts."""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else max(soft, 65536),
+                                                        hard))
+    except (ImportError, ValueError, OSError):  # (not on Windows; a limit the system will not raise stays)
+        pass
+
+
+def serve(engine, name="nash", host="127.0.0.1", port=8000, defaults=None, api_key=None, limits=None):
     import uvicorn
-    app = create_app(engine, name, defaults, host, port, api_key, max_body_bytes)
+    limits = limits or Limits()
+    app = create_app(engine, name, defaults, host, port, api_key, limits)
     address = f"[{host}]" if ":" in host else host
     if not is_loopback(host) and not api_key:
         # a warning, not a refusal: in a container 0.0.0.0 is how the port is published at all, and a trusted
@@ -606,4 +707,9 @@ def serve(engine, name="nash", host="127.0.0.1", port=8000, defaults=None, api_k
               "require one", flush=True)
     print(f"serving {name} on http://{address}:{port} (the chat page; API at http://{address}:{port}/v1"
           f"{', API key required' if api_key else ''}); Ctrl-C stops", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # no limit_concurrency: uvicorn counts every open connection, half-open ones too, and would answer /health with
+    # 503 while a slow client holds them; max_queue bounds the work instead, the head deadline the sockets.
+    # timeout_graceful_shutdown: Ctrl-C does not wait for ever on streams that a client keeps open.
+    raise_file_limit()
+    uvicorn.run(app, host=host, port=port, log_level="warning", http=head_timeout_protocol(limits.header_timeout),
+                timeout_graceful_shutdown=5)

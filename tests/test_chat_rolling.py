@@ -211,8 +211,8 @@ def test_api_with_rolling_cache_answers_past_the_context(rope_chat_ckpt):
     body = r.json()
     assert body["usage"]["completion_tokens"] == 70 and body["usage"]["prompt_tokens"] > 32
     assert body["choices"][0]["message"]["content"] == reference(rope_chat_ckpt[0], messages, 70)
-    r = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": server.MAX_ROLLING_TOKENS + 1})
+    r = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": server.ROLLING_REPLY_TOKENS + 1})
     assert r.status_code == 400 and "max_tokens" in r.json()["error"]["message"]
     # the model card tells clients (the chat page) how long a reply may be: past the context
     [card] = client.get("/v1/models").json()["data"]
-    assert card["max_tokens"] == server.MAX_ROLLING_TOKENS and card["rolling_cache"] and card["context_length"] == 32
+    assert card["max_tokens"] == server.ROLLING_REPLY_TOKENS and card["rolling_cache"] and card["context_length"] == 32

@@ -5,6 +5,7 @@ And the server as an attacker tries it: huge bodies, NaN and deep nesting, long 
 behind by its client, cross-site requests and DNS rebinding, API keys."""
 import asyncio
 import contextlib
+import json
 import os
 import random
 import socket
@@ -22,7 +23,7 @@ from fastapi.testclient import TestClient
 from nash import server
 from nash.checkpoint import load_model, save_checkpoint
 from conftest import ROOT
-from nash.engine import ChatEngine, Decoder, Sampling
+from nash.engine import ChatEngine, Decoder, Sampling, StopStrings
 from model import GPT, GPTConfig
 from test_chat import chat_model, greedy_reference
 from test_chat_rolling import engine_for, rope_chat_ckpt, rope_chat_model  # noqa: F401  (rope_chat_ckpt: a fixture)
@@ -126,7 +127,7 @@ BAD_REQUESTS = [
     ({"messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content", "string"),
     ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, 400, "max_tokens", "from 1 to 32"),
     ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 33}, 400, "max_tokens", "from 1 to 32"),
-    ({"messages": [{"role": "user", "content": "hi"}], "temperature": 3}, 400, "temperature", "between"),
+    ({"messages": [{"role": "user", "content": "hi"}], "temperature": 3}, 400, "temperature", "from 0.0 to 2.0"),
     ({"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}, 400, "stream", "true or false"),
     ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, 400, "n", "n=1"),
     ({"messages": [{"role": "user", "content": "word " * 40}]}, 400, "messages", "context is 32"),
@@ -146,6 +147,24 @@ BAD_REQUESTS = [
     ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": [1] * 10**4}, 400, "max_tokens", "an integer from 1"),
     (b"[" * 100_000, 400, None, "nested too deeply"),
     (b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, None, "nested too deeply"),
+    # numbers in range, or a 400 that says the range (each of these was a 500: the sampler's NaN, numpy's seed, an
+    # int too large for a float, n=true read as n=1)
+    ({"messages": [{"role": "user", "content": "hi"}], "seed": -1}, 400, "seed", "from 0 to"),
+    ({"messages": [{"role": "user", "content": "hi"}], "seed": 2**64}, 400, "seed", "from 0 to"),
+    ({"messages": [{"role": "user", "content": "hi"}], "top_p": 1e-320, "temperature": 1}, 400, "top_p", "from 1e-06"),
+    ({"messages": [{"role": "user", "content": "hi"}], "temperature": 1e-300}, 400, "temperature", "0 (greedy) or"),
+    ({"messages": [{"role": "user", "content": "hi"}], "temperature": 10**400}, 400, "temperature", "from 0.0 to 2.0"),
+    ({"messages": [{"role": "user", "content": "hi"}], "top_k": 10**400}, 400, "top_k", "from 0 to"),
+    ({"messages": [{"role": "user", "content": "hi"}], "top_k": -1}, 400, "top_k", "from 0 to"),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**400}, 400, "max_tokens", "from 1 to 32"),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": -5}, 400, "max_completion_tokens",
+     "from 1 to 32"),
+    ({"messages": [{"role": "user", "content": "hi"}], "n": True}, 400, "n", "n=1"),
+    ({"messages": [{"role": "user", "content": "hi"}], "n": 10**400}, 400, "n", "n=1"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "n": 1e999}', 400, "n", "n=1"),
+    # JSON is UTF-8: Latin-1 is refused, and so is UTF-16 (json.loads would have guessed it from the bytes)
+    ('{"messages": [{"role": "user", "content": "caf\xe9"}]}'.encode("latin-1"), 400, None, "not UTF-8"),
+    ('{"messages": [{"role": "user", "content": "hi"}]}'.encode("utf-16"), 400, None, "not UTF-8"),
     # stop strings: at most 4, each at most MAX_STOP_CHARS characters (a 1M-character one cost 11 s per token)
     ({"messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", "up to 4"),
     ({"messages": [{"role": "user", "content": "hi"}], "stop": "x" * (server.MAX_STOP_CHARS + 1)}, 400, "stop",
@@ -296,12 +315,13 @@ def python_lines(fn):
 
 
 class ScriptedEngine:
-    """An engine that replies with given tokens: the worker's stop-string handling, alone."""
+    """An engine that replies with given tokens: the worker's stop-string handling, alone (it ignores stop_strings:
+    the worker cuts the reply at the first one all the same)."""
 
     def __init__(self, tokens):
         self.enc, self.tokens, self.finish_reason = get_tokenizer(), tokens, "length"
 
-    def generate(self, prompt, sampling, should_stop=None):
+    def generate(self, prompt, sampling, should_stop=None, stop_strings=()):
         yield from self.tokens[:sampling.max_new_tokens]
 
     def reset(self):
@@ -313,43 +333,60 @@ class NoLoop:
         pass
 
 
+class NowLoop:
+    """A job's loop that delivers at once (the worker's thread is the test's)."""
+    def call_soon_threadsafe(self, fn, *args):
+        fn(*args)
+
+
 def test_stop_strings_cost_per_token_does_not_grow_with_their_length():
     words = get_tokenizer().encode_ordinary("the quick brown fox jumps over the lazy dog " * 40)
     worker = server.Worker(ScriptedEngine(words))
 
-    def work(length, tokens):  # a stop string whose prefixes keep matching the reply, yet never all of it
+    def work(length, tokens):  # stop strings whose prefixes keep matching the reply, yet never all of one
         stop = ("the quick brown fox jumps over the lazy dog " * (length // 40 + 1))[:length - 1] + "#"
-        job = server.Job([1], Sampling(max_new_tokens=tokens), [stop], NoLoop())
+        job = server.Job([1], Sampling(max_new_tokens=tokens), [stop] * server.MAX_STOP_STRINGS, NoLoop())
         return python_lines(lambda: worker.serve(job))
 
-    per_token = {n: (work(n, 200) - work(n, 100)) / 100 for n in (20, 4000)}  # building the tables cancels out
-    assert per_token[4000] < 2 * per_token[20], per_token  # quadratic in the stop's length, it was 400 times more
+    per_token = {n: (work(n, 1) and work(n, 200) - work(n, 100)) / 100  # (the first compiles the stops' regex)
+                 for n in (20, server.MAX_STOP_CHARS)}
+    assert per_token[server.MAX_STOP_CHARS] < 1.5 * per_token[20], per_token  # (quadratic, it was 400 times more)
 
 
-def naive_stop(text, stops):
-    """The reference: where the reply ends (before the first stop string to end, the longest at a tie), and how
-    much of its end may start a stop string."""
-    ends = [(text.find(s) + len(s), -len(s)) for s in stops if s in text]
-    if ends:
-        end, minus_length = min(ends)
-        return end + minus_length, None
-    return None, max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+def naive_stop(pieces, stops):
+    """The reference: the reply as pieces arrive ends after the first piece that completes a stop string, before
+    the first stop string in it (the engine's stop_cut); and how much of the end of text may start one."""
+    text = ""
+    for piece in pieces:
+        text += piece
+        if any(s in text for s in stops):
+            return text[:min(text.index(s) for s in stops if s in text)], "stop"
+    return text, "length"
 
 
 def test_stop_strings_match_the_naive_search():
-    rng = random.Random(0)
-    for _ in range(300):
-        stops = ["".join(rng.choice("ab") for _ in range(rng.randint(1, 6))) for _ in range(rng.randint(1, 4))]
-        text = "".join(rng.choice("abc") for _ in range(rng.randint(0, 30)))
-        matcher, fed = server.StopStrings(stops), 0
-        while fed < len(text):
-            piece = text[fed:fed + rng.randint(1, 4)]
-            fed += len(piece)
-            cut, held = naive_stop(text[:fed], stops)
-            assert matcher.feed(piece) == cut, (stops, text[:fed])
-            if cut is not None:
-                break
-            assert matcher.held == held, (stops, text[:fed])
+    """The worker, fed random replies as tokens: what it streams adds up to the reply cut before the first stop
+    string, and at no point has it sent a character that a later piece turned into part of a stop string."""
+    rng, enc = random.Random(0), get_tokenizer()
+    worker = server.Worker(None)
+    for _ in range(200):
+        stops = ["".join(rng.choice("ab ") for _ in range(rng.randint(1, 6))) for _ in range(rng.randint(1, 4))]
+        text = "".join(rng.choice("ab c") for _ in range(rng.randint(1, 40)))
+        tokens = enc.encode_ordinary(text)
+        job = server.Job([1], Sampling(max_new_tokens=100), stops, NowLoop())
+        worker.engine = ScriptedEngine(tokens)
+        worker.serve(job)
+        sent = []
+        while not job.out.empty():
+            sent.append(job.out.get_nowait())
+        reply, finish = naive_stop([enc.decode([t]) for t in tokens], stops)
+        assert "".join(v for k, v in sent if k == "text") == reply, (stops, text)
+        assert sent[-1] == ("done", (finish, sent[-1][1][1])), (stops, text)
+        for k in range(len(text) + 1):  # the hold-back alone: the longest end of text[:k] that starts a stop
+            held = max((n for s in stops for n in range(1, len(s)) if text[:k].endswith(s[:n])), default=0)
+            matcher = StopStrings(stops)
+            if matcher.feed(text[:k]) is None:  # (once a stop string is complete the reply has ended)
+                assert matcher.held == held
 
 
 @pytest.mark.slow
@@ -545,6 +582,8 @@ def test_a_reply_with_calls_sent_back_in_any_shape_is_what_the_model_generated()
         "name": "calculator", "arguments": "2+2"}}]}], "a string \"expression\""),
     ([{"role": "assistant", "content": [{"type": "python", "text": "2+2"}]}], "no python_output right after it"),
     ([{"role": "user", "content": [{"type": "python", "text": "2+2"}]}], "may only hold text parts"),
+    ([{"role": "assistant", "content": "", "tool_calls": [{"id": "c", "type": "function", "function": {
+        "name": "calculator", "arguments": "[" * 100_000}}]}], "arguments is nested too deeply"),  # (was a 500)
 ])
 def test_malformed_calls_in_a_request_are_a_400_naming_the_message(history, error):
     with calculator_server() as (engine, client):
@@ -564,3 +603,180 @@ def test_the_readmes_reply_shapes_read_as_the_same_calls():
     prompts = [server.parse_request({"messages": [question, *history, follow]}, engine, Sampling())[0]
                for history in ([streamed], openai_shape)]
     assert prompts[0] == prompts[1] and special_ids(engine.enc)["<|python_start|>"] in prompts[0]
+
+
+# Shedding load (issue 35): a server in this process on a real socket (uvicorn in a thread, with chat.py's protocol),
+# on a model slowed to STEP seconds a forward, so that what happens after a client leaves can be counted in steps.
+STEP = 0.05
+
+
+def slow_engine(forwards, max_seq_len=512):
+    """A chat engine on a model that never ends a reply by itself and takes STEP seconds a forward; forwards gets
+    the time each forward ended."""
+    model = chat_model(max_seq_len=max_seq_len, tie_weights=False)
+    with torch.no_grad():  # the special tokens' rows pushed down: the reply runs as long as it is allowed
+        model.lm_head.weight[VOCAB_SIZE - 1:] = -model.lm_head.weight[:VOCAB_SIZE].abs().mean(0) * 50
+    forward = model.next_logits
+
+    def slow(idx, cache=None):
+        time.sleep(STEP)
+        out = forward(idx, cache)
+        forwards.append(time.monotonic())
+        return out
+    model.next_logits = slow
+    return ChatEngine(model, contextlib.nullcontext())
+
+
+@contextlib.contextmanager
+def live(app, header_timeout=10.0):
+    """app served on a free 127.0.0.1 port as chat.py --serve serves it (the head deadline too); yields its URL."""
+    import uvicorn
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                            http=server.head_timeout_protocol(header_timeout))
+    uv = uvicorn.Server(config)
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    for _ in range(300):
+        if uv.started:
+            break
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=30)
+
+
+def until_idle(worker, served, seconds=60):
+    for _ in range(int(seconds / 0.05)):
+        if worker.served >= served and not worker.busy:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the worker is still busy")
+
+
+HI = {"messages": [{"role": "user", "content": "talk"}], "max_tokens": 150}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_disconnects_stops_its_generation_within_a_step(stream):
+    """Streamed or not, a reply stops at the first decode step after its client hung up (a non-streamed one used
+    to run to its end: 569 more tokens after the client had gone)."""
+    forwards = []
+    app = server.create_app(slow_engine(forwards), "slow", Sampling(temperature=0.0))
+    worker = app.state.worker
+    with live(app) as url:
+        with httpx.Client() as client:
+            if stream:
+                with client.stream("POST", url + "/v1/chat/completions", json={**HI, "stream": True},
+                                   timeout=30) as r:
+                    lines = r.iter_lines()
+                    for _ in range(16):  # a few tokens (an event is two lines), then hang up
+                        next(lines)
+            else:
+                with pytest.raises(httpx.ReadTimeout):  # the client gives up after 1 s of generation
+                    client.post(url + "/v1/chat/completions", json=HI, timeout=1.0)
+        left = time.monotonic()
+        generated = len(forwards)
+        until_idle(worker, 1)
+        after = sum(t > left for t in forwards)
+        assert generated > 5 and worker.cancelled == 1, (generated, worker.cancelled)
+        assert after <= 2, after  # the forward under way when the client left, and at most one more (a loaded CPU)
+        r = httpx.post(url + "/v1/chat/completions", json={**HI, "max_tokens": 3}, timeout=30)  # still serving
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
+
+
+def post_and_hold(url, body):
+    """Send a whole request on a raw socket and do not read the answer: a request that waits or is answered."""
+    host, port = url.removeprefix("http://").split(":")
+    data = json.dumps(body).encode()
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: %s:%s\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (host.encode(), port.encode(), len(data), data))
+    return sock
+
+
+def test_a_full_queue_is_refused_with_503_and_retry_after():
+    forwards = []
+    app = server.create_app(slow_engine(forwards), "slow", Sampling(temperature=0.0), limits=server.Limits(max_queue=1))
+    worker = app.state.worker
+    with live(app) as url:
+        held = [post_and_hold(url, HI)]  # answered
+        for _ in range(200):
+            if worker.busy:
+                break
+            time.sleep(0.05)
+        held.append(post_and_hold(url, HI))  # waits behind it: the queue of 1 is full
+        for _ in range(200):
+            if worker.admitted == 2:
+                break
+            time.sleep(0.05)
+        r = httpx.post(url + "/v1/chat/completions", json=HI, timeout=30)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "server_busy", r.text
+        assert 1 <= int(r.headers["Retry-After"]) <= 60 and "waiting" in r.json()["error"]["message"]
+        start = time.monotonic()
+        health = httpx.get(url + "/health", timeout=30).json()
+        assert time.monotonic() - start < 1 and health["refused"] == 1 and health["admitted"] == 2
+        for sock in held:  # both leave: the running one stops, the waiting one is skipped
+            sock.close()
+        until_idle(worker, 2)
+        assert worker.admitted == 0 and worker.cancelled == 2
+        assert httpx.post(url + "/v1/chat/completions", json={**HI, "max_tokens": 2}, timeout=30).status_code == 200
+
+
+def test_slow_and_half_open_connections_are_timed_out_and_health_stays_fast():
+    """Clients that never finish their headers (300 half-open connections starved /health), one that sends them a
+    byte at a time, and one whose body never ends: /health answers within 1 s meanwhile, the headers get a 408 and
+    the connection closed after header_timeout, the body a 408 after body_timeout."""
+    app = server.create_app(ChatEngine(chat_model(), contextlib.nullcontext()), "tiny", Sampling(temperature=0.0),
+                            limits=server.Limits(body_timeout=1.0, max_queue=0))
+    with live(app, header_timeout=1.0) as url:
+        host, port = url.removeprefix("http://").split(":")
+        head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        half_open = []
+        for _ in range(200):
+            sock = socket.create_connection((host, int(port)), timeout=30)
+            sock.sendall(head.encode())  # and never the blank line that ends the headers
+            half_open.append(sock)
+        drip = socket.create_connection((host, int(port)), timeout=30)
+        body = socket.create_connection((host, int(port)), timeout=30)
+        body.sendall((head + "Content-Length: 1000\r\n\r\n").encode() + b'{"messages": [')
+        # a body on its way takes no place in the queue (here of 0: only the request being answered)
+        assert httpx.post(url + "/v1/chat/completions", json={**HI, "max_tokens": 2}, timeout=30).status_code == 200
+        started = time.monotonic()
+        dripped = 0
+        for i, c in enumerate(head.encode()):  # a slowloris: a byte every 0.2 s, /health asked between
+            try:
+                drip.sendall(bytes([c]))
+            except OSError:  # the server hung up on it
+                break
+            dripped += 1
+            if i % 3 == 0:
+                t = time.monotonic()
+                assert httpx.get(url + "/health", timeout=30).json()["status"] == "ok"
+                assert time.monotonic() - t < 1.0
+            time.sleep(0.2)
+        assert dripped < 25, "a client that sent its headers a byte every 0.2 s was kept for 5 s"
+        for sock in half_open:
+            assert sock.recv(100).startswith(b"HTTP/1.1 408"), "a client that never sent its headers was kept"
+            while sock.recv(100):  # and then the server hung up
+                pass
+            sock.close()
+        drip.close()
+        assert time.monotonic() - started < 15
+        answer = body.recv(1000)
+        assert answer.startswith(b"HTTP/1.1 408") and b"took longer than 1 s" in answer, answer
+        body.close()
+        assert httpx.post(url + "/v1/chat/completions", json={**HI, "max_tokens": 2}, timeout=30).status_code == 200
+
+
+def test_max_reply_tokens_caps_what_a_request_may_ask():
+    engine = ChatEngine(chat_model(), contextlib.nullcontext())
+    client = TestClient(server.create_app(engine, "tiny", Sampling(temperature=0.0),
+                                          limits=server.Limits(max_reply_tokens=5)))
+    assert client.get("/v1/models").json()["data"][0]["max_tokens"] == 5
+    r = client.post("/v1/chat/completions", json={**HI, "max_tokens": 6})
+    assert r.status_code == 400 and "from 1 to 5" in r.text and "--max_reply_tokens" in r.text
+    r = client.post("/v1/chat/completions", json={**HI, "max_tokens": None})  # the default is capped too
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 5
