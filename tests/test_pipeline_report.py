@@ -77,8 +77,9 @@ def test_every_cell_has_a_number_a_refusal_or_says_not_run(tmp_path):
     checks = table(text, "Machinery checks")
     assert checks.pop("metric") == [label for label, _ in SUMMARY_COLUMNS]
     assert set(checks) == {label for label, _, _ in SUMMARY_ROWS}
-    assert checks["CORE"] == ["0.1250", "-0.0500", "not run", "not run", "not run"]
-    assert checks["ARC-Easy"] == ["0.4000 ± 0.2449 (n=5)", "not run", "not run", "not run", "not run"]
+    assert checks["CORE"] == ["0.1250", "-0.0500", "not run", "not run", "not run", "not run"]
+    assert checks["ARC-Easy"] == ["0.4000 ± 0.2449 (n=5)"] + ["not run"] * 5
+    assert checks["Arithmetic"][2] == "0.0500 ± 0.0500 (n=20)"  # what the headline refused is here
     assert checks["GSM8K"][1] == "0.5000 (n=1)" and checks["ChatCORE"][:2] == ["not run", "0.3000"]
     assert "base: offline files in tests/task_data; sft: the Hugging Face hub" in text
     assert "| base | 10.0 min | 1234 | 640 | 10 | LM loss (nats/token) | 3.5000 | 3.2500 |" in text
@@ -113,7 +114,7 @@ def test_the_module_is_the_scripts_last_command(tmp_path):
                           text=True)
     assert proc.returncode == 0, proc.stderr
     report = (tmp_path / "report.md").read_text()
-    assert proc.stdout.strip().endswith("report.md") and "| CORE | not run | not run | not run | not run | not run |" \
+    assert proc.stdout.strip().endswith("report.md") and "| CORE | not run | not run | not run | not run | not run | not run |" \
         in report
     assert "not run | not run | not run | not run | not run | not run |" in report.split("## Headline")[1]
 
