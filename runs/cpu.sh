@@ -5,7 +5,7 @@
 # nanochat's Base -> SFT -> RL on one card. Each stage is one of the project's own commands with its flags in view,
 # so this file is also a tour of them.
 #
-#   bash runs/cpu.sh                      # about 9 minutes on 2 free cores (measured); writes out-pipeline-cpu/report.md
+#   bash runs/cpu.sh                      # about 10 minutes on 2 free cores; writes out-pipeline-cpu/report.md
 #   TOKENIZER=gpt2 bash runs/cpu.sh       # GPT-2's BPE instead of learning one on the corpus
 #   SMOKE=1 DIR=/tmp/p bash runs/cpu.sh   # every stage shrunk to seconds (the test suite runs this)
 #   OMP_NUM_THREADS=2 bash runs/cpu.sh    # your thread count instead of the free cores' (below)
@@ -15,7 +15,9 @@
 # free when it starts: the core count less the 1-minute load average, at least 1.
 # Rerun after an interruption: finished stages are skipped, an interrupted training stage resumes from its last
 # checkpoint. A failing stage stops the script with its own error. Each stage line shows the pipeline's progress
-# and the time left, estimated from the measured stage times below (seconds, 2 free cores of an AMD EPYC).
+# and the time left, from the stage times below (seconds on 2 free cores of an AMD EPYC: measured at commit cd3643a
+# for the stages that run had, scaled by their new step counts and context; dpo, sft_more and base_loss estimated
+# from their steps until a quiet run measures them), scaled by this run's speed so far.
 cd "$(dirname "$0")/.."
 DIR=${DIR:-out-pipeline-cpu}
 SMOKE=${SMOKE:-0}
