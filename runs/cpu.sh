@@ -1,62 +1,109 @@
 #!/usr/bin/env bash
 # The whole pipeline on the embedded data, offline, on a laptop CPU: tokenizer -> data -> base pretraining -> base
-# eval -> chat SFT -> chat eval -> RL -> chat eval -> a verifier of the RL model's answers -> best-of-N -> report card.
-# Each stage is one of the project's own commands with its flags in view, so this file is also a tour of them.
+# eval -> chat SFT -> eval -> DPO -> eval -> RL -> eval -> SFT for RL's compute (the baseline RL must beat) -> eval
+# -> a verifier of the RL model's answers -> best-of-N -> report card. The seeds' Base -> SFT -> DPO -> Verifier and
+# nanochat's Base -> SFT -> RL on one card. Each stage is one of the project's own commands with its flags in view,
+# so this file is also a tour of them.
 #
-#   bash runs/cpu.sh                      # about 7 minutes on 2 cores (measured); writes out-pipeline-cpu/report.md
+#   bash runs/cpu.sh                      # about 10 minutes on 2 free cores; writes out-pipeline-cpu/report.md
 #   TOKENIZER=gpt2 bash runs/cpu.sh       # GPT-2's BPE instead of learning one on the corpus
 #   SMOKE=1 DIR=/tmp/p bash runs/cpu.sh   # every stage shrunk to seconds (the test suite runs this)
+#   OMP_NUM_THREADS=2 bash runs/cpu.sh    # your thread count instead of the free cores' (below)
 #
+# Threads: torch takes one per core, and on a machine someone else is using every step then waits for the thread
+# whose core is busy: 10-20x slower (docs/pipeline-cpu.md). Unless OMP_NUM_THREADS is set, the script uses the cores
+# free when it starts: the core count less the 1-minute load average, at least 1.
 # Rerun after an interruption: finished stages are skipped, an interrupted training stage resumes from its last
-# checkpoint. A failing stage stops the script with its own error.
+# checkpoint. A failing stage stops the script with its own error. Each stage line shows the pipeline's progress
+# and the time left, from the stage times below (seconds on 2 free cores of an AMD EPYC: measured at commit cd3643a
+# for the stages that run had, scaled by their new step counts and context; dpo, sft_more and base_loss estimated
+# from their steps until a quiet run measures them), scaled by this run's speed so far.
 cd "$(dirname "$0")/.."
 DIR=${DIR:-out-pipeline-cpu}
 SMOKE=${SMOKE:-0}
 TOKENIZER=${TOKENIZER:-bpe}  # bpe: learn a byte-level BPE on the corpus | gpt2: GPT-2's
-N_STAGES=9
 source runs/lib.sh
 
+if [ -z "${OMP_NUM_THREADS:-}" ]; then
+    OMP_NUM_THREADS=$(python -c 'import os; print(max(1, os.cpu_count() - round(os.getloadavg()[0])))')
+    echo "threads: $OMP_NUM_THREADS (the cores free now: $(python -c 'import os; print(os.cpu_count())') cores," \
+         "load $(python -c 'import os; print(round(os.getloadavg()[0], 2))'); set OMP_NUM_THREADS to choose)"
+else
+    echo "threads: $OMP_NUM_THREADS (OMP_NUM_THREADS)"
+fi
+export OMP_NUM_THREADS
+
+# Context: the base model learns 256 positions, so a chat holds a few turns (an arithmetic turn is up to ~90 tokens
+# with the pipeline's tokenizer); SFT trains on windows of 96, which hold every example of data/arith/chat whole.
 if [ "$SMOKE" = 1 ]; then  # tiny everything: the test of the script, not of the model
     VOCAB=512; BASE=(--max_steps=4 --eval_interval=2 --eval_iters=1 --n_layers=1 --d_model=32 --n_heads=2 --d_ff=64)
-    SFT=(--max_steps=4 --eval_interval=2 --eval_iters=1 --eval_task_examples=4); EXAMPLES=4
+    SFT=(--max_steps=4 --eval_interval=2 --eval_iters=1 --eval_task_examples=4); EXAMPLES=4; TEXT_EXAMPLES=4
+    MORE=(--max_steps=2 --eval_interval=2 --eval_iters=1 --eval_task_examples=4)
+    DPO=(--max_steps=2 --eval_interval=1 --eval_iters=1)
     RL=(--max_steps=2 --batch_size=2 --rl_samples=2 --rl_max_new_tokens=8 --eval_interval=1 --eval_iters=1)
     VERIFIER=(--max_steps=2 --batch_size=4 --verifier_samples=2 --verifier_questions=4 --verifier_max_new_tokens=8
               --eval_interval=1 --eval_iters=1); SAMPLES=2
 else
-    VOCAB=2048; BASE=(--max_steps=600); SFT=(); RL=(); VERIFIER=(); EXAMPLES=200; SAMPLES=8
+    VOCAB=2048; BASE=(--max_steps=600); SFT=(); MORE=(); DPO=(); RL=(); VERIFIER=(); EXAMPLES=200; TEXT_EXAMPLES=500
+    SAMPLES=8
 fi
 case "$TOKENIZER" in
     bpe) TOKENIZER_FLAGS=(--tokenizer_vocab_size=$VOCAB) ;;
     gpt2) TOKENIZER_FLAGS=() ;;
     *) echo "error: TOKENIZER=$TOKENIZER should be bpe or gpt2" >&2; exit 1 ;;
 esac
-# the benchmarks offline: the small fixtures in tests/task_data (hub-schema rows), HumanEval from its package (asked
-# of the chat models only, as nanochat does: a base model of Shakespeare writes no Python)
-BASE_TASKS=arc_easy,arc_challenge,mmlu,hellaswag
-CHAT_TASKS=arc_easy,arc_challenge,mmlu,gsm8k,arith,humaneval
+# the headline (report card): held-out Shakespeare continuations for the base model (500 items, chance 1/4), its val
+# bits per byte, and the 200 arithmetic test problems for every chat stage. The benchmark fixtures in tests/task_data
+# (3-5 hub-schema rows each) and HumanEval check the machinery only (HumanEval asked of the chat models, as nanochat
+# does: a base model of Shakespeare writes no Python).
+BASE_TASKS=shakespeare_heldout,arc_easy,arc_challenge,mmlu,hellaswag
+CHAT_TASKS=arith,arc_easy,arc_challenge,mmlu,gsm8k,humaneval
 EVAL=(--task_data=tests/task_data --max_examples=$EXAMPLES)
 
-stage data "the tokenizer and the token shards of the embedded Shakespeare" "seconds" - -- \
+# DPO: the objective as it is today on the preference pairs the repository ships (data/dpo_demo: word reversals, not
+# arithmetic), so the stage runs DPO's machinery between SFT and the card, and its column shows what those pairs do
+# to the arithmetic. Pairs sampled from the chat model and labelled by the answer check (issue 34 item 4) go here.
+DPO_COMMAND=(python train.py --task=dpo --dataset=dpo_demo --init_from="$DIR/sft" --out_dir="$DIR/dpo"
+             --max_seq_len=32 --batch_size=16 --learning_rate=1e-4 --warmup_steps=20 --max_steps=200 --weight_decay=0.0
+             --dpo_beta=0.1 --eval_interval=50 --eval_iters=13)
+
+pipeline() {
+stage data "the tokenizer and the token shards of the embedded Shakespeare" 5 - -- \
     python prepare.py --input=data/shakespeare/input.txt --name=corpus --data_root="$DIR/data" "${TOKENIZER_FLAGS[@]}"
-stage base "pretraining the base model" "2 minutes" base -- \
-    python train.py --data_dir="$DIR/data/corpus" --out_dir="$DIR/base" "${BASE[@]}"
-stage base_eval "CORE: multiple choice scored by log-likelihood" "seconds" - -- \
-    python evaluate.py --out_dir="$DIR/base" --tasks=$BASE_TASKS "${EVAL[@]}" --output="$DIR/eval/base.json"
-stage sft "chat fine-tuning on the arithmetic word problems" "2 minutes" sft -- \
-    python train.py --task=chat --dataset=arith/chat --init_from="$DIR/base" --out_dir="$DIR/sft" --max_seq_len=64 \
+stage base "pretraining the base model" 90 base -- \
+    python train.py --data_dir="$DIR/data/corpus" --out_dir="$DIR/base" --max_seq_len=256 --batch_size=4 "${BASE[@]}"
+stage base_eval "held-out Shakespeare continuations, and the benchmark fixtures (CORE)" 20 - -- \
+    python evaluate.py --out_dir="$DIR/base" --tasks=$BASE_TASKS --task_data=tests/task_data \
+        --max_examples=$TEXT_EXAMPLES --output="$DIR/eval/base.json"
+stage base_loss "bits per byte on the held-out Shakespeare (val split)" 5 - -- \
+    python evaluate.py --out_dir="$DIR/base" --output="$DIR/eval/base_loss.json"
+stage sft "chat fine-tuning on the arithmetic word problems" 110 sft -- \
+    python train.py --task=chat --dataset=arith/chat --init_from="$DIR/base" --out_dir="$DIR/sft" --max_seq_len=96 \
         --batch_size=16 --learning_rate=3e-3 --warmup_steps=50 --max_steps=800 --weight_decay=0.0 \
         --eval_interval=100 --eval_iters=7 --eval_tasks=arith --eval_task_examples=200 "${SFT[@]}"
-stage sft_eval "the chat model on the chat-format benchmarks" "under a minute" - -- \
+stage sft_eval "the chat model: the arithmetic test problems and the chat-format fixtures" 15 - -- \
     python evaluate.py --out_dir="$DIR/sft" --tasks=$CHAT_TASKS "${EVAL[@]}" --output="$DIR/eval/sft.json"
-stage rl "RL on the arithmetic problems, rewarded by the answer check" "a minute" rl -- \
+stage dpo "DPO from the chat model: a right answer preferred to a wrong one" 60 dpo -- \
+    "${DPO_COMMAND[@]}" "${DPO[@]}"
+stage dpo_eval "the DPO model: the arithmetic test problems and the chat-format fixtures" 15 - -- \
+    python evaluate.py --out_dir="$DIR/dpo" --tasks=$CHAT_TASKS "${EVAL[@]}" --output="$DIR/eval/dpo.json"
+stage rl "RL from the chat model on the arithmetic problems, rewarded by the answer check" 50 rl -- \
     python train.py config/rl_demo.py --init_from="$DIR/sft" --out_dir="$DIR/rl" "${RL[@]}"
-stage rl_eval "the RL model on the chat-format benchmarks" "under a minute" - -- \
+stage rl_eval "the RL model: the arithmetic test problems and the chat-format fixtures" 15 - -- \
     python evaluate.py --out_dir="$DIR/rl" --tasks=$CHAT_TASKS "${EVAL[@]}" --output="$DIR/eval/rl.json"
-stage verifier "a verifier: the RL model's sampled answers, labelled by the answer check" "2 minutes" verifier -- \
+stage sft_more "the baseline RL must beat: SFT from the chat model for RL's wall time, on the same problems" 50 sft_more -- \
+    python train.py --task=chat --dataset=arith/chat --init_from="$DIR/sft" --out_dir="$DIR/sft_more" \
+        --max_seq_len=96 --batch_size=16 --learning_rate=1e-3 --warmup_steps=10 --max_steps=250 --weight_decay=0.0 \
+        --eval_interval=125 --eval_iters=7 --eval_tasks=arith --eval_task_examples=200 "${MORE[@]}"
+stage sft_more_eval "that baseline: the arithmetic test problems and the chat-format fixtures" 15 - -- \
+    python evaluate.py --out_dir="$DIR/sft_more" --tasks=$CHAT_TASKS "${EVAL[@]}" --output="$DIR/eval/sft_more.json"
+stage verifier "a verifier: the RL model's sampled answers, labelled by the answer check" 115 verifier -- \
     python train.py config/verifier_demo.py --init_from="$DIR/rl" --out_dir="$DIR/verifier" "${VERIFIER[@]}"
-stage best_of_n "$SAMPLES answers to each problem, the verifier's pick beside pass@k and the vote" "under a minute" - -- \
+stage best_of_n "$SAMPLES answers to each problem, the verifier's pick beside pass@k and the vote" 20 - -- \
     python evaluate.py --out_dir="$DIR/rl" --tasks=arith,gsm8k --num_samples=$SAMPLES --max_gen_tokens=32 \
         --verifier="$DIR/verifier" "${EVAL[@]}" --output="$DIR/eval/best_of_n.json"
+}
+run_pipeline pipeline
 echo
 python -m nash.tasks.report "$DIR" >/dev/null
 echo "the report card: $DIR/report.md"

@@ -1,7 +1,8 @@
-"""SMOKE=1 runs/cpu.sh as the README shows it: every stage of the pipeline (tokenizer, data, base, eval, chat SFT,
-eval, RL, eval, verifier, best-of-N) shrunk to seconds, ending in a report card with a figure or "not run" in every
-summary cell; a rerun skips the finished stages; a failing stage stops the script with its own error. The full-size
-scripts' commands (runs/gpu.sh's too) are checked in a dry run."""
+"""SMOKE=1 runs/cpu.sh as the README shows it: every stage of the pipeline (tokenizer, data, base, its evals, chat
+SFT, DPO, RL, SFT for RL's compute, their evals, verifier, best-of-N) shrunk to seconds, each announced with the
+pipeline's progress and time left, ending in a report card with a figure, a refusal or "not run" in every cell and
+one curve panel per kind of quantity; a rerun skips the finished stages; a failing stage stops the script with its
+own error. The full-size scripts' commands (runs/gpu.sh's too) are checked in a dry run."""
 import os
 import subprocess
 import sys
@@ -14,29 +15,60 @@ pytestmark = pytest.mark.slow  # runs/cpu.sh and runs/gpu.sh end to end
 
 
 def run(tmp_path, **env):
-    return subprocess.run(["bash", "runs/cpu.sh"], cwd=ROOT, capture_output=True, text=True, timeout=900,
+    return subprocess.run(["bash", "runs/cpu.sh"], cwd=ROOT, capture_output=True, text=True, timeout=1800,
                           env={**os.environ, "SMOKE": "1", "DIR": str(tmp_path / "pipeline"), **env})
+
+
+STAGES = ["data", "base", "base_eval", "base_loss", "sft", "sft_eval", "dpo", "dpo_eval", "rl", "rl_eval",
+          "sft_more", "sft_more_eval", "verifier", "best_of_n"]
+
+
+def table(report, section):
+    body = report.split(f"## {section}")[1].split("\n## ")[0]
+    return {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in body.splitlines() if line.startswith("| ") and not line.startswith("| metric")}
 
 
 def test_smoke_pipeline_runs_every_stage_and_writes_the_report(tmp_path):
     proc = run(tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    headers = [line for line in proc.stdout.splitlines() if line.startswith("== stage")]
-    assert [h.split(":")[0] for h in headers] == [f"== stage {k} of 9" for k in range(1, 10)]
+    assert proc.stdout.startswith("threads: ")  # decided on purpose, and said
+    lines = proc.stdout.splitlines()
+    headers = [line for line in lines if line.startswith("== stage")]
+    assert [h.split(":")[:2] for h in headers] == [[f"== stage {k} of {len(STAGES)}", f" {name}"]
+                                                   for k, name in enumerate(STAGES, 1)]
+    # under each header, where the whole pipeline stands: stage i/N, elapsed, the time left
+    progress = [lines[lines.index(h) + 1] for h in headers]
+    assert all(p.startswith(f"   pipeline: stage {k}/{len(STAGES)} | elapsed ") and " left " in p
+               for k, p in enumerate(progress, 1))
+    assert progress[0].endswith("left (the measured stage times)")  # nothing ran yet: the times as measured
+    assert progress[-1].endswith("scaled by this run's speed so far)")  # a smoke run is fast: its estimate shrinks
     assert proc.stdout.strip().splitlines()[-1] == f"the report card: {tmp_path / 'pipeline'}/report.md"
     report = (tmp_path / "pipeline" / "report.md").read_text()
-    summary = report.split("## Summary")[1].split("##")[0]
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-            for line in summary.splitlines() if line.startswith("| ") and not line.startswith("| metric")}
-    assert rows["CORE"][0] != "not run" and rows["ChatCORE"][1] != "not run" and rows["ChatCORE"][2] != "not run"
-    assert rows["Arithmetic"][1].endswith("(n=4)") and rows["Arithmetic"][3].endswith("(n=4)")  # best-of-2
-    assert rows["HumanEval"][1].endswith("(n=4)") and rows["ChatCORE"][3] == "not run"  # (a mean of greedy figures)
-    assert all(cell for cells in rows.values() for cell in cells)
-    for stage in ("base", "sft", "rl", "verifier"):
-        assert f"| {stage} |" in report.split("## Stages")[1]
+    headline, checks = table(report, "Headline"), table(report, "Machinery checks")
+    assert all(len(cells) == 6 for cells in headline.values()) and all(c for cells in headline.values() for c in cells)
+    text, bpb, arith = headline.values()
+    # 4 items of each at SMOKE scale: refused unless their interval excludes chance; bits per byte has its tokens
+    assert text[0] == "no signal (n=4): in the machinery checks" or "± " in text[0]
+    assert bpb[0].endswith(")") and int(bpb[0].split("n=")[1][:-1]) >= 200 and bpb[1:] == ["not run"] * 5
+    assert all(c.startswith("no signal (n=4)") or "(n=4)" in c for c in arith[1:])
+    assert arith[0] == "not run" and text[1] == "not run"
+    assert checks["CORE"][0] != "not run" and checks["ChatCORE"][1] != "not run" and checks["ChatCORE"][3] != "not run"
+    assert checks["HumanEval"][1].endswith("(n=4)") and checks["ChatCORE"][4] == "not run"  # (a mean of greedy figures)
+    # what the headline refused, measured: the held-out text on the base model, arithmetic on every chat stage
+    assert checks["Held-out Shakespeare"][0].endswith("(n=4)") and checks["Held-out Shakespeare"][1] == "not run"
+    assert all(c.endswith("(n=4)") for c in checks["Arithmetic"][1:]) and checks["Arithmetic"][0] == "not run"
+    assert all(cell for cells in checks.values() for cell in cells)
+    stages = report.split("## Stages")[1]
+    for stage in ("base", "sft", "dpo", "rl", "sft_more", "verifier"):
+        assert f"| {stage} |" in stages
+    settings = table(report, "Settings that matter")
+    assert settings["rl"][1].startswith("arith problems") and settings["verifier"][1].startswith("arith problems")
+    assert settings["base"][1] == "corpus" and settings["sft"][1] == "arith/chat"
+    assert "![one panel per kind of quantity](pipeline_curves.png)" in report
 
     again = run(tmp_path)  # everything finished: every stage is skipped
-    assert again.returncode == 0 and again.stdout.count("finished in an earlier run: skipped") == 9
+    assert again.returncode == 0 and again.stdout.count("finished in an earlier run: skipped") == len(STAGES)
 
 
 def test_a_failing_stage_stops_the_script_with_its_own_error(tmp_path):
@@ -76,3 +108,18 @@ def test_every_stage_of_the_full_scripts_names_real_settings(script, tmp_path):
                 assert arg[2:].split("=")[0] in known[name], f"{script}: {name} has no setting {arg}"
             else:
                 assert os.path.isfile(os.path.join(ROOT, arg)), f"{script}: {arg} is not a config file"
+
+
+def test_the_thread_count_is_decided_on_purpose(tmp_path):
+    """Unset, OMP_NUM_THREADS becomes the cores free now (cores less the load, at least 1), and the script says so;
+    set, it is kept: torch's default of one thread per core is 6x slower per step on a loaded machine."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    proc = subprocess.run(["bash", "runs/cpu.sh"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**env, "DRY_RUN": "1", "DIR": str(tmp_path / "a")})
+    assert proc.returncode == 0, proc.stderr
+    first = proc.stdout.splitlines()[0]
+    assert first.startswith("threads: ") and "(the cores free now: " in first
+    assert 1 <= int(first.split()[1]) <= os.cpu_count()
+    proc = subprocess.run(["bash", "runs/cpu.sh"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**env, "DRY_RUN": "1", "DIR": str(tmp_path / "b"), "OMP_NUM_THREADS": "3"})
+    assert proc.stdout.splitlines()[0] == "threads: 3 (OMP_NUM_THREADS)"

@@ -20,12 +20,12 @@ core, a generative task's first metric (exact match, pass@1) centered at chance 
 """
 import time
 
-from nash.tasks import arc, arith, gsm8k, hellaswag, humaneval, mmlu, sst2
+from nash.tasks import arc, arith, gsm8k, hellaswag, humaneval, mmlu, shakespeare, sst2
 from nash.tasks.base import fail, fewshot_examples, load_rows, score_choice, score_generate, summarize
 from nash.tasks.sampling import ks, summarize_samples
 
 TASKS = {t.name: t for t in (hellaswag.TASK, arc.EASY, arc.CHALLENGE, mmlu.TASK, gsm8k.TASK, humaneval.TASK,
-                             sst2.TASK, arith.TASK, arith.HELDOUT)}
+                             sst2.TASK, arith.TASK, arith.HELDOUT, shakespeare.TASK)}
 
 
 def parse(names):

@@ -122,14 +122,33 @@ def write_report(out_dir, model, enc, results, settings, ctx, device):
 # the run folder it wrote if any, wall seconds) and eval/<column>.json, evaluate.py's --output for each column of
 # the summary table. Any script can write such a folder and call write_pipeline_report on it.
 
-# the summary table, in nanochat's shape: (row label, where its figure is in evaluate.py's JSON)
-SUMMARY_ROWS = (("CORE", "core", None), ("ARC-Easy", "arc_easy", "acc"), ("ARC-Challenge", "arc_challenge", "acc"),
-                ("MMLU", "mmlu", "acc"), ("GSM8K", "gsm8k", "exact_match"), ("Arithmetic", "arith", "exact_match"),
+# The card has two tables. The headline holds only figures that carry signal at the pipeline's scale: at least
+# MIN_N items, or a 95% interval that excludes chance (signal()); a figure that fails is refused there and shown in
+# the machinery checks, the benchmark fixtures of a few items each that prove the code paths run, not the model.
+
+MIN_N = 200
+# the stages' columns: (label, eval/<key>.json)
+COLUMNS = (("BASE", "base"), ("SFT", "sft"), ("DPO", "dpo"), ("RL", "rl"), ("best-of-N", "best_of_n"),
+           ("SFT, RL's compute", "sft_more"))
+# the headline: (label, task or "bits_per_byte", metric, chance)
+HEADLINE_ROWS = (("Held-out Shakespeare: the true ending of a line among 4 (acc_norm)", "shakespeare_heldout",
+                  "acc_norm", 0.25),
+                 ("Val bits per byte", "bits_per_byte", None, None),
+                 ("Arithmetic word problems, pass@1 (greedy; best-of-N: the verifier's pick of N samples)", "arith",
+                  "exact_match", 0.0))
+# the machinery checks, in nanochat's summary shape: (row label, where its figure is in evaluate.py's JSON)
+# (with the headline's rows, whatever their n: a figure the headline refuses is here)
+SUMMARY_ROWS = (("Held-out Shakespeare", "shakespeare_heldout", "acc_norm"), ("Arithmetic", "arith", "exact_match"),
+                ("CORE", "core", None), ("ARC-Easy", "arc_easy", "acc"), ("ARC-Challenge", "arc_challenge", "acc"),
+                ("MMLU", "mmlu", "acc"), ("HellaSwag", "hellaswag", "acc_norm"), ("GSM8K", "gsm8k", "exact_match"),
                 ("HumanEval", "humaneval", "pass@1"), ("ChatCORE", "chatcore", None))
-SUMMARY_COLUMNS = (("BASE", "base"), ("SFT", "sft"), ("RL", "rl"), ("best-of-N", "best_of_n"))
+SUMMARY_COLUMNS = COLUMNS
 PIPELINE_CURVES = "pipeline_curves.png"
-KEY_SETTINGS = ("task", "dataset", "init_from", "n_layers", "d_model", "max_seq_len", "batch_size", "max_steps",
-                "learning_rate", "lora_rank")
+KEY_SETTINGS = ("init_from", "n_layers", "d_model", "max_seq_len", "batch_size", "max_steps", "learning_rate",
+                "lora_rank")
+# what each objective's val_loss is: one panel per kind of quantity, never one axis for all
+KINDS = {"pretrain": "LM loss (nats/token)", "sft": "chat loss (nats/token)", "chat": "chat loss (nats/token)",
+         "dpo": "DPO loss", "rl": "RL: 1 - pass@1 (val_loss); reward (train)", "verifier": "verifier BCE"}
 
 
 def git_state():
@@ -151,22 +170,87 @@ def read_json_or_none(path):
         return None
 
 
-def summary_cell(results, name, metric, column=None):
-    """'value ± stderr (n)' from one evaluate.py JSON, or None where that figure was not measured. The best-of-N
+def signal(value, err, n, chance):
+    """Does a figure carry signal at its scale: n >= MIN_N items, or its 95% interval (value +- 1.96 stderr)
+    excludes chance (a figure with no chance level, such as bits per byte, needs the items)."""
+    if n >= MIN_N:
+        return True
+    return chance is not None and err is not None and err > 0 and abs(value - chance) > 1.96 * err
+
+
+def figure(results, name, metric, column=None):
+    """(value, stderr, n) from one evaluate.py JSON, or None where that figure was not measured. The best-of-N
     column reads the sampled figures (evaluate.py --num_samples --verifier): best_of_<N>, of generative tasks."""
     if results is None:
         return None
+    if name == "bits_per_byte":  # evaluate.py's loss on the val split (no --tasks)
+        value = results.get("bits_per_byte")
+        return None if value is None else (value, None, results.get("tokens", 0))
     if metric is None:  # an aggregate: core / chatcore, over the tasks that went into it
         value = None if column == "best_of_n" else results.get(name)
-        return None if value is None else f"{value:.4f}"
+        return None if value is None else (value, None, None)
     r = results.get("tasks", {}).get(name)
     if r and column == "best_of_n":
         r = r.get("sampled") or {}
         metric = f"best_of_{r.get('num_samples')}"
     if not r or r.get(metric) is None:
         return None
-    err = r.get(metric + "_stderr")
-    return f"{r[metric]:.4f}" + ("" if err is None else f" ± {err:.4f}") + f" (n={r['n']})"
+    return r[metric], r.get(metric + "_stderr"), r["n"]
+
+
+def cell(fig):
+    value, err, n = fig
+    return f"{value:.4f}" + ("" if err is None else f" ± {err:.4f}") + ("" if n is None else f" (n={n})")
+
+
+def headline_cell(fig, chance):
+    """The figure, or why the headline refuses it."""
+    if fig is None:
+        return "not run"
+    value, err, n = fig
+    return cell(fig) if signal(value, err, n, chance) else f"no signal (n={n}): in the machinery checks"
+
+
+def unigram_bits_per_byte(data_folder):
+    """The val split's bits per byte under the train split's token frequencies (add-one smoothed): what a model
+    that knows only how often each token occurs scores. None where the prepared data is not there."""
+    if not os.path.isfile(os.path.join(data_folder, "meta.json")):
+        return None
+    import numpy as np
+    from nash.data import read_meta
+    from nash.tokenizer import dataset_spec, from_spec
+    meta = read_meta(data_folder)
+    enc = from_spec(dataset_spec(data_folder, meta))
+    vocab = meta["vocab_size"]
+    split = {name: np.concatenate([np.fromfile(os.path.join(data_folder, f), dtype=meta["dtype"]) for f in files])
+             for name, files in meta["shards"].items()}
+    counts = np.bincount(split["train"], minlength=vocab)[:vocab] + 1.0
+    specials = set(meta.get("special_tokens", {}).values()) | {meta.get("eot_id")}
+    # a special token (end-of-text) is no text: 0 bytes, and left out, as evaluate.py's bits per byte counts
+    lengths = np.array([0 if i in specials or i >= enc.n_vocab else len(enc.decode_single_token_bytes(i))
+                        for i in range(vocab)])
+    val = split["val"][lengths[split["val"]] > 0]
+    return float(-np.log2(counts / counts.sum())[val].sum() / lengths[val].sum())
+
+
+def summary_cell(results, name, metric, column=None):
+    """'value ± stderr (n)' from one evaluate.py JSON, or None where that figure was not measured."""
+    fig = figure(results, name, metric, column)
+    return None if fig is None else cell(fig)
+
+
+def objective(config):
+    return config.get("objective") or config.get("task") or "pretrain"
+
+
+def trained_on(config):
+    """What a training stage learnt from: its reward task's problems for RL and the verifier (their dataset
+    setting is not read), else its data folder or dataset."""
+    if objective(config) in ("rl", "verifier"):
+        return f"{config.get('reward_task', '-')} problems (generated, checked by its answer check)"
+    if config.get("data_dir"):
+        return os.path.basename(os.path.normpath(config["data_dir"]))
+    return config.get("dataset", "-")
 
 
 def stage_rows(folder, stages):
@@ -180,49 +264,76 @@ def stage_rows(folder, stages):
         last = metrics[-1] if metrics else {}
         val = evals[-1].get("val_loss") if evals else None
         train = next((r.get("loss") for r in reversed(metrics) if r.get("event") == "train"), None)
+        kind = KINDS.get(objective(config), objective(config)) if config else "-"
         rows.append(f"| {s['stage']} | {s['seconds'] / 60:.1f} min | {fmt(config.get('num_params'))} | "
-                    f"{fmt(last.get('tokens'))} | {fmt(last.get('step'))} | {fmt(train)} | {fmt(val)} |")
+                    f"{fmt(last.get('tokens'))} | {fmt(last.get('step'))} | {kind} | {fmt(train)} | {fmt(val)} |")
     return rows
+
+
+def read_stages(folder):
+    if not os.path.isfile(os.path.join(folder, "stages.jsonl")):
+        return []
+    with open(os.path.join(folder, "stages.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def write_pipeline_report(folder, title="Pipeline report", hourly_cost=None):
     """Write folder/report.md (atomically) from what the pipeline's stages left there; return its path."""
-    stages = []
-    if os.path.isfile(os.path.join(folder, "stages.jsonl")):
-        with open(os.path.join(folder, "stages.jsonl")) as f:
-            stages = [json.loads(line) for line in f if line.strip()]
-    evals = {key: read_json_or_none(os.path.join(folder, "eval", key + ".json")) for _, key in SUMMARY_COLUMNS}
+    stages = read_stages(folder)
+    evals = {key: read_json_or_none(os.path.join(folder, "eval", key + ".json")) for _, key in COLUMNS}
+    losses = read_json_or_none(os.path.join(folder, "eval", "base_loss.json"))
     commit, dirty = git_state()
     total = sum(s["seconds"] for s in stages)
-    lines = [f"# {title}", "", f"Written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.", "",
+    lines = [f"# {title}", "", f"Written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by nash/tasks/report.py "
+             f"from the pipeline folder's stages.", "",
              "| | |", "|---|---|",
              f"| commit | {commit}{' (with uncommitted changes)' if dirty else ''} |",
              f"| hardware | {hardware()} |",
              f"| total wall time | {total / 60:.1f} min over {len(stages)} stages |"]
     if hourly_cost:
         lines.append(f"| cost | {total / 3600 * hourly_cost:.2f} at {hourly_cost:.2f} per hour |")
-    lines += ["", "## Summary", ""]
+    lines += ["", "## Headline", "",
+              f"Only figures with signal at this scale: n >= {MIN_N} items, or a 95% interval that excludes chance. "
+              "Each: value ± standard error (n).", ""]
+    lines += ["| metric | " + " | ".join(label for label, _ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for label, name, metric, chance in HEADLINE_ROWS:
+        if name == "bits_per_byte":
+            unigram = unigram_bits_per_byte(os.path.join(folder, "data", "corpus"))
+            label += f" (unigram baseline: {'unknown' if unigram is None else f'{unigram:.4f}'}; n: tokens)"
+            cells = [headline_cell(figure(losses, name, None), chance) if key == "base" else "not run"
+                     for _, key in COLUMNS]
+        else:
+            label += f" (chance {chance:g})"
+            cells = [headline_cell(figure(evals[key], name, metric, key), chance) for _, key in COLUMNS]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "## Machinery checks", "",
+              "Every figure measured, whatever its n: the benchmark fixtures of a few items each (tests/task_data) and "
+              "HumanEval, which a model this small cannot pass, show that every evaluation path runs on every stage, "
+              "not what the stages learnt.", ""]
     lines += ["| metric | " + " | ".join(label for label, _ in SUMMARY_COLUMNS) + " |",
               "|---" * (len(SUMMARY_COLUMNS) + 1) + "|"]
     for label, name, metric in SUMMARY_ROWS:
         cells = [summary_cell(evals[key], name, metric, key) or "not run" for _, key in SUMMARY_COLUMNS]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     sources = {key: r.get("task_data") for key, r in evals.items() if r is not None}
-    lines += ["", "Each figure: value ± standard error (number of items). Data: " + "; ".join(
+    lines += ["", "Data: " + "; ".join(
         f"{key}: {'the Hugging Face hub' if not src else f'offline files in {src}'}" for key, src in sources.items())
         + "." if sources else "", ""]
-    lines += ["## Stages", "", "| stage | wall time | parameters | tokens | steps | last train loss | last val loss |",
-              "|---|---|---|---|---|---|---|", *stage_rows(folder, stages), ""]
-    runs = [os.path.join(folder, s["run"]) for s in stages if s.get("run")]
-    lines += ["## Settings that matter", "", "| stage | " + " | ".join(KEY_SETTINGS) + " |",
-              "|---" * (len(KEY_SETTINGS) + 1) + "|"]
-    for s in stages:
-        config = (read_json_or_none(os.path.join(folder, s["run"], "config.json")) or {}) if s.get("run") else {}
+    lines += ["## Stages", "",
+              "| stage | wall time | parameters | tokens | steps | val_loss is | last train loss | last val_loss |",
+              "|---|---|---|---|---|---|---|---|", *stage_rows(folder, stages), ""]
+    runs = [(s["stage"], os.path.join(folder, s["run"])) for s in stages if s.get("run")]
+    lines += ["## Settings that matter", "", "| stage | objective | trained on | " + " | ".join(KEY_SETTINGS) + " |",
+              "|---" * (len(KEY_SETTINGS) + 3) + "|"]
+    for name, run in runs:
+        config = read_json_or_none(os.path.join(run, "config.json")) or {}
         if config:
-            lines.append(f"| {s['stage']} | " + " | ".join(fmt(config.get(k)) for k in KEY_SETTINGS) + " |")
+            lines.append(f"| {name} | {objective(config)} | {trained_on(config)} | "
+                         + " | ".join(fmt(config.get(k)) for k in KEY_SETTINGS) + " |")
     lines.append("")
-    figure = pipeline_curves(folder, runs)
-    lines += ["## Curves", "", f"![loss curves of every stage]({figure})" if figure else "(no curves logged)", ""]
+    picture = pipeline_curves(folder, runs)
+    lines += ["## Curves", "", f"![one panel per kind of quantity]({picture})" if picture else "(no curves logged)",
+              ""]
     path = os.path.join(folder, "report.md")
     with open(path + ".tmp", "w") as f:
         f.write("\n".join(lines))
@@ -230,16 +341,43 @@ def write_pipeline_report(folder, title="Pipeline report", hourly_cost=None):
     return path
 
 
+def curve_panels(runs):
+    """{kind: [(stage, metric, steps, values)]}: each run's val_loss (and train loss, or RL's reward) under the
+    kind of quantity its objective's val_loss is (KINDS)."""
+    panels = {}
+    for name, run in runs:
+        config = read_json_or_none(os.path.join(run, "config.json")) or {}
+        metrics = read_metrics(run)
+        kind = KINDS.get(objective(config), objective(config))
+        train_key = "reward" if any("reward" in r for r in metrics) else "loss"
+        for event, key in (("eval", "val_loss"), ("train", train_key)):
+            points = [(r["step"], r[key]) for r in metrics if r.get("event") == event and r.get(key) is not None]
+            if points:
+                panels.setdefault(kind, []).append((name, key, *zip(*points)))
+    return panels
+
+
 def pipeline_curves(folder, runs):
-    """The loss curves of all the stages' runs in one figure (and the RL reward, where logged), by compare.py."""
-    runs = [run for run in runs if read_metrics(run)]  # a stage that logged nothing (yet) has no curve
-    logged = {k for run in runs for r in read_metrics(run) for k in r}
-    names = [m for m in ("val_loss", "train_loss", "reward") if m in logged]
-    if not names:
+    """One panel per kind of quantity (LM loss, chat loss, DPO loss, RL, verifier BCE), every stage of that kind
+    in it, against its own steps; None when nothing was logged."""
+    panels = curve_panels(runs)
+    if not panels:
         return None
-    proc = subprocess.run([sys.executable, os.path.join(HERE, "compare.py"), *runs, f"--metrics={','.join(names)}",
-                           f"--output={os.path.join(folder, PIPELINE_CURVES)}"], capture_output=True, text=True, cwd=HERE)
-    return PIPELINE_CURVES if proc.returncode == 0 else None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for ax, (kind, series) in zip(axes[0], panels.items()):
+        for name, key, steps, values in series:
+            ax.plot(steps, values, marker="o" if key == "val_loss" else None, markersize=3,
+                    linestyle="-" if key == "val_loss" else ":", label=f"{name} {key}")
+        ax.set_title(kind, fontsize=10)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(folder, PIPELINE_CURVES), dpi=90)
+    plt.close(fig)
+    return PIPELINE_CURVES
 
 
 if __name__ == "__main__":  # python -m nash.tasks.report PIPELINE_FOLDER [HOURLY_COST]: what runs/*.sh end with
