@@ -68,6 +68,8 @@ class GPTConfig:
             raise ValueError(f"rope_theta must be positive, got {self.rope_theta}")
         if self.n_experts < 0 or self.attn_sinks < 0 or self.moe_aux_loss_coef < 0:
             raise ValueError("n_experts, attn_sinks and moe_aux_loss_coef cannot be negative")
+        if self.attn_sinks > self.max_seq_len:  # every forward attends over them: a few (StreamingLLM's 4) do the job
+            raise ValueError(f"attn_sinks ({self.attn_sinks}) cannot exceed max_seq_len ({self.max_seq_len})")
         if self.n_experts and not 1 <= self.experts_top_k <= self.n_experts:
             raise ValueError(f"experts_top_k ({self.experts_top_k}) must be between 1 and n_experts ({self.n_experts})")
 
@@ -92,7 +94,7 @@ class GPTConfig:
         mlp = d * self.d_ff * (3 if self.mlp == "swiglu" else 2)
         block = attn + mlp * max(self.n_experts, 1) + d * self.n_experts + 4 * d
         tables = self.max_seq_len * d if self.pos_emb == "learned" else (self.max_seq_len + self.attn_sinks) * self.head_dim
-        return 4 * (V * d * (1 if self.tie_weights else 2) + L * block + tables + d * self.score_head)
+        return 4 * (V * d * (1 if self.tie_weights else 2) + L * block + tables + d * (self.score_head + self.attn_sinks))
 
 
 def make_norm(config, dim):

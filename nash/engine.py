@@ -82,13 +82,18 @@ def row_generators(seed, n_prompts, num_samples, device):
             for i in range(n_prompts) for j in range(num_samples)]
 
 
+MIN_TEMPERATURE = 1e-5
+
+
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
     """Pick one token per row from logits (B, V): greedy when temperature == 0, else sample from
     softmax(logits / temperature) restricted to the top_k tokens and then to the nucleus top_p. generator: one
     torch.Generator, or a list of one per row."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
+    # below MIN_TEMPERATURE the distribution is the argmax to float precision, and logits / 1e-300 overflow to inf
+    # (softmax then gives NaN): sample at the floor instead, which keeps the same token
+    logits = logits.float() / max(temperature, MIN_TEMPERATURE)
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -98,15 +103,13 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         probs = F.softmax(sorted_logits, dim=-1)
         drop = probs.cumsum(dim=-1) - probs >= top_p
+        drop[:, 0] = False  # (the rounding of cumsum - probs can leave ~1e-9 before the first: top_p=1e-50 kept none)
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = F.softmax(logits, dim=-1)
     if isinstance(generator, (list, tuple)):  # one per row: a row's draws do not depend on the other rows
         return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generator)])
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
-
-
-# Peak dense (no sparsity) 16-bit tensor-core FLOPS per GPU, bf16 where it exists (fp16 for V100/T4),
 
 
 def prefill(model, cache, tokens, rolling, chunk=PREFILL_CHUNK, should_stop=None, fed=None):

@@ -237,3 +237,12 @@ def test_kv_cache_select_and_stack_keep_rows():
     stacked.select(torch.tensor([3, 0]))
     assert stacked.pad.tolist() == [1, 0] and stacked.k[0].size(0) == 2
     assert M.GPT is GPT  # (the engine builds on model.py's GPT, nothing else of it)
+
+
+@pytest.mark.parametrize("settings", [dict(top_p=1e-50), dict(temperature=1e-300), dict(temperature=1e-300, top_p=1e-320),
+                                      dict(temperature=1e-300, top_k=3)])
+def test_extreme_sampling_settings_pick_the_argmax_instead_of_failing(settings):
+    """Issue 35: temperature 1e-300 made the logits inf (softmax NaN, multinomial raised) and top_p=1e-50 could keep
+    no token at all; both are the greedy token to float precision."""
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(0)) * 5
+    assert torch.equal(sample_next(logits, **settings), logits.argmax(-1))

@@ -143,3 +143,30 @@ def test_checkpoint_whose_lora_record_is_hostile(case, words, tiny_run, tmp_path
         torch.save(state, run / name)
     error = run_refused("sample.py", f"--init_from={run}", "--num_samples=1", "--max_new_tokens=2")
     assert words in error, error
+
+
+def test_sample_at_extreme_settings_samples(tiny_run):
+    """sample.py --temperature=1e-300 --top_p=1e-50 was a multinomial traceback; it is greedy to float precision."""
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, f"{ROOT}/sample.py", f"--init_from={tiny_run}", "--num_samples=1",
+                           "--max_new_tokens=3", "--temperature=1e-300", "--top_p=1e-50", "--start=ROMEO:"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_checkpoint_with_two_million_sinks(tiny_run, tmp_path):
+    """attn_sinks=2000000 passed the size check, which counted none of the sinks' parameters (6 MiB for 250 MiB);
+    sinks beyond the context are refused by the config, and memory_bytes counts them."""
+    from model import GPTConfig
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    for name in ("ckpt.pt", "best.pt"):
+        state = torch.load(run / name, weights_only=True)
+        state["model_config"]["attn_sinks"] = 2_000_000
+        torch.save(state, run / name)
+    error = run_refused("sample.py", f"--init_from={run}", "--num_samples=1", "--max_new_tokens=2")
+    assert "attn_sinks (2000000) cannot exceed max_seq_len" in error, error
+    small, sinks = GPTConfig(n_layers=1, d_model=64, n_heads=2, d_ff=64, vocab_size=100), 500
+    big = GPTConfig(n_layers=1, d_model=64, n_heads=2, d_ff=64, vocab_size=100, attn_sinks=sinks, max_seq_len=1024)
+    assert big.memory_bytes() - small.memory_bytes() >= 4 * sinks * 64  # the sinks' own parameters are counted
