@@ -27,7 +27,7 @@ from configurator import check_output_dir, check_range, configure
 from model import GPT, GPTConfig
 from nash import lora, tokenizer
 from nash import tasks as downstream
-from nash.checkpoint import base_source, load_checkpoint, model_from_checkpoint, pretrained_model, resolve_source, \
+from nash.checkpoint import base_source, continue_settings, load_checkpoint, model_from_checkpoint, pretrained_model, resolve_source, \
     run_files, save_checkpoint
 from nash.common import autocast, fail, pick_device, pick_dtype
 from nash.data import dataset_dir
@@ -105,8 +105,25 @@ compile = False  # torch.compile the model (first steps are slow while it compil
 wandb_enabled = False
 wandb_project = "nash-llm"
 wandb_run_name = ""  # "" = the name of out_dir
+# what a resumed run (--init_from=resume) may change: when it logs, evaluates, saves and stops, where it runs, and
+# its learning-rate schedule (lowered after a loss spike); every other setting is the run's own
+MID_RUN_SAFE = ("max_steps", "learning_rate", "min_lr", "warmup_steps", "lr_decay_steps", "grad_clip", "eval_interval",
+                "log_interval", "checkpoint_interval", "keep_checkpoints", "early_stopping_patience", "eval_tasks",
+                "eval_task_examples", "out_dir", "overwrite", "device", "dtype", "compile", "wandb_enabled",
+                "wandb_project", "wandb_run_name")
 given = set()  # the settings a config file or flag chose (the others are defaults a checkpoint may replace)
 settings = configure(globals(), given=given)
+resume = None  # the checkpoint being resumed, if any
+if init_from == "resume":  # the run in out_dir goes on as it was: its settings, checked before anything is written
+    path = os.path.join(out_dir, "ckpt.pt")
+    if not os.path.isfile(path):
+        fail(f"init_from=resume but {path} does not exist; start a run with --init_from=scratch")
+    resume = load_checkpoint(path, needs=("model_config", "model", "settings", "optimizers", "step", "best_val_loss",
+                                          "rng"))  # what resuming reads below
+    shape = asdict(GPTConfig(**resume["model_config"]))  # the model as saved (defaults fill newer fields)
+    saved = {**resume["settings"], **{k: shape[k] for k in MODEL_SETTINGS}}
+    settings = continue_settings(saved, settings, given - {"init_from"} | {"out_dir"}, MID_RUN_SAFE, out_dir)
+    globals().update(settings)  # (init_from is now where the run started: DPO's reference and the verifier need it)
 # -----------------------------------------------------------------------------
 # checks that need no data or model: one clear line each, before any work
 
@@ -188,18 +205,8 @@ data_tokenizer = objective.data_tokenizer(folder)  # None: text, encoded with th
 # -----------------------------------------------------------------------------
 # model: from scratch, resumed, GPT-2, or a checkpoint to fine-tune; a checkpoint brings its tokenizer along
 torch.manual_seed(seed)  # the same initial weights in every process
-resume = None  # the checkpoint being resumed, if any
 model_tokenizer = data_tokenizer or tokenizer.GPT2_SPEC  # the tokenizer the model's ids mean, saved in checkpoints
-if init_from == "resume":
-    path = os.path.join(out_dir, "ckpt.pt")
-    if not os.path.isfile(path):
-        fail(f"init_from=resume but {path} does not exist; start a run with --init_from=scratch")
-    resume = load_checkpoint(path, needs=("model_config", "model", "settings", "optimizers", "step", "best_val_loss",
-                                          "rng"))  # what resuming reads below
-    # the run's model and optimizer state only fit the run's own model and optimizer settings
-    saved_shape = asdict(GPTConfig(**resume["model_config"]))  # defaults fill fields older checkpoints lack
-    run = {**resume["settings"], **{k: saved_shape[k] for k in MODEL_SETTINGS}}  # the shape as saved
-    keep_settings(run, MODEL_SETTINGS + ("max_seq_len", "optimizer"), f"the run resumed from {path}")
+if resume is not None:
     model = model_from_checkpoint(resume, merge_lora=False, dropout=dropout)  # adapters stay apart on resume
     model_tokenizer = tokenizer.checkpoint_spec(resume)
 elif init_from == "scratch":
@@ -256,13 +263,19 @@ objective.setup(model, init_from, resume, lora_info)  # e.g. DPO's frozen refere
 if max_seq_len > config.max_seq_len:
     fail(f"max_seq_len={max_seq_len} is longer than the model's context ({config.max_seq_len}); it may shrink for "
          f"fine-tuning but cannot grow: lower --max_seq_len")
-if master and init_from != "resume" and run_files(out_dir) and not overwrite:
+if master and resume is None and run_files(out_dir) and not overwrite:
     fail(f"{out_dir} already holds a run ({', '.join(run_files(out_dir))}); continue it with --init_from=resume, "
          f"replace it with --overwrite, or choose another --out_dir")
 
 # -----------------------------------------------------------------------------
 # data: batches are a pure function of (seed, step, index), so resume and DDP see the same stream
 train_data, val_data = objective.load_data(folder, tokenizer.from_spec(model_tokenizer), config.vocab_size)
+examples = len(getattr(train_data, "sequences", ())) or getattr(train_data, "num_tokens", 0) // max_seq_len
+epochs = max_steps * batch_size * grad_accum_steps / examples if examples else 0
+if epochs > 50:  # a tiny dataset: a model learns it by heart long before the end, and the rest is wasted time
+    log(f"warning: {max_steps} steps of {batch_size * grad_accum_steps} sequences go {epochs:.0f} times through the "
+        f"{examples} training examples of {folder}; expect it to memorise them: fewer --max_steps, more data, or "
+        f"evals with --early_stopping_patience stop it in time")
 
 # downstream benchmarks (eval_tasks), loaded up front so that a data problem stops the run now, not at its first eval
 task_eval = downstream.prepare(downstream.parse(eval_tasks), task_data, eval_task_examples) if master else []
@@ -415,6 +428,7 @@ if lora_info:
 model.train()
 last_eval = resume.get("metrics") if resume else None
 loss_sum, skipped_steps, steps_since_log, t_log, t_start = torch.zeros((), device=device), 0, 0, time.time(), time.time()
+step_time, timed_steps, start_step, memorised = 0.0, 0, step, False  # the ETA: mean step time after warm-up
 stats_sum = torch.zeros(len(objective.stats), device=device)  # the objective's statistics since the last log line
 aux_sum, load_sum = torch.zeros((), device=device), 0.0  # MoE: load-balancing loss and each layer's expert load
 x, y = get_batch(step, 0)
@@ -462,8 +476,9 @@ while step < max_steps:
         if not math.isfinite(train_loss):
             fail(f"the training loss became {train_loss} by step {step}; lower --learning_rate, "
                  f"set --grad_clip, or use --dtype=bfloat16; the last checkpoint in {out_dir} is untouched")
-        elapsed = time.time() - t_log
-        dt = elapsed / steps_since_log
+        dt = (time.time() - t_log) / steps_since_log
+        if step - steps_since_log > start_step:  # (not the first log line's steps: they compile and warm up)
+            step_time, timed_steps = step_time + dt * steps_since_log, timed_steps + steps_since_log
         tokens_per_sec = tokens_per_step / dt
         mfu = raw_model.estimate_mfu(tokens_per_sec / world_size, max_seq_len, device)
         moe = {}  # MoE: the mean load-balancing loss, and each layer's fraction of assignments per expert
@@ -476,7 +491,11 @@ while step < max_steps:
             + (f" | aux {moe['aux_loss']:.4f}, busiest expert {max(map(max, moe['expert_load'])):.3f}" if moe else "")
             + (f" | skipped {skipped_steps}" if skipped_steps else "")
             + (" | " + objective.describe(objective.metrics(stats_sum / steps_since_log)) if objective.stats else "")
-            + f" | eta {format_duration(dt * (max_steps - step))}")
+            + f" | eta {format_duration((step_time / timed_steps if timed_steps else dt) * (max_steps - step))}")
+        if objective.zero_loss_means_memorised and abs(train_loss) < 1e-3 and not memorised:
+            memorised = True  # said once: the loop goes on, as the user asked for max_steps
+            log(f"warning: the training loss is {train_loss:.4f} at step {step}: the model has memorised its training "
+                f"data and further steps teach it nothing; stop with Ctrl-C (it saves) or watch the val loss")
         if master:
             log_metrics("train", loss=train_loss, lr=learning_rate * lr_mult,
                         grad_norm=grad_norm.item() if grad_clip > 0 else None, ms_per_step=1000 * dt,
@@ -532,7 +551,7 @@ if master:
     best = (f"best val loss {best_val_loss:.4f}" if math.isfinite(best_val_loss)
             else "no eval ran" + ("" if eval_interval else " (eval_interval=0)"))
     log(f"{how} at step {step} after {format_duration(time.time() - t_start)}; {best}; "
-        f"checkpoints in {out_dir} (sample with `python sample.py --out_dir={out_dir}`)")
+        f"checkpoints in {out_dir}; {objective.next_step.format(**settings)}")
 if wandb_run is not None:
     wandb_run.finish()
 if ddp:

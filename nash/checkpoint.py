@@ -41,6 +41,19 @@ def save_checkpoint(path, state):
             os.remove(tmp)
 
 
+def continue_settings(saved, settings, given, safe, where):
+    """The settings of a resumed run: the run's own (saved), except those in safe that a flag or config file gave
+    (given). Any other setting given a value other than the run's is one error naming it and both values: a resume
+    continues the run that is there, it never turns it into another. Settings newer than the run keep theirs."""
+    changed = [f"{k}={settings[k]!r} where the run has {saved[k]!r}" for k in settings
+               if k in given and k not in safe and k in saved and settings[k] != saved[k]]
+    if changed:
+        fail(f"resuming the run in {where} keeps its settings, but you gave {', '.join(changed)}; only "
+             f"{', '.join(safe)} may change mid-run: drop the others, or start a new run from this one with "
+             f"--init_from={where} --out_dir=<another folder>")
+    return {k: settings[k] if k in safe and k in given or k not in saved else saved[k] for k in settings}
+
+
 def resolve_source(location, which="best"):
     """What a model location names. This is the one place that tells a GPT-2 name, a Hugging Face folder, a run
     folder and a checkpoint file apart (train.py, sample.py, evaluate.py and bench.py all come through here):

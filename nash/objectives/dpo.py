@@ -84,6 +84,8 @@ class DPO(SFT):
     needs_trained_model = True
     stats = STATS
     examples = PreferenceExamples  # B chosen rows, then their B rejected ones
+    next_step = ("sample with `python sample.py --out_dir={out_dir} --start=<a prompt written like the training ones>`, "
+                 "or measure it with `python evaluate.py --out_dir={out_dir} --task=sft --dataset=<prompt/completion data>`")
 
     def check_settings(self):
         if self.settings["dpo_beta"] <= 0:

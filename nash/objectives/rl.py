@@ -165,6 +165,9 @@ class AsksRewardTask(Pretrain):
 class RL(AsksRewardTask):
     fine_tunes = True
     stats = STATS
+    zero_loss_means_memorised = False  # a batch whose rewards are all equal has loss 0
+    next_step = ("measure it with `python evaluate.py --out_dir={out_dir} --tasks={reward_task}`, or talk to it with "
+                 "`python chat.py --out_dir={out_dir}`")
 
     def check_settings(self):
         s = self.settings

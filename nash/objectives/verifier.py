@@ -67,6 +67,8 @@ class Examples:
 
 class Verifier(AsksRewardTask):  # (a trained chat model, the generator: its answers are what it learns to judge)
     stats = ("accuracy",)  # of the step's examples, at probability 1/2
+    next_step = ("pick the best of N answers with it: `python evaluate.py --init_from={init_from} --tasks={reward_task} "
+                 "--num_samples={verifier_samples} --verifier={out_dir}`")
 
     def check_settings(self):
         s = self.settings
