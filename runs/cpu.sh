@@ -43,7 +43,7 @@ stage base "pretraining the base model" "2 minutes" base -- \
 stage base_eval "CORE: multiple choice scored by log-likelihood" "seconds" - -- \
     python evaluate.py --out_dir="$DIR/base" --tasks=$BASE_TASKS "${EVAL[@]}" --output="$DIR/eval/base.json"
 stage sft "chat fine-tuning on the arithmetic word problems" "2 minutes" sft -- \
-    python train.py --task=chat --dataset=arith/chat --init_from="$DIR/base" --out_dir="$DIR/sft" --max_seq_len=64 \
+    python train.py --objective=chat --dataset=arith/chat --init_from="$DIR/base" --out_dir="$DIR/sft" --max_seq_len=64 \
         --batch_size=16 --learning_rate=3e-3 --warmup_steps=50 --max_steps=800 --weight_decay=0.0 \
         --eval_interval=100 --eval_iters=7 --eval_tasks=arith --eval_task_examples=200 "${SFT[@]}"
 stage sft_eval "the chat model on the chat-format benchmarks" "under a minute" - -- \

@@ -54,10 +54,10 @@ def test_bare_resume_continues_the_fine_tune(pretrained, sft_data, tmp_path):
 
     proc = run_script("train.py", f"--out_dir={out}", "--init_from=resume", f"--max_steps={stopped['step'] + 6}")
     config = json.load(open(os.path.join(out, "config.json")))
-    assert config["task"] == "sft" and config["dataset"] == "echo" and config["data_dir"] == sft_data
+    assert config["objective"] == "sft" and config["dataset"] == "echo" and config["data_dir"] == sft_data
     assert config["init_from"] == pretrained and config["batch_size"] == 8 and config["max_steps"] == stopped["step"] + 6
     state = load_checkpoint(os.path.join(out, "ckpt.pt"))
-    assert state["step"] == stopped["step"] + 6 and state["settings"]["task"] == "sft"
+    assert state["step"] == stopped["step"] + 6 and state["settings"]["objective"] == "sft"
     assert state["model_config"] == stopped["model_config"]  # the same model goes on
     after = [e["loss"] for e in read_metrics(out) if e["event"] == "train"][len(before):]
     assert after and after[0] < before[-1] + 1.0, (before, after)  # the loss continues, it does not jump (to ~12)
@@ -70,10 +70,33 @@ def test_resume_refuses_a_changed_setting_and_writes_nothing(tiny_run, tmp_path)
     shutil.copytree(tiny_run, out)
     files = folder_state(out)
     line = error_line(run_script("train.py", f"--out_dir={out}", "--init_from=resume", "--max_steps=30",
-                                 "--task=sft", "--batch_size=2", check=False))
-    assert "task='sft' where the run has 'pretrain'" in line and "batch_size=2 where the run has 4" in line
+                                 "--objective=sft", "--batch_size=2", check=False))
+    assert "objective='sft' where the run has 'pretrain'" in line and "batch_size=2 where the run has 4" in line
     assert "max_steps" in line  # the list of what may change
     assert folder_state(out) == files  # nothing written before the check
+
+
+def test_a_checkpoint_from_before_the_rename_resumes(tiny_run, tmp_path):
+    """Runs saved with the setting `task` (now `objective`) still resume, as what they were."""
+    import shutil
+    import torch
+    out = tmp_path / "old"
+    shutil.copytree(tiny_run, out)
+    state = torch.load(out / "ckpt.pt", weights_only=True)
+    state["settings"]["task"] = state["settings"].pop("objective")
+    torch.save(state, out / "ckpt.pt")
+    run_script("train.py", f"--out_dir={out}", "--init_from=resume", "--max_steps=22")
+    config = json.load(open(out / "config.json"))
+    assert config["objective"] == "pretrain" and "task" not in config and config["max_steps"] == 22
+
+
+def test_help_lists_each_objectives_settings_under_its_heading():
+    text = run_script("train.py", "--help").stdout
+    loop, _, rest = text.partition("\nLoRA, for the fine-tuning objectives")
+    assert "--objective" in loop and "--max_steps" in loop and "--rl_samples" not in loop and "--lora_rank" not in loop
+    assert "--dpo_beta" in rest.split("\nobjective=rl")[0]
+    assert "nash/objectives/rl.py" in text and "--rl_samples" in text.split("objective=rl")[1]
+    assert "--lora_rank" in text.split("LoRA, for the fine-tuning objectives")[1]
 
 
 def test_next_step_names_the_right_script():

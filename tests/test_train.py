@@ -167,7 +167,9 @@ def test_config_file_and_flags(tiny_data, tmp_path):
     (["--init_from=resume"], "init_from=resume but .* does not exist"),
     (["--max_seq_len=100000"], "too few for one window"),
     (["--vocab_size=1000"], r"vocab_size=1000 is smaller than the tokenizer.s 50257 tokens \(gpt2\); leave it at 0"),
-    (["--task=finetune"], "task='finetune' should be"),
+    (["--objective=finetune"], "objective='finetune' should be"),
+    (["--task=sft"], "the setting 'task' .* is now called 'objective': write --objective="),
+    (["--rl_samples=4"], "rl_samples is a setting of objective=rl, and this run trains objective=pretrain"),
     (["--optimizer=sgd"], "optimizer='sgd' should be"),
     (["--batch_size=0"], "batch_size=0 should be a number >= 1"),
     (["--n_heads=3"], "bad model settings"),
@@ -204,7 +206,7 @@ def test_malformed_jsonl_names_file_and_line(sft_data, tmp_path):
     with open(bad / "train.jsonl", "a") as f:
         f.write('{"prompt": "x", "completion": \n')
     lines = open(bad / "train.jsonl").read().count("\n")
-    proc = run_script("train.py", *TINY_MODEL, *TINY_TRAINING, "--task=sft", "--dataset=badsft",
+    proc = run_script("train.py", *TINY_MODEL, *TINY_TRAINING, "--objective=sft", "--dataset=badsft",
                       f"--data_dir={bad}", f"--out_dir={tmp_path / 'o'}", check=False)
     assert f"train.jsonl:{lines}" in error_line(proc)
 
