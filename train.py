@@ -26,7 +26,7 @@ import model as model_file
 from configurator import configure, setting_groups
 from model import GPTConfig
 from nash import lora, tokenizer
-from nash import tasks as downstream
+from nash import tasks
 from nash.checkpoint import append_line, lock_run_folder, run_files, save_checkpoint
 from nash.common import autocast, fail, pick_device, pick_dtype
 from nash.data import dataset_dir
@@ -160,7 +160,7 @@ if warning := data_warning(train_data, settings, folder):  # a tiny dataset for 
     log(warning)
 
 # downstream benchmarks (eval_tasks), loaded up front so that a data problem stops the run now, not at its first eval
-task_eval = downstream.prepare(downstream.parse(eval_tasks), task_data, eval_task_examples) if master else []
+task_eval = tasks.prepare(tasks.parse(eval_tasks), task_data, eval_task_examples) if master else []
 
 
 def to_device(x, y):
@@ -350,8 +350,8 @@ while step < max_steps:
         t_eval = time.time()
         last_eval, task_metrics = evaluate(), {}
         if task_eval:  # on the first process only: the others wait for it at the next gradient all-reduce
-            task_metrics = downstream.flat(downstream.run(task_eval, raw_model, tokenizer.from_spec(model_tokenizer),
-                                                          batch_size, ctx, progress=False, chat=objective.chat))
+            task_metrics = tasks.flat(tasks.run(task_eval, raw_model, tokenizer.from_spec(model_tokenizer),
+                                                batch_size, ctx, progress=False, chat=objective.chat))
             last_eval.update(task_metrics)
         improved = last_eval["val_loss"] < best_val_loss
         if improved:
