@@ -22,6 +22,7 @@ from model import GPT, GPTConfig, check_size
 
 FORMAT = "nash-llm-checkpoint/1"
 CHECKPOINT_FILES = {"latest": "ckpt.pt", "best": "best.pt"}
+HELD_LOCKS = {}  # out_dir/.lock path -> the open file whose flock this process holds
 
 
 # -----------------------------------------------------------------------------
@@ -65,8 +66,11 @@ def append_line(path, line):
 def lock_run_folder(out_dir):
     """Hold out_dir/.lock (flock) for the life of this process, so that a second run into the same folder stops
     with one line naming the pid that holds it. The kernel drops the lock when its process ends, however it ends:
-    a stale lock from a dead run is no lock. Returns the open file, which must stay referenced."""
-    path = os.path.join(out_dir, ".lock")
+    a stale lock from a dead run is no lock. Held once per process (a script run again in the same process, as the
+    tests do, takes its own lock back). Returns the open file."""
+    path = os.path.realpath(os.path.join(out_dir, ".lock"))
+    if path in HELD_LOCKS:
+        return HELD_LOCKS[path]
     f = open(path, "a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -79,6 +83,7 @@ def lock_run_folder(out_dir):
     f.truncate()
     f.write(f"{os.getpid()}\n")
     f.flush()
+    HELD_LOCKS[path] = f
     return f
 
 
