@@ -129,7 +129,7 @@ SUMMARY_ROWS = (("CORE", "core", None), ("ARC-Easy", "arc_easy", "acc"), ("ARC-C
                 ("HumanEval", "humaneval", "pass@1"), ("ChatCORE", "chatcore", None))
 SUMMARY_COLUMNS = (("BASE", "base"), ("SFT", "sft"), ("RL", "rl"), ("best-of-N", "best_of_n"))
 PIPELINE_CURVES = "pipeline_curves.png"
-KEY_SETTINGS = ("task", "dataset", "init_from", "n_layers", "d_model", "max_seq_len", "batch_size", "max_steps",
+KEY_SETTINGS = ("objective", "dataset", "init_from", "n_layers", "d_model", "max_seq_len", "batch_size", "max_steps",
                 "learning_rate", "lora_rank")
 
 
