@@ -146,9 +146,6 @@ model, model_tokenizer, lora_info = build_model(settings, given, objective, resu
                                                 MODEL_SETTINGS, log)
 config, max_seq_len = model.config, settings["max_seq_len"]  # (fine-tuning takes the model's context by default)
 objective.setup(model, init_from, resume, lora_info)  # e.g. DPO's frozen reference
-if master:  # one run at a time in a folder: a second one stops here, naming the first one's pid
-    os.makedirs(out_dir, exist_ok=True)
-    lock = lock_run_folder(out_dir)
 if master and resume is None and run_files(out_dir) and not overwrite:
     fail(f"{out_dir} already holds a run ({', '.join(run_files(out_dir))}); continue it with --init_from=resume, "
          f"replace it with --overwrite, or choose another --out_dir")
@@ -176,6 +173,9 @@ def get_batch(step, micro_step):
 
 # -----------------------------------------------------------------------------
 # optimizer, gradient scaler, compile, DDP
+if master:  # one run at a time in a folder (a second one stops here, naming this one's pid); then it writes there
+    os.makedirs(out_dir, exist_ok=True)
+    lock = lock_run_folder(out_dir)
 model.to(device)
 objective.to(device)
 optimizers = model.configure_optimizers(optimizer, learning_rate, weight_decay, (beta1, beta2), device_type)
