@@ -83,31 +83,60 @@ def comments_by_name(path):
     return comments
 
 
-def print_help(scope, names, usage):
+def setting_groups(modules):
+    """{heading: (file, {name: default})}: the settings block of each module, its plain module-level
+    `name = default  # comment` lines (an objective's in nash/objectives/, LoRA's in nash/lora.py). A script merges
+    them into its own settings before configure(), so they stay flat --key=value settings; --help lists them apart."""
+    groups = {}
+    for heading, module in modules.items():
+        commented, scope = comments_by_name(module.__file__), vars(module)
+        block = {k: scope[k] for k in setting_names(scope) if k in commented}
+        if block:
+            groups[heading] = (module.__file__, block)
+    return groups
+
+
+def print_help(scope, names, usage, groups):
     script = os.path.basename(scope.get("__file__") or "script.py")
     doc = (scope.get("__doc__") or "").strip()
     print(f"usage: python {script} {usage}\n")
     if doc:
         print(doc + "\n")
     comments = {**comments_by_name(scope.get("__settings_from__")), **comments_by_name(scope.get("__file__"))}
+    grouped = {n for _, block in groups.values() for n in block}
+    sections = [("", [n for n in names if n not in grouped], comments)]
+    sections += [(f"\n{heading} ({os.path.relpath(path)}):", list(block), comments_by_name(path))
+                 for heading, (path, block) in groups.items()]
     width = max(len(n) for n in names)
-    for n in names:
-        default = repr(scope[n])
-        note = f"  # {comments[n]}" if n in comments else ""
-        print(f"  --{n.ljust(width)} = {default}{note}")
+    for heading, section, notes in sections:
+        if heading:
+            print(heading)
+        for n in section:
+            note = f"  # {notes[n]}" if n in notes else ""
+            print(f"  --{n.ljust(width)} = {scope[n]!r}{note}")
 
 
-def configure(scope, argv=None, usage="[config_file.py ...] [--key=value ...]", given=None):
+def configure(scope, argv=None, usage="[config_file.py ...] [--key=value ...]", given=None, groups=None,
+              renamed=None):
     """Apply config files and --key=value flags from argv to the settings in scope (a script's
     globals). Returns the final settings as a dict, in the order the script defines them.
     usage is the argument synopsis --help shows; given, a set, receives the names a file or flag set
-    (train.py tells a setting the user chose from a default that a checkpoint may replace)."""
+    (train.py tells a setting the user chose from a default that a checkpoint may replace); groups, from
+    setting_groups(), are the blocks merged into scope, listed under their headings by --help; renamed maps an old
+    setting name to its new one, so that the old one is an error naming the new."""
     given = set() if given is None else given
     argv = sys.argv[1:] if argv is None else argv
     names = setting_names(scope)
+    renamed = renamed or {}
     if any(a in ("-h", "--help") for a in argv):
-        print_help(scope, names, usage)
+        print_help(scope, names, usage, groups or {})
         sys.exit(0)
+
+    def unknown(key, where):
+        if key in renamed:
+            fail(f"the setting '{key}' {where} is now called '{renamed[key]}': write --{renamed[key]}=... "
+                 f"(or {renamed[key]} = ... in a config file)")
+        unknown_setting(key, names, where)
     for arg in argv:
         if not arg.startswith("--"):
             if os.path.isdir(arg):
@@ -133,12 +162,12 @@ def configure(scope, argv=None, usage="[config_file.py ...] [--key=value ...]", 
                 if key.startswith("_") or isinstance(value, (types.ModuleType, types.FunctionType, type)):
                     continue  # config files may import or define helpers
                 if key not in names:
-                    unknown_setting(key, names, f"in config file {arg}")
+                    unknown(key, f"in config file {arg}")
                 scope[key] = coerce(key, value, scope[key], f"in config file {arg}")
         else:
             key, eq, text = arg[2:].partition("=")
             if key not in names:
-                unknown_setting(key, names, f"(from {arg})")
+                unknown(key, f"(from {arg})")
             if not eq:
                 if isinstance(scope[key], bool):
                     scope[key] = True  # a bare --force means --force=True
@@ -191,6 +220,13 @@ def check_output_dir(name, path):
     """An output folder: it may not exist yet (it is made), but it cannot be empty or an existing file."""
     if not path:
         fail(f"{name} is empty; give a folder, e.g. --{name}=out")
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            fail(f"{name}={path} is a symbolic link to nothing; remove it or choose another --{name}")
+    except OSError as e:  # ELOOP: a symbolic link loop; EACCES, ENOTDIR: a path that cannot be a folder
+        fail(f"{name}={path} cannot be used as a folder ({e.strerror}); choose another --{name}")
     if os.path.exists(path) and not os.path.isdir(path):
         fail(f"{name}={path} is a file, not a folder; choose another --{name}")
     return path

@@ -12,11 +12,11 @@ for a fine-tuned (SFT) checkpoint also the exact match of its greedy completions
 - Bits per byte = total nats / (ln 2 * total UTF-8 bytes of the target tokens). End-of-text targets are
   left out of both sums (as nanochat does): they are document boundaries, not text, and have no bytes.
   Unlike the loss per token, this does not depend on the tokenizer, so models with different ones compare.
-- SFT data (task=sft, or a checkpoint trained with it): <split>.jsonl of prompt/completion pairs; loss,
+- SFT data (objective=sft, or a checkpoint trained with it): <split>.jsonl of prompt/completion pairs; loss,
   accuracy and bits per byte count the completion tokens and the end-of-text after them, as in training.
   Exact match: the completion generated greedily (temperature 0) from each prompt, up to end-of-text,
   equals the reference completion token for token (max_examples caps how many are generated).
-- Chat data (task=chat): conversations; loss and accuracy count the assistant replies and their end tokens. Exact
+- Chat data (objective=chat): conversations; loss and accuracy count the assistant replies and their end tokens. Exact
   match: each conversation's last reply, answered greedily by the chat engine (chat.py's) from the turns before
   it, equals the reference token for token and then ends (max_examples caps how many). Replies that call the
   calculator (nash/tools.py) get each call's output forced in by the engine, as in chat.py; --tools=0 asks the
@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from nash import tasks as downstream
 from nash import tokenizer
-from nash.checkpoint import load_model
+from nash.checkpoint import load_model, run_settings
 from nash.common import inference_setup
 from nash.engine import Completion, Sampling, stream
 from configurator import check_output_file, check_range, check_sampling, configure, fail
@@ -75,7 +75,7 @@ num_samples = 0  # tasks: also sample this many replies per generative item (pas
 temperature = 0.8  # num_samples: the sampling temperature (Chen et al. sample pass@k at 0.8)
 top_k = 0  # num_samples: sample among the k most likely tokens; 0 = off
 seed = 1337  # num_samples: the same seed gives the same samples
-verifier = ""  # num_samples: a verifier run folder (task=verifier); best-of-N is the reply it scores highest
+verifier = ""  # num_samples: a verifier run folder (objective=verifier); best-of-N is the reply it scores highest
 tools = True  # chat: replies (and a chat model's --tasks answers) may call the calculator (nash/tools.py); 0: without it
 report = False  # also write out_dir/report.md: the run's settings, hardware, curves, benchmarks and a few samples
 device = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps
@@ -108,7 +108,7 @@ if num_samples:
 if verifier and not num_samples:
     fail("--verifier picks the best of several samples; give --num_samples=N too")
 if verifier and not os.path.exists(verifier):
-    fail(f"--verifier={verifier} does not exist; give the run folder of a task=verifier run")
+    fail(f"--verifier={verifier} does not exist; give the run folder of an objective=verifier run")
 no_chat = [n for n in generative if downstream.TASKS[n].chat_prompt is None]
 if verifier and no_chat:
     fail(f"the verifier scores replies to a conversation, and {', '.join(no_chat)} has no chat format; leave it out "
@@ -128,16 +128,16 @@ prepared = downstream.prepare(task_names, task_data, max_examples, num_fewshot) 
 model, state, where = load_model(init_from, out_dir, ckpt, device)
 spec = tokenizer.model_spec(state, init_from)  # the model's tokenizer: its checkpoint's, an export's, GPT-2's
 enc = tokenizer.from_spec(spec)
-run = state["settings"] if state else {"task": "pretrain", "dataset": "shakespeare", "data_dir": ""}
-task = task or run.get("task", "pretrain")  # a chat model answers the tasks that have a chat format through it
-chat_engine = None  # task=chat: chat.py's engine answers (exact match of the last replies)
+run = run_settings(state) if state else {"objective": "pretrain", "dataset": "shakespeare", "data_dir": ""}
+task = task or run.get("objective", "pretrain")  # a chat model answers the tasks that have a chat format through it
+chat_engine = None  # objective=chat: chat.py's engine answers (exact match of the last replies)
 if task == "chat":
     from nash.engine import ChatEngine
     try:
         chat_engine = ChatEngine(model, ctx, enc, tools=tools)  # (it checks the model has rows for the chat tokens)
     except ValueError:
         fail(f"{where} has no chat tokens in its vocabulary ({model.config.vocab_size} tokens): it was not "
-             f"fine-tuned with task=chat; leave --task out")
+             f"fine-tuned with objective=chat; leave --task out")
 
 
 def verifier_scores():
@@ -167,9 +167,9 @@ def measure_loss():
     (unless dataset/data_dir/task say otherwise); prints them and returns them as a dict."""
     global dataset, data_dir, seq_len
     if task == "rl":  # it learned from rewards, not from a dataset: measure it on the task it was rewarded on
-        fail(f"{where} was trained with task=rl; measure it with --tasks={run.get('reward_task', 'arith')} (pass@1)")
+        fail(f"{where} was trained with objective=rl; measure it with --tasks={run.get('reward_task', 'arith')} (pass@1)")
     if task == "dpo":  # its data are preference pairs; what it learned shows on prompt/completion data
-        fail(f"{where} was trained with task=dpo on preference pairs; measure its completions with --task=sft and "
+        fail(f"{where} was trained with objective=dpo on preference pairs; measure its completions with --task=sft and "
              f"--dataset= a prompt/completion set (e.g. --task=sft --dataset=sft_demo for the DPO demo)")
     if not dataset and not data_dir:
         dataset, data_dir = run.get("dataset", "shakespeare"), run.get("data_dir", "")

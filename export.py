@@ -25,7 +25,7 @@ import torch
 from nash import hf
 from nash import lora
 from nash import tokenizer
-from nash.checkpoint import load_model
+from nash.checkpoint import load_model, run_settings
 from configurator import configure, fail
 
 # -----------------------------------------------------------------------------
@@ -71,7 +71,7 @@ if adapter_only:  # peft's adapter_config.json + adapter_model.safetensors, for 
 
 def model_card():
     """README.md: what the model is, how it was trained, how well it did, how to load it."""
-    c, run = model.config, (state or {}).get("settings", {})
+    c, run = model.config, run_settings(state or {})
     name = os.path.basename(os.path.abspath(output))
     rows = [("architecture", f"`{cls}` (Nash-LLM: pos_emb={c.pos_emb}, norm={c.norm}, mlp={c.mlp}, "
                              f"qk_norm={c.qk_norm}, bias={c.bias}, tie_weights={c.tie_weights})"),
@@ -84,7 +84,7 @@ def model_card():
                            f"Nash-LLM; `<|endoftext|>` = {len(spec['tokens'])} is bos and eos)")]
     if state:
         tokens = state["step"] * run.get("batch_size", 0) * run.get("max_seq_len", 0) * run.get("grad_accum_steps", 1)
-        rows += [("trained", f"{state['step']:,} steps, {tokens:,} tokens, task {run.get('task', 'pretrain')} on "
+        rows += [("trained", f"{state['step']:,} steps, {tokens:,} tokens, objective {run.get('objective', 'pretrain')} on "
                              f"{run.get('data_dir') or run.get('dataset', '?')}"
                              + (f", from {run['init_from']}" if run.get("init_from") not in (None, "scratch") else ""))]
         if state.get("metrics"):
@@ -141,7 +141,7 @@ tags: [nash-llm, verifier, {arch}]
 ---
 # {name}
 
-A verifier (outcome reward model) trained with Nash-LLM (task=verifier) and exported by `export.py` from
+A verifier (outcome reward model) trained with Nash-LLM (objective=verifier) and exported by `export.py` from
 `{source}`, in {dtype}, as a {cls} with one label: sigmoid(logit) is its probability that the conversation's last
 reply is right. It reads the text as Nash-LLM renders a chat (its special tokens: `<|endoftext|>`, then
 `<|user_start|>` question `<|user_end|>` `<|assistant_start|>` reply `<|assistant_end|>`) at the last token that is

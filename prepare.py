@@ -5,8 +5,8 @@ Turns text into token shards that train.py and evaluate.py read (see nash/data.p
     python prepare.py --dataset=tinystories_10M         # or openwebtext_100M, fineweb_1B: streamed from the Hub
     python prepare.py --input=notes/ --name=notes       # local .txt, .jsonl/.json or .parquet files
     python prepare.py --input=notes/ --name=notes --tokenizer_vocab_size=8192   # with a tokenizer of its own
-    python prepare.py --dataset=smoltalk                # conversations for train.py task=chat (see the end)
-    python prepare.py --dataset=ultrafeedback           # preference pairs for task=dpo (JSONL, not shards)
+    python prepare.py --dataset=smoltalk                # conversations for train.py objective=chat (see the end)
+    python prepare.py --dataset=ultrafeedback           # preference pairs for objective=dpo (JSONL, not shards)
 
 Output, in data/<name>/: train_000.bin, train_001.bin, ..., val_000.bin, ... (uint16 GPT-2 tokens, shard_size
 tokens per file, the last one shorter) and meta.json, written last: a folder without meta.json is not a dataset.
@@ -69,7 +69,7 @@ DATASETS = {
     "openwebtext_100M": ("Skylion007/openwebtext", None, 100_000_000),
     "fineweb_1B": ("HuggingFaceFW/fineweb-edu", "sample-10BT", 1_000_000_000),
 }
-# name -> (Hub path, train split, val split): preference sets, written as TRL-format JSONL for task=dpo
+# name -> (Hub path, train split, val split): preference sets, written as TRL-format JSONL for objective=dpo
 PREFERENCE_DATASETS = {
     "ultrafeedback": ("HuggingFaceH4/ultrafeedback_binarized", "train_prefs", "test_prefs"),
 }
@@ -388,7 +388,7 @@ def completion_text(answer, column, source):
 
 def prepare_preferences(dataset, name="", data_root="", force=False, progress=True):
     """Streams a Hub preference set into data/<name>/train.jsonl and val.jsonl, one {"prompt": ..., "chosen": ...,
-    "rejected": ...} per line (TRL's format: what task=dpo reads). The prompt gets a blank line after it, so
+    "rejected": ...} per line (TRL's format: what objective=dpo reads). The prompt gets a blank line after it, so
     prompt + completion reads as a question and its answer. Written in a temp folder, renamed into place."""
     import datasets
     datasets.logging.set_verbosity_error()
@@ -433,7 +433,7 @@ def prepare_preferences(dataset, name="", data_root="", force=False, progress=Tr
         raise
     if progress:
         print(f"wrote {target}: {counts['train']:,} train and {counts['val']:,} val preference pairs "
-              f"(train with --task=dpo --dataset={name or dataset})")
+              f"(train with --objective=dpo --dataset={name or dataset})")
     return target
 
 
@@ -446,7 +446,7 @@ def prepare(dataset=dataset, input=input, text_field=text_field, name=name, data
     dataset = "" if input else (dataset or "shakespeare")
     if dataset in CHAT_DATASETS:  # conversations: JSONL, not token shards
         return prepare_chat(dataset, name or dataset, data_root, force, progress)
-    if dataset in PREFERENCE_DATASETS:  # JSONL for task=dpo, not token shards
+    if dataset in PREFERENCE_DATASETS:  # JSONL for objective=dpo, not token shards
         return prepare_preferences(dataset, name, data_root, force, progress)
     if dataset and dataset not in DATASETS:
         fail(f"unknown dataset {dataset!r}; known: {', '.join([*DATASETS, *CHAT_DATASETS, *PREFERENCE_DATASETS])} "
@@ -526,7 +526,7 @@ def prepare(dataset=dataset, input=input, text_field=text_field, name=name, data
 
 # -----------------------------------------------------------------------------
 # chat datasets: streamed from the Hub into data/<name>/train.jsonl and val.jsonl, one
-# {"messages": [{"role", "content"}, ...]} per line, the form train.py task=chat reads (it tokenises them itself)
+# {"messages": [{"role", "content"}, ...]} per line, the form train.py objective=chat reads (it tokenises them itself)
 
 CHAT_DATASETS = {"smoltalk": ("HuggingFaceTB/smol-smoltalk", {"train": "train", "val": "test"})}  # ours -> Hub split
 
@@ -557,7 +557,7 @@ def prepare_chat(dataset, name, data_root="", force=False, progress=True):
                         try:
                             check_messages(messages)
                         except ValueError:
-                            skipped += 1  # a role or shape task=chat does not know: leave it out, say how many
+                            skipped += 1  # a role or shape objective=chat does not know: leave it out, say how many
                             continue
                         f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
                         written += 1

@@ -8,7 +8,7 @@ Sample text from a trained run, or from OpenAI's GPT-2, streamed to the terminal
 - The prompt is --start, or the contents of a file with --start=FILE:path. For a pretraining run (or GPT-2)
   the default, <|endoftext|>, starts a new document, as every training document was (prepare.py puts
   an end-of-text before each); the literal <|endoftext|> is that token anywhere in a prompt.
-- A checkpoint fine-tuned with task=sft is prompted the way it was trained: the prompt's text as-is,
+- A checkpoint fine-tuned with objective=sft is prompted the way it was trained: the prompt's text as-is,
   then the completion it generates, up to end-of-text. Write the prompt exactly like the training
   prompts, trailing newline included if they had one (in bash: --start=$'Reverse: big red car\n').
 - Samples come one after another, each streamed token by token through the engine's decode loop (KV cache,
@@ -23,7 +23,7 @@ import sys
 import torch
 
 from nash import tokenizer
-from nash.checkpoint import load_model
+from nash.checkpoint import load_model, run_settings as saved_settings
 from nash.common import inference_setup
 from nash.engine import Decoder, Sampling, stream
 from configurator import check_range, check_sampling, configure, fail
@@ -68,10 +68,10 @@ device, dtype, ctx = inference_setup(device, dtype)
 # -----------------------------------------------------------------------------
 # the model and the prompt
 model, state, where = load_model(init_from, out_dir, ckpt, device)
-run_settings = state["settings"] if state else {}
-sft = run_settings.get("task") in ("sft", "dpo")  # both learned prompt -> completion
-if run_settings.get("task") == "chat":
-    fail(f"{where} was fine-tuned on conversations (task=chat); talk to it with `python chat.py --out_dir={out_dir}`")
+run_settings = saved_settings(state) if state else {}
+sft = run_settings.get("objective") in ("sft", "dpo")  # both learned prompt -> completion
+if run_settings.get("objective") == "chat":
+    fail(f"{where} was fine-tuned on conversations (objective=chat); talk to it with `python chat.py --out_dir={out_dir}`")
 if rolling_cache and model.config.pos_emb != "rope":
     fail(f"rolling_cache needs a model with pos_emb=rope, and {where} has learned positions: every cached key/value "
          f"carries its absolute position, so past the context only the exact window works (drop --rolling_cache)")
@@ -80,7 +80,7 @@ enc = tokenizer.from_spec(tokenizer.model_spec(state, init_from))  # the run's o
 eot = enc.eot_token
 if sft:
     if start == "<|endoftext|>":
-        fail(f"{where} was fine-tuned on prompts and completions (task=sft); give it a prompt written like those of "
+        fail(f"{where} was fine-tuned on prompts and completions (objective=sft); give it a prompt written like those of "
              f"its training data, with --start=TEXT or --start=FILE:path")
     prompt_ids = enc.encode_ordinary(prompt)  # exactly as data.py encodes SFT prompts: no special tokens
 else:

@@ -10,10 +10,10 @@ objectives is one file in nash/objectives/ (its data, loss, metrics and log line
 The settings are the plain names below. Config files (exec'd Python) and --key=value flags override
 them, left to right; `python train.py --help` lists them all with their defaults.
 """
+import inspect
 import json
 import math
 import os
-import signal
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, fields
@@ -23,15 +23,17 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import model as model_file
-from configurator import check_output_dir, check_range, configure
-from model import GPT, GPTConfig
+from configurator import configure, setting_groups
+from model import GPTConfig
 from nash import lora, tokenizer
-from nash import tasks as downstream
-from nash.checkpoint import base_source, load_checkpoint, model_from_checkpoint, pretrained_model, resolve_source, \
-    run_files, save_checkpoint
+from nash import tasks
+from nash.checkpoint import append_line, lock_run_folder, run_files, save_checkpoint
 from nash.common import autocast, estimate_mfu, fail, pick_device, pick_dtype
 from nash.data import dataset_dir
+from nash.moe_log import ExpertLog
 from nash.objectives import OBJECTIVES
+from nash.run import LORA, StopSignals, build_model, check_settings, data_warning, format_duration, pick_objective, \
+    restore, resume_run, start_run_folder
 
 # -----------------------------------------------------------------------------
 # settings
@@ -69,31 +71,9 @@ eval_tasks = ""  # downstream benchmarks at each eval, comma-separated (see task
 eval_task_examples = 200  # the first this many items of each of eval_tasks
 task_data = ""  # eval_tasks: a folder of <task>.jsonl in the hub datasets' row schema; "" = the Hugging Face hub
 # data
-task = "pretrain"  # the objective (nash/objectives/): pretrain (token shards) | sft (prompt/completion JSONL) | chat (conversations) | dpo (preferences) | rl (rewards from reward_task's answer check) | verifier (a score head judging reward_task's answers)
+objective = "pretrain"  # what is trained (nash/objectives/): pretrain (token shards) | sft (prompt/completion JSONL) | chat (conversations) | dpo (preferences) | rl (rewards from reward_task's answer check) | verifier (a score head judging reward_task's answers)
 dataset = "shakespeare"  # folder name under data/
 data_dir = ""  # the dataset's folder, if not data/<dataset>
-# LoRA (lora.py), for the fine-tuning tasks: small adapters train, the base weights stay frozen
-lora_rank = 0  # rank of the adapters; 0 = off (every weight trains)
-lora_alpha = 16.0  # the adapters' output is scaled by lora_alpha / lora_rank (peft's convention)
-lora_dropout = 0.0  # dropout on the adapters' input
-lora_targets = "attention"  # attention (fused q,k,v + output projection) | mlp (up/gate + down projection) | all
-# DPO (nash/objectives/dpo.py), task=dpo
-dpo_beta = 0.1  # strength of the pull towards the reference model (TRL's beta); rewards are beta * log-ratios
-# RL (nash/objectives/rl.py), task=rl: batch_size questions a micro-step, rl_samples answers to each
-reward_task = "arith"  # the generated-answer task whose train questions are asked and whose answer check is the reward
-rl_samples = 8  # answers sampled per question, a group (TRL's num_generations; nanochat samples 16)
-rl_max_new_tokens = 64  # the longest answer sampled
-rl_temperature = 1.0  # sampling temperature of the answers
-rl_top_k = 0  # sample from the top k tokens only; 0 = all (nanochat's 50 narrows exploration)
-rl_std_normalize = False  # divide the advantages by their group's std (GRPO's); False: reward - mean (nanochat)
-rl_updates = 1  # optimizer steps on each batch of rollouts; above 1 the PPO clip keeps the later ones close
-rl_clip = 0.2  # PPO's epsilon: the probability ratio to the sampling policy is clipped to 1 +- rl_clip
-rl_kl_beta = 0.0  # weight of the KL penalty to the starting model (TRL's beta; 0 as TRL and nanochat: no reference)
-# verifier (nash/objectives/verifier.py), task=verifier: answers to reward_task's questions, sampled once, labelled by its check
-verifier_samples = 8  # answers sampled per question from init_from (the generator), for training and for val
-verifier_questions = 0  # train questions to sample answers to, the first ones; 0 = all (val: eval_iters * batch_size test questions)
-verifier_temperature = 1.0  # sampling temperature of those answers (a mix of right and wrong is what it learns from)
-verifier_max_new_tokens = 64  # the longest answer sampled
 # run
 out_dir = "out"
 init_from = "scratch"  # scratch | resume | gpt2 ... gpt2-xl | a Hugging Face folder | a checkpoint file or run folder
@@ -105,39 +85,26 @@ compile = False  # torch.compile the model (first steps are slow while it compil
 wandb_enabled = False
 wandb_project = "nash-llm"
 wandb_run_name = ""  # "" = the name of out_dir
+# what a resumed run (--init_from=resume) may change: when it logs, evaluates, saves and stops, where it runs, and
+# its learning-rate schedule (lowered after a loss spike); every other setting is the run's own
+MID_RUN_SAFE = ("max_steps", "learning_rate", "min_lr", "warmup_steps", "lr_decay_steps", "grad_clip", "eval_interval",
+                "log_interval", "checkpoint_interval", "keep_checkpoints", "early_stopping_patience", "eval_tasks",
+                "eval_task_examples", "out_dir", "overwrite", "device", "dtype", "compile", "wandb_enabled",
+                "wandb_project", "wandb_run_name")
+# each objective's own settings are a block at the top of its file (nash/objectives/), LoRA's in nash/lora.py: merged
+# here, they are flat --key=value settings like the ones above, and --help lists them under their headings
+SETTING_GROUPS = setting_groups({LORA: lora, **{f"objective={k}": inspect.getmodule(v) for k, v in OBJECTIVES.items()}})
+for _, block in SETTING_GROUPS.values():
+    globals().update(block)
 given = set()  # the settings a config file or flag chose (the others are defaults a checkpoint may replace)
-settings = configure(globals(), given=given)
-# -----------------------------------------------------------------------------
-# checks that need no data or model: one clear line each, before any work
-
-if task not in OBJECTIVES:
-    fail(f"task={task!r} should be one of {', '.join(OBJECTIVES)} (the objectives in nash/objectives/)")
-objective = OBJECTIVES[task](settings)  # (its log goes through `log` once we know which process prints)
-if optimizer not in ("adamw", "muon"):
-    fail(f"optimizer={optimizer!r} should be 'adamw' or 'muon'")
-for name in ("batch_size", "grad_accum_steps", "max_steps", "max_seq_len", "eval_iters", "log_interval"):
-    check_range(name, settings[name], low=1)
-for name in ("eval_interval", "checkpoint_interval", "grad_clip", "weight_decay", "learning_rate", "warmup_steps",
-             "lr_decay_steps", "early_stopping_patience"):
-    check_range(name, settings[name], low=0, hint="0 turns it off" if name != "learning_rate" else "")
-for name in ("beta1", "beta2", "dropout"):
-    check_range(name, settings[name], low=0, below=1)
-check_range("seed", seed, low=0, below=2**63)
-if n_kv_heads is not None:
-    check_range("n_kv_heads", n_kv_heads, low=1, hint="None means n_heads; fewer heads share keys and values")
-if min_lr is None:
-    min_lr = learning_rate / 10
-check_range("min_lr", min_lr, low=0, high=learning_rate, hint=f"at most learning_rate={learning_rate}")
-check_output_dir("out_dir", out_dir)
-if problem := objective.check_settings() or lora.check_settings(lora_rank, lora_alpha, lora_dropout, lora_targets):
-    fail(problem)
-if lora_rank and not objective.fine_tunes:
-    fail(f"lora_rank > 0 is for fine-tuning a trained model; task={task} trains every weight")
-if lora_rank and optimizer != "adamw":
-    fail(f"LoRA adapters train with AdamW; use --optimizer=adamw (not {optimizer})")
-if (lora_rank or objective.needs_trained_model) and init_from == "scratch":
-    fail(f"{'LoRA' if lora_rank else f'task={task}'} starts from a trained model: set --init_from to a run folder, "
-         f"a checkpoint, gpt2 or a Hugging Face folder")
+settings = configure(globals(), given=given, groups=SETTING_GROUPS, renamed={"task": "objective"})
+resume = None  # the checkpoint being resumed, if any
+if init_from == "resume":  # the run in out_dir goes on as it was: its settings, checked before anything is written
+    resume, settings = resume_run(out_dir, settings, given, MID_RUN_SAFE, MODEL_SETTINGS)
+    globals().update(settings)  # (init_from is now where the run started: DPO's reference and the verifier need it)
+settings, objective = pick_objective(settings, given, SETTING_GROUPS, OBJECTIVES)  # its log is `log`, below
+check_settings(settings, objective)  # one clear line for a bad setting, before any work
+min_lr = learning_rate / 10 if min_lr is None else min_lr
 
 # -----------------------------------------------------------------------------
 # processes and devices: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE, one process per GPU
@@ -165,17 +132,6 @@ torch.backends.cudnn.allow_tf32 = True
 ctx = autocast(device_type, dtype)
 log = objective.log = print if master else (lambda *args, **kwargs: None)
 
-
-def keep_settings(source, names, where):
-    """Settings fixed by where the weights come from: taken from source (so config.json tells the truth); one the
-    user gave a different value is an error that names it, as it cannot apply."""
-    changed = [f"{k}={settings[k]!r} ({source[k]!r} there)" for k in names if k in given and settings[k] != source[k]]
-    if changed:
-        fail(f"{where} fixes {', '.join(changed)}; drop those settings, or start a new run with --init_from=scratch")
-    for k in names:
-        settings[k] = globals()[k] = source[k]
-
-
 # -----------------------------------------------------------------------------
 # pretraining data comes first: its meta.json says which tokenizer (and so which vocabulary) the model needs
 folder = dataset_dir(dataset, data_dir)
@@ -184,88 +140,24 @@ if master:
 if ddp:
     dist.barrier()
 data_tokenizer = objective.data_tokenizer(folder)  # None: text, encoded with the model's tokenizer
-
-# -----------------------------------------------------------------------------
-# model: from scratch, resumed, GPT-2, or a checkpoint to fine-tune; a checkpoint brings its tokenizer along
+# model: from scratch, resumed, GPT-2, or a checkpoint to fine-tune (nash/run.py); LoRA adapters put on
 torch.manual_seed(seed)  # the same initial weights in every process
-resume = None  # the checkpoint being resumed, if any
-model_tokenizer = data_tokenizer or tokenizer.GPT2_SPEC  # the tokenizer the model's ids mean, saved in checkpoints
-if init_from == "resume":
-    path = os.path.join(out_dir, "ckpt.pt")
-    if not os.path.isfile(path):
-        fail(f"init_from=resume but {path} does not exist; start a run with --init_from=scratch")
-    resume = load_checkpoint(path, needs=("model_config", "model", "settings", "optimizers", "step", "best_val_loss",
-                                          "rng"))  # what resuming reads below
-    # the run's model and optimizer state only fit the run's own model and optimizer settings
-    saved_shape = asdict(GPTConfig(**resume["model_config"]))  # defaults fill fields older checkpoints lack
-    run = {**resume["settings"], **{k: saved_shape[k] for k in MODEL_SETTINGS}}  # the shape as saved
-    keep_settings(run, MODEL_SETTINGS + ("max_seq_len", "optimizer"), f"the run resumed from {path}")
-    model = model_from_checkpoint(resume, merge_lora=False, dropout=dropout)  # adapters stay apart on resume
-    model_tokenizer = tokenizer.checkpoint_spec(resume)
-elif init_from == "scratch":
-    vocab_size = vocab_size or tokenizer.spec_vocab_size(model_tokenizer)
-    if vocab_size < tokenizer.spec_vocab_size(model_tokenizer):
-        fail(f"vocab_size={vocab_size} is smaller than the tokenizer's {tokenizer.spec_vocab_size(model_tokenizer)} "
-             f"tokens ({model_tokenizer['name']}); leave it at 0 to take the tokenizer's")
-    settings["vocab_size"] = vocab_size
-    try:
-        model = GPT(GPTConfig(**{f.name: settings[f.name] for f in fields(GPTConfig)}))
-    except (ValueError, TypeError) as e:
-        fail(f"bad model settings: {e}")
-else:  # fine-tune GPT-2, a Hugging Face folder, or another run's checkpoint: its shape, a fresh optimizer, step 0
-    kind, source, note = resolve_source(init_from, "best")
-    if kind == "pretrained":
-        model = pretrained_model(source, dropout=dropout)
-        model_tokenizer = tokenizer.model_spec(None, source)  # GPT-2's, or an exported run's own
-    else:
-        start = load_checkpoint(source)
-        model = model_from_checkpoint(start, dropout=dropout)
-        model_tokenizer = tokenizer.checkpoint_spec(start)
-    if "max_seq_len" not in given:
-        max_seq_len = settings["max_seq_len"] = model.config.max_seq_len  # windows as long as the model's context
-    keep_settings(asdict(model.config), MODEL_SETTINGS, f"the model in {source}")
-    log(f"starting from {source}{note}: the model's shape comes from it")
-if problem := objective.check_model(model, tokenizer.from_spec(model_tokenizer)):  # e.g. RL needs a chat model
-    fail(problem)
-if objective.chat:  # the chat tokens need rows: GPT-2's BPE has them past its 50257, so add those rows
-    special = tokenizer.special_ids(tokenizer.from_spec(model_tokenizer))
-    # the tool tokens too, except on resume: a run from before them (six chat tokens) resumes as it was
-    needed = max(i for name, i in special.items() if not resume or name not in tokenizer.TOOL_TOKENS) + 1
-    if model.config.vocab_size < needed:
-        if lora_rank:  # LoRA freezes the embeddings: new rows could never learn, and the base would not match
-            fail(f"{init_from} has no rows for the chat tokens and LoRA keeps the embeddings frozen; chat fine-tune "
-                 f"it without LoRA first (or use LoRA on a model that already has them)")
-        log(f"adding the chat tokens: vocab_size {model.config.vocab_size} -> {needed} (new rows start as the mean)")
-        model.grow_vocab(needed)
-        vocab_size = settings["vocab_size"] = needed  # config.json tells the model's true size
-config = model.config
-if data_tokenizer is not None and data_tokenizer != model_tokenizer:
-    fail(f"{folder} was tokenised with {data_tokenizer['name']} but the model's ids are those of "
-         f"{model_tokenizer['name']}; train it on data prepared with the same tokenizer (or from scratch)")
-# LoRA: adapters on the frozen model (a resumed adapter run brings its own); DPO: the frozen reference
-lora_info = resume.get("lora") if resume else None
-wanted = {"rank": lora_rank, "alpha": lora_alpha, "dropout": lora_dropout, "targets": lora_targets}
-had = {k: lora_info[k] for k in wanted} if lora_info else None
-if resume and had != (wanted if lora_rank else None):
-    fail(f"{out_dir} was trained with LoRA {had or 'off'}; resume it with the same LoRA settings "
-         f"(the same config file and flags)")
-if lora_rank and lora_info is None:
-    lora_info = {**wanted, "base": base_source(init_from), "base_fingerprint": lora.fingerprint(model.state_dict())}
-    lora.apply_lora(model, lora_rank, lora_alpha, lora_dropout, lora_targets)
+model, model_tokenizer, lora_info = build_model(settings, given, objective, resume, folder, data_tokenizer,
+                                                MODEL_SETTINGS, log)
+config, max_seq_len = model.config, settings["max_seq_len"]  # (fine-tuning takes the model's context by default)
 objective.setup(model, init_from, resume, lora_info)  # e.g. DPO's frozen reference
-if max_seq_len > config.max_seq_len:
-    fail(f"max_seq_len={max_seq_len} is longer than the model's context ({config.max_seq_len}); it may shrink for "
-         f"fine-tuning but cannot grow: lower --max_seq_len")
-if master and init_from != "resume" and run_files(out_dir) and not overwrite:
+if master and resume is None and run_files(out_dir) and not overwrite:
     fail(f"{out_dir} already holds a run ({', '.join(run_files(out_dir))}); continue it with --init_from=resume, "
          f"replace it with --overwrite, or choose another --out_dir")
 
 # -----------------------------------------------------------------------------
 # data: batches are a pure function of (seed, step, index), so resume and DDP see the same stream
 train_data, val_data = objective.load_data(folder, tokenizer.from_spec(model_tokenizer), config.vocab_size)
+if warning := data_warning(train_data, settings, folder):  # a tiny dataset for the steps: it memorises it
+    log(warning)
 
 # downstream benchmarks (eval_tasks), loaded up front so that a data problem stops the run now, not at its first eval
-task_eval = downstream.prepare(downstream.parse(eval_tasks), task_data, eval_task_examples) if master else []
+task_eval = tasks.prepare(tasks.parse(eval_tasks), task_data, eval_task_examples) if master else []
 
 
 def to_device(x, y):
@@ -281,22 +173,16 @@ def get_batch(step, micro_step):
 
 # -----------------------------------------------------------------------------
 # optimizer, gradient scaler, compile, DDP
+if master:  # one run at a time in a folder (a second one stops here, naming this one's pid); then it writes there
+    os.makedirs(out_dir, exist_ok=True)
+    lock = lock_run_folder(out_dir)
 model.to(device)
 objective.to(device)
 optimizers = model.configure_optimizers(optimizer, learning_rate, weight_decay, (beta1, beta2), device_type)
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))  # float16 needs loss scaling
 step, best_val_loss, evals_without_improvement, wandb_run_id = 0, math.inf, 0, None
-if resume is not None:
-    for opt, opt_state in zip(optimizers, resume["optimizers"]):
-        opt.load_state_dict(opt_state)
-    if resume.get("scaler"):
-        scaler.load_state_dict(resume["scaler"])
-    step, best_val_loss = resume["step"], resume["best_val_loss"]
-    evals_without_improvement = resume.get("evals_without_improvement", 0)
-    wandb_run_id = resume.get("wandb_run_id")
-    torch.set_rng_state(resume["rng"]["torch"])
-    if device_type == "cuda" and resume["rng"].get("cuda"):
-        torch.cuda.set_rng_state_all(resume["rng"]["cuda"])
+if resume is not None:  # where the run was: the optimizers', scaler's and random state, the step and the best eval
+    step, best_val_loss, evals_without_improvement, wandb_run_id = restore(resume, optimizers, scaler, device_type)
     log(f"resuming {out_dir} at step {step}")
 raw_model = model  # the plain GPT, for saving and MFU
 if compile:
@@ -343,15 +229,10 @@ tokens_per_step = batch_size * max_seq_len * grad_accum_steps
 metrics_path = os.path.join(out_dir, "metrics.jsonl")
 wandb_run = None
 if master:
-    os.makedirs(out_dir, exist_ok=True)
-    if resume is None:  # a new run: the old run's files go (overwrite was checked above)
-        for name in run_files(out_dir):
-            os.remove(os.path.join(out_dir, name))
     run_info = {**settings, "world_size": world_size, "tokens_per_step": tokens_per_step,
                 "num_params": raw_model.num_params(), "active_params": raw_model.num_params(active=True),
                 "trainable_params": lora.count_trainable(raw_model)[0]}
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(run_info, f, indent=2)
+    start_run_folder(out_dir, resume is not None, run_info)  # config.json, written atomically
     if wandb_enabled:
         import wandb
         wandb_run = wandb.init(project=wandb_project, name=wandb_run_name or os.path.basename(os.path.abspath(out_dir)),
@@ -362,8 +243,7 @@ if master:
 def log_metrics(event, **values):
     """One JSON line per event in metrics.jsonl (what compare.py reads), mirrored to wandb."""
     record = {"event": event, "step": step, "tokens": step * tokens_per_step, "time": time.time(), **values}
-    with open(metrics_path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    append_line(metrics_path, json.dumps(record))
     if wandb_run is not None:
         wandb_run.log({f"{event}/{k}": v for k, v in values.items() if v is not None}, step=step)
 
@@ -383,40 +263,20 @@ def save(path, last_eval):
     })
 
 
-# Ctrl-C and SIGTERM (a cluster's preemption) finish the current step, save, and exit;
-# a second Ctrl-C stops at once.
-stop_signal = None
-
-
-def request_stop(signum, frame):
-    global stop_signal
-    stop_signal = signum
-    signal.signal(signum, signal.SIG_DFL)
-
-
-signal.signal(signal.SIGINT, request_stop)
-signal.signal(signal.SIGTERM, request_stop)
-
-
-def format_duration(seconds):
-    h, rest = divmod(int(seconds), 3600)
-    return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
+stop = StopSignals()  # Ctrl-C and SIGTERM finish the current step, save, and exit; a second one stops at once
 
 
 # -----------------------------------------------------------------------------
 # the training loop
 active = f" ({raw_model.num_params(active=True):,} active per token)" if config.n_experts else ""
-log(f"{raw_model.num_params():,} parameters{active} | {task} on {folder} | {world_size} process(es) on {device}, {dtype} | "
+log(f"{raw_model.num_params():,} parameters{active} | {settings['objective']} on {folder} | {world_size} process(es) on {device}, {dtype} | "
     f"{tokens_per_step:,} tokens per step")
-if lora_info:
-    trainable, total = lora.count_trainable(raw_model)[0], raw_model.num_params()  # (padding rows not counted)
-    log(f"LoRA rank {lora_info['rank']} on {lora_info['targets']} of {lora_info['base']}: {trainable:,} trainable "
-        f"parameters of {total:,} ({100 * trainable / total:.2f}%), the rest frozen")
 model.train()
 last_eval = resume.get("metrics") if resume else None
 loss_sum, skipped_steps, steps_since_log, t_log, t_start = torch.zeros((), device=device), 0, 0, time.time(), time.time()
+step_time, timed_steps, start_step, memorised = 0.0, 0, step, False  # the ETA: mean step time after warm-up
 stats_sum = torch.zeros(len(objective.stats), device=device)  # the objective's statistics since the last log line
-aux_sum, load_sum = torch.zeros((), device=device), 0.0  # MoE: load-balancing loss and each layer's expert load
+experts = ExpertLog(raw_model, device)  # MoE: the load-balancing loss and the experts' loads, for the log
 x, y = get_batch(step, 0)
 while step < max_steps:
     torch.manual_seed(hash((seed, step, rank)) % 2**63)  # dropout, like the batches, depends on (seed, step, rank)
@@ -431,10 +291,7 @@ while step < max_steps:
             with ctx:
                 loss, stats = objective.loss(model, x, y)
                 stats_sum += stats / accum_per_rank
-            if config.n_experts:  # the loss includes the load balancing: log the language-model loss apart from it
-                aux = raw_model.moe_aux_loss().detach() / accum_per_rank
-                aux_sum, loss_sum = aux_sum + aux, loss_sum - config.moe_aux_loss_coef * aux
-                load_sum = load_sum + raw_model.expert_loads() / accum_per_rank
+            loss_sum -= experts.add(accum_per_rank)  # MoE: log the language-model loss apart from the load balancing
             x, y = get_batch(step + last_micro_step, 0 if last_micro_step else micro_step + 1)  # prefetch
             scaler.scale(loss / accum_per_rank).backward()
         loss_sum += loss.detach() / accum_per_rank
@@ -455,28 +312,30 @@ while step < max_steps:
 
     if step % log_interval == 0 or step == max_steps:  # (the same steps in every process)
         if ddp:  # each process saw its share of the micro-batches: log the global batch's loss and statistics
-            for total in (loss_sum, stats_sum, aux_sum) + ((load_sum,) if config.n_experts else ()):
+            for total in (loss_sum, stats_sum, *experts.sums()):
                 dist.all_reduce(total)
                 total /= world_size
         train_loss = loss_sum.item() / steps_since_log
         if not math.isfinite(train_loss):
             fail(f"the training loss became {train_loss} by step {step}; lower --learning_rate, "
                  f"set --grad_clip, or use --dtype=bfloat16; the last checkpoint in {out_dir} is untouched")
-        elapsed = time.time() - t_log
-        dt = elapsed / steps_since_log
+        dt = (time.time() - t_log) / steps_since_log
+        if step - steps_since_log > start_step:  # (not the first log line's steps: they compile and warm up)
+            step_time, timed_steps = step_time + dt * steps_since_log, timed_steps + steps_since_log
         tokens_per_sec = tokens_per_step / dt
         mfu = estimate_mfu(raw_model, tokens_per_sec / world_size, max_seq_len, device)
-        moe = {}  # MoE: the mean load-balancing loss, and each layer's fraction of assignments per expert
-        if config.n_experts:
-            moe = {"aux_loss": aux_sum.item() / steps_since_log,
-                   "expert_load": [[round(f, 4) for f in layer] for layer in (load_sum / steps_since_log).tolist()]}
+        moe = experts.metrics(steps_since_log)  # {} for a dense model
         log(f"step {step}/{max_steps} ({100 * step / max_steps:.1f}%) | loss {train_loss:.4f} | "
             f"lr {learning_rate * lr_mult:.2e} | {dt * 1000:.0f} ms | {tokens_per_sec:,.0f} tok/s"
             + (f" | mfu {100 * mfu:.1f}%" if mfu is not None else "")
-            + (f" | aux {moe['aux_loss']:.4f}, busiest expert {max(map(max, moe['expert_load'])):.3f}" if moe else "")
+            + experts.describe(moe)
             + (f" | skipped {skipped_steps}" if skipped_steps else "")
             + (" | " + objective.describe(objective.metrics(stats_sum / steps_since_log)) if objective.stats else "")
-            + f" | eta {format_duration(dt * (max_steps - step))}")
+            + f" | eta {format_duration((step_time / timed_steps if timed_steps else dt) * (max_steps - step))}")
+        if objective.zero_loss_means_memorised and abs(train_loss) < 1e-3 and not memorised:
+            memorised = True  # said once: the loop goes on, as the user asked for max_steps
+            log(f"warning: the training loss is {train_loss:.4f} at step {step}: the model has memorised its training "
+                f"data and further steps teach it nothing; stop with Ctrl-C (it saves) or watch the val loss")
         if master:
             log_metrics("train", loss=train_loss, lr=learning_rate * lr_mult,
                         grad_norm=grad_norm.item() if grad_clip > 0 else None, ms_per_step=1000 * dt,
@@ -484,7 +343,6 @@ while step < max_steps:
                         **objective.metrics(stats_sum / steps_since_log))
         loss_sum.zero_()
         stats_sum.zero_()
-        aux_sum, load_sum = aux_sum.zero_(), 0.0
         steps_since_log, t_log = 0, time.time()
 
     stop_early = False
@@ -492,8 +350,8 @@ while step < max_steps:
         t_eval = time.time()
         last_eval, task_metrics = evaluate(), {}
         if task_eval:  # on the first process only: the others wait for it at the next gradient all-reduce
-            task_metrics = downstream.flat(downstream.run(task_eval, raw_model, tokenizer.from_spec(model_tokenizer),
-                                                          batch_size, ctx, progress=False, chat=objective.chat))
+            task_metrics = tasks.flat(tasks.run(task_eval, raw_model, tokenizer.from_spec(model_tokenizer),
+                                                batch_size, ctx, progress=False, chat=objective.chat))
             last_eval.update(task_metrics)
         improved = last_eval["val_loss"] < best_val_loss
         if improved:
@@ -512,7 +370,7 @@ while step < max_steps:
         if stop_early:
             log(f"early stopping: val loss has not improved for {evals_without_improvement} evals")
         t_log += time.time() - t_eval  # eval time does not count as step time
-    stop_now = stop_signal is not None or stop_early  # early stopping is the same in every process (evals are all-reduced)
+    stop_now = stop.signum is not None or stop_early  # early stopping is the same in every process (evals are all-reduced)
     if ddp and step % log_interval == 0:  # a signal may reach the processes at different steps: agree on one
         stopping = torch.tensor(float(stop_now), device=device)
         dist.all_reduce(stopping, op=dist.ReduceOp.MAX)  # (not every step: it would stall the GPU pipeline)
@@ -528,14 +386,14 @@ while step < max_steps:
         break
 
 if master:
-    how = "stopped by signal" if stop_signal is not None else "finished"
+    how = "stopped by signal" if stop.signum is not None else "finished"
     best = (f"best val loss {best_val_loss:.4f}" if math.isfinite(best_val_loss)
             else "no eval ran" + ("" if eval_interval else " (eval_interval=0)"))
     log(f"{how} at step {step} after {format_duration(time.time() - t_start)}; {best}; "
-        f"checkpoints in {out_dir} (sample with `python sample.py --out_dir={out_dir}`)")
+        f"checkpoints in {out_dir}; {objective.next_step.format(**settings)}")
 if wandb_run is not None:
     wandb_run.finish()
 if ddp:
     dist.destroy_process_group()
-if stop_signal is not None:
-    raise SystemExit(128 + stop_signal)  # the conventional exit code of a process stopped by a signal
+if stop.signum is not None:
+    raise SystemExit(128 + stop.signum)  # the conventional exit code of a process stopped by a signal

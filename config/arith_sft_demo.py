@@ -4,7 +4,7 @@
 #   python train.py config/arith_sft_demo.py
 #   python evaluate.py --out_dir=out-arith-sft --tasks=arith     # pass@1 (exact match) on the 200 test problems
 # From scratch, so it needs nothing else.
-task = "chat"
+objective = "chat"
 dataset = "arith/chat"
 init_from = "scratch"
 vocab_size = 50263  # GPT-2's 50257 + the six chat tokens

@@ -5,7 +5,7 @@
 #   python chat.py --out_dir=out-chat-demo --serve         # browser chat on http://127.0.0.1:8000
 # From scratch, so it needs nothing else; --init_from=out (a pretraining run) or gpt2 adds the chat tokens
 # to that model's vocabulary instead.
-task = "chat"
+objective = "chat"
 dataset = "chat_demo"
 init_from = "scratch"
 vocab_size = 50263  # GPT-2's 50257 + the six chat tokens

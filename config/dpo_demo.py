@@ -4,7 +4,7 @@
 #   python train.py config/dpo_demo.py
 #   python evaluate.py --out_dir=out-dpo-demo --task=sft --dataset=sft_demo   # exact match on the SFT demo's val
 # With --lora_rank=8 only adapters train, and the reference is the same model with its adapters off.
-task = "dpo"
+objective = "dpo"
 dataset = "dpo_demo"
 init_from = "out-sft-demo"
 max_seq_len = 32  # prompt + completion + end-of-text fit in ~20 tokens

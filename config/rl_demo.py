@@ -6,7 +6,7 @@
 #   python evaluate.py --out_dir=out-rl-demo --tasks=arith
 # Measured (README, docs/measurements.md): a small gain at best, +3.1 +- 1.0 points of greedy pass@1 on 1,000 extra
 # held-out problems, none visible on the 200 test problems; full fine-tuning at 1e-4..3e-4 lost pass@1.
-task = "rl"
+objective = "rl"
 reward_task = "arith"
 init_from = "out-arith-sft"
 dropout = 0.0

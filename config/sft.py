@@ -3,7 +3,7 @@
 # The loss counts completion tokens (and the end-of-text appended to each) only.
 #   python train.py config/sft.py --dataset=my_task
 #   python train.py config/sft.py --init_from=out-100m --dataset=my_task
-task = "sft"
+objective = "sft"
 dataset = "sft_demo"
 init_from = "gpt2"  # or gpt2-medium/-large/-xl, or a run folder / checkpoint file
 # max_seq_len: unset, the windows are as long as the model's context (GPT-2's 1024); set it lower to save memory

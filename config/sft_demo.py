@@ -4,7 +4,7 @@
 #   python evaluate.py --out_dir=out-sft-demo          # loss on completions, exact match of greedy answers
 #   python sample.py --out_dir=out-sft-demo --start=$'Reverse: big red car\n'
 # From scratch, so it needs nothing else; --init_from=out starts from the Shakespeare quick start instead.
-task = "sft"
+objective = "sft"
 dataset = "sft_demo"
 init_from = "scratch"
 n_layers = 4

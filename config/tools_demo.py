@@ -6,7 +6,7 @@
 #   python evaluate.py --out_dir=out-tools-demo --tools=0      # the same model without it
 #   python chat.py --out_dir=out-tools-demo --prompt="A box holds 37 pens. How many pens are in 24 boxes?"
 # From scratch, so it needs nothing else.
-task = "chat"
+objective = "chat"
 dataset = "tools_demo"
 init_from = "scratch"
 vocab_size = 50267  # GPT-2's 50257 + the six chat tokens + the four tool tokens

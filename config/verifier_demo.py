@@ -4,7 +4,7 @@
 #   python train.py config/arith_sft_demo.py     # first: the generator (out-arith-sft/)
 #   python train.py config/verifier_demo.py
 #   python evaluate.py --out_dir=out-arith-sft --tasks=arith --num_samples=8 --max_gen_tokens=32 --verifier=out-verifier-demo
-task = "verifier"
+objective = "verifier"
 reward_task = "arith"
 init_from = "out-arith-sft"
 dropout = 0.0

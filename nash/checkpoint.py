@@ -10,6 +10,7 @@ temporary file and renamed into place, so a crash mid-save leaves the previous o
     out_dir/config.json   the settings of the run
     out_dir/metrics.jsonl one JSON object per log line or eval
 """
+import fcntl
 import os
 import re
 
@@ -21,6 +22,7 @@ from model import GPT, GPTConfig
 
 FORMAT = "nash-llm-checkpoint/1"
 CHECKPOINT_FILES = {"latest": "ckpt.pt", "best": "best.pt"}
+HELD_LOCKS = {}  # out_dir/.lock path -> the open file whose flock this process holds
 
 
 # -----------------------------------------------------------------------------
@@ -29,16 +31,81 @@ CHECKPOINT_FILES = {"latest": "ckpt.pt", "best": "best.pt"}
 def save_checkpoint(path, state):
     """torch.save to path.tmp, flush to disk, then rename: readers see the old file or the new one."""
     state = {"format": FORMAT, **state}
+    write_atomically(path, lambda f: torch.save(state, f))
+
+
+def write_atomically(path, data):
+    """data (bytes, or a function writing to a binary file) to path.tmp, flushed to disk, then renamed over path:
+    readers see the old file or the new one, never a part. A full disk (or a file-size limit) is one error line, and
+    the old file stays as it was."""
     tmp = f"{path}.tmp"
     try:
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            f.write(data) if isinstance(data, bytes) else data(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # (torch.save reports a failed write as a RuntimeError)
+        reason = getattr(e, "strerror", None) or str(e).strip().splitlines()[0][:200]
+        fail(f"cannot write {path} ({reason}); is the disk full? "
+             f"{'the previous one is untouched' if os.path.exists(path) else 'nothing was written'}")
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def append_line(path, line):
+    """One line at the end of a log file (metrics.jsonl); a full disk is one error line, not a traceback."""
+    try:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+    except OSError as e:
+        fail(f"cannot append to {path} ({e.strerror}); is the disk full? the checkpoints are untouched")
+
+
+def lock_run_folder(out_dir):
+    """Hold out_dir/.lock (flock) for the life of this process, so that a second run into the same folder stops
+    with one line naming the pid that holds it. The kernel drops the lock when its process ends, however it ends:
+    a stale lock from a dead run is no lock. Held once per process (a script run again in the same process, as the
+    tests do, takes its own lock back). Returns the open file."""
+    path = os.path.realpath(os.path.join(out_dir, ".lock"))
+    if path in HELD_LOCKS:
+        return HELD_LOCKS[path]
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        pid = f.read().strip() or "unknown"
+        fail(f"{out_dir} is in use by another training run (pid {pid}); wait for it to end, stop it, or choose "
+             f"another --out_dir")
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    HELD_LOCKS[path] = f
+    return f
+
+
+def run_settings(state):
+    """A checkpoint's training settings, in today's names: the setting once called `task` is `objective`."""
+    settings = dict(state.get("settings") or {})
+    if "task" in settings:
+        settings.setdefault("objective", settings.pop("task"))
+    return settings
+
+
+def continue_settings(saved, settings, given, safe, where):
+    """The settings of a resumed run: the run's own (saved), except those in safe that a flag or config file gave
+    (given). Any other setting given a value other than the run's is one error naming it and both values: a resume
+    continues the run that is there, it never turns it into another. Settings newer than the run keep theirs."""
+    changed = [f"{k}={settings[k]!r} where the run has {saved[k]!r}" for k in settings
+               if k in given and k not in safe and k in saved and settings[k] != saved[k]]
+    if changed:
+        fail(f"resuming the run in {where} keeps its settings, but you gave {', '.join(changed)}; only "
+             f"{', '.join(safe)} may change mid-run: drop the others, or start a new run from this one with "
+             f"--init_from={where} --out_dir=<another folder>")
+    return {k: settings[k] if k in safe and k in given or k not in saved else saved[k] for k in settings}
 
 
 def resolve_source(location, which="best"):

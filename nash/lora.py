@@ -27,6 +27,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# settings of LoRA, for the fine-tuning objectives (train.py merges them into its own: --lora_rank=8 etc.)
+lora_rank = 0  # rank of the adapters; 0 = off (every weight trains)
+lora_alpha = 16.0  # the adapters' output is scaled by lora_alpha / lora_rank (peft's convention)
+lora_dropout = 0.0  # dropout on the adapters' input
+lora_targets = "attention"  # attention (fused q,k,v + output projection) | mlp (up/gate + down projection) | all
+
 TARGETS = {
     "attention": ("attn.c_attn", "attn.c_proj"),
     "mlp": ("mlp.c_fc", "mlp.c_proj"),

@@ -63,7 +63,7 @@ EVAL=(--task_data=tests/task_data --max_examples=$EXAMPLES)
 # DPO: the objective as it is today on the preference pairs the repository ships (data/dpo_demo: word reversals, not
 # arithmetic), so the stage runs DPO's machinery between SFT and the card, and its column shows what those pairs do
 # to the arithmetic. Pairs sampled from the chat model and labelled by the answer check (issue 34 item 4) go here.
-DPO_COMMAND=(python train.py --task=dpo --dataset=dpo_demo --init_from="$DIR/sft" --out_dir="$DIR/dpo"
+DPO_COMMAND=(python train.py --objective=dpo --dataset=dpo_demo --init_from="$DIR/sft" --out_dir="$DIR/dpo"
              --max_seq_len=32 --batch_size=16 --learning_rate=1e-4 --warmup_steps=20 --max_steps=200 --weight_decay=0.0
              --dpo_beta=0.1 --eval_interval=50 --eval_iters=13)
 
@@ -78,7 +78,7 @@ stage base_eval "held-out Shakespeare continuations, and the benchmark fixtures 
 stage base_loss "bits per byte on the held-out Shakespeare (val split)" 5 - -- \
     python evaluate.py --out_dir="$DIR/base" --output="$DIR/eval/base_loss.json"
 stage sft "chat fine-tuning on the arithmetic word problems" 110 sft -- \
-    python train.py --task=chat --dataset=arith/chat --init_from="$DIR/base" --out_dir="$DIR/sft" --max_seq_len=96 \
+    python train.py --objective=chat --dataset=arith/chat --init_from="$DIR/base" --out_dir="$DIR/sft" --max_seq_len=96 \
         --batch_size=16 --learning_rate=3e-3 --warmup_steps=50 --max_steps=800 --weight_decay=0.0 \
         --eval_interval=100 --eval_iters=7 --eval_tasks=arith --eval_task_examples=200 "${SFT[@]}"
 stage sft_eval "the chat model: the arithmetic test problems and the chat-format fixtures" 15 - -- \
@@ -92,7 +92,7 @@ stage rl "RL from the chat model on the arithmetic problems, rewarded by the ans
 stage rl_eval "the RL model: the arithmetic test problems and the chat-format fixtures" 15 - -- \
     python evaluate.py --out_dir="$DIR/rl" --tasks=$CHAT_TASKS "${EVAL[@]}" --output="$DIR/eval/rl.json"
 stage sft_more "the baseline RL must beat: SFT from the chat model for RL's wall time, on the same problems" 50 sft_more -- \
-    python train.py --task=chat --dataset=arith/chat --init_from="$DIR/sft" --out_dir="$DIR/sft_more" \
+    python train.py --objective=chat --dataset=arith/chat --init_from="$DIR/sft" --out_dir="$DIR/sft_more" \
         --max_seq_len=96 --batch_size=16 --learning_rate=1e-3 --warmup_steps=10 --max_steps=250 --weight_decay=0.0 \
         --eval_interval=125 --eval_iters=7 --eval_tasks=arith --eval_task_examples=200 "${MORE[@]}"
 stage sft_more_eval "that baseline: the arithmetic test problems and the chat-format fixtures" 15 - -- \

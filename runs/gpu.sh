@@ -30,13 +30,13 @@ stage base_eval "CORE: multiple choice scored by log-likelihood" 0 - -- \
 stage chat_data "SmolTalk conversations" 0 - -- \
     python prepare.py --dataset=smoltalk --data_root="$DATA"
 stage sft "chat fine-tuning on SmolTalk" 0 sft -- \
-    "${TRAIN[@]}" --task=chat --data_dir="$DATA/smoltalk" --init_from="$DIR/base" --out_dir="$DIR/sft" \
+    "${TRAIN[@]}" --objective=chat --data_dir="$DATA/smoltalk" --init_from="$DIR/base" --out_dir="$DIR/sft" \
         --batch_size=16 --grad_accum_steps=8 --learning_rate=3e-5 --max_steps=2000 --eval_interval=200
 stage sft_eval "the chat model on the chat-format benchmarks" 0 - -- \
     python evaluate.py --out_dir="$DIR/sft" --tasks=arc_easy,arc_challenge,mmlu,gsm8k,humaneval "${EVAL[@]}" \
         --output="$DIR/eval/sft.json"
 stage rl "RL on GSM8K's train problems, rewarded by its answer check (nanochat's chat_rl)" 0 rl -- \
-    "${TRAIN[@]}" --task=rl --reward_task=gsm8k --init_from="$DIR/sft" --out_dir="$DIR/rl" --batch_size=2 \
+    "${TRAIN[@]}" --objective=rl --reward_task=gsm8k --init_from="$DIR/sft" --out_dir="$DIR/rl" --batch_size=2 \
         --grad_accum_steps=8 --rl_samples=16 --rl_max_new_tokens=256 --rl_top_k=50 --learning_rate=1e-5 \
         --warmup_steps=10 --max_steps=300 --eval_interval=50 --eval_iters=25
 stage rl_eval "the RL model on the chat-format benchmarks" 0 - -- \
@@ -44,7 +44,7 @@ stage rl_eval "the RL model on the chat-format benchmarks" 0 - -- \
         --output="$DIR/eval/rl.json"
 # one process: the verifier's loss leaves d20's untied lm_head without a gradient, which DDP refuses
 stage verifier "a verifier of the RL model's GSM8K answers, labelled by the answer check" 0 verifier -- \
-    python train.py --task=verifier --reward_task=gsm8k --init_from="$DIR/rl" --out_dir="$DIR/verifier" \
+    python train.py --objective=verifier --reward_task=gsm8k --init_from="$DIR/rl" --out_dir="$DIR/verifier" \
         --verifier_samples=16 --verifier_questions=2000 --verifier_max_new_tokens=256 --batch_size=32 \
         --learning_rate=1e-5 --warmup_steps=50 --max_steps=1000 --eval_interval=200 --eval_iters=10
 stage best_of_n "16 answers to each GSM8K problem: the verifier's pick beside pass@k and the vote" 0 - -- \

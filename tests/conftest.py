@@ -147,7 +147,7 @@ def tiny_run(tiny_data, tmp_path_factory):
 def tiny_sft_run(sft_data, tmp_path_factory):
     """A finished tiny SFT run on sft_data (from scratch, 20 steps); returns its out_dir."""
     out = tmp_path_factory.mktemp("runs") / "tiny_sft"
-    run_script("train.py", *TINY_MODEL, *TINY_TRAINING, "--task=sft", "--dataset=echo", f"--data_dir={sft_data}",
+    run_script("train.py", *TINY_MODEL, *TINY_TRAINING, "--objective=sft", "--dataset=echo", f"--data_dir={sft_data}",
                f"--out_dir={out}")
     return str(out)
 
@@ -166,7 +166,7 @@ def chat_data(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_chat_run(chat_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "tiny_chat"
-    run_script("train.py", *TINY_MODEL, *TINY_TRAINING, "--task=chat", "--dataset=demo", f"--data_dir={chat_data}",
+    run_script("train.py", *TINY_MODEL, *TINY_TRAINING, "--objective=chat", "--dataset=demo", f"--data_dir={chat_data}",
                "--vocab_size=50263", f"--out_dir={out}")
     return str(out)
 

@@ -1,5 +1,5 @@
 """Chat: conversation rendering and its loss mask, ChatExamples batches, growing a vocabulary for the chat tokens,
-train.py task=chat (from a pretraining run, resumed), and the engine's KV cache reused across turns, checked
+train.py objective=chat (from a pretraining run, resumed), and the engine's KV cache reused across turns, checked
 against full forward passes without any cache."""
 import json
 import os
@@ -122,7 +122,7 @@ def test_grow_vocab_keeps_the_trained_rows_and_starts_new_ones_near_the_mean(pad
 
 def test_chat_fine_tuning_grows_a_pretrained_vocabulary_and_resumes(tiny_run, chat_data, tmp_path):
     out = tmp_path / "chat"
-    flags = [*TINY_MODEL, *TINY_TRAINING, "--task=chat", "--dataset=demo", f"--data_dir={chat_data}",
+    flags = [*TINY_MODEL, *TINY_TRAINING, "--objective=chat", "--dataset=demo", f"--data_dir={chat_data}",
              f"--out_dir={out}", "--init_from=" + os.path.join(tiny_run, "best.pt")]
     proc = run_script("train.py", *flags, "--max_steps=10")
     assert f"vocab_size 50257 -> {CHAT_VOCAB_SIZE}" in proc.stdout
@@ -225,7 +225,7 @@ def test_demo_config_trains(tmp_path):
     run_script("train.py", "config/chat_demo.py", "--max_steps=2", "--eval_interval=2", "--eval_iters=1",
                "--warmup_steps=1", f"--out_dir={tmp_path / 'demo'}")
     state = load_checkpoint(str(tmp_path / "demo" / "ckpt.pt"))
-    assert state["settings"]["task"] == "chat" and state["model_config"]["vocab_size"] == CHAT_VOCAB_SIZE
+    assert state["settings"]["objective"] == "chat" and state["model_config"]["vocab_size"] == CHAT_VOCAB_SIZE
 
 
 def test_evaluate_scores_each_conversations_last_reply_by_exact_match(tiny_chat_run, tmp_path):

@@ -13,9 +13,9 @@ from test_dpo import prefs  # noqa: F401  (the preference set, a fixture)
 QUICK = ["--max_steps=2", "--eval_interval=0", "--log_interval=1", "--warmup_steps=0"]
 LORA = ["--lora_rank=4", "--lora_targets=attention"]  # the MLP stays frozen: a LoRA run must not move it
 STAGES = {  # stage -> (task flags, LoRA flags)
-    "sft": (["--task=sft", "--dataset=echo"], []), "sft+lora": (["--task=sft", "--dataset=echo"], LORA),
-    "chat": (["--task=chat", "--dataset=demo"], []), "chat+lora": (["--task=chat", "--dataset=demo"], LORA),
-    "dpo": (["--task=dpo", "--dataset=colours"], []), "dpo+lora": (["--task=dpo", "--dataset=colours"], LORA),
+    "sft": (["--objective=sft", "--dataset=echo"], []), "sft+lora": (["--objective=sft", "--dataset=echo"], LORA),
+    "chat": (["--objective=chat", "--dataset=demo"], []), "chat+lora": (["--objective=chat", "--dataset=demo"], LORA),
+    "dpo": (["--objective=dpo", "--dataset=colours"], []), "dpo+lora": (["--objective=dpo", "--dataset=colours"], LORA),
 }
 
 

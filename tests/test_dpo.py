@@ -1,4 +1,4 @@
-"""DPO (nash/objectives/dpo.py, task=dpo in train.py) and its data (data.PreferenceExamples): the loss against a computation by
+"""DPO (nash/objectives/dpo.py, objective=dpo in train.py) and its data (data.PreferenceExamples): the loss against a computation by
 hand, log 2 at the start, reward accuracy that rises on held-out pairs, TRL's metric names, one-line errors."""
 import json
 import math
@@ -39,13 +39,13 @@ def prefs(tmp_path_factory):
 def base_run(sft_data, tmp_path_factory):
     """A tiny trained model to start from (a few SFT steps)."""
     out = tmp_path_factory.mktemp("runs") / "base"
-    run_script("train.py", *TINY_MODEL, *TINY_TRAINING, "--task=sft", "--dataset=echo", f"--data_dir={sft_data}",
+    run_script("train.py", *TINY_MODEL, *TINY_TRAINING, "--objective=sft", "--dataset=echo", f"--data_dir={sft_data}",
                f"--out_dir={out}", "--max_steps=5", "--eval_interval=0")
     return str(out)
 
 
 def dpo_run(out, base, data_dir, *flags, check=True):
-    return run_script("train.py", *TINY_MODEL, *TINY_TRAINING, "--task=dpo", "--dataset=colours",
+    return run_script("train.py", *TINY_MODEL, *TINY_TRAINING, "--objective=dpo", "--dataset=colours",
                       f"--data_dir={data_dir}", f"--init_from={base}", f"--out_dir={out}", *flags, check=check)
 
 
@@ -147,7 +147,7 @@ def test_reward_accuracy_on_the_demos_own_val_rises_well_above_chance(tmp_path):
     is 0 at the start (accuracy 0, chance 0.5), and 40 steps take it well past chance on the whole val set (0.62
     is 3.4 standard errors above 0.5 on its 200 pairs)."""
     sft, out = tmp_path / "sft", tmp_path / "dpo"
-    run_script("train.py", *TINY_MODEL, *TINY_TRAINING, "--task=sft", "--dataset=sft_demo", f"--out_dir={sft}",
+    run_script("train.py", *TINY_MODEL, *TINY_TRAINING, "--objective=sft", "--dataset=sft_demo", f"--out_dir={sft}",
                "--max_steps=5", "--eval_interval=0")
     dpo_run(out, sft, os.path.join(ROOT, "data", "dpo_demo"), "--batch_size=16", "--max_steps=40",
             "--eval_interval=40", "--eval_iters=13", "--learning_rate=3e-3", "--dpo_beta=0.5", "--log_interval=1")
@@ -192,9 +192,9 @@ def test_bad_preference_data_is_one_line(tmp_path, line, message):
 
 @pytest.mark.slow
 def test_dpo_setting_errors(prefs, base_run, tmp_path):
-    for flags, message in ((["--init_from=scratch"], "task=dpo starts from a trained model"),
+    for flags, message in ((["--init_from=scratch"], "objective=dpo starts from a trained model"),
                            (["--dpo_beta=0"], "dpo_beta=0.0 must be positive")):
-        proc = run_script("train.py", *TINY_MODEL, "--task=dpo", "--dataset=colours", f"--data_dir={prefs}",
+        proc = run_script("train.py", *TINY_MODEL, "--objective=dpo", "--dataset=colours", f"--data_dir={prefs}",
                           f"--out_dir={tmp_path}", f"--init_from={base_run}", *flags, check=False)
         assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [proc.stderr.strip()]
         assert message in proc.stderr
@@ -225,7 +225,7 @@ def test_prepare_brings_ultrafeedback_into_trl_format(tmp_path, monkeypatch):
     for split in ("train", "val"):
         assert [json.loads(line) for line in open(os.path.join(folder, f"{split}.jsonl"))] == expected
     assert sorted(os.listdir(tmp_path / "data")) == ["ultrafeedback"]  # no temp folder left
-    assert PreferenceExamples(os.path.join(folder, "train.jsonl"), 64).num_pairs == 2  # what task=dpo reads
+    assert PreferenceExamples(os.path.join(folder, "train.jsonl"), 64).num_pairs == 2  # what objective=dpo reads
     # unreachable Hub: one line, nothing written
     monkeypatch.setattr(datasets, "load_dataset", FakeHub(datasets.load_dataset, fail_when="load"))
     with pytest.raises(SystemExit, match=r"^error: could not read hf:HuggingFaceH4/ultrafeedback_binarized"):

@@ -170,7 +170,7 @@ def test_train_with_experts_logs_and_resumes_exactly(tiny_data, tmp_path, monkey
 
 def test_sft_and_sampling_with_experts(sft_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "sft"
-    run_inline(monkeypatch, "train.py", *TINY_MODEL, *TINY_TRAINING, *MOE_FLAGS, "--task=sft", "--dataset=echo",
+    run_inline(monkeypatch, "train.py", *TINY_MODEL, *TINY_TRAINING, *MOE_FLAGS, "--objective=sft", "--dataset=echo",
                f"--data_dir={sft_data}", f"--out_dir={out}", "--max_steps=6")
     capsys.readouterr()
     run_inline(monkeypatch, "sample.py", f"--out_dir={out}", "--start=Echo: cat\n", "--num_samples=1",

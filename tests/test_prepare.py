@@ -340,7 +340,7 @@ def test_smoltalk_streams_conversations_as_jsonl(tmp_path, monkeypatch):
     import datasets
     rows = [{"messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}],
              "source": "smol"} for i in range(5)]
-    rows.append({"messages": [{"role": "tool", "content": "not a role task=chat knows"}]})
+    rows.append({"messages": [{"role": "tool", "content": "not a role objective=chat knows"}]})
     data = tmp_path / "smol.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     fake = FakeHub(datasets.load_dataset, serve=str(data))
@@ -352,7 +352,7 @@ def test_smoltalk_streams_conversations_as_jsonl(tmp_path, monkeypatch):
         lines = [json.loads(line) for line in open(os.path.join(folder, f"{split}.jsonl"))]
         assert lines == [{"messages": r["messages"]} for r in rows[:5]]  # the unknown role is left out
     from nash.data import ChatExamples
-    assert len(ChatExamples(os.path.join(folder, "train.jsonl"), 64).examples) == 5  # what task=chat reads
+    assert len(ChatExamples(os.path.join(folder, "train.jsonl"), 64).examples) == 5  # what objective=chat reads
     with pytest.raises(SystemExit, match="already holds conversations"):
         run(tmp_path, dataset="smoltalk")
     monkeypatch.setattr(datasets, "load_dataset", FakeHub(datasets.load_dataset))

@@ -1,5 +1,5 @@
-"""task=rl (nash/objectives/rl.py): the policy-gradient math on hand-made rollouts (gradient sign, zero-std groups,
-the prompt masked, the clip, the KL), the embedded arithmetic task and its checker, and train.py with task=rl:
+"""objective=rl (nash/objectives/rl.py): the policy-gradient math on hand-made rollouts (gradient sign, zero-std groups,
+the prompt masked, the clip, the KL), the embedded arithmetic task and its checker, and train.py with objective=rl:
 one-line errors, exact resume, the demo commands at tiny size."""
 import json
 import os
@@ -170,7 +170,7 @@ def test_arith_task_checks_answers_as_gsm8k():
 
 
 # -----------------------------------------------------------------------------
-# train.py with task=rl, at tiny sizes
+# train.py with objective=rl, at tiny sizes
 
 from conftest import error_line, read_metrics, run_script  # noqa: E402
 from nash.checkpoint import load_checkpoint  # noqa: E402
@@ -198,7 +198,7 @@ def test_rl_demo_logs_trl_names_and_pass_at_1(arith_sft_run, tmp_path):
     (final,) = [m for m in metrics if m["event"] == "eval"]
     assert final["questions"] == 2 and final["val_loss"] == pytest.approx(1 - final["pass@1"])
     state = load_checkpoint(out / "ckpt.pt")
-    assert state["settings"]["task"] == "rl" and state["step"] == 2
+    assert state["settings"]["objective"] == "rl" and state["step"] == 2
     # the README's pass@1 of the run (a LoRA run: config/rl_demo.py trains adapters), as written but on 4 problems
     proc = run_script("evaluate.py", f"--out_dir={out}", "--tasks=arith", "--max_examples=4")
     assert "arith (chat)" in proc.stdout and "exact_match" in proc.stdout

@@ -44,7 +44,7 @@ def test_readme_pretrain_then_sft_from_run_folder_then_sample(tiny_run, sft_data
     config = json.load(open(sft / "config.json"))  # the model's shape is the pretrained run's, and says so
     assert (config["n_layers"], config["d_model"], config["max_seq_len"], config["init_from"]) == (2, 32, 32, tiny_run)
     state = load_checkpoint(sft / "ckpt.pt")
-    assert state["model_config"]["n_layers"] == 2 and state["settings"]["task"] == "sft"
+    assert state["model_config"]["n_layers"] == 2 and state["settings"]["objective"] == "sft"
     # README: python sample.py --out_dir=out-sft-demo --start=$'Reverse: big red car\n'
     g = run_inline(monkeypatch, "sample.py", f"--out_dir={sft}", "--start=Echo: red\n", "--num_samples=1",
                    "--max_new_tokens=4")
@@ -142,14 +142,14 @@ BAD_INPUT = [  # (script, arguments, what the error line says)
     ("prepare.py", ["--input={data}/../tiny.txt", "--data_root={tmp}/d", "--num_workers=-1"], r"num_workers=-1 should"),
     ("train.py", ["{tmp}/latin1.py", *TRAIN], r"config file .*latin1.py is not UTF-8 text"),
     ("train.py", ["{tmp}", *TRAIN], r"config file .* is a folder"),
-    ("train.py", [*TRAIN, "--task=sft", "--data_dir={tmp}/latin1_sft"], r"latin1_sft/train.jsonl:2: not UTF-8 text"),
+    ("train.py", [*TRAIN, "--objective=sft", "--data_dir={tmp}/latin1_sft"], r"latin1_sft/train.jsonl:2: not UTF-8 text"),
     ("train.py", [*TRAIN, "--out_dir="], r"out_dir is empty"),
     ("train.py", [*TRAIN, "--out_dir={tmp}/a_file"], r"out_dir=.*a_file is a file, not a folder"),
     ("prepare.py", ["--input={data}/../tiny.txt", "--data_root={tmp}/a_file"], r"data_root=.*a_file is a file"),
     ("bench.py", ["--what=sample", "--output={tmp}/missing_dir/b.json"], r"folder of --output=.*missing_dir/b.json"),
     ("evaluate.py", ["--out_dir={run}", "--output={tmp}"], r"output=.* should be a file path, not a folder"),
-    ("train.py", [*RESUME, "--optimizer=muon"], r"ckpt.pt fixes optimizer='muon' \('adamw' there\)"),
-    ("train.py", [*RESUME, "--n_layers=3"], r"ckpt.pt fixes n_layers=3 \(2 there\)"),
+    ("train.py", [*RESUME, "--optimizer=muon"], r"resuming the run in .* you gave optimizer='muon' where the run has 'adamw'"),
+    ("train.py", [*RESUME, "--n_layers=3"], r"resuming the run in .* you gave n_layers=3 where the run has 2"),
     ("sample.py", ["--out_dir={run}", "--ckpt=lastest"], r"ckpt='lastest' should be best, latest or the path"),
     ("compare.py", ["{tmp}/list_run", "--output="], r"config.json holds a JSON list, not an object of settings"),
     ("train.py", [*TRAIN, "--init_from={run}/best.pt", "--dropout=1.5"], r"^error: dropout=1.5 should be"),

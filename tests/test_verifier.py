@@ -1,4 +1,4 @@
-"""The verifier (task=verifier, nash/objectives/verifier.py; model.py's score head; nash/verifier.py): the head's shape,
+"""The verifier (objective=verifier, nash/objectives/verifier.py; model.py's score head; nash/verifier.py): the head's shape,
 gradient and checkpoint, BCE training that ranks right answers above wrong ones on held-out toys, score_replies'
 rendering, the ranking metrics, train.py with config/verifier_demo.py at tiny size (the labelled set, exact resume,
 one-line errors), the best-of-N measurement as the README runs it, and the export as transformers' sequence
@@ -129,7 +129,7 @@ def test_score_replies_renders_as_training_does():
 
 
 # -----------------------------------------------------------------------------
-# train.py with task=verifier, at tiny size
+# train.py with objective=verifier, at tiny size
 
 TINY_VERIFIER = ["--batch_size=4", "--verifier_samples=2", "--verifier_questions=6", "--verifier_max_new_tokens=6",
                  "--eval_iters=1", "--log_interval=1", "--warmup_steps=1"]

@@ -4,7 +4,7 @@ Writes data/arith/: arithmetic word problems in GSM8K's format, small enough for
     python data/arith/generate.py
 
 train.jsonl and test.jsonl hold GSM8K rows, {"question": ..., "answer": "<working>\\n#### <number>"}: the questions
-task=rl samples answers to (train) and scores pass@1 on (test), through nash/tasks/arith.py. chat/train.jsonl and
+objective=rl samples answers to (train) and scores pass@1 on (test), through nash/tasks/arith.py. chat/train.jsonl and
 chat/val.jsonl are the same kind of problems as conversations (the question a user turn, the worked answer the
 assistant's), for the SFT step before RL (config/arith_sft_demo.py): chat/train.jsonl asks the questions of
 train.jsonl, so RL practises on problems the SFT model has seen, as nanochat's RL does on GSM8K's train split.

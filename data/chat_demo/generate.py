@@ -3,7 +3,7 @@ Writes data/chat_demo/train.jsonl and val.jsonl: conversations a small model lea
 
     python data/chat_demo/generate.py
 
-Each line is {"messages": [{"role": ..., "content": ...}, ...]}, the format task=chat trains on, with one to
+Each line is {"messages": [{"role": ..., "content": ...}, ...]}, the format objective=chat trains on, with one to
 three user/assistant turns and sometimes a system prompt. Two things to learn:
 - who it is: questions about the model ("What is your name?", "Who made you?", greetings...), in a few
   phrasings each, with one fixed answer per question, as nanochat teaches its models their identity;

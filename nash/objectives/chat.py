@@ -9,3 +9,4 @@ from nash.objectives.sft import SFT
 class Chat(SFT):
     chat = True
     examples = ChatExamples
+    next_step = "talk to it with `python chat.py --out_dir={out_dir}`"

@@ -1,5 +1,5 @@
 """
-Direct Preference Optimization (Rafailov et al. 2023): task=dpo.
+Direct Preference Optimization (Rafailov et al. 2023): objective=dpo.
 
 For a prompt x with a preferred completion y_w (chosen) and a dispreferred one y_l (rejected):
 
@@ -24,6 +24,9 @@ from nash.common import fail
 from nash.data import PreferenceExamples
 from nash.lora import adapters_disabled
 from nash.objectives.sft import SFT
+
+# settings of objective=dpo (train.py merges them into its own: --dpo_beta=0.2)
+dpo_beta = 0.1  # strength of the pull towards the reference model (TRL's beta); rewards are beta * log-ratios
 
 STATS = ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")
 
@@ -84,6 +87,8 @@ class DPO(SFT):
     needs_trained_model = True
     stats = STATS
     examples = PreferenceExamples  # B chosen rows, then their B rejected ones
+    next_step = ("sample with `python sample.py --out_dir={out_dir} --start=<a prompt written like the training ones>`, "
+                 "or measure it with `python evaluate.py --out_dir={out_dir} --objective=sft --dataset=<prompt/completion data>`")
 
     def check_settings(self):
         if self.settings["dpo_beta"] <= 0:

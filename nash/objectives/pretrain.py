@@ -18,6 +18,8 @@ class Pretrain:
     needs_trained_model = False  # whether init_from=scratch makes no sense (DPO needs a policy to start from)
     chat = False  # whether the model talks in the chat format (it needs the chat tokens; benchmarks ask in it)
     stats = ()  # names of per-step statistics beside the loss, logged under these names (TRL's, for DPO)
+    zero_loss_means_memorised = True  # a loss at ~0 says the data is learnt by heart (not RL's, whose loss may be 0)
+    next_step = "sample with `python sample.py --out_dir={out_dir}`"  # the last log line's hint, formatted with the settings
 
     def __init__(self, settings, log=print):
         self.settings, self.log = settings, log

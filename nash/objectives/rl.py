@@ -1,5 +1,5 @@
 """
-Policy-gradient RL on verifiable rewards, GRPO-style (Shao et al. 2024; nanochat's chat_rl): task=rl.
+Policy-gradient RL on verifiable rewards, GRPO-style (Shao et al. 2024; nanochat's chat_rl): objective=rl.
 
 Each micro-step takes batch_size questions of reward_task's train split and samples rl_samples answers to each
 from the current model (the batched engine, nash/engine.py). The task's own answer check gives each answer a reward
@@ -37,6 +37,17 @@ from nash.lora import adapters_disabled
 from nash.objectives.dpo import DPO
 from nash.objectives.pretrain import Pretrain
 from nash.tokenizer import SPECIAL_TOKENS, render_conversation, special_ids
+
+# settings of objective=rl (train.py merges them into its own: --rl_samples=16 etc.); batch_size questions a micro-step
+reward_task = "arith"  # the generated-answer task whose train questions are asked and whose answer check is the reward
+rl_samples = 8  # answers sampled per question, a group (TRL's num_generations; nanochat samples 16)
+rl_max_new_tokens = 64  # the longest answer sampled
+rl_temperature = 1.0  # sampling temperature of the answers
+rl_top_k = 0  # sample from the top k tokens only; 0 = all (nanochat's 50 narrows exploration)
+rl_std_normalize = False  # divide the advantages by their group's std (GRPO's); False: reward - mean (nanochat)
+rl_updates = 1  # optimizer steps on each batch of rollouts; above 1 the PPO clip keeps the later ones close
+rl_clip = 0.2  # PPO's epsilon: the probability ratio to the sampling policy is clipped to 1 +- rl_clip
+rl_kl_beta = 0.0  # weight of the KL penalty to the starting model (TRL's beta; 0 as TRL and nanochat: no reference)
 
 STATS = ("reward", "reward_std", "frac_reward_zero_std", "completion_length", "kl", "clip_ratio")
 TRAIN, TEST = 0, 1  # which split a batch's questions come from (x holds their indices)
@@ -106,8 +117,8 @@ def reward_task_problem(name, why):
 def chat_model_problem(settings, model, enc):
     """A one-line problem if the starting model has no chat tokens to sample replies with, or None."""
     if model.config.vocab_size <= max(special_ids(enc).values()):
-        return (f"task={settings['task']} samples chat replies, and {settings['init_from']} is not a chat model (its "
-                f"{model.config.vocab_size}-token vocabulary has no chat tokens); fine-tune it with task=chat "
+        return (f"objective={settings['objective']} samples chat replies, and {settings['init_from']} is not a chat model "
+                f"(its {model.config.vocab_size}-token vocabulary has no chat tokens); fine-tune it with objective=chat "
                 f"first (e.g. config/arith_sft_demo.py)")
 
 
@@ -165,6 +176,9 @@ class AsksRewardTask(Pretrain):
 class RL(AsksRewardTask):
     fine_tunes = True
     stats = STATS
+    zero_loss_means_memorised = False  # a batch whose rewards are all equal has loss 0
+    next_step = ("measure it with `python evaluate.py --out_dir={out_dir} --tasks={reward_task}`, or talk to it with "
+                 "`python chat.py --out_dir={out_dir}`")
 
     def check_settings(self):
         s = self.settings

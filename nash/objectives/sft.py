@@ -11,6 +11,8 @@ from nash.objectives.pretrain import Pretrain
 class SFT(Pretrain):
     fine_tunes = True
     examples = SFTExamples  # the reader of train.jsonl / val.jsonl
+    next_step = ("measure it with `python evaluate.py --out_dir={out_dir}` (exact match on val), or sample with "
+                 "`python sample.py --out_dir={out_dir} --start=<a prompt written like the training ones>`")
 
     def prepare(self, folder):
         pass  # JSONL is read as it is

@@ -1,5 +1,5 @@
 """
-A verifier, or outcome reward model (Cobbe et al. 2021, "Training Verifiers to Solve Math Word Problems"): task=verifier.
+A verifier, or outcome reward model (Cobbe et al. 2021, "Training Verifiers to Solve Math Word Problems"): objective=verifier.
 
 Starting from a chat run (init_from: the generator), the run first samples verifier_samples answers to each of the
 first verifier_questions train questions of reward_task (the batched engine, nash/engine.py) and labels each with the
@@ -31,10 +31,18 @@ from nash import lora
 from nash import tasks as downstream
 from nash.common import fail
 from nash.data import EpochSampler, mix
+from nash.objectives import rl
 from nash.objectives.rl import AsksRewardTask, reward_task_problem, task_questions
 from nash.tokenizer import special_ids
 from nash.tasks.sampling import best_of_n
 from nash.verifier import auc, pad_right, render_reply
+
+# settings of objective=verifier (train.py merges them into its own): answers to reward_task's questions, sampled once
+reward_task = rl.reward_task  # the generated-answer task whose questions are answered and whose check labels the answers
+verifier_samples = 8  # answers sampled per question from init_from (the generator), for training and for val
+verifier_questions = 0  # train questions to sample answers to, the first ones; 0 = all (val: eval_iters * batch_size test questions)
+verifier_temperature = 1.0  # sampling temperature of those answers (a mix of right and wrong is what it learns from)
+verifier_max_new_tokens = 64  # the longest answer sampled
 
 EXAMPLES = "verifier_examples.jsonl"  # the labelled set, in out_dir
 SPLITS = ("train", "val")
@@ -67,6 +75,8 @@ class Examples:
 
 class Verifier(AsksRewardTask):  # (a trained chat model, the generator: its answers are what it learns to judge)
     stats = ("accuracy",)  # of the step's examples, at probability 1/2
+    next_step = ("pick the best of N answers with it: `python evaluate.py --init_from={init_from} --tasks={reward_task} "
+                 "--num_samples={verifier_samples} --verifier={out_dir}`")
 
     def check_settings(self):
         s = self.settings
