@@ -1,5 +1,5 @@
 """
-Talk to a chat model (a run trained with task=chat): in the terminal, or in a browser and through an
+Talk to a chat model (a run trained with objective=chat): in the terminal, or in a browser and through an
 OpenAI-compatible API with --serve.
 
     python chat.py --out_dir=out-chat-demo                         # terminal chat, replies stream as generated
@@ -27,7 +27,7 @@ from configurator import check_sampling, configure, fail
 
 # -----------------------------------------------------------------------------
 # settings (python chat.py --help lists them)
-out_dir = "out-chat-demo"  # the run folder of a chat model (train.py task=chat)
+out_dir = "out-chat-demo"  # the run folder of a chat model (train.py objective=chat)
 init_from = ""  # another run folder or checkpoint file instead of out_dir
 ckpt = "best"  # best | latest | a checkpoint file
 system = ""  # system prompt, the first message of every conversation; "" = none

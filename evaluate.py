@@ -59,7 +59,7 @@ from nash.tasks.gsm8k import last_number
 init_from = ""  # "" = the run in out_dir | a run folder or checkpoint file | gpt2 ... gpt2-xl | an HF folder (export.py's)
 out_dir = "out"  # the run folder train.py wrote
 ckpt = "best"  # best (lowest val loss; the latest when no eval has run) | latest | a checkpoint file
-task = ""  # "" = the checkpoint's (pretrain for GPT-2 weights) | pretrain | sft | chat
+objective = ""  # what the checkpoint was trained as: "" = its own (pretrain for GPT-2 weights) | pretrain | sft | chat
 dataset = ""  # "" = the run's dataset (shakespeare for GPT-2 weights); else the folder name under data/
 data_dir = ""  # the dataset's folder, if not data/<dataset>
 split = "val"  # val | train
@@ -81,12 +81,12 @@ report = False  # also write out_dir/report.md: the run's settings, hardware, cu
 device = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps
 dtype = "auto"  # auto (CUDA: bfloat16 where supported, else float16; float32 elsewhere) | float32 | bfloat16 | float16
 output = ""  # also write the results as JSON to this file
-settings = configure(globals())
+settings = configure(globals(), renamed={"task": "objective"})  # (--tasks are the benchmarks)
 # -----------------------------------------------------------------------------
 # checks that need no model
 
-if task not in ("", "pretrain", "sft", "chat"):
-    fail(f"task={task!r} should be pretrain, sft or chat (or empty for the checkpoint's own)")
+if objective not in ("", "pretrain", "sft", "chat"):
+    fail(f"objective={objective!r} should be pretrain, sft or chat (or empty for the checkpoint's own)")
 if split not in ("val", "train"):
     fail(f"split={split!r} should be val or train")
 if batch_size < 1 or seq_len < 0 or max_batches < 0 or max_examples < 0 or num_fewshot < 0 or max_gen_tokens < 1:
@@ -129,15 +129,15 @@ model, state, where = load_model(init_from, out_dir, ckpt, device)
 spec = tokenizer.model_spec(state, init_from)  # the model's tokenizer: its checkpoint's, an export's, GPT-2's
 enc = tokenizer.from_spec(spec)
 run = run_settings(state) if state else {"objective": "pretrain", "dataset": "shakespeare", "data_dir": ""}
-task = task or run.get("objective", "pretrain")  # a chat model answers the tasks that have a chat format through it
+objective = objective or run.get("objective", "pretrain")  # a chat model answers the tasks that have a chat format through it
 chat_engine = None  # objective=chat: chat.py's engine answers (exact match of the last replies)
-if task == "chat":
+if objective == "chat":
     from nash.engine import ChatEngine
     try:
         chat_engine = ChatEngine(model, ctx, enc, tools=tools)  # (it checks the model has rows for the chat tokens)
     except ValueError:
         fail(f"{where} has no chat tokens in its vocabulary ({model.config.vocab_size} tokens): it was not "
-             f"fine-tuned with objective=chat; leave --task out")
+             f"fine-tuned with objective=chat; leave --objective out")
 
 
 def verifier_scores():
@@ -164,19 +164,19 @@ def verifier_scores():
 
 def measure_loss():
     """Loss, accuracy, perplexity, bits per byte (and SFT exact match) on the data the run was trained on
-    (unless dataset/data_dir/task say otherwise); prints them and returns them as a dict."""
+    (unless dataset/data_dir/objective say otherwise); prints them and returns them as a dict."""
     global dataset, data_dir, seq_len
-    if task == "rl":  # it learned from rewards, not from a dataset: measure it on the task it was rewarded on
+    if objective == "rl":  # it learned from rewards, not from a dataset: measure it on the task it was rewarded on
         fail(f"{where} was trained with objective=rl; measure it with --tasks={run.get('reward_task', 'arith')} (pass@1)")
-    if task == "dpo":  # its data are preference pairs; what it learned shows on prompt/completion data
-        fail(f"{where} was trained with objective=dpo on preference pairs; measure its completions with --task=sft and "
-             f"--dataset= a prompt/completion set (e.g. --task=sft --dataset=sft_demo for the DPO demo)")
+    if objective == "dpo":  # its data are preference pairs; what it learned shows on prompt/completion data
+        fail(f"{where} was trained with objective=dpo on preference pairs; measure its completions with --objective=sft and "
+             f"--dataset= a prompt/completion set (e.g. --objective=sft --dataset=sft_demo for the DPO demo)")
     if not dataset and not data_dir:
         dataset, data_dir = run.get("dataset", "shakespeare"), run.get("data_dir", "")
     seq_len = seq_len or min(run.get("max_seq_len", model.config.max_seq_len), model.config.max_seq_len)
     if seq_len > model.config.max_seq_len:
         fail(f"seq_len={seq_len} is longer than the model's context ({model.config.max_seq_len}); lower --seq_len")
-    if task == "pretrain":
+    if objective == "pretrain":
         folder = ensure_prepared(dataset, data_dir)  # prepares the embedded Shakespeare if needed; else says how
         if tokenizer.dataset_spec(folder) != spec:  # the same ids would mean other text: the numbers would be noise
             fail(f"{folder} was tokenised with {tokenizer.dataset_spec(folder)['name']}, but {where} reads "
@@ -184,7 +184,7 @@ def measure_loss():
         data = TokenShards(folder, split, vocab_size=model.config.vocab_size)
     else:
         folder = dataset_dir(dataset, data_dir)
-        Examples = ChatExamples if task == "chat" else SFTExamples  # chat: loss on the assistant replies
+        Examples = ChatExamples if objective == "chat" else SFTExamples  # chat: loss on the assistant replies
         data = Examples(os.path.join(folder, f"{split}.jsonl"), seq_len, enc)
         if data.cut_note:  # examples cut to seq_len, counted once
             print(data.cut_note, file=sys.stderr)
@@ -223,14 +223,14 @@ def measure_loss():
         fail(f"the {split} split of {folder} has no target tokens to score")
     loss = (nats / targets).item()
     results = {
-        "checkpoint": where, "step": state["step"] if state else None, "task": task, "dataset": folder, "split": split,
+        "checkpoint": where, "step": state["step"] if state else None, "objective": objective, "dataset": folder, "split": split,
         "seq_len": seq_len, "batches": num_batches, "tokens": targets.item(), "bytes": num_bytes.item(),
         "loss": loss, "accuracy": (correct / targets).item(), "perplexity": math.exp(min(loss, 700)),
         "bits_per_byte": (text_nats / (math.log(2) * num_bytes)).item() if num_bytes.item() else None,
     }
 
     # SFT: exact match of greedy completions, one prompt at a time (prompts differ in length)
-    if task == "sft":
+    if objective == "sft":
         examples = [(p, c) for p, c in data.examples if p]  # an empty prompt gives the model nothing to start from
         examples = examples[:max_examples or None]
         matches = 0
@@ -244,7 +244,7 @@ def measure_loss():
         results["exact_match_examples"] = len(examples)
 
     # chat: exact match of each conversation's last reply, answered as chat.py answers (engine.py), greedily
-    if task == "chat":
+    if objective == "chat":
         last_replies = [m for m in data.examples if m[-1]["role"] == "assistant"][:max_examples or None]
         matches = asked = answers = 0
         calls = tokenizer.special_ids(enc).get("<|python_start|>")
@@ -272,10 +272,10 @@ def measure_loss():
     rows = [("loss", f"{results['loss']:.4f}"), ("accuracy", f"{100 * results['accuracy']:.2f}%"),
             ("perplexity", f"{results['perplexity']:.2f}"),
             ("bits per byte", "-" if results["bits_per_byte"] is None else f"{results['bits_per_byte']:.4f}")]
-    if task in ("sft", "chat"):
+    if objective in ("sft", "chat"):
         rows.append(("exact match", "-" if results["exact_match"] is None else
                      f"{100 * results['exact_match']:.2f}% of {results['exact_match_examples']} "
-                     + ("completions" if task == "sft" else "last replies")))
+                     + ("completions" if objective == "sft" else "last replies")))
     if results.get("answer_match") is not None:  # the final number, however the reply got there
         rows.append(("answer match", f"{100 * results['answer_match']:.2f}% (calculator {'on' if tools else 'off'})"))
     for name, value in rows:
@@ -290,7 +290,7 @@ if task_names:
     t0 = time.time()
     sampling = Sampling(temperature=temperature, top_k=top_k or None, seed=seed) if num_samples else None
     task_results = downstream.run(prepared, model, enc, batch_size, ctx, max_gen_tokens, keep_items=True,
-                                  chat=task in OBJECTIVES and OBJECTIVES[task].chat,  # chat and rl runs
+                                  chat=objective in OBJECTIVES and OBJECTIVES[objective].chat,  # chat and rl runs
                                   num_samples=num_samples, sampling=sampling,
                                   verifier=verifier_scores() if verifier else None, tools=tools)
     at_step = f" at step {state['step']}" if state else ""

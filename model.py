@@ -46,7 +46,7 @@ class GPTConfig:
     experts_top_k: int = 2         # experts each token is routed to
     moe_aux_loss_coef: float = 0.01  # weight of the load-balancing loss in the training loss (Switch uses 0.01)
     attn_sinks: int = 0            # learnable sink tokens in front of every sequence; 0 = none
-    score_head: bool = False       # a scalar score head beside the lm_head (a verifier, task=verifier): GPT.score
+    score_head: bool = False       # a scalar score head beside the lm_head (a verifier, objective=verifier): GPT.score
 
     def __post_init__(self):
         for name in ("n_layers", "n_heads", "d_model", "d_ff", "max_seq_len", "vocab_size", "pad_vocab_multiple"):
@@ -547,7 +547,7 @@ class GPT(nn.Module):
         log-odds that the sequence ending there is right. Rows are right-padded; causal attention keeps the padding
         after last out of it. ValueError for a model without the head (score_head=False)."""
         if not self.config.score_head:
-            raise ValueError("this model has no score head (score_head=False): train one with task=verifier")
+            raise ValueError("this model has no score head (score_head=False): train one with objective=verifier")
         x = self.hidden_states(idx)
         return self.score_head(x[torch.arange(x.size(0), device=x.device), last]).squeeze(-1).float()
 

@@ -2,7 +2,7 @@
 # prefer the correct reversal (chosen) over a plausible mistake (rejected) in data/dpo_demo (made by
 # data/dpo_demo/generate.py), starting from the SFT demo run, which is also the frozen reference.
 #   python train.py config/dpo_demo.py
-#   python evaluate.py --out_dir=out-dpo-demo --task=sft --dataset=sft_demo   # exact match on the SFT demo's val
+#   python evaluate.py --out_dir=out-dpo-demo --objective=sft --dataset=sft_demo   # exact match on the SFT demo's val
 # With --lora_rank=8 only adapters train, and the reference is the same model with its adapters off.
 objective = "dpo"
 dataset = "dpo_demo"

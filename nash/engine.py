@@ -333,7 +333,7 @@ class ChatEngine:
         top = max(self.ids[name] for name in SPECIAL_TOKENS if name not in TOOL_TOKENS)
         if model.config.vocab_size <= top:
             raise ValueError(f"the model's vocabulary ({model.config.vocab_size} tokens) has no room for the chat "
-                             f"tokens (ids up to {top}): it was not fine-tuned for chat; train it with task=chat")
+                             f"tokens (ids up to {top}): it was not fine-tuned for chat; train it with objective=chat")
         # the calculator (tools.py), for a model with rows for the tool tokens (older chat models have six tokens)
         self.tools = tools and tools_available(model, self.enc)
         self.stop_ids = {self.ids[name] for name in SPECIAL_TOKENS if name not in TOOL_TOKENS}  # end a reply

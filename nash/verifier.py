@@ -1,7 +1,7 @@
 """
 A verifier (an outcome reward model, Cobbe et al. 2021) at use: the GPT with a score head (model.py, score_head)
 reads a question and one sampled answer and says how likely the answer is right; best-of-N keeps the answer it
-scores highest. task=verifier (nash/objectives/verifier.py) trains one on exactly the rendering here.
+scores highest. objective=verifier (nash/objectives/verifier.py) trains one on exactly the rendering here.
 
     score_replies(model, enc, conversations, replies)   # [[P(right) of each reply] of each conversation]
 
@@ -56,7 +56,7 @@ def check_verifier(model):
     """ValueError unless model has a score head (a verifier), so a caller can refuse before any other work."""
     if not getattr(model.config, "score_head", False):
         raise ValueError("this model has no score head, so it cannot score replies: give a verifier, a run trained "
-                         "with task=verifier (e.g. config/verifier_demo.py)")
+                         "with objective=verifier (e.g. config/verifier_demo.py)")
 
 
 def score_replies(model, enc, conversations, replies, ctx=None, batch_size=32):

@@ -257,6 +257,6 @@ def test_evaluate_scores_each_conversations_last_reply_by_exact_match(tiny_chat_
     proc = run_script("evaluate.py", f"--out_dir={tiny_chat_run}", f"--data_dir={data}", "--device=cpu",
                       f"--output={out}")
     results = json.loads(out.read_text())
-    assert results["task"] == "chat" and results["exact_match_examples"] == len(conversations)
+    assert results["objective"] == "chat" and results["exact_match_examples"] == len(conversations)
     assert results["exact_match"] == sum(expected) / len(conversations)
     assert f"of {len(conversations)} last replies" in proc.stdout

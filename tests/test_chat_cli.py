@@ -93,7 +93,7 @@ def test_terminal_session_through_a_pseudo_terminal(tiny_chat_run):
 def test_errors_are_one_line(tiny_run, tiny_chat_run):
     proc = run_script("chat.py", f"--out_dir={tiny_run}", "--prompt=hi", check=False)
     assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith("error: ")
-    assert "not fine-tuned for chat" in proc.stderr and "task=chat" in proc.stderr
+    assert "not fine-tuned for chat" in proc.stderr and "objective=chat" in proc.stderr
     for flag, message in (("--temperature=-1", "cannot be negative"), ("--top_p=0", "must be in (0, 1]"),
                           ("--port=70000", "not a TCP port")):
         proc = run_script("chat.py", f"--out_dir={tiny_chat_run}", flag, check=False)
@@ -105,6 +105,6 @@ def test_evaluate_measures_chat_runs_on_their_replies_and_sample_points_to_chat(
     out = tmp_path / "eval.json"
     run_script("evaluate.py", f"--out_dir={tiny_chat_run}", f"--output={out}")
     results = json.loads(out.read_text())
-    assert results["task"] == "chat" and 0 < results["loss"] < 11
+    assert results["objective"] == "chat" and 0 < results["loss"] < 11
     proc = run_script("sample.py", f"--out_dir={tiny_chat_run}", check=False)
     assert proc.returncode == 1 and "python chat.py" in proc.stderr

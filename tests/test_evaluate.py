@@ -68,7 +68,7 @@ def test_pretraining_numbers_match_a_computation_by_hand(tiny_run, tiny_data, tm
     assert results["tokens"] == len(windows) * 32 and results["bytes"] == expected["bytes"]
     assert results["batches"] == math.ceil(len(windows) / 3) and results["split"] == "val"
     assert results["perplexity"] == pytest.approx(math.exp(results["loss"]), rel=1e-9)
-    assert results["step"] == 20 and results["task"] == "pretrain" and results["seq_len"] == 32
+    assert results["step"] == 20 and results["objective"] == "pretrain" and results["seq_len"] == 32
     out = capsys.readouterr().out
     assert "bits per byte" in out and f"{results['loss']:.4f}" in out  # the table
     assert "exact_match" not in results
@@ -104,7 +104,7 @@ def test_sft_loss_on_completions_and_exact_match(tiny_sft_run, tmp_path, monkeyp
     (tmp_path / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     g = evaluate(monkeypatch, f"--out_dir={tiny_sft_run}", f"--data_dir={tmp_path}", "--batch_size=3")
     results = g["results"]
-    assert results["task"] == "sft" and results["exact_match"] == 0.5 and results["exact_match_examples"] == len(rows)
+    assert results["objective"] == "sft" and results["exact_match"] == 0.5 and results["exact_match_examples"] == len(rows)
     # loss and accuracy over the completion tokens and the end-of-text after them, nothing of the prompts
     sequences = [enc.encode_ordinary(r["prompt"]) + enc.encode_ordinary(r["completion"]) + [EOT_ID] for r in rows]
     firsts = [len(enc.encode_ordinary(r["prompt"])) - 1 for r in rows]
@@ -117,7 +117,8 @@ def test_sft_loss_on_completions_and_exact_match(tiny_sft_run, tmp_path, monkeyp
 @pytest.mark.parametrize("flags, words", [
     (["--seq_len=64"], "longer than the model's context (32)"),
     (["--split=test"], "split='test' should be val or train"),
-    (["--task=sft"], "val.jsonl not found"),
+    (["--objective=sft"], "val.jsonl not found"),
+    (["--task=sft"], "the setting 'task' (from --task=sft) is now called 'objective'"),
     (["--max_batches=-1"], "cannot be negative"),
     (["--dataset=no_such_data"], "no_such_data holds no prepared dataset"),
 ])

@@ -85,7 +85,7 @@ def test_gsm8k_reads_the_reference_after_hashes_and_the_models_last_number():  #
 
 
 def test_gsm8k_asks_a_chat_model_through_its_chat_format(tiny_chat_run, tmp_path, monkeypatch, capsys):
-    """A task=chat run: the shots become user/assistant turns, the question the last user turn, and the prompt
+    """An objective=chat run: the shots become user/assistant turns, the question the last user turn, and the prompt
     ends in <|assistant_start|>, as chat.py asks; the JSON and the table say so."""
     prompts, real_generate = [], tasks.base.generate
     monkeypatch.setattr(tasks.base, "generate", lambda model, enc, batch, *a, **kw: prompts.extend(batch)
@@ -182,8 +182,8 @@ def test_errors_are_one_line(tiny_run, tmp_path, monkeypatch):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: could not load allenai/ai2_arc (ARC-Challenge)") and "--task_data=DIR" in last
-    with pytest.raises(SystemExit, match="no chat tokens in its vocabulary.*not fine-tuned with task=chat"):
-        evaluate(monkeypatch, f"--out_dir={tiny_run}", "--task=chat", "--tasks=gsm8k", f"--task_data={FIXTURES}")
+    with pytest.raises(SystemExit, match="no chat tokens in its vocabulary.*not fine-tuned with objective=chat"):
+        evaluate(monkeypatch, f"--out_dir={tiny_run}", "--objective=chat", "--tasks=gsm8k", f"--task_data={FIXTURES}")
 
 
 def test_train_logs_task_metrics_equal_to_evaluate(tiny_data, tmp_path, monkeypatch):

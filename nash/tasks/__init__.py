@@ -9,7 +9,7 @@ Generative tasks (GSM8K, HumanEval, arith) decode through the batched engine (na
 with num_samples they also sample that many replies per item, summarized as pass@k, maj@N and best-of-N
 (tasks/sampling.py) under the task's "sampled" key, and sampled_table() shows them side by side.
 
-chat=True (a model fine-tuned with task=chat): the tasks that have a chat format ask through it (GSM8K generates a
+chat=True (a model fine-tuned with objective=chat): the tasks that have a chat format ask through it (GSM8K generates a
 reply; ARC and MMLU put the question and lettered choices in a user turn and read the answer letter), the others as
 for any model; each summary says which ("format": "chat" or "plain").
 

@@ -12,7 +12,7 @@ the hub or from local JSONL, few-shot prompts, and the three ways of scoring a m
 - generate: greedy decoding until a stop string, end-of-text or max_gen_tokens, then the task's check. Every prompt
   goes through the batched engine (nash/engine.py sample_batch), as chat.py's and RL's do; optionally also N
   sampled replies per item (evaluate.py --num_samples, tasks/sampling.py). A model
-  fine-tuned for chat (task=chat) is asked through its chat format where the task has one (chat_prompt): the shots
+  fine-tuned for chat (objective=chat) is asked through its chat format where the task has one (chat_prompt): the shots
   become earlier user/assistant turns, the item the last user turn, and the reply ends at <|assistant_end|>.
 - code: the same, then the program runs in a separate, limited process (tasks/execution.py).
 

@@ -5,7 +5,7 @@ shot followed by its full worked answer; greedy decoding until "Question:" (or m
 flexible-extract filter: the completion's last number-like match, and the reference after "#### ", compared as
 text with commas, "$" and a trailing "." removed.
 
-Chat models (task=chat) are asked through their chat format, as nanochat asks its chat models: each shot is a user
+Chat models (objective=chat) are asked through their chat format, as nanochat asks its chat models: each shot is a user
 turn (its question) and an assistant turn (its worked answer, "#### N" included), the item is the last user turn,
 and the reply ends at <|assistant_end|>; the same check scores it.
 """
