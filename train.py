@@ -15,7 +15,6 @@ import math
 import os
 import signal
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, fields
 
 import torch
@@ -25,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import model as model_file
 from configurator import check_output_dir, check_range, configure
 from model import GPT, GPTConfig
-from nash import lora, tokenizer
+from nash import distributed, lora, tokenizer
 from nash import tasks as downstream
 from nash.checkpoint import base_source, load_checkpoint, model_from_checkpoint, pretrained_model, resolve_source, \
     run_files, save_checkpoint
@@ -101,6 +100,7 @@ overwrite = False  # allow a new run to replace the checkpoints of an earlier on
 device = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps
 dtype = "auto"  # auto (float16 on CUDA, float32 elsewhere) | float32 | bfloat16 | float16
 compile = False  # torch.compile the model (first steps are slow while it compiles)
+fsdp = False  # shard weights, gradients and optimizer state over the torchrun processes (FSDP2; docs/distributed.md); False = DDP
 # Weights & Biases (also works with WANDB_MODE=offline)
 wandb_enabled = False
 wandb_project = "nash-llm"
@@ -113,6 +113,8 @@ settings = configure(globals(), given=given)
 if task not in OBJECTIVES:
     fail(f"task={task!r} should be one of {', '.join(OBJECTIVES)} (the objectives in nash/objectives/)")
 objective = OBJECTIVES[task](settings)  # (its log goes through `log` once we know which process prints)
+if fsdp and (problem := distributed.check_fsdp(settings, "RANK" in os.environ)):
+    fail(problem)
 if optimizer not in ("adamw", "muon"):
     fail(f"optimizer={optimizer!r} should be 'adamw' or 'muon'")
 for name in ("batch_size", "grad_accum_steps", "max_steps", "max_seq_len", "eval_iters", "log_interval"):
@@ -281,13 +283,15 @@ def get_batch(step, micro_step):
 
 # -----------------------------------------------------------------------------
 # optimizer, gradient scaler, compile, DDP
-model.to(device)
+model = distributed.shard(model, device, dtype) if fsdp else model.to(device)
 objective.to(device)
 optimizers = model.configure_optimizers(optimizer, learning_rate, weight_decay, (beta1, beta2), device_type)
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))  # float16 needs loss scaling
 step, best_val_loss, evals_without_improvement, wandb_run_id = 0, math.inf, 0, None
 if resume is not None:
-    for opt, opt_state in zip(optimizers, resume["optimizers"]):
+    if fsdp or resume.get("shards"):  # a sharded checkpoint: DCP reads it into this run's shards
+        distributed.load_sharded(model, optimizers, resume)
+    for opt, opt_state in zip(optimizers, resume["optimizers"] or []):
         opt.load_state_dict(opt_state)
     if resume.get("scaler"):
         scaler.load_state_dict(resume["scaler"])
@@ -301,7 +305,7 @@ if resume is not None:
 raw_model = model  # the plain GPT, for saving and MFU
 if compile:
     model = torch.compile(model)
-if ddp:
+if ddp and not fsdp:
     model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
 
 
@@ -325,7 +329,7 @@ def evaluate():
     for batches in (val_data.eval_batches(batch_size, max_seq_len, eval_iters), train_sample):
         total = None
         for i, (x, y) in enumerate(batches):
-            if i % world_size == rank or total is None:  # (a process with no batch of its own adds a zeroed one)
+            if fsdp or i % world_size == rank or total is None:  # (FSDP: every rank runs every forward)  # (a process with no batch of its own adds a zeroed one)
                 with ctx:
                     sums_i = objective.eval_sums(raw_model, *to_device(x, y)).float()
                 total = sums_i * (i % world_size == rank) + (0 if total is None else total)
@@ -370,17 +374,19 @@ def log_metrics(event, **values):
 
 def save(path, last_eval):
     """Save everything needed to continue exactly where we are; refuses to save NaN weights."""
-    if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
-        fail(f"the weights hold NaN or inf at step {step}; not saving over {path}")
-    save_checkpoint(path, {
-        "model": lora.adapter_state_dict(raw_model) if lora_info else raw_model.state_dict(),
+    state = {
         "model_config": asdict(config),
-        "lora": lora_info, **objective.checkpoint_state(),
-        "optimizers": [opt.state_dict() for opt in optimizers], "scaler": scaler.state_dict(),
+        "lora": lora_info, **objective.checkpoint_state(), "scaler": scaler.state_dict(),
         "step": step, "best_val_loss": best_val_loss, "evals_without_improvement": evals_without_improvement,
         "settings": settings, "metrics": last_eval, "wandb_run_id": wandb_run_id, "tokenizer": model_tokenizer,
         "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device_type == "cuda" else []},
-    })
+    }
+    if fsdp:  # every process writes its shard (nash/distributed.py)
+        return distributed.save_sharded(path, raw_model, optimizers, state)
+    if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
+        fail(f"the weights hold NaN or inf at step {step}; not saving over {path}")
+    save_checkpoint(path, {**state, "optimizers": [opt.state_dict() for opt in optimizers],
+                           "model": lora.adapter_state_dict(raw_model) if lora_info else raw_model.state_dict()})
 
 
 # Ctrl-C and SIGTERM (a cluster's preemption) finish the current step, save, and exit;
@@ -427,7 +433,7 @@ while step < max_steps:
     for micro_step in range(accum_per_rank):
         last_micro_step = micro_step == accum_per_rank - 1
         # DDP all-reduces gradients on every backward; only the last micro-step needs it
-        with model.no_sync() if ddp and not last_micro_step else nullcontext():
+        with distributed.no_sync(model, ddp and not last_micro_step):
             with ctx:
                 loss, stats = objective.loss(model, x, y)
                 stats_sum += stats / accum_per_rank
@@ -441,7 +447,7 @@ while step < max_steps:
     if grad_clip > 0:
         for opt in optimizers:
             scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
-        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
+        grad_norm = distributed.clip_grad_norm_(raw_model.parameters(), grad_clip)  # (whole norm of sharded grads)
     scale_before = scaler.get_scale() if scaler.is_enabled() else None
     for opt in optimizers:
         scaler.step(opt)  # skipped if float16 gradients overflowed
@@ -506,8 +512,8 @@ while step < max_steps:
             + (" | best so far" if improved else f" | no better for {evals_without_improvement} eval(s)"))
         if master:
             log_metrics("eval", **last_eval)
-            if improved:
-                save(os.path.join(out_dir, "best.pt"), last_eval)
+        if improved and (master or fsdp):
+            save(os.path.join(out_dir, "best.pt"), last_eval)
         stop_early = 0 < early_stopping_patience <= evals_without_improvement
         if stop_early:
             log(f"early stopping: val loss has not improved for {evals_without_improvement} evals")
@@ -520,7 +526,7 @@ while step < max_steps:
     elif ddp:
         stop_now = stop_early
     if checkpoint_interval and (step % checkpoint_interval == 0 or step == max_steps or stop_now):
-        if master:
+        if master or fsdp:  # (FSDP: every process saves its shard)
             save(os.path.join(out_dir, "ckpt.pt"), last_eval)
             if keep_checkpoints and step % checkpoint_interval == 0:
                 save(os.path.join(out_dir, f"ckpt_{step:07d}.pt"), last_eval)
