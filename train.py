@@ -211,7 +211,8 @@ elif init_from == "scratch":
              f"tokens ({model_tokenizer['name']}); leave it at 0 to take the tokenizer's")
     settings["vocab_size"] = vocab_size
     try:
-        model = GPT(GPTConfig(**{f.name: settings[f.name] for f in fields(GPTConfig)}))
+        with torch.device("meta" if fsdp and rank else "cpu"):  # FSDP: only the first process's weights are used
+            model = GPT(GPTConfig(**{f.name: settings[f.name] for f in fields(GPTConfig)}))
     except (ValueError, TypeError) as e:
         fail(f"bad model settings: {e}")
 else:  # fine-tune GPT-2, a Hugging Face folder, or another run's checkpoint: its shape, a fresh optimizer, step 0

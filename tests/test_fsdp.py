@@ -193,3 +193,38 @@ def test_two_nodes_on_loopback_train_with_fsdp(runs, tiny_data, tmp_path):
     nodes = load_checkpoint(tmp_path / "nodes" / "ckpt.pt")
     assert sorted(f for f in os.listdir(nodes["shards"]) if f.endswith(".distcp")) == ["__0_0.distcp", "__1_0.distcp"]
     assert_ddp_matches(two, nodes["model"], learning_rate=3e-3, steps=6)
+
+
+def test_gpu_check_without_cuda_says_so_in_one_line():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the check would run")
+    proc = subprocess.run(["bash", os.path.join(ROOT, "runs", "gpu_check.sh")], capture_output=True, text=True,
+                          timeout=120)
+    assert "needs a CUDA GPU" in error_line(proc) and proc.stdout == ""
+
+
+@pytest.mark.slow
+def test_gpu_check_code_paths_run_on_the_cpu():
+    """--smoke: every row of the GPU check at a tiny size on the CPU, so the script is not first run on a GPU."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benches", "gpu.py"), "--smoke"], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 8 and "FSDP" in proc.stdout and "DDP" in proc.stdout
+    assert "4/4 prompts agree" in lines[-1]
+
+
+@pytest.mark.slow
+def test_memory_bench_measures_fsdp_holding_half_per_rank_on_two(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run_script("bench.py", "--what=memory", "--n_layers=2", "--n_heads=2", "--d_model=32", "--d_ff=64",
+                      "--max_seq_len=32", f"--output={out}", "--threads=1")
+    import json
+    r = json.loads(out.read_text())["results"]["memory"]
+    for mode, share in (("ddp", 1.0), ("fsdp", 0.5)):
+        for rec in r[mode]["per_rank"]:
+            whole = r["ddp"]["per_rank"][0]
+            for k in ("params", "grads", "optimizer"):  # each rank's own shard: half of everything, within padding
+                assert rec[k] == pytest.approx(share * whole[k], rel=0.01), (mode, k)
+    assert r["ddp"]["bytes_per_param"] == pytest.approx(16, rel=0.01)  # fp32 weights + grads + Adam's two moments
+    assert "largest that fits" in proc.stdout and "nanochat d32" in proc.stdout
