@@ -287,7 +287,7 @@ def get_batch(step, micro_step):
 model = distributed.shard(model, device, dtype) if fsdp else model.to(device)
 objective.to(device)
 optimizers = model.configure_optimizers(optimizer, learning_rate, weight_decay, (beta1, beta2), device_type)
-scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))  # float16 needs loss scaling
+scaler = distributed.grad_scaler(device_type, dtype == "float16", fsdp)  # float16 needs loss scaling
 step, best_val_loss, evals_without_improvement, wandb_run_id = 0, math.inf, 0, None
 if resume is not None:
     if fsdp or resume.get("shards"):  # a sharded checkpoint: DCP reads it into this run's shards
@@ -330,7 +330,7 @@ def evaluate():
     for batches in (val_data.eval_batches(batch_size, max_seq_len, eval_iters), train_sample):
         total = None
         for i, (x, y) in enumerate(batches):
-            if fsdp or i % world_size == rank or total is None:  # (FSDP: every rank runs every forward)  # (a process with no batch of its own adds a zeroed one)
+            if fsdp or i % world_size == rank or total is None:  # (else a zeroed one; FSDP: every forward, in step)
                 with ctx:
                     sums_i = objective.eval_sums(raw_model, *to_device(x, y)).float()
                 total = sums_i * (i % world_size == rank) + (0 if total is None else total)

@@ -108,11 +108,20 @@ def clip_grad_norm_(parameters, max_norm):
     DTensor norm is made whole (an all-reduce) before the clip factor is taken. Returns the global norm."""
     from torch.distributed.tensor import DTensor
     params = [p for p in parameters if p.grad is not None]
-    norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
     if isinstance(norm, DTensor):
         norm = norm.full_tensor()
-    torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=True)
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
     return norm
+
+
+def grad_scaler(device_type, enabled, sharded):
+    """float16's loss scaler. Sharded, each rank sees only its gradients' overflows: ShardedGradScaler all-reduces
+    them, so every rank skips the same steps and keeps the same scale."""
+    if sharded:
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+        return ShardedGradScaler(device_type, enabled=enabled)
+    return torch.amp.GradScaler(device_type, enabled=enabled)
 
 
 def _state_dicts(model, optimizers):

@@ -228,3 +228,48 @@ def test_memory_bench_measures_fsdp_holding_half_per_rank_on_two(tmp_path):
                 assert rec[k] == pytest.approx(share * whole[k], rel=0.01), (mode, k)
     assert r["ddp"]["bytes_per_param"] == pytest.approx(16, rel=0.01)  # fp32 weights + grads + Adam's two moments
     assert "largest that fits" in proc.stdout and "nanochat d32" in proc.stdout
+
+
+FP16_OVERFLOW = '''
+import sys, torch, torch.distributed as dist
+sys.path.insert(0, sys.argv[1])
+from model import GPT, GPTConfig
+from nash import distributed
+dist.init_process_group("gloo")
+torch.manual_seed(0)
+model = distributed.shard(GPT(GPTConfig(n_layers=2, n_heads=2, d_model=32, d_ff=64, max_seq_len=32, vocab_size=100,
+                                        dropout=0.0)), "cpu", "float16")
+[opt] = model.configure_optimizers("adamw", 1e-3, 0.1, (0.9, 0.95), "cpu")
+scaler = distributed.grad_scaler("cpu", True, sharded=True)
+x = torch.randint(0, 100, (2, 16))
+for i in range(3):
+    _, loss = model(x, x)
+    scaler.scale(loss).backward()
+    if dist.get_rank() == 1 and i == 1:  # an overflow in one rank's shard only
+        next(p for p in model.parameters() if p.grad is not None).grad._local_tensor.fill_(float("inf"))
+    scaler.unscale_(opt)
+    distributed.clip_grad_norm_(model.parameters(), 1.0)
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad()
+    print(dist.get_rank(), i, scaler.get_scale(), loss.item(), flush=True)
+'''
+
+
+@pytest.mark.slow
+def test_fsdp_float16_skips_an_overflow_on_every_rank(tmp_path):
+    """float16 under FSDP: an inf in one rank's gradient shard makes every rank skip the step and halve the scale
+    (a per-rank scaler would step on one rank and not the other, and their scales would part)."""
+    (tmp_path / "fp16.py").write_text(FP16_OVERFLOW)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(tmp_path / "fp16.py"), ROOT], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    rows = sorted(tuple(line.split()) for line in proc.stdout.splitlines())
+    by_step = {}
+    for rank, i, scale, loss in rows:
+        by_step.setdefault(int(i), set()).add((float(scale), float(loss)))
+    assert all(len(v) == 1 for v in by_step.values()), by_step  # the ranks agree at every step
+    (s0, l0), (s1, l1), (s2, l2) = (next(iter(by_step[i])) for i in range(3))
+    assert s1 == s0 / 2 and s2 == s1  # the overflow halved the scale once
+    assert l2 == l1 != l0  # and its step was skipped: the weights did not move
