@@ -150,23 +150,13 @@ def save_sharded(path, model, optimizers, state):
     folder = os.path.join(os.path.dirname(path), name)
     dcp.save(_state_dicts(model, optimizers), checkpoint_id=f"{folder}.tmp")  # collective: returns once all wrote
     if first:
-        old = shard_folder(path)
         os.replace(f"{folder}.tmp", folder)
         save_checkpoint(path, {**state, "shards": name})
-        if old and os.path.isdir(old) and os.path.abspath(old) != os.path.abspath(folder):
-            shutil.rmtree(old, ignore_errors=True)
+        here = os.path.dirname(path) or "."
+        for other in os.listdir(here):  # the superseded folder, and any a crash or an --overwrite left behind
+            if other.startswith(f"{os.path.basename(path)}.shards.") and other != name:
+                shutil.rmtree(os.path.join(here, other), ignore_errors=True)
     dist.barrier()  # nobody reads or overwrites the checkpoint before it is in place
-
-
-def shard_folder(path):
-    """The shard folder the sharded checkpoint at path points to, or None (no checkpoint, or a whole one)."""
-    if not os.path.isfile(path):
-        return None
-    try:
-        name = torch.load(path, map_location="cpu", weights_only=True).get("shards")
-    except Exception:
-        return None
-    return os.path.join(os.path.dirname(path), name) if name else None
 
 
 def load_sharded(model, optimizers, resume):
