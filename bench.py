@@ -68,7 +68,7 @@ from model import GPTConfig
 
 # -----------------------------------------------------------------------------
 # settings (python bench.py --help lists them)
-what = "train,sample,data"  # comma-separated: train, sample, data, tokenizer, chat, tools, tasks, finetune, generate
+what = "train,sample,data"  # comma-separated: train, sample, data, tokenizer, chat, tools, tasks, finetune, generate, memory
 # (plain_loop: internal)
 output = "bench.json"  # where the JSON goes; "" = nowhere
 device = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps
@@ -139,7 +139,7 @@ GENERATE_SPEEDUP = 4.0  # batched sampling against one completion at a time (iss
 REFERENCE_SPEEDUP = 1.05  # model.py's training step against the plain nanoGPT-style one in benches/train.py
 
 measures = [w.strip() for w in what.split(",") if w.strip()]
-MEASURES = ("train", "sample", "data", "tokenizer", "chat", "tools", "tasks", "finetune", "generate")
+MEASURES = ("train", "sample", "data", "tokenizer", "chat", "tools", "tasks", "finetune", "generate", "memory")
 if not measures or set(measures) - {*MEASURES, "plain_loop"}:
     fail(f"what={what!r} should be a comma-separated list of {', '.join(MEASURES)}")
 if finetune_rank < 1 or finetune_targets not in ("attention", "mlp", "all"):
@@ -335,6 +335,8 @@ def report(info, results):
               ["turn", "prompt tokens", "first token, ms: cache / re-prefill", "tokens/s: cache / re-prefill"],
               [[row["turn"], row["prompt_tokens"], f"{row['cache_ttft_ms']:.1f} / {row['prefill_ttft_ms']:.1f}",
                 f"{row['cache_tokens_per_sec']:.1f} / {row['prefill_tokens_per_sec']:.1f}"] for row in r["rows"]])
+    if "memory" in results:  # benches/memory.py prints its own tables
+        importlib.import_module("benches.memory").report(results["memory"], table)
     if "tools" in results:  # benches/tools.py prints its own table
         importlib.import_module("benches.tools").report(results["tools"], table)
     if "finetune" in results:

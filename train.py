@@ -1,11 +1,11 @@
 """
-Train a GPT: pretraining on token shards, supervised fine-tuning (SFT) on prompt/completion JSONL, chat
-fine-tuning on conversations (then talk to it with chat.py), or DPO on preference pairs. Each of these
-objectives is one file in nash/objectives/ (its data, loss, metrics and log line); this is the one loop.
+Train a GPT: pretraining on token shards, supervised fine-tuning (SFT) on prompt/completion JSONL, chat fine-tuning
+on conversations (then talk to it with chat.py), DPO on preference pairs, RL on verifiable rewards, or a verifier.
+Each objective is one file in nash/objectives/ (its settings, data, loss, metrics and log line); this is the one loop.
 
     python train.py                                        # CPU quick start: a small model on Shakespeare
     python train.py config/train_100m.py --batch_size=32    # GPT-2 124M on one GPU
-    torchrun --standalone --nproc_per_node=8 train.py config/train_100m.py
+    torchrun --standalone --nproc_per_node=8 train.py config/train_100m.py [--fsdp=True]
 
 The settings are the plain names below. Config files (exec'd Python) and --key=value flags override
 them, left to right; `python train.py --help` lists them all with their defaults.
@@ -15,18 +15,15 @@ import json
 import math
 import os
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, fields
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 import model as model_file
 from configurator import configure, setting_groups
 from model import GPTConfig
-from nash import lora, tokenizer
-from nash import tasks
+from nash import distributed, lora, tasks, tokenizer
 from nash.checkpoint import append_line, lock_run_folder, run_files, save_checkpoint
 from nash.common import autocast, estimate_mfu, fail, pick_device, pick_dtype
 from nash.data import dataset_dir
@@ -81,6 +78,7 @@ overwrite = False  # allow a new run to replace the checkpoints of an earlier on
 device = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps
 dtype = "auto"  # auto (float16 on CUDA, float32 elsewhere) | float32 | bfloat16 | float16
 compile = False  # torch.compile the model (first steps are slow while it compiles)
+fsdp = False  # shard weights, gradients and optimizer state over the torchrun processes (FSDP2; docs/distributed.md); False = DDP
 # Weights & Biases (also works with WANDB_MODE=offline)
 wandb_enabled = False
 wandb_project = "nash-llm"
@@ -143,7 +141,7 @@ data_tokenizer = objective.data_tokenizer(folder)  # None: text, encoded with th
 # model: from scratch, resumed, GPT-2, or a checkpoint to fine-tune (nash/run.py); LoRA adapters put on
 torch.manual_seed(seed)  # the same initial weights in every process
 model, model_tokenizer, lora_info = build_model(settings, given, objective, resume, folder, data_tokenizer,
-                                                MODEL_SETTINGS, log)
+                                                MODEL_SETTINGS, log, on_meta=fsdp and rank > 0)
 config, max_seq_len = model.config, settings["max_seq_len"]  # (fine-tuning takes the model's context by default)
 objective.setup(model, init_from, resume, lora_info)  # e.g. DPO's frozen reference
 if master and resume is None and run_files(out_dir) and not overwrite:
@@ -176,19 +174,21 @@ def get_batch(step, micro_step):
 if master:  # one run at a time in a folder (a second one stops here, naming this one's pid); then it writes there
     os.makedirs(out_dir, exist_ok=True)
     lock = lock_run_folder(out_dir)
-model.to(device)
+model = distributed.shard(model, device, dtype) if fsdp else model.to(device)
 objective.to(device)
 optimizers = model.configure_optimizers(optimizer, learning_rate, weight_decay, (beta1, beta2), device_type)
-scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))  # float16 needs loss scaling
+scaler = distributed.grad_scaler(device_type, dtype == "float16", fsdp)  # float16 needs loss scaling
 step, best_val_loss, evals_without_improvement, wandb_run_id = 0, math.inf, 0, None
 if resume is not None:  # where the run was: the optimizers', scaler's and random state, the step and the best eval
+    if fsdp or resume.get("shards"):  # a sharded checkpoint: DCP reads it into this run's shards
+        distributed.load_sharded(model, optimizers, resume)
     step, best_val_loss, evals_without_improvement, wandb_run_id = restore(resume, optimizers, scaler, device_type)
     log(f"resuming {out_dir} at step {step}")
 raw_model = model  # the plain GPT, for saving and MFU
 if compile:
     model = torch.compile(model)
-if ddp:
-    model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
+if ddp and not fsdp:
+    model = distributed.ddp(model, device_type, local_rank)
 
 
 def lr_multiplier(step):
@@ -211,7 +211,7 @@ def evaluate():
     for batches in (val_data.eval_batches(batch_size, max_seq_len, eval_iters), train_sample):
         total = None
         for i, (x, y) in enumerate(batches):
-            if i % world_size == rank or total is None:  # (a process with no batch of its own adds a zeroed one)
+            if fsdp or i % world_size == rank or total is None:  # (else a zeroed one; FSDP: every forward, in step)
                 with ctx:
                     sums_i = objective.eval_sums(raw_model, *to_device(x, y)).float()
                 total = sums_i * (i % world_size == rank) + (0 if total is None else total)
@@ -250,17 +250,18 @@ def log_metrics(event, **values):
 
 def save(path, last_eval):
     """Save everything needed to continue exactly where we are; refuses to save NaN weights."""
-    if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
-        fail(f"the weights hold NaN or inf at step {step}; not saving over {path}")
-    save_checkpoint(path, {
-        "model": lora.adapter_state_dict(raw_model) if lora_info else raw_model.state_dict(),
-        "model_config": asdict(config),
-        "lora": lora_info, **objective.checkpoint_state(),
-        "optimizers": [opt.state_dict() for opt in optimizers], "scaler": scaler.state_dict(),
+    state = {
+        "model_config": asdict(config), "lora": lora_info, **objective.checkpoint_state(), "scaler": scaler.state_dict(),
         "step": step, "best_val_loss": best_val_loss, "evals_without_improvement": evals_without_improvement,
         "settings": settings, "metrics": last_eval, "wandb_run_id": wandb_run_id, "tokenizer": model_tokenizer,
         "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device_type == "cuda" else []},
-    })
+    }
+    if fsdp:  # every process writes its shard (nash/distributed.py)
+        return distributed.save_sharded(path, raw_model, optimizers, state)
+    if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
+        fail(f"the weights hold NaN or inf at step {step}; not saving over {path}")
+    save_checkpoint(path, {**state, "optimizers": [opt.state_dict() for opt in optimizers],
+                           "model": lora.adapter_state_dict(raw_model) if lora_info else raw_model.state_dict()})
 
 
 stop = StopSignals()  # Ctrl-C and SIGTERM finish the current step, save, and exit; a second one stops at once
@@ -287,7 +288,7 @@ while step < max_steps:
     for micro_step in range(accum_per_rank):
         last_micro_step = micro_step == accum_per_rank - 1
         # DDP all-reduces gradients on every backward; only the last micro-step needs it
-        with model.no_sync() if ddp and not last_micro_step else nullcontext():
+        with distributed.no_sync(model, ddp and not last_micro_step):
             with ctx:
                 loss, stats = objective.loss(model, x, y)
                 stats_sum += stats / accum_per_rank
@@ -298,7 +299,7 @@ while step < max_steps:
     if grad_clip > 0:
         for opt in optimizers:
             scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
-        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
+        grad_norm = distributed.clip_grad_norm_(raw_model.parameters(), grad_clip)  # (whole norm of sharded grads)
     scale_before = scaler.get_scale() if scaler.is_enabled() else None
     for opt in optimizers:
         scaler.step(opt)  # skipped if float16 gradients overflowed
@@ -364,8 +365,8 @@ while step < max_steps:
             + (" | best so far" if improved else f" | no better for {evals_without_improvement} eval(s)"))
         if master:
             log_metrics("eval", **last_eval)
-            if improved:
-                save(os.path.join(out_dir, "best.pt"), last_eval)
+        if improved and (master or fsdp):
+            save(os.path.join(out_dir, "best.pt"), last_eval)
         stop_early = 0 < early_stopping_patience <= evals_without_improvement
         if stop_early:
             log(f"early stopping: val loss has not improved for {evals_without_improvement} evals")
@@ -378,7 +379,7 @@ while step < max_steps:
     elif ddp:
         stop_now = stop_early
     if checkpoint_interval and (step % checkpoint_interval == 0 or step == max_steps or stop_now):
-        if master:
+        if master or fsdp:  # (FSDP: every process saves its shard)
             save(os.path.join(out_dir, "ckpt.pt"), last_eval)
             if keep_checkpoints and step % checkpoint_interval == 0:
                 save(os.path.join(out_dir, f"ckpt_{step:07d}.pt"), last_eval)

@@ -177,6 +177,10 @@ def load_checkpoint(path, map_location="cpu", needs=()):
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         fail(f"{path} is not a Nash-LLM checkpoint (format {state.get('format') if isinstance(state, dict) else None!r}, "
              f"expected {FORMAT!r})")
+    if state.get("shards"):  # FSDP's: the weights are in a shard folder beside it, made whole here (distributed.py)
+        from nash.distributed import read_model_shards
+        state["shards"] = os.path.join(os.path.dirname(os.path.abspath(path)), state["shards"])
+        state["model"], state["optimizers"] = read_model_shards(state["shards"]), None  # (resume reads the shards)
     missing = [key for key in needs if key not in state]
     if missing:
         fail(f"{path} lacks {', '.join(map(repr, missing))}, which every checkpoint train.py writes holds; it may be "

@@ -12,7 +12,7 @@ import torch
 
 from configurator import check_output_dir, check_range
 from model import GPT, GPTConfig
-from nash import lora, tokenizer
+from nash import distributed, hf, lora, tokenizer
 from nash.checkpoint import base_source, continue_settings, load_checkpoint, model_from_checkpoint, \
     pretrained_model, resolve_source, run_files, run_settings, write_atomically
 from nash.common import fail
@@ -52,6 +52,8 @@ def check_settings(s, objective):
     """The checks that need no data or model: one clear line each, before any work."""
     if s["optimizer"] not in ("adamw", "muon"):
         fail(f"optimizer={s['optimizer']!r} should be 'adamw' or 'muon'")
+    if s["fsdp"] and (problem := distributed.check_fsdp(s, "RANK" in os.environ)):
+        fail(problem)
     for name in ("batch_size", "grad_accum_steps", "max_steps", "max_seq_len", "eval_iters", "log_interval"):
         check_range(name, s[name], low=1)
     for name in ("eval_interval", "checkpoint_interval", "grad_clip", "weight_decay", "learning_rate", "warmup_steps",
@@ -88,10 +90,12 @@ def keep_settings(s, given, source, names, where):
     s.update({k: source[k] for k in names})
 
 
-def build_model(s, given, objective, resume, folder, data_tokenizer, model_settings, log):
+def build_model(s, given, objective, resume, folder, data_tokenizer, model_settings, log, on_meta=False):
     """(model, the tokenizer spec its ids mean, LoRA info or None): from scratch, resumed, GPT-2 or a Hugging Face
     folder, or another run's checkpoint to fine-tune (which brings its tokenizer along); the chat tokens' rows added
-    where the objective talks in chat; LoRA adapters put on. s (the settings) is updated to the model's truth."""
+    where the objective talks in chat; LoRA adapters put on. s (the settings) is updated to the model's truth.
+    on_meta: a model from scratch is only sketched on the meta device (FSDP's other processes take the first one's
+    weights, nash/distributed.py)."""
     model_tokenizer = data_tokenizer or tokenizer.GPT2_SPEC
     if resume is not None:
         model = model_from_checkpoint(resume, merge_lora=False, dropout=s["dropout"])  # adapters stay apart
@@ -103,7 +107,10 @@ def build_model(s, given, objective, resume, folder, data_tokenizer, model_setti
                  f"{tokenizer.spec_vocab_size(model_tokenizer)} tokens ({model_tokenizer['name']}); leave it at 0 to "
                  f"take the tokenizer's")
         try:
-            model = GPT(GPTConfig(**{f.name: s[f.name] for f in fields(GPTConfig)}))
+            config = GPTConfig(**{f.name: s[f.name] for f in fields(GPTConfig)})
+            hf.check_size(config, None, "the model settings")  # --vocab_size=2000000000: refused before allocating
+            with torch.device("meta" if on_meta else "cpu"):
+                model = GPT(config)
         except (ValueError, TypeError) as e:
             fail(f"bad model settings: {e}")
     else:  # fine-tune GPT-2, a Hugging Face folder, or another run's checkpoint: its shape, a fresh optimizer, step 0
@@ -195,7 +202,7 @@ def format_duration(seconds):
 def restore(resume, optimizers, scaler, device_type):
     """A resumed run's optimizer, scaler and random state (dropout draws go on as they would have) put back; returns
     (step, best_val_loss, evals_without_improvement, wandb_run_id)."""
-    for opt, opt_state in zip(optimizers, resume["optimizers"]):
+    for opt, opt_state in zip(optimizers, resume["optimizers"] or []):  # (None: FSDP's, read from its shards)
         opt.load_state_dict(opt_state)
     if resume.get("scaler"):
         scaler.load_state_dict(resume["scaler"])
