@@ -81,6 +81,7 @@ lora_targets = "attention"  # attention (fused q,k,v + output projection) | mlp 
 dpo_beta = 0.1  # strength of the pull towards the reference model (TRL's beta); rewards are beta * log-ratios
 # RL (nash/objectives/rl.py), task=rl: batch_size questions a micro-step, rl_samples answers to each
 reward_task = "arith"  # the generated-answer task whose train questions are asked and whose answer check is the reward
+reward_metric = ""  # which of the check's metrics is the reward (RL, verifier); "" = the task's first (arith: correct, every line of working true and the final number; exact_match: the final number alone)
 rl_samples = 8  # answers sampled per question, a group (TRL's num_generations; nanochat samples 16)
 rl_max_new_tokens = 64  # the longest answer sampled
 rl_temperature = 1.0  # sampling temperature of the answers

@@ -31,7 +31,7 @@ from nash import lora
 from nash import tasks as downstream
 from nash.common import fail
 from nash.data import EpochSampler, mix
-from nash.objectives.rl import AsksRewardTask, reward_task_problem, task_questions
+from nash.objectives.rl import AsksRewardTask, reward_metric_problem, reward_of, reward_task_problem, task_questions
 from nash.tokenizer import special_ids
 from nash.tasks.sampling import best_of_n
 from nash.verifier import auc, pad_right, render_reply
@@ -79,7 +79,8 @@ class Verifier(AsksRewardTask):  # (a trained chat model, the generator: its ans
                     f"must differ, some right and some wrong")
         if s["verifier_max_new_tokens"] < 1:
             return f"verifier_max_new_tokens={s['verifier_max_new_tokens']} should be at least 1"
-        return reward_task_problem(s["reward_task"], "a verifier learns from its labels")
+        return (reward_task_problem(s["reward_task"], "a verifier learns from its labels")
+                or reward_metric_problem(s))
 
     def setup(self, model, init_from, resume, lora_info):
         self.model, self.resuming = model, resume is not None
@@ -159,7 +160,7 @@ class Verifier(AsksRewardTask):  # (a trained chat model, the generator: its ans
                 for q, (doc, group) in enumerate(zip(docs, results)):
                     for j, c in enumerate(group):
                         records.append({"split": split, "question": q, "sample": j, "messages": task.chat_prompt(doc, []),
-                                        "reply": c.text, "correct": int(task.check(doc, c.text)[task.metrics[0]])})
+                                        "reply": c.text, "correct": int(task.check(doc, c.text)[reward_of(s, task)])})
         finally:
             self.model.train(was_training)
         return records
