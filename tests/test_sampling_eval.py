@@ -108,6 +108,11 @@ def test_summarize_samples_by_hand():
     assert out["pass@4"] == 1.0 and out["pass@4_stderr"] == 0.0
     assert out["maj@4"] == 0.5 and out["best_of_4"] == 0.5
     assert out["maj@4_stderr"] == pytest.approx(0.5)  # sd of (0, 1) is 0.707, over sqrt(2)
+    logprobs = [[-0.5, -0.4, -0.9, -2.0], [-0.1, -0.3, -0.2, -0.2]]  # the generator likes wrong, then right
+    both = sampling.summarize_samples(samples, "exact_match", scores, logprobs)
+    assert both["logprob_of_4"] == 0.5 and both["per_question"]["logprob_of_4"] == [0.0, 1.0]
+    # combined ranks: q0 reply 2 (verifier top, log-prob lowest of 3) ties reply 1, the first wins; q1 reply 0
+    assert both["per_question"]["combined_of_4"] == [0.0, 1.0]
     code = [[{"pass@1": 1.0, "status": "passed"}, {"pass@1": 0.0, "status": "failed"}]]  # no answers: no vote
     assert "maj@2" not in sampling.summarize_samples(code, "pass@1")
 
