@@ -6,7 +6,7 @@
 task = "chat"
 dataset = "countdown/chat"
 init_from = "scratch"
-vocab_size = 50263  # GPT-2's 50257 + the six chat tokens
+vocab_size = 50267  # the tokenizer's: GPT-2's 50257 + six chat + four tool tokens (so a run from it can reuse this file)
 n_layers = 4
 n_heads = 4
 d_model = 128

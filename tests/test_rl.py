@@ -303,7 +303,7 @@ def test_rl_and_dpo_losses_never_build_the_full_logits():
 
 def test_arith_reward_needs_every_line_of_the_working_true():
     task = TASKS["arith"]
-    doc = task.doc({"question": "Ann has 14 pens. Ann loses 13. Then Ann finds 1 more. How many pens does Ann have now?",
+    doc = task.doc({"question": "Ann has 14 pens. Ann loses 13. Then Ann finds 1 more. How many pens does Ann have?",
                     "answer": "14 - 13 = 1\n1 + 1 = 2\n#### 2"})
     assert task.check(doc, "14 - 13 = 1\n1 + 1 = 2\n#### 2")["correct"] == 1.0
     false_line = "14 - 13 = 2\n2 - 1 = 2\n#### 2"  # the right final number, reached through 14 - 13 = 2

@@ -8,7 +8,7 @@ mistakes are choices, not missing facts.
 A problem gives three numbers from 1 to 12 and a target: "Make 11 from 7, 3 and 1, in that order, with + and -."
 An answer is two lines of working and the result: "7 + 3 = 10\\n10 + 1 = 11\\n#### 11". It is right when both lines
 are true, they use the numbers in the given order, and the result is the target (nash/tasks/countdown.py). The facts
-are additions and subtractions below 37 and subtractions, which every demonstration states; the choice is which of + and - to
+are additions and subtractions below 37, which every demonstration states; the choice is which of + and - to
 take at each step: four ways, one or two of which reach the target.
 
 train.jsonl, test.jsonl, heldout.jsonl: GSM8K-style rows {"question", "answer"} (the answer a right one), the
