@@ -130,7 +130,9 @@ def test_readme_command_samples_and_reports_pass_at_k_and_majority(tiny_chat_run
     assert set(s) >= {"pass@1", "pass@2", "pass@4", "pass@8", "maj@8", "pass@1_stderr", "maj@8_stderr"}
     assert s["pass@1"] <= s["pass@2"] <= s["pass@4"] <= s["pass@8"]
     header = next(line for line in out.splitlines() if line.startswith("task") and "pass@1" in line)
-    assert header.split() == ["task", "n", "greedy", "pass@1", "pass@2", "pass@4", "pass@8", "maj@8"]
+    # the generator's own ranking (mean token log-prob), the free baseline of best-of-N, beside the vote
+    assert header.split() == ["task", "n", "greedy", "pass@1", "pass@2", "pass@4", "pass@8", "maj@8", "logprob_of_8"]
+    assert 0 <= s["logprob_of_8"] <= s["pass@8"] and len(s["per_question"]["logprob_of_8"]) == 4
     # the greedy figure is the one the plain command gives: one generation path
     plain = tmp_path / "plain.json"
     evaluate(monkeypatch, f"--out_dir={tiny_chat_run}", "--tasks=arith", "--max_examples=4", "--max_gen_tokens=24",

@@ -23,6 +23,7 @@ import time
 from nash.tasks import arc, arith, countdown, gsm8k, hellaswag, humaneval, mmlu, sst2
 from nash.tasks.base import fail, fewshot_examples, load_rows, score_choice, score_generate, summarize
 from nash.tasks.sampling import ks, summarize_samples
+from nash.verifier import reply_logprobs
 
 TASKS = {t.name: t for t in (hellaswag.TASK, arc.EASY, arc.CHALLENGE, mmlu.TASK, gsm8k.TASK, humaneval.TASK,
                              sst2.TASK, arith.TASK, arith.HELDOUT, countdown.TASK, countdown.HELDOUT)}
@@ -74,7 +75,6 @@ def run(prepared, model, enc, batch_size=8, ctx=None, max_gen_tokens=256, progre
             scores = verifier(task, docs, shots, texts) if verifier else None
             logprobs = None
             if as_chat:  # the generator's own ranking, the free baseline of best-of-N
-                from nash.verifier import reply_logprobs
                 logprobs = reply_logprobs(model, enc, [task.chat_prompt(d, s) for d, s in zip(docs, shots)], texts, ctx)
             results[task.name]["sampled"] = dict(summarize_samples(samples, task.metrics[0], scores, logprobs),
                                                  temperature=sampling.temperature, top_k=sampling.top_k,
