@@ -266,6 +266,31 @@ def read_jsonl_fields(path, fields, what):
     return rows
 
 
+def right_pad(rows, value, length=None):
+    """Token-id rows (lists or arrays) -> (B, T) int64, each row from the left and padded with value; T = length,
+    or the longest row. The one padding of prompt + completion batches (pack_completions, the verifier's)."""
+    T = max(map(len, rows)) if length is None else length
+    out = torch.full((len(rows), T), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        row = torch.as_tensor(row[:T], dtype=torch.long)
+        out[i, :len(row)] = row
+    return out
+
+
+def pack_completions(sequences, prompt_lens, pad_id, length=None, ignore=None):
+    """Prompt + completion sequences -> (x, y) for a loss on the completions only: x the inputs (each sequence but
+    its last token) padded with pad_id, y the next tokens, -1 on the prompt, the padding and, per row, the
+    completion positions in ignore[i] (counted from the completion's start: tool outputs no one sampled).
+    length: T, else the longest sequence - 1. SFT, chat, DPO and RL batches are built here."""
+    T = max(len(s) for s in sequences) - 1 if length is None else length
+    x, y = right_pad([s[:-1] for s in sequences], pad_id, T), right_pad([s[1:] for s in sequences], -1, T)
+    for i, p in enumerate(prompt_lens):
+        y[i, :max(0, p - 1)] = -1  # positions whose next token is still the prompt
+        if ignore and ignore[i]:
+            y[i, [max(0, p - 1) + j for j in ignore[i] if p - 1 + j < T]] = -1
+    return x, y
+
+
 class SFTExamples:
     """Prompt/completion JSONL, one {"prompt": ..., "completion": ...} per line. The tokens of an example are
     prompt + completion + end-of-text; the loss is on the completion and the end-of-text only (y is -1 on the
@@ -277,24 +302,25 @@ class SFTExamples:
         rows = read_jsonl_fields(path, ("prompt", "completion"), ("SFT data", "data/sft_demo/"))
         self.tokenize([p for p, _ in rows], [c for _, c in rows], max_seq_len, enc)
 
-    def tokenize(self, prompts, completions, max_seq_len, enc=None):
-        """Fills examples, sequences and prompt_lens; PreferenceExamples tokenises its pairs through here too."""
+    def tokenize(self, prompts, completions, max_seq_len, enc=None, tokens=None):
+        """Fills examples, sequences and prompt_lens; PreferenceExamples tokenises its pairs through here too.
+        tokens: (prompt ids, completion ids with their own end) pairs instead, already rendered (chat pairs)."""
         enc = enc or get_tokenizer()  # the model's tokenizer (GPT-2's unless it was trained with its own)
         eot = enc.eot_token
         self.examples, self.sequences, self.prompt_lens = [], [], []
         self.num_truncated = self.num_dropped = 0
-        for p, c in zip(enc.encode_ordinary_batch(prompts), enc.encode_ordinary_batch(completions)):
+        for p, c in tokens or zip(enc.encode_ordinary_batch(prompts), enc.encode_ordinary_batch(completions)):
             if len(p) > max_seq_len:
                 self.num_dropped += 1
                 continue
-            seq = p + c + [eot]
+            seq = p + c + ([] if tokens else [eot])
             self.num_truncated += len(seq) > max_seq_len + 1
             self.examples.append((p, c))  # whole, for exact-match generation
             self.sequences.append(np.array(seq[:max_seq_len + 1], dtype=np.int64))
             self.prompt_lens.append(len(p))
         if not self.examples:
             fail(f"every prompt in {self.path} is longer than max_seq_len={max_seq_len} tokens; raise max_seq_len")
-        self.cut_note = self.note_cuts(len(prompts), max_seq_len)
+        self.cut_note = self.note_cuts(len(tokens or prompts), max_seq_len)
         self.num_tokens = sum(len(s) for s in self.sequences)
         self.meta = dict(tokenizer=enc.name, vocab_size=enc.n_vocab, eot_id=eot)
         self.sampler = EpochSampler()
@@ -313,13 +339,8 @@ class SFTExamples:
         """x padded with end-of-text, y with -1, to the longest example rounded up to a multiple of 8 (fewer
         shapes for torch.compile), at most seq_len."""
         T = min(seq_len, -(-max(len(self.sequences[r]) - 1 for r in rows) // 8) * 8)
-        x = torch.full((len(rows), T), self.meta["eot_id"], dtype=torch.long)
-        y = torch.full((len(rows), T), -1, dtype=torch.long)
-        for i, r in enumerate(rows):
-            seq = torch.from_numpy(self.sequences[r][:T + 1])
-            x[i, :len(seq) - 1], y[i, :len(seq) - 1] = seq[:-1], seq[1:]
-            y[i, :max(0, self.prompt_lens[r] - 1)] = -1  # positions whose next token is still the prompt
-        return x, y
+        return pack_completions([self.sequences[r][:T + 1] for r in rows], [self.prompt_lens[r] for r in rows],
+                                self.meta["eot_id"], T)
 
     def get_batch(self, batch_size, seq_len, seed, step, index=0, micro_batches=1):
         """(x, y), int64 (batch_size, T): a pure function of (seed, step, index), like TokenShards.get_batch."""
@@ -388,6 +409,26 @@ class ChatExamples(SFTExamples):
         return x, y
 
 
+def chat_pairs(path):
+    """Whether the preference file's first row is a chat pair (has "messages")."""
+    if not os.path.isfile(path):
+        return False
+    with open(path, encoding="utf-8") as f:
+        first = next((line for line in f if line.strip()), "")
+    try:
+        return isinstance(json.loads(first), dict) and "messages" in json.loads(first)
+    except ValueError:
+        return False
+
+
+def render_reply_pair(enc, messages, reply):
+    """(the conversation's tokens up to the assistant's turn, the reply's tokens and <|assistant_end|>)."""
+    check_messages(list(messages) + [{"role": "assistant", "content": reply}])
+    prompt = render_conversation(enc, messages, for_reply=True)[0]
+    full = render_conversation(enc, list(messages) + [{"role": "assistant", "content": reply}])[0]
+    return prompt, full[len(prompt):]
+
+
 class PreferenceExamples(SFTExamples):
     """Preference pairs for DPO: JSONL of {"prompt": ..., "chosen": ..., "rejected": ...} (TRL's format). Each pair
     is tokenised as two SFT examples, prompt + chosen and prompt + rejected (same truncation, same masks), and a
@@ -396,9 +437,18 @@ class PreferenceExamples(SFTExamples):
 
     def __init__(self, path, max_seq_len, enc=None):
         self.path = path
-        rows = read_jsonl_fields(path, ("prompt", "chosen", "rejected"), ("preference data", "data/dpo_demo/"))
-        prompts = [p for p, _, _ in rows]
-        self.tokenize(prompts + prompts, [c for _, c, _ in rows] + [r for _, _, r in rows], max_seq_len, enc)
+        if chat_pairs(path):  # {"messages": [...], "chosen": reply, "rejected": reply}: a chat model's own answers
+            enc = enc or get_tokenizer()
+            rows = read_jsonl_fields(path, ("chosen", "rejected"), ("preference data", "data/dpo_demo/"))
+            with open(path, encoding="utf-8") as f:
+                convs = [json.loads(line)["messages"] for line in f if line.strip()]
+            tokens = [render_reply_pair(enc, m, reply) for side in (0, 1) for m, r in zip(convs, rows)
+                      for reply in (r[side],)]
+            self.tokenize(None, None, max_seq_len, enc, tokens=tokens)
+        else:
+            rows = read_jsonl_fields(path, ("prompt", "chosen", "rejected"), ("preference data", "data/dpo_demo/"))
+            prompts = [p for p, _, _ in rows]
+            self.tokenize(prompts + prompts, [c for _, c, _ in rows] + [r for _, _, r in rows], max_seq_len, enc)
         self.num_pairs = len(self.sequences) // 2  # a prompt too long drops both halves: the halves stay aligned
         self.num_dropped //= 2
 

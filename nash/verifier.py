@@ -4,6 +4,7 @@ reads a question and one sampled answer and says how likely the answer is right;
 scores highest. objective=verifier (nash/objectives/verifier.py) trains one on exactly the rendering here.
 
     score_replies(model, enc, conversations, replies)   # [[P(right) of each reply] of each conversation]
+    reply_logprobs(generator, enc, conversations, replies)   # the free baseline: the generator's mean token log-prob
 
 What it buys over a random sample and over majority voting, side by side with pass@k (nash/tasks/sampling.py):
 
@@ -13,6 +14,7 @@ from contextlib import nullcontext
 
 import torch
 
+from nash.data import right_pad
 from nash.tokenizer import render_conversation
 
 
@@ -26,10 +28,7 @@ def render_reply(enc, conversation, reply, max_len):
 def pad_right(rows):
     """Token-id lists -> (x (B, T) right-padded with 0, last (B,): each row's last real position). Causal attention
     keeps the padding, which comes after, out of every score."""
-    x = torch.zeros((len(rows), max(map(len, rows))), dtype=torch.long)
-    for i, row in enumerate(rows):
-        x[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-    return x, torch.tensor([len(row) - 1 for row in rows], dtype=torch.long)
+    return right_pad(rows, 0), torch.tensor([len(row) - 1 for row in rows], dtype=torch.long)
 
 
 @torch.no_grad()
@@ -50,6 +49,37 @@ def score_rows(model, rows, ctx=None, batch_size=32):
     finally:
         model.train(was_training)
     return logits
+
+
+@torch.no_grad()
+def reply_logprobs(model, enc, conversations, replies, ctx=None, batch_size=32):
+    """The generator's own judgement, free (no training): for each conversation the mean log-probability per token
+    that model gives each of its replies (the reply's tokens and its <|assistant_end|>, at temperature 1), scored
+    through the loss path (no full logits), in eval mode. The same shape as score_replies' answer."""
+    device = next(model.parameters()).device
+    rows = []
+    for conv, group in zip(conversations, replies):
+        for reply in group:
+            tokens, mask = render_conversation(enc, list(conv) + [{"role": "assistant", "content": reply}])
+            tokens, mask = tokens[-model.config.max_seq_len - 1:], mask[-model.config.max_seq_len - 1:]
+            rows.append((tokens, [t if m else -1 for t, m in zip(tokens[1:], mask[1:])]))
+    means = []
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            x, y = right_pad([t[:-1] for t, _ in chunk], 0), right_pad([m for _, m in chunk], -1)
+            with ctx or nullcontext():
+                losses = model(x.to(device), y.to(device), return_logits=False, reduction="none")[1].float().cpu()
+            means += (-losses.sum(1) / (y != -1).sum(1).clamp(min=1)).tolist()
+    finally:
+        model.train(was_training)
+    out, at = [], 0
+    for group in replies:
+        out.append(means[at:at + len(group)])
+        at += len(group)
+    return out
 
 
 def check_verifier(model):

@@ -56,7 +56,7 @@ class FixedLM(torch.nn.Module):
         super().__init__()
         self.logits = torch.nn.Parameter(torch.tensor(logits))
 
-    def forward(self, x, y=None, reduction="mean"):  # what DPO asks of a GPT: each target's loss (0 where y is -1)
+    def forward(self, x, y=None, return_logits=True, reduction="mean"):  # what DPO asks of a GPT: per-target loss
         keep = y != -1
         loss = token_loss(self.logits[keep], y[keep])
         return None, loss.new_zeros(y.shape).masked_scatter(keep, loss)

@@ -243,9 +243,72 @@ def test_rl_lora(arith_sft_run, tmp_path):
 def test_rl_bad_input_is_one_error_line(arith_sft_run, tiny_sft_run, tmp_path):
     out = tmp_path / "bad"
     assert "rl_samples=1" in error_line(rl_run(out, arith_sft_run, "--rl_samples=1", check=False))
+    assert "leave it at 1" in error_line(rl_run(out, arith_sft_run, "--rl_temperature=0.7", check=False))
+    assert "reward_metric='final'" in error_line(rl_run(out, arith_sft_run, "--reward_metric=final", check=False))
     assert "starts from a trained model" in error_line(rl_run(out, "scratch", check=False))
     assert "not a chat model" in error_line(rl_run(out, tiny_sft_run, check=False))
     line = error_line(rl_run(out, arith_sft_run, "--max_seq_len=24", check=False))
     assert "no room for an answer" in line and "max_seq_len" in line
     assert "no answer check" in error_line(rl_run(out, arith_sft_run, "--reward_task=hellaswag", check=False))
     assert not out.exists()  # nothing half-written
+
+
+# -----------------------------------------------------------------------------
+# RL and DPO score the completion rows only: never the whole (N, T, V) logits
+
+class LargestTensor:
+    """Records the largest tensor any torch op makes while it is active (forward and backward)."""
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+        outer = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in out if isinstance(out, (tuple, list)) else (out,):
+                    if isinstance(t, torch.Tensor):
+                        outer.largest = max(outer.largest, t.numel())
+                return out
+
+        self.largest, self.mode = 0, Mode()
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
+
+
+def long_prompt_rollouts():
+    """8 rollouts whose prompts (30 tokens) dwarf their 2-token replies: what a full-logits pass would waste."""
+    prompts = [list(range(1, 31)), list(range(2, 32))]
+    replies = [[[40, 41]] * 4, [[42, 43]] * 4]
+    return rollout_batch(prompts, replies)
+
+
+def test_rl_and_dpo_losses_never_build_the_full_logits():
+    from nash.objectives.dpo import sequence_logps
+    model = GPT(GPTConfig(n_layers=1, n_heads=2, d_model=16, d_ff=32, max_seq_len=32, vocab_size=2000, dropout=0.0))
+    x, y = long_prompt_rollouts()
+    N, T, V = *x.shape, model.config.vocab_size
+    for score in (token_logps, sequence_logps):
+        with LargestTensor() as seen:
+            logps = score(model, x, y)
+            logps.sum().backward()
+        assert seen.largest < N * T * V // 4, (score.__name__, seen.largest, N * T * V)
+        # and it is the same number the full logits give
+        full = torch.log_softmax(model(x)[0].float(), -1).gather(-1, y.clamp(min=0)[..., None])[..., 0]
+        full = (full * (y != -1)).detach()
+        assert torch.allclose(logps.detach(), full if score is token_logps else full.sum(-1), atol=1e-5)
+
+
+def test_arith_reward_needs_every_line_of_the_working_true():
+    task = TASKS["arith"]
+    doc = task.doc({"question": "Ann has 14 pens. Ann loses 13. Then Ann finds 1 more. How many pens does Ann have?",
+                    "answer": "14 - 13 = 1\n1 + 1 = 2\n#### 2"})
+    assert task.check(doc, "14 - 13 = 1\n1 + 1 = 2\n#### 2")["correct"] == 1.0
+    false_line = "14 - 13 = 2\n2 - 1 = 2\n#### 2"  # the right final number, reached through 14 - 13 = 2
+    assert task.check(doc, false_line) == {"correct": 0.0, "exact_match": 1.0, "predicted": "2"}
+    assert task.check(doc, "14 - 13 = 1\n1 + 1 =\n#### 2")["correct"] == 0.0  # a line that is no equation
+    assert task.check(doc, "14 - 13 = 1\n1 + 1 = 2\n#### 3")["correct"] == 0.0  # true working, wrong answer
+    assert task.metrics[0] == "correct"  # the reward, unless reward_metric=exact_match

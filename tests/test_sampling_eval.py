@@ -108,6 +108,11 @@ def test_summarize_samples_by_hand():
     assert out["pass@4"] == 1.0 and out["pass@4_stderr"] == 0.0
     assert out["maj@4"] == 0.5 and out["best_of_4"] == 0.5
     assert out["maj@4_stderr"] == pytest.approx(0.5)  # sd of (0, 1) is 0.707, over sqrt(2)
+    logprobs = [[-0.5, -0.4, -0.9, -2.0], [-0.1, -0.3, -0.2, -0.2]]  # the generator likes wrong, then right
+    both = sampling.summarize_samples(samples, "exact_match", scores, logprobs)
+    assert both["logprob_of_4"] == 0.5 and both["per_question"]["logprob_of_4"] == [0.0, 1.0]
+    # combined ranks: q0 reply 2 (verifier top, log-prob lowest of 3) ties reply 1, the first wins; q1 reply 0
+    assert both["per_question"]["combined_of_4"] == [0.0, 1.0]
     code = [[{"pass@1": 1.0, "status": "passed"}, {"pass@1": 0.0, "status": "failed"}]]  # no answers: no vote
     assert "maj@2" not in sampling.summarize_samples(code, "pass@1")
 
@@ -125,7 +130,9 @@ def test_readme_command_samples_and_reports_pass_at_k_and_majority(tiny_chat_run
     assert set(s) >= {"pass@1", "pass@2", "pass@4", "pass@8", "maj@8", "pass@1_stderr", "maj@8_stderr"}
     assert s["pass@1"] <= s["pass@2"] <= s["pass@4"] <= s["pass@8"]
     header = next(line for line in out.splitlines() if line.startswith("task") and "pass@1" in line)
-    assert header.split() == ["task", "n", "greedy", "pass@1", "pass@2", "pass@4", "pass@8", "maj@8"]
+    # the generator's own ranking (mean token log-prob), the free baseline of best-of-N, beside the vote
+    assert header.split() == ["task", "n", "greedy", "pass@1", "pass@2", "pass@4", "pass@8", "maj@8", "logprob_of_8"]
+    assert 0 <= s["logprob_of_8"] <= s["pass@8"] and len(s["per_question"]["logprob_of_8"]) == 4
     # the greedy figure is the one the plain command gives: one generation path
     plain = tmp_path / "plain.json"
     evaluate(monkeypatch, f"--out_dir={tiny_chat_run}", "--tasks=arith", "--max_examples=4", "--max_gen_tokens=24",

@@ -33,7 +33,7 @@ STATS = ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rej
 
 def sequence_logps(model, x, y):
     """(B,) sums of the targets' log-probs, y == -1 not counted, through the model's forward (DDP-safe)."""
-    return -model(x, y, reduction="none")[1].sum(-1)
+    return -model(x, y, return_logits=False, reduction="none")[1].sum(-1)
 
 
 def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta):

@@ -32,7 +32,7 @@ import torch
 
 from nash import tasks as downstream
 from nash.common import fail
-from nash.data import EpochSampler, mix
+from nash.data import EpochSampler, mix, pack_completions
 from nash.lora import adapters_disabled
 from nash.objectives.dpo import DPO
 from nash.objectives.pretrain import Pretrain
@@ -40,6 +40,7 @@ from nash.tokenizer import SPECIAL_TOKENS, render_conversation, special_ids
 
 # settings of objective=rl (train.py merges them into its own: --rl_samples=16 etc.); batch_size questions a micro-step
 reward_task = "arith"  # the generated-answer task whose train questions are asked and whose answer check is the reward
+reward_metric = ""  # which of the check's metrics is the reward; "" = the task's first (arith: correct, every line of working true and the final number; exact_match: the final number alone)
 rl_samples = 8  # answers sampled per question, a group (TRL's num_generations; nanochat samples 16)
 rl_max_new_tokens = 64  # the longest answer sampled
 rl_temperature = 1.0  # sampling temperature of the answers
@@ -71,19 +72,13 @@ def rollout_batch(prompts, replies, forced=None):
     answer s to question p."""
     forced = forced or [[[] for _ in group] for group in replies]
     rows = [(p, r, f) for p, group, fs in zip(prompts, replies, forced) for r, f in zip(group, fs)]
-    T = max(len(p) + len(r) for p, r, _ in rows) - 1
-    x, y = torch.zeros((len(rows), T), dtype=torch.long), torch.full((len(rows), T), -1, dtype=torch.long)
-    for i, (prompt, reply, forced_at) in enumerate(rows):
-        seq = torch.tensor(prompt + reply, dtype=torch.long)
-        x[i, :len(seq) - 1] = seq[:-1]
-        y[i, len(prompt) - 1:len(seq) - 1] = seq[len(prompt):]
-        y[i, [len(prompt) - 1 + j for j in forced_at]] = -1
-    return x, y
+    return pack_completions([p + r for p, r, _ in rows], [len(p) for p, _, _ in rows], 0,
+                            ignore=[f for _, _, f in rows])
 
 
 def token_logps(model, x, y):
     """(N, T) log-probability of each target, 0 where y is -1, through the model's forward (DDP-safe)."""
-    return -model(x, y, reduction="none")[1]
+    return -model(x, y, return_logits=False, reduction="none")[1]
 
 
 def policy_loss(logps, old_logps, advantages, mask, clip=0.2, ref_logps=None, kl_beta=0.0):
@@ -112,6 +107,18 @@ def reward_task_problem(name, why):
         able = [t.name for t in downstream.TASKS.values() if t.kind == "generate" and t.check and t.chat_prompt]
         return (f"reward_task={task.name} has no answer check for chat replies (it is a {task.kind} task); "
                 f"{why}: use {' or '.join(able)}")
+
+
+def reward_metric_problem(settings):
+    """A one-line problem with reward_metric (not one of the reward task's metrics), or None."""
+    task, metric = downstream.TASKS[settings["reward_task"]], settings.get("reward_metric", "")
+    if metric and metric not in task.metrics:
+        return f"reward_metric={metric!r} is not a metric of {task.name}'s check: use {' or '.join(task.metrics)}"
+
+
+def reward_of(settings, task):
+    """The metric of the task's check that is the reward: reward_metric, or the task's first."""
+    return settings.get("reward_metric") or task.metrics[0]
 
 
 def chat_model_problem(settings, model, enc):
@@ -191,11 +198,16 @@ class RL(AsksRewardTask):
             return f"rl_clip={s['rl_clip']} should be between 0 and 1 (PPO's epsilon, 0.2)"
         if s["rl_kl_beta"] < 0:
             return f"rl_kl_beta={s['rl_kl_beta']} should be 0 (no KL penalty) or positive"
-        if s["rl_temperature"] <= 0:
-            return f"rl_temperature={s['rl_temperature']} should be positive: the answers to a question must differ"
+        if s["rl_temperature"] != 1:
+            # the loss scores the rollouts with the model's own distribution (temperature 1, the fused loss path
+            # that never builds the whole logits): sampling at another temperature would train on answers the
+            # policy it updates did not give, off-policy with no correction (the issue measured it)
+            return (f"rl_temperature={s['rl_temperature']}: rollouts are sampled at temperature 1, the distribution "
+                    f"their log-probs are scored under; leave it at 1")
         if s["rl_max_new_tokens"] < 1:
             return f"rl_max_new_tokens={s['rl_max_new_tokens']} should be at least 1"
-        return reward_task_problem(s["reward_task"], "RL needs one to compute rewards")
+        return (reward_task_problem(s["reward_task"], "RL needs one to compute rewards")
+                or reward_metric_problem(s))
 
     def setup(self, model, init_from, resume, lora_info):
         """The policy to sample from (the plain model), the frozen reference when rl_kl_beta > 0 (DPO's: a copy of
@@ -244,7 +256,8 @@ class RL(AsksRewardTask):
             self.policy.train(was_training)
         replies = [[c.tokens + [self.stop_id] * (c.finish_reason == "stop") for c in group] for group in results]
         forced = [[c.forced_at for c in group] for group in results]
-        rewards = torch.tensor([[float(self.task.check(doc, c.text)[self.task.metrics[0]]) for c in group]
+        metric = reward_of(self.settings, self.task)
+        rewards = torch.tensor([[float(self.task.check(doc, c.text)[metric]) for c in group]
                                 for doc, group in zip(docs, results)])
         return prompts, replies, forced, rewards
 

@@ -32,13 +32,14 @@ from nash import tasks as downstream
 from nash.common import fail
 from nash.data import EpochSampler, mix
 from nash.objectives import rl
-from nash.objectives.rl import AsksRewardTask, reward_task_problem, task_questions
+from nash.objectives.rl import AsksRewardTask, reward_metric_problem, reward_of, reward_task_problem, task_questions
 from nash.tokenizer import special_ids
 from nash.tasks.sampling import best_of_n
 from nash.verifier import auc, pad_right, render_reply
 
 # settings of objective=verifier (train.py merges them into its own): answers to reward_task's questions, sampled once
 reward_task = rl.reward_task  # the generated-answer task whose questions are answered and whose check labels the answers
+reward_metric = rl.reward_metric  # which of the check's metrics labels an answer right; "" = the task's first
 verifier_samples = 8  # answers sampled per question from init_from (the generator), for training and for val
 verifier_questions = 0  # train questions to sample answers to, the first ones; 0 = all (val: eval_iters * batch_size test questions)
 verifier_temperature = 1.0  # sampling temperature of those answers (a mix of right and wrong is what it learns from)
@@ -89,7 +90,8 @@ class Verifier(AsksRewardTask):  # (a trained chat model, the generator: its ans
                     f"must differ, some right and some wrong")
         if s["verifier_max_new_tokens"] < 1:
             return f"verifier_max_new_tokens={s['verifier_max_new_tokens']} should be at least 1"
-        return reward_task_problem(s["reward_task"], "a verifier learns from its labels")
+        return (reward_task_problem(s["reward_task"], "a verifier learns from its labels")
+                or reward_metric_problem(s))
 
     def setup(self, model, init_from, resume, lora_info):
         self.model, self.resuming = model, resume is not None
@@ -169,7 +171,7 @@ class Verifier(AsksRewardTask):  # (a trained chat model, the generator: its ans
                 for q, (doc, group) in enumerate(zip(docs, results)):
                     for j, c in enumerate(group):
                         records.append({"split": split, "question": q, "sample": j, "messages": task.chat_prompt(doc, []),
-                                        "reply": c.text, "correct": int(task.check(doc, c.text)[task.metrics[0]])})
+                                        "reply": c.text, "correct": int(task.check(doc, c.text)[reward_of(s, task)])})
         finally:
             self.model.train(was_training)
         return records

@@ -20,12 +20,13 @@ core, a generative task's first metric (exact match, pass@1) centered at chance 
 """
 import time
 
-from nash.tasks import arc, arith, gsm8k, hellaswag, humaneval, mmlu, shakespeare, sst2
+from nash.tasks import arc, arith, countdown, gsm8k, hellaswag, humaneval, mmlu, shakespeare, sst2
 from nash.tasks.base import fail, fewshot_examples, load_rows, score_choice, score_generate, summarize
 from nash.tasks.sampling import ks, summarize_samples
+from nash.verifier import reply_logprobs
 
 TASKS = {t.name: t for t in (hellaswag.TASK, arc.EASY, arc.CHALLENGE, mmlu.TASK, gsm8k.TASK, humaneval.TASK,
-                             sst2.TASK, arith.TASK, arith.HELDOUT, shakespeare.TASK)}
+                             sst2.TASK, arith.TASK, arith.HELDOUT, countdown.TASK, countdown.HELDOUT, shakespeare.TASK)}
 
 
 def parse(names):
@@ -70,8 +71,12 @@ def run(prepared, model, enc, batch_size=8, ctx=None, max_gen_tokens=256, progre
         results[task.name] = summarize(task, items, len(shots[0]))
         if task.kind != "choice" and num_samples:
             samples = [it["samples"] for it in items]
-            scores = verifier(task, docs, shots, [[s["completion"] for s in r] for r in samples]) if verifier else None
-            results[task.name]["sampled"] = dict(summarize_samples(samples, task.metrics[0], scores),
+            texts = [[s["completion"] for s in r] for r in samples]
+            scores = verifier(task, docs, shots, texts) if verifier else None
+            logprobs = None
+            if as_chat:  # the generator's own ranking, the free baseline of best-of-N
+                logprobs = reply_logprobs(model, enc, [task.chat_prompt(d, s) for d, s in zip(docs, shots)], texts, ctx)
+            results[task.name]["sampled"] = dict(summarize_samples(samples, task.metrics[0], scores, logprobs),
                                                  temperature=sampling.temperature, top_k=sampling.top_k,
                                                  seed=sampling.seed)
         results[task.name]["format"] = "chat" if as_chat else "plain"
@@ -131,7 +136,7 @@ def sampled_table(results):
     if not sampled:
         return []
     n = next(iter(sampled.values()))["sampled"]["num_samples"]
-    names = [f"pass@{k}" for k in ks(n)] + [f"maj@{n}", f"best_of_{n}"]
+    names = [f"pass@{k}" for k in ks(n)] + [f"maj@{n}", f"best_of_{n}", f"logprob_of_{n}", f"combined_of_{n}"]
     names = [m for m in names if any(m in r["sampled"] for r in sampled.values())]
 
     def cell(r, m):

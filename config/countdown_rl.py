@@ -1,0 +1,31 @@
+# The RL demo where RL can win (issue 34): the countdown SFT model (config/countdown_sft.py) imitates a demonstrator
+# that reaches the target half the time; its mistakes are choices of sign, not missing facts. RL samples answers to
+# the train problems, nash/tasks/countdown.py's check rewards the ones that reach the target with true working, and
+# the policy gradient makes them likelier. More SFT on the same demonstrations cannot do that: they hold the
+# demonstrator's mistakes. docs/learning.md has the measured comparison with an SFT run of the same wall time.
+#   python train.py config/countdown_sft.py       # first: the SFT model (out-countdown-sft/)
+#   python train.py config/countdown_rl.py
+#   python data/countdown/generate.py --seed=11 --count=1000 > fresh.jsonl
+#   python -m nash.tasks.paired --task=countdown --questions=fresh.jsonl out-countdown-sft out-countdown-rl
+task = "rl"
+reward_task = "countdown"
+init_from = "out-countdown-sft"
+dropout = 0.0
+
+batch_size = 8  # questions per step ...
+rl_samples = 8  # ... times answers to each: 64 rollouts a step
+rl_max_new_tokens = 32  # an answer is ~20 tokens
+rl_temperature = 1.0  # on-policy: the loss scores the rollouts at temperature 1
+lora_rank = 16
+lora_targets = "all"
+learning_rate = 1e-3
+warmup_steps = 5
+max_steps = 40
+weight_decay = 0.0
+
+eval_interval = 20
+eval_iters = 25  # pass@1 on 25 * 8 = the 200 test problems (and on 200 train problems)
+log_interval = 5
+checkpoint_interval = 20
+
+out_dir = "out-countdown-rl"
