@@ -170,3 +170,10 @@ def test_checkpoint_with_two_million_sinks(tiny_run, tmp_path):
     small, sinks = GPTConfig(n_layers=1, d_model=64, n_heads=2, d_ff=64, vocab_size=100), 500
     big = GPTConfig(n_layers=1, d_model=64, n_heads=2, d_ff=64, vocab_size=100, attn_sinks=sinks, max_seq_len=1024)
     assert big.memory_bytes() - small.memory_bytes() >= 4 * sinks * 64  # the sinks' own parameters are counted
+
+
+def test_negative_rl_top_k_is_one_line(tiny_run, tmp_path):
+    """--rl_top_k=-1 reached torch.topk in the first rollout (a traceback after the model loaded)."""
+    error = run_refused("train.py", "--objective=rl", "--rl_top_k=-1", f"--init_from={tiny_run}",
+                        f"--out_dir={tmp_path / 'rl'}")
+    assert "rl_top_k=-1 cannot be negative" in error, error

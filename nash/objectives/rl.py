@@ -206,6 +206,8 @@ class RL(AsksRewardTask):
                     f"their log-probs are scored under; leave it at 1")
         if s["rl_max_new_tokens"] < 1:
             return f"rl_max_new_tokens={s['rl_max_new_tokens']} should be at least 1"
+        if s["rl_top_k"] < 0:
+            return f"rl_top_k={s['rl_top_k']} cannot be negative; 0 samples from every token"
         return (reward_task_problem(s["reward_task"], "RL needs one to compute rewards")
                 or reward_metric_problem(s))
 
