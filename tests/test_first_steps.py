@@ -154,6 +154,10 @@ def test_every_readme_command_names_real_scripts_configs_and_settings():
         if command[0] in ("pip", "bash") or command[:3] == ["python", "-m", "pytest"]:
             assert command[0] != "bash" or os.path.isfile(command[1]), command
             continue
+        if command[0] == "sbatch":  # sbatch [its options] runs/slurm.sbatch [train.py's arguments]
+            at = next(i for i, a in enumerate(command) if not a.startswith("-") and i > 0)
+            assert os.path.isfile(command[at]), command
+            command = ["train.py", *command[at + 1:]]
         at = next(i for i, a in enumerate(command) if a.endswith(".py") and not a.startswith("config/"))
         name = command[at]
         if name not in known:  # the settings its --help lists, "  --name = default  # comment"
