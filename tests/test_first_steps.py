@@ -154,6 +154,10 @@ def test_every_readme_command_names_real_scripts_configs_and_settings():
         if command[0] in ("pip", "bash") or command[:3] == ["python", "-m", "pytest"]:
             assert command[0] != "bash" or os.path.isfile(command[1]), command
             continue
+        if command[0] == "sbatch":  # sbatch [its options] runs/slurm.sbatch [train.py's arguments]
+            at = next(i for i, a in enumerate(command) if not a.startswith("-") and i > 0)
+            assert os.path.isfile(command[at]), command
+            command = ["train.py", *command[at + 1:]]
         at = next(i for i, a in enumerate(command) if a.endswith(".py") and not a.startswith("config/"))
         name = command[at]
         if name not in known:  # the settings its --help lists, "  --name = default  # comment"
@@ -176,3 +180,48 @@ def split_chain(command):
         else:
             current.append(word)
     return parts + [current]
+
+
+def readme_file_table():
+    """The README's file table: {first-column name: the row's second column}, each backticked name of a first
+    column a key of its own (a name given twice is an error)."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        rows = [line for line in f.read().split("## The files", 1)[1].splitlines() if line.startswith("| `")]
+    table = {}
+    for row in rows:
+        first, what = row.split(" | ", 2)[:2]
+        for name in first.strip("| ").split("`")[1::2]:
+            assert name not in table, f"the file table names {name} twice"
+            table[name] = what
+    return table
+
+
+def test_the_file_table_names_every_file_once_and_only_real_ones():
+    """Issue 38: the table is true. Every source file and folder at the top, every nash/ module, and every file of
+    nash/objectives/, nash/tasks/, config/, runs/, benches/ and folder of data/ is named (a folder's files in its row);
+    every name it gives exists."""
+    table = readme_file_table()
+    assert len(table) >= 30
+    for name in table:
+        assert os.path.exists(os.path.join(ROOT, name)), f"the file table names {name}, which does not exist"
+    source = (".py", ".sh", ".txt", ".ini", ".html")
+    for name in os.listdir(ROOT):
+        path = os.path.join(ROOT, name)
+        if os.path.isdir(path) and not name.startswith((".", "out", "__", "wandb", "export")):
+            assert name + "/" in table or name in ("nash", "tests"), f"the file table does not name the folder {name}/"
+        elif name.endswith(source) and os.path.isfile(path):
+            assert name in table, f"the file table does not name {name}"
+    for name in os.listdir(os.path.join(ROOT, "nash")):
+        if name.endswith((".py", ".html")) and name != "__init__.py":
+            assert "nash/" + name in table, f"the file table does not name nash/{name}"
+    rows = {"nash/objectives/": ".py", "nash/tasks/": ".py", "config/": ".py", "benches/": ".py", "runs/": "",
+            "data/": ""}
+    for folder, ext in rows.items():
+        what = table[folder] if folder in table else table["bench.py"]
+        for name in os.listdir(os.path.join(ROOT, folder)):
+            if name.startswith(("_", ".")) or not name.endswith(ext) or name == "__init__.py":
+                continue
+            if folder == "data/" and not os.path.isdir(os.path.join(ROOT, folder, name)):
+                continue
+            stem = name[:-len(ext)] if ext else name
+            assert f"`{stem}`" in what or f"`{name}`" in what, f"the file table's {folder} row does not name {name}"

@@ -83,7 +83,7 @@ def test_sharded_run_feeds_sample_evaluate_export_and_the_next_stage(runs, tiny_
     run_script("export.py", f"--out_dir={run}", f"--output={tmp_path / 'hf'}")
     assert (tmp_path / "hf" / "model.safetensors").is_file()
     # the next stage, itself sharded: SFT from the sharded run, on 2 FSDP processes
-    torchrun(2, "--task=sft", "--dataset=echo", f"--data_dir={sft_data}", f"--init_from={run}", "--fsdp=True",
+    torchrun(2, "--objective=sft", "--dataset=echo", f"--data_dir={sft_data}", f"--init_from={run}", "--fsdp=True",
              "--device=cpu", "--batch_size=4", "--max_steps=2", "--eval_interval=2", "--eval_iters=2",
              "--log_interval=1", "--grad_accum_steps=2", f"--out_dir={tmp_path / 'sft'}")
     sft = load_checkpoint(tmp_path / "sft" / "ckpt.pt")
