@@ -23,7 +23,7 @@ from the start would have.
 
 What it builds on: nash/kv_cache.py's KVCache (rewinding is setting pos back; the buffers are overwritten) and
 model.py's GPT.next_logits (a forward that continues a cache). Here live the project's one sampler (sample_next),
-one decode loop (decode), one UTF-8 decoder (Decoder) and one stop-string matcher (StopMatcher): sample.py,
+one decode loop (decode), one UTF-8 decoder (Decoder) and one stop-string matcher (StopStrings): sample.py,
 evaluate.py, the report, the benches (stream, sample_batch), chat.py and the server (ChatEngine), RL and the
 verifier (sample_batch) all decode through them. One engine serves one conversation at a time; server.py runs it
 in a single worker thread.
