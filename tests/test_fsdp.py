@@ -103,12 +103,12 @@ def test_fsdp_moe_two_processes_match_one(tiny_data, tmp_path):
     assert aux[1] == pytest.approx(aux[0], rel=1e-5)
 
 
-SETTINGS = {"optimizer": "adamw", "lora_rank": 0, "task": "pretrain", "eval_tasks": ""}
+SETTINGS = {"optimizer": "adamw", "lora_rank": 0, "objective": "pretrain", "eval_tasks": ""}
 
 
 @pytest.mark.parametrize("change, words", [
-    ({"optimizer": "muon"}, "--optimizer=adamw"), ({"lora_rank": 8}, "LoRA"), ({"task": "dpo"}, "dpo"),
-    ({"task": "rl"}, "rl"), ({"task": "verifier"}, "verifier"), ({"eval_tasks": "arith"}, "evaluate.py"),
+    ({"optimizer": "muon"}, "--optimizer=adamw"), ({"lora_rank": 8}, "LoRA"), ({"objective": "dpo"}, "dpo"),
+    ({"objective": "rl"}, "rl"), ({"objective": "verifier"}, "verifier"), ({"eval_tasks": "arith"}, "evaluate.py"),
 ])
 def test_what_fsdp_refuses_is_named(change, words):
     assert distributed.check_fsdp(SETTINGS, in_torchrun=True) is None
