@@ -3,6 +3,7 @@ SFT, DPO, RL, SFT for RL's compute, their evals, verifier, best-of-N) shrunk to 
 pipeline's progress and time left, ending in a report card with a figure, a refusal or "not run" in every cell and
 one curve panel per kind of quantity; a rerun skips the finished stages; a failing stage stops the script with its
 own error. The full-size scripts' commands (runs/gpu.sh's too) are checked in a dry run."""
+import json
 import os
 import subprocess
 import sys
@@ -19,8 +20,21 @@ def run(tmp_path, **env):
                           env={**os.environ, "SMOKE": "1", "DIR": str(tmp_path / "pipeline"), **env})
 
 
-STAGES = ["data", "base", "base_eval", "base_loss", "sft", "sft_eval", "dpo", "dpo_eval", "rl", "rl_eval",
-          "sft_more", "sft_more_eval", "verifier", "best_of_n"]
+STAGES = ["data", "base", "base_eval", "base_loss", "sft", "sft_eval", "dpo_pairs", "dpo", "dpo_eval", "rl",
+          "rl_eval", "sft_more", "sft_more_eval", "verifier", "best_of_n"]
+
+
+def write_pairs(folder, n=4):
+    """DPO pairs as nash/tasks/pairs.py writes them, by hand: the SMOKE chat model answers nothing right, so it gives
+    none. Chosen: the reference working; rejected: the same with a wrong final number."""
+    rows = [json.loads(line) for line in open(os.path.join(ROOT, "data", "arith", "chat", "train.jsonl"))][:n]
+    folder.mkdir()
+    for split in ("train", "val"):
+        with open(folder / f"{split}.jsonl", "w") as f:
+            for r in rows:
+                reply = r["messages"][1]["content"]
+                wrong = reply.rsplit("#### ", 1)[0] + f"#### {int(reply.rsplit('#### ', 1)[1]) + 1}"
+                f.write(json.dumps({"messages": r["messages"][:1], "chosen": reply, "rejected": wrong}) + "\n")
 
 
 def table(report, section):
@@ -44,6 +58,20 @@ def test_smoke_pipeline_runs_every_stage_and_writes_the_report(tmp_path):
     assert progress[0].endswith("left (the measured stage times)")  # nothing ran yet: the times as measured
     assert progress[-1].endswith("scaled by this run's speed so far)")  # a smoke run is fast: its estimate shrinks
     assert proc.stdout.strip().splitlines()[-1] == f"the report card: {tmp_path / 'pipeline'}/report.md"
+    # the SMOKE chat model answers no problem right: no pairs of its own, said in one line, DPO and its eval skipped
+    assert "   no DPO pairs: the chat model answered no question both right and wrong; DPO and its eval are skipped" \
+        in lines and lines.count("   skipped: no DPO pairs (stage dpo_pairs)") == 2
+    assert not (tmp_path / "pipeline" / "dpo").exists() and "error:" not in proc.stderr
+    report = (tmp_path / "pipeline" / "report.md").read_text()
+    assert list(table(report, "Headline").values())[2][2] == "not run"  # arithmetic, DPO
+    # with pairs (written by hand here), a rerun trains DPO from the chat model on them and asks it in chat format
+    write_pairs(tmp_path / "pipeline" / "dpo_pairs")
+    for stage in ("dpo", "dpo_eval"):
+        (tmp_path / "pipeline" / ".done" / stage).unlink()
+    proc = run(tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("finished in an earlier run: skipped") == len(STAGES) - 2
+    assert "--data_dir=" + str(tmp_path / "pipeline" / "dpo_pairs") in proc.stdout and "--objective=chat" in proc.stdout
     report = (tmp_path / "pipeline" / "report.md").read_text()
     headline, checks = table(report, "Headline"), table(report, "Machinery checks")
     assert all(len(cells) == 6 for cells in headline.values()) and all(c for cells in headline.values() for c in cells)
@@ -64,7 +92,7 @@ def test_smoke_pipeline_runs_every_stage_and_writes_the_report(tmp_path):
         assert f"| {stage} |" in stages
     settings = table(report, "Settings that matter")
     assert settings["rl"][1].startswith("arith problems") and settings["verifier"][1].startswith("arith problems")
-    assert settings["base"][1] == "corpus" and settings["sft"][1] == "arith/chat"
+    assert settings["base"][1] == "corpus" and settings["sft"][1] == "arith/chat" and settings["dpo"][1] == "dpo_pairs"
     assert "![one panel per kind of quantity](pipeline_curves.png)" in report
 
     again = run(tmp_path)  # everything finished: every stage is skipped
@@ -98,10 +126,15 @@ def test_every_stage_of_the_full_scripts_names_real_settings(script, tmp_path):
     assert len(commands) == n
     known = {}
     for command in commands:
-        at = next(i for i, a in enumerate(command) if a.endswith(".py") and not a.startswith("config/"))
+        # the program: a script (train.py) or a module (python -m nash.tasks.pairs), after any wrapper (own_pairs)
+        at = next(i for i, a in enumerate(command)
+                  if a.endswith(".py") and not a.startswith("config/") or command[i - 1:i] == ["-m"])
         name = command[at]
-        if name not in known:  # the settings its --help lists, "  --name = default  # comment"
-            help_text = subprocess.run([sys.executable, name, "--help"], cwd=ROOT, capture_output=True, text=True).stdout
+        if name not in known:  # the settings its --help lists, "  --name = default  # comment" (argparse: "  --name X")
+            program = ["-m", name] if command[at - 1] == "-m" else [name]
+            help_text = subprocess.run([sys.executable, *program, "--help"], cwd=ROOT, capture_output=True,
+                                       text=True).stdout
+            assert help_text, f"{script}: {name} --help printed nothing"
             known[name] = {line.split()[0][2:] for line in help_text.splitlines() if line.startswith("  --")}
         for arg in command[at + 1:]:
             if arg.startswith("--"):
