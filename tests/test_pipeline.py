@@ -85,7 +85,8 @@ def test_smoke_pipeline_runs_every_stage_and_writes_the_report(tmp_path):
     assert checks["HumanEval"][1].endswith("(n=4)") and checks["ChatCORE"][4] == "not run"  # (a mean of greedy figures)
     # what the headline refused, measured: the held-out text on the base model, arithmetic on every chat stage
     assert checks["Held-out Shakespeare"][0].endswith("(n=4)") and checks["Held-out Shakespeare"][1] == "not run"
-    assert all(c.endswith("(n=4)") for c in checks["Arithmetic"][1:]) and checks["Arithmetic"][0] == "not run"
+    arith_checks = checks["Arithmetic (correct: working and answer)"]
+    assert all(c.endswith("(n=4)") for c in arith_checks[1:]) and arith_checks[0] == "not run"
     assert all(cell for cells in checks.values() for cell in cells)
     stages = report.split("## Stages")[1]
     for stage in ("base", "sft", "dpo", "rl", "sft_more", "verifier"):
