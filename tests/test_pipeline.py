@@ -5,6 +5,7 @@ one curve panel per kind of quantity; a rerun skips the finished stages; a faili
 own error. The full-size scripts' commands (runs/gpu.sh's too) are checked in a dry run."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -43,8 +44,15 @@ def table(report, section):
             for line in body.splitlines() if line.startswith("| ") and not line.startswith("| metric")}
 
 
-def test_smoke_pipeline_runs_every_stage_and_writes_the_report(tmp_path):
-    proc = run(tmp_path)
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One SMOKE run of the whole pipeline: the first test reads what it printed, later ones copy its folder."""
+    tmp = tmp_path_factory.mktemp("smoke")
+    return tmp, run(tmp)
+
+
+def test_smoke_pipeline_runs_every_stage_and_writes_the_report(smoke):
+    tmp_path, proc = smoke
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.startswith("threads: ")  # decided on purpose, and said
     lines = proc.stdout.splitlines()
@@ -98,6 +106,33 @@ def test_smoke_pipeline_runs_every_stage_and_writes_the_report(tmp_path):
 
     again = run(tmp_path)  # everything finished: every stage is skipped
     assert again.returncode == 0 and again.stdout.count("finished in an earlier run: skipped") == len(STAGES)
+
+
+def test_a_stages_file_cut_short_is_repaired_and_said_in_one_line(smoke, tmp_path):
+    """A stage killed while runs/lib.sh wrote its line leaves stages.jsonl cut mid-line (issue 35): the rerun finishes,
+    no traceback, one line says what was dropped, and the file is whole again, one line per stage."""
+    folder = tmp_path / "pipeline"
+    shutil.copytree(smoke[0] / "pipeline", folder)
+    stages = folder / "stages.jsonl"
+    lines = stages.read_text().splitlines(keepends=True)
+    assert json.loads(lines[-1])["stage"] == "best_of_n"
+    stages.write_text("".join(lines[:-1]) + lines[-1][:20])  # killed mid-write: the line cut, the stage not done
+    (folder / ".done" / "best_of_n").unlink()
+    proc = run(tmp_path)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
+    notes = [line for line in (proc.stdout + proc.stderr).splitlines() if "stages.jsonl" in line]
+    assert notes == [f"note: {stages}: 1 line(s) cut short dropped (a stage stopped while writing it); the file is "
+                     f"rewritten whole"]
+    assert [json.loads(line)["stage"] for line in stages.read_text().splitlines()] == STAGES
+    assert not (folder / "stages.jsonl.tmp").exists()
+    # every stage done and the file cut again (by hand, or an older runs/lib.sh): nothing runs; the card leaves the
+    # line out and says so in one line
+    stages.write_text(stages.read_text()[:-10])
+    proc = run(tmp_path)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
+    notes = [line for line in (proc.stdout + proc.stderr).splitlines() if "stages.jsonl" in line]
+    assert len(notes) == 1 and notes[0].startswith(f"note: {stages}: 1 line(s) cut short left out")
+    assert f"over {len(STAGES) - 1} stages |" in (folder / "report.md").read_text()
 
 
 def test_a_failing_stage_stops_the_script_with_its_own_error(tmp_path):

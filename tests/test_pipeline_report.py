@@ -96,6 +96,24 @@ def test_every_cell_has_a_number_a_refusal_or_says_not_run(tmp_path):
     assert "![one panel per kind of quantity](pipeline_curves.png)" in text and (tmp_path / "pipeline_curves.png").exists()
 
 
+def test_stages_file_lines_cut_short_or_repeated(tmp_path, capsys):
+    """stages.jsonl as a killed or redone stage leaves it: a cut last line is left out (one line says so), a stage
+    redone keeps its latest line in its first place; recording rewrites the file whole without the cut line."""
+    from nash import stages as stages_file
+    from nash.tasks.report import read_stages
+    whole = [{"stage": "data", "seconds": 1.0, "run": None}, {"stage": "base", "seconds": 2.0, "run": "base"},
+             {"stage": "data", "seconds": 3.0, "run": None}]
+    write(tmp_path / "stages.jsonl", "".join(json.dumps(r) + "\n" for r in whole) + '{"stage": "sft", "sec')
+    assert read_stages(str(tmp_path)) == [whole[2], whole[1]]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"note: {tmp_path / 'stages.jsonl'}: 1 line(s) cut short left out")
+    stages_file.record(str(tmp_path), "sft", 4.5, "sft")
+    assert "1 line(s) cut short dropped" in capsys.readouterr().out
+    assert [json.loads(line) for line in (tmp_path / "stages.jsonl").read_text().splitlines()] == [
+        whole[2], whole[1], {"stage": "sft", "seconds": 4.5, "run": "sft"}]
+    assert read_stages(str(tmp_path))[-1]["seconds"] == 4.5 and capsys.readouterr().err == ""
+
+
 @pytest.mark.slow
 def test_the_curves_get_one_panel_per_kind_of_quantity(tmp_path):
     """LM loss, chat loss, RL's 1 - pass@1 and the verifier's BCE are different quantities: never one axis."""

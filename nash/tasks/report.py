@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 
 import torch
 
+from nash import stages as stages_file
 from nash import tasks as downstream
 from nash.engine import Sampling, stream
 
@@ -273,10 +274,11 @@ def stage_rows(folder, stages):
 
 
 def read_stages(folder):
-    if not os.path.isfile(os.path.join(folder, "stages.jsonl")):
-        return []
-    with open(os.path.join(folder, "stages.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The stages' records (nash/stages.py); a line cut short (a stage killed mid-write) is left out, said in one line."""
+    records, bad = stages_file.read(folder)
+    if bad:
+        print(stages_file.cut_note(folder, bad), file=sys.stderr)
+    return records
 
 
 def write_pipeline_report(folder, title="Pipeline report", hourly_cost=None):
