@@ -40,12 +40,13 @@ if [ "$SMOKE" = 1 ]; then  # tiny everything: the test of the script, not of the
     VOCAB=512; BASE=(--max_steps=4 --eval_interval=2 --eval_iters=1 --n_layers=1 --d_model=32 --n_heads=2 --d_ff=64)
     SFT=(--max_steps=4 --eval_interval=2 --eval_iters=1 --eval_task_examples=4); EXAMPLES=4; TEXT_EXAMPLES=4
     MORE=(--max_steps=2 --eval_interval=2 --eval_iters=1 --eval_task_examples=4)
-    PAIRS=(--questions=4 --samples=2); DPO=(--max_steps=2 --eval_interval=1 --eval_iters=1)
+    PAIRS=(--questions=4 --samples=2 --pairs=1); DPO=(--max_steps=2 --eval_interval=1 --eval_iters=1)
     RL=(--max_steps=2 --batch_size=2 --rl_samples=2 --rl_max_new_tokens=8 --eval_interval=1 --eval_iters=1)
     VERIFIER=(--max_steps=2 --batch_size=4 --verifier_samples=2 --verifier_questions=4 --verifier_max_new_tokens=8
               --eval_interval=1 --eval_iters=1); SAMPLES=2
 else
-    VOCAB=2048; BASE=(--max_steps=600); SFT=(); MORE=(); PAIRS=(); DPO=(); RL=(); VERIFIER=(); EXAMPLES=200; TEXT_EXAMPLES=500
+    VOCAB=2048; BASE=(--max_steps=600); SFT=(); MORE=(); PAIRS=(); DPO=(); RL=(); VERIFIER=(); EXAMPLES=200
+    TEXT_EXAMPLES=500
     SAMPLES=8
 fi
 case "$TOKENIZER" in
@@ -61,14 +62,17 @@ BASE_TASKS=shakespeare_heldout,arc_easy,arc_challenge,mmlu,hellaswag
 CHAT_TASKS=arith,arc_easy,arc_challenge,mmlu,gsm8k,humaneval
 EVAL=(--task_data=tests/task_data --max_examples=$EXAMPLES)
 
-# DPO on the chat model's own answers (issue 34 item 4): nash/tasks/pairs.py samples 8 answers to each of the first
-# 1,000 train problems at temperature 1 and the arithmetic check (`correct`: every line of working true, then the
-# final number) labels them; a question with a right and a wrong answer gives pairs (right chosen). DPO from the chat
-# model on them, LoRA r16 as config/countdown_dpo.py, at a tenth of its learning rate: at 1e-3 DPO collapsed on
-# countdown (-15 points, docs/learning.md) with both likelihoods falling; 60 steps of 16 pairs are about one epoch.
+# DPO on the chat model's own answers (issue 34 item 4): nash/tasks/pairs.py samples 16 answers to each of the first
+# 300 train problems at temperature 1 and the arithmetic check (`correct`: every line of working true, then the final
+# number) labels them; a question with a right and a wrong answer gives up to 4 pairs (right chosen). Measured on an
+# SFT model of this size (learn's out-arith-sft: 4 layers, d_model 128, step 240): 16 samples and 4 pairs give
+# 0.27-0.36 pairs a question (8 and 2: 0.05-0.10) for twice the sampling, ~29 ms of one core a sample: ~90 train
+# pairs, ~35 val, ~3 minutes. DPO from the chat model on them, LoRA r16 as config/countdown_dpo.py, at a tenth of its
+# learning rate and for about two epochs: at 1e-3 and 4 epochs DPO collapsed on countdown (-15 points,
+# docs/learning.md), both likelihoods falling.
 DPO_COMMAND=(python train.py --objective=dpo --data_dir="$DIR/dpo_pairs" --init_from="$DIR/sft" --out_dir="$DIR/dpo"
-             --max_seq_len=96 --batch_size=16 --lora_rank=16 --lora_targets=all --learning_rate=1e-4 --warmup_steps=5
-             --max_steps=60 --weight_decay=0.0 --dpo_beta=0.1 --eval_interval=20 --eval_iters=4)
+             --max_seq_len=96 --batch_size=8 --lora_rank=16 --lora_targets=all --learning_rate=1e-4 --warmup_steps=3
+             --max_steps=24 --weight_decay=0.0 --dpo_beta=0.1 --eval_interval=8 --eval_iters=4)
 
 # A chat model that answers no question both right and wrong (SMOKE's 4-step model) gives no pairs: pairs.py says so
 # and stops; here that is one line, and DPO and its eval are skipped (the card's DPO column reads "not run"). Any other
@@ -108,9 +112,10 @@ stage sft "chat fine-tuning on the arithmetic word problems" 110 sft -- \
         --eval_interval=100 --eval_iters=7 --eval_tasks=arith --eval_task_examples=200 "${SFT[@]}"
 stage sft_eval "the chat model: the arithmetic test problems and the chat-format fixtures" 15 - -- \
     python evaluate.py --out_dir="$DIR/sft" --tasks=$CHAT_TASKS "${EVAL[@]}" --output="$DIR/eval/sft.json"
-stage dpo_pairs "the chat model's own answers to the train problems, labelled by the answer check" 90 - -- \
-    own_pairs python -m nash.tasks.pairs --out_dir="$DIR/sft" --task=arith --output="$DIR/dpo_pairs" "${PAIRS[@]}"
-stage dpo "DPO from the chat model: its right answer preferred to its wrong one, to the same problem" 60 dpo -- \
+stage dpo_pairs "the chat model's own answers to the train problems, labelled by the answer check" 180 - -- \
+    own_pairs python -m nash.tasks.pairs --out_dir="$DIR/sft" --task=arith --output="$DIR/dpo_pairs" --questions=300 \
+        --samples=16 --pairs=4 "${PAIRS[@]}"
+stage dpo "DPO from the chat model: its right answer preferred to its wrong one, to the same problem" 30 dpo -- \
     with_pairs "${DPO_COMMAND[@]}" "${DPO[@]}"
 stage dpo_eval "the DPO model: the arithmetic test problems and the chat-format fixtures (asked in chat)" 15 - -- \
     with_pairs python evaluate.py --out_dir="$DIR/dpo" --objective=chat --tasks=$CHAT_TASKS "${EVAL[@]}" \
