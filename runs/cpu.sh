@@ -12,8 +12,8 @@
 #   OMP_NUM_THREADS=2 bash runs/cpu.sh    # your thread count instead of the free cores' (below)
 #
 # Threads: torch takes one per core, and on a machine someone else is using every step then waits for the thread
-# whose core is busy: 10-20x slower (docs/pipeline-cpu.md). Unless OMP_NUM_THREADS is set, the script uses the cores
-# free when it starts: the core count less the 1-minute load average, at least 1.
+# whose core is busy: 10-20x slower (docs/pipeline-cpu/README.md). Unless OMP_NUM_THREADS is set, the script uses the
+# cores free when it starts: the core count less the 1-minute load average, at least 1.
 # Rerun after an interruption: finished stages are skipped, an interrupted training stage resumes from its last
 # checkpoint. A failing stage stops the script with its own error. Each stage line shows the pipeline's progress
 # and the time left, from the stage times below (seconds on 2 free cores of an AMD EPYC: measured at commit cd3643a
