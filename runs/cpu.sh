@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole pipeline on the embedded data, offline, on a laptop CPU: tokenizer -> data -> base pretraining -> base
-# eval -> chat SFT -> eval -> DPO -> eval -> RL -> eval -> SFT for RL's compute (the baseline RL must beat) -> eval
+# eval -> chat SFT -> eval -> DPO pairs from the chat model's own answers -> DPO -> eval -> RL -> eval -> SFT for
+# RL's compute (the baseline RL must beat) -> eval
 # -> a verifier of the RL model's answers -> best-of-N -> report card. The seeds' Base -> SFT -> DPO -> Verifier and
 # nanochat's Base -> SFT -> RL on one card. Each stage is one of the project's own commands with its flags in view,
 # so this file is also a tour of them.
@@ -11,13 +12,13 @@
 #   OMP_NUM_THREADS=2 bash runs/cpu.sh    # your thread count instead of the free cores' (below)
 #
 # Threads: torch takes one per core, and on a machine someone else is using every step then waits for the thread
-# whose core is busy: 10-20x slower (docs/pipeline-cpu.md). Unless OMP_NUM_THREADS is set, the script uses the cores
-# free when it starts: the core count less the 1-minute load average, at least 1.
+# whose core is busy: 10-20x slower (docs/pipeline-cpu/README.md). Unless OMP_NUM_THREADS is set, the script uses the
+# cores free when it starts: the core count less the 1-minute load average, at least 1.
 # Rerun after an interruption: finished stages are skipped, an interrupted training stage resumes from its last
 # checkpoint. A failing stage stops the script with its own error. Each stage line shows the pipeline's progress
 # and the time left, from the stage times below (seconds on 2 free cores of an AMD EPYC: measured at commit cd3643a
-# for the stages that run had, scaled by their new step counts and context; dpo, sft_more and base_loss estimated
-# from their steps until a quiet run measures them), scaled by this run's speed so far.
+# for the stages that run had, scaled by their new step counts and context; dpo_pairs, dpo, sft_more and base_loss
+# estimated from their steps until a quiet run measures them), scaled by this run's speed so far.
 cd "$(dirname "$0")/.."
 DIR=${DIR:-out-pipeline-cpu}
 SMOKE=${SMOKE:-0}
@@ -39,12 +40,13 @@ if [ "$SMOKE" = 1 ]; then  # tiny everything: the test of the script, not of the
     VOCAB=512; BASE=(--max_steps=4 --eval_interval=2 --eval_iters=1 --n_layers=1 --d_model=32 --n_heads=2 --d_ff=64)
     SFT=(--max_steps=4 --eval_interval=2 --eval_iters=1 --eval_task_examples=4); EXAMPLES=4; TEXT_EXAMPLES=4
     MORE=(--max_steps=2 --eval_interval=2 --eval_iters=1 --eval_task_examples=4)
-    DPO=(--max_steps=2 --eval_interval=1 --eval_iters=1)
+    PAIRS=(--questions=4 --samples=2 --pairs=1); DPO=(--max_steps=2 --eval_interval=1 --eval_iters=1)
     RL=(--max_steps=2 --batch_size=2 --rl_samples=2 --rl_max_new_tokens=8 --eval_interval=1 --eval_iters=1)
     VERIFIER=(--max_steps=2 --batch_size=4 --verifier_samples=2 --verifier_questions=4 --verifier_max_new_tokens=8
               --eval_interval=1 --eval_iters=1); SAMPLES=2
 else
-    VOCAB=2048; BASE=(--max_steps=600); SFT=(); MORE=(); DPO=(); RL=(); VERIFIER=(); EXAMPLES=200; TEXT_EXAMPLES=500
+    VOCAB=2048; BASE=(--max_steps=600); SFT=(); MORE=(); PAIRS=(); DPO=(); RL=(); VERIFIER=(); EXAMPLES=200
+    TEXT_EXAMPLES=500
     SAMPLES=8
 fi
 case "$TOKENIZER" in
@@ -60,12 +62,39 @@ BASE_TASKS=shakespeare_heldout,arc_easy,arc_challenge,mmlu,hellaswag
 CHAT_TASKS=arith,arc_easy,arc_challenge,mmlu,gsm8k,humaneval
 EVAL=(--task_data=tests/task_data --max_examples=$EXAMPLES)
 
-# DPO: the objective as it is today on the preference pairs the repository ships (data/dpo_demo: word reversals, not
-# arithmetic), so the stage runs DPO's machinery between SFT and the card, and its column shows what those pairs do
-# to the arithmetic. Pairs sampled from the chat model and labelled by the answer check (issue 34 item 4) go here.
-DPO_COMMAND=(python train.py --objective=dpo --dataset=dpo_demo --init_from="$DIR/sft" --out_dir="$DIR/dpo"
-             --max_seq_len=32 --batch_size=16 --learning_rate=1e-4 --warmup_steps=20 --max_steps=200 --weight_decay=0.0
-             --dpo_beta=0.1 --eval_interval=50 --eval_iters=13)
+# DPO on the chat model's own answers (issue 34 item 4): nash/tasks/pairs.py samples 16 answers to each of the first
+# 300 train problems at temperature 1 and the arithmetic check (`correct`: every line of working true, then the final
+# number) labels them; a question with a right and a wrong answer gives up to 4 pairs (right chosen). Measured on an
+# SFT model of this size (learn's out-arith-sft: 4 layers, d_model 128, step 240): 16 samples and 4 pairs give
+# 0.27-0.36 pairs a question (8 and 2: 0.05-0.10) for twice the sampling, ~29 ms of one core a sample: ~90 train
+# pairs, ~35 val, ~3 minutes. DPO from the chat model on them, LoRA r16 as config/countdown_dpo.py, at a tenth of its
+# learning rate and for about two epochs: at 1e-3 and 4 epochs DPO collapsed on countdown (-15 points,
+# docs/learning.md), both likelihoods falling.
+DPO_COMMAND=(python train.py --objective=dpo --data_dir="$DIR/dpo_pairs" --init_from="$DIR/sft" --out_dir="$DIR/dpo"
+             --max_seq_len=96 --batch_size=8 --lora_rank=16 --lora_targets=all --learning_rate=1e-4 --warmup_steps=3
+             --max_steps=24 --weight_decay=0.0 --dpo_beta=0.1 --eval_interval=8 --eval_iters=4)
+
+# A chat model that answers no question both right and wrong (SMOKE's 4-step model) gives no pairs: pairs.py says so
+# and stops; here that is one line, and DPO and its eval are skipped (the card's DPO column reads "not run"). Any other
+# failure of pairs.py stops the pipeline as a failing stage does.
+own_pairs() {
+    local err="$DIR/dpo_pairs.stderr" rc=0
+    "$@" 2>"$err" || rc=$?
+    if [ "$rc" != 0 ] && grep -q "^error: no .* question got both a right and a wrong answer" "$err"; then
+        rm -rf "$DIR/dpo_pairs" "$err"  # (a train.jsonl without its val.jsonl is no dataset)
+        echo "   no DPO pairs: the chat model answered no question both right and wrong; DPO and its eval are skipped"
+        return 0
+    fi
+    cat "$err" >&2; rm -f "$err"
+    return "$rc"
+}
+with_pairs() {  # the command, if the dpo_pairs stage wrote pairs
+    if [ -f "$DIR/dpo_pairs/train.jsonl" ] && [ -f "$DIR/dpo_pairs/val.jsonl" ]; then
+        "$@"
+    else
+        echo "   skipped: no DPO pairs (stage dpo_pairs)"
+    fi
+}
 
 pipeline() {
 stage data "the tokenizer and the token shards of the embedded Shakespeare" 5 - -- \
@@ -83,10 +112,14 @@ stage sft "chat fine-tuning on the arithmetic word problems" 110 sft -- \
         --eval_interval=100 --eval_iters=7 --eval_tasks=arith --eval_task_examples=200 "${SFT[@]}"
 stage sft_eval "the chat model: the arithmetic test problems and the chat-format fixtures" 15 - -- \
     python evaluate.py --out_dir="$DIR/sft" --tasks=$CHAT_TASKS "${EVAL[@]}" --output="$DIR/eval/sft.json"
-stage dpo "DPO from the chat model: a right answer preferred to a wrong one" 60 dpo -- \
-    "${DPO_COMMAND[@]}" "${DPO[@]}"
-stage dpo_eval "the DPO model: the arithmetic test problems and the chat-format fixtures" 15 - -- \
-    python evaluate.py --out_dir="$DIR/dpo" --tasks=$CHAT_TASKS "${EVAL[@]}" --output="$DIR/eval/dpo.json"
+stage dpo_pairs "the chat model's own answers to the train problems, labelled by the answer check" 180 - -- \
+    own_pairs python -m nash.tasks.pairs --out_dir="$DIR/sft" --task=arith --output="$DIR/dpo_pairs" --questions=300 \
+        --samples=16 --pairs=4 "${PAIRS[@]}"
+stage dpo "DPO from the chat model: its right answer preferred to its wrong one, to the same problem" 30 dpo -- \
+    with_pairs "${DPO_COMMAND[@]}" "${DPO[@]}"
+stage dpo_eval "the DPO model: the arithmetic test problems and the chat-format fixtures (asked in chat)" 15 - -- \
+    with_pairs python evaluate.py --out_dir="$DIR/dpo" --objective=chat --tasks=$CHAT_TASKS "${EVAL[@]}" \
+        --output="$DIR/eval/dpo.json"
 stage rl "RL from the chat model on the arithmetic problems, rewarded by the answer check" 50 rl -- \
     python train.py config/rl_demo.py --init_from="$DIR/sft" --out_dir="$DIR/rl" "${RL[@]}"
 stage rl_eval "the RL model: the arithmetic test problems and the chat-format fixtures" 15 - -- \

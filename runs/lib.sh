@@ -63,8 +63,8 @@ stage() {
     fi
     t1=$(date +%s.%N)
     SECONDS_RAN=$((SECONDS_RAN + SECONDS - start)); EXPECTED_RAN=$((EXPECTED_RAN + expected))
-    python -c 'import json, sys; print(json.dumps({"stage": sys.argv[1], "seconds": float(sys.argv[3]) - float(sys.argv[2]), "run": None if sys.argv[4] == "-" else sys.argv[4]}))' \
-        "$name" "$t0" "$t1" "$run" >> "$DIR/stages.jsonl"
+    # its line in stages.jsonl, the file rewritten whole (a line cut short by a kill is dropped, and said)
+    python -m nash.stages "$DIR" "$name" "$t0" "$t1" "$run"
     touch "$DIR/.done/$name"
 }
 

@@ -55,13 +55,14 @@ def test_every_cell_has_a_number_a_refusal_or_says_not_run(tmp_path):
     write(tmp_path / "eval" / "base_loss.json", {"bits_per_byte": 2.25, "tokens": 14505})
     write(tmp_path / "eval" / "sft.json", {"task_data": "", "core": -0.05, "chatcore": 0.3, "tasks": {
         "gsm8k": {"exact_match": 0.5, "exact_match_stderr": None, "n": 1},
-        "arith": {"exact_match": 0.25, "exact_match_stderr": 0.0307, "n": 200}}})
+        # arithmetic's figure is `correct` (working and answer), never exact_match (the final number alone)
+        "arith": {"correct": 0.25, "correct_stderr": 0.0307, "exact_match": 0.75, "exact_match_stderr": 0.03, "n": 200}}})
     write(tmp_path / "eval" / "rl.json", {"task_data": "", "tasks": {  # few items, but far from chance (0)
-        "arith": {"exact_match": 0.5, "exact_match_stderr": 0.1118, "n": 20}}})
+        "arith": {"correct": 0.5, "correct_stderr": 0.1118, "exact_match": 0.9, "exact_match_stderr": 0.07, "n": 20}}})
     write(tmp_path / "eval" / "dpo.json", {"task_data": "", "tasks": {  # few items, at chance's reach
-        "arith": {"exact_match": 0.05, "exact_match_stderr": 0.05, "n": 20}}})
+        "arith": {"correct": 0.05, "correct_stderr": 0.05, "exact_match": 0.5, "exact_match_stderr": 0.11, "n": 20}}})
     write(tmp_path / "eval" / "best_of_n.json", {"task_data": "", "tasks": {"arith": {
-        "exact_match": 0.25, "exact_match_stderr": 0.03, "n": 200,  # (the greedy figure: not this column's)
+        "correct": 0.25, "correct_stderr": 0.03, "n": 200,  # (the greedy figure: not this column's)
         "sampled": {"num_samples": 8, "n": 200, "pass@1": 0.2, "best_of_8": 0.3, "best_of_8_stderr": 0.0325}}}})
     text = open(write_pipeline_report(str(tmp_path), hourly_cost=2.0)).read()
     assert not (tmp_path / "report.md.tmp").exists()
@@ -80,7 +81,9 @@ def test_every_cell_has_a_number_a_refusal_or_says_not_run(tmp_path):
     assert set(checks) == {label for label, _, _ in SUMMARY_ROWS}
     assert checks["CORE"] == ["0.1250", "-0.0500", "not run", "not run", "not run", "not run"]
     assert checks["ARC-Easy"] == ["0.4000 ± 0.2449 (n=5)"] + ["not run"] * 5
-    assert checks["Arithmetic"][2] == "0.0500 ± 0.0500 (n=20)"  # what the headline refused is here
+    assert checks["Arithmetic (correct: working and answer)"][2] == "0.0500 ± 0.0500 (n=20)"  # the headline refused it
+    arith_label = next(k for k in table(text, "Headline") if k.startswith("Arithmetic"))
+    assert "metric `correct`" in arith_label and "every line of working true" in arith_label
     assert checks["GSM8K"][1] == "0.5000 (n=1)" and checks["ChatCORE"][:2] == ["not run", "0.3000"]
     assert "base: offline files in tests/task_data; sft: the Hugging Face hub" in text
     assert "| base | 10.0 min | 1234 | 640 | 10 | LM loss (nats/token) | 3.5000 | 3.2500 |" in text
@@ -91,6 +94,24 @@ def test_every_cell_has_a_number_a_refusal_or_says_not_run(tmp_path):
     commit, _ = git_state()
     assert commit in text and commit != "unknown"  # the tests run in a checkout
     assert "![one panel per kind of quantity](pipeline_curves.png)" in text and (tmp_path / "pipeline_curves.png").exists()
+
+
+def test_stages_file_lines_cut_short_or_repeated(tmp_path, capsys):
+    """stages.jsonl as a killed or redone stage leaves it: a cut last line is left out (one line says so), a stage
+    redone keeps its latest line in its first place; recording rewrites the file whole without the cut line."""
+    from nash import stages as stages_file
+    from nash.tasks.report import read_stages
+    whole = [{"stage": "data", "seconds": 1.0, "run": None}, {"stage": "base", "seconds": 2.0, "run": "base"},
+             {"stage": "data", "seconds": 3.0, "run": None}]
+    write(tmp_path / "stages.jsonl", "".join(json.dumps(r) + "\n" for r in whole) + '{"stage": "sft", "sec')
+    assert read_stages(str(tmp_path)) == [whole[2], whole[1]]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"note: {tmp_path / 'stages.jsonl'}: 1 line(s) cut short left out")
+    stages_file.record(str(tmp_path), "sft", 4.5, "sft")
+    assert "1 line(s) cut short dropped" in capsys.readouterr().out
+    assert [json.loads(line) for line in (tmp_path / "stages.jsonl").read_text().splitlines()] == [
+        whole[2], whole[1], {"stage": "sft", "seconds": 4.5, "run": "sft"}]
+    assert read_stages(str(tmp_path))[-1]["seconds"] == 4.5 and capsys.readouterr().err == ""
 
 
 @pytest.mark.slow
