@@ -311,4 +311,5 @@ def test_arith_reward_needs_every_line_of_the_working_true():
     assert task.check(doc, false_line) == {"correct": 0.0, "exact_match": 1.0, "predicted": "2"}
     assert task.check(doc, "14 - 13 = 1\n1 + 1 =\n#### 2")["correct"] == 0.0  # a line that is no equation
     assert task.check(doc, "14 - 13 = 1\n1 + 1 = 2\n#### 3")["correct"] == 0.0  # true working, wrong answer
+    assert task.check(doc, "14 - 13 = 1\n1 + 0 = 1\n#### 2")["correct"] == 0.0  # true lines that do not reach it
     assert task.metrics[0] == "correct"  # the reward, unless reward_metric=exact_match
