@@ -55,7 +55,8 @@ def timed_steps(step, device, steps=STEPS, warmup=WARMUP):
 
 
 def train_row(shape, device, dtype, compiled):
-    from model import GPT, GPTConfig, peak_flops
+    from model import GPT, GPTConfig
+    from nash.common import peak_flops
     from nash.common import autocast
     torch.manual_seed(0)
     model = GPT(GPTConfig(**shape)).to(device)
@@ -128,10 +129,12 @@ def parallel_row(shape, device, mode):
 def decode_row(model, device, batch, new_tokens):
     """Greedy KV-cache decoding: tokens/s over all rows, and the memory bandwidth a step uses (every weight read
     once, plus the cache at its mean length) as a share of the card's peak."""
-    prompt = torch.randint(model.config.vocab_size, (batch, 16), device=device)
+    from nash.engine import Sampling, sample_batch
+    prompts = torch.randint(model.config.vocab_size, (batch, 16)).tolist()
+    greedy = Sampling(temperature=0.0, top_k=None, max_new_tokens=new_tokens)
     sync(device)
     t0 = time.perf_counter()
-    model.generate(prompt, new_tokens, temperature=0.0)
+    sample_batch(model, prompts, 1, greedy, stop_ids=(), batch_size=batch)  # the engine's cached decode loop
     sync(device)
     dt = time.perf_counter() - t0
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -145,15 +148,15 @@ def decode_row(model, device, batch, new_tokens):
 def agreement(model, device):
     """Greedy tokens from the cached, the uncached and the batched engine path, on the same prompts: rows that
     agree, out of all (float32, TF32 off, so any difference is a real one, not rounding)."""
-    from nash.engine import Sampling, sample_batch
+    from nash.engine import Sampling, sample_batch, stream
     torch.backends.cuda.matmul.allow_tf32 = False
     prompts = [torch.randint(model.config.vocab_size, (n,)).tolist() for n in (5, 9, 17, 3)]
     n, agree = 24, 0
-    batched = sample_batch(model, prompts, 1, Sampling(temperature=0.0, top_k=None, max_new_tokens=n), stop_ids=())
+    greedy = Sampling(temperature=0.0, top_k=None, max_new_tokens=n)
+    batched = sample_batch(model, prompts, 1, greedy, stop_ids=())
     for p, rows in zip(prompts, batched):
-        idx = torch.tensor([p], device=device)
-        cached = model.generate(idx, n, temperature=0.0)[0, len(p):].tolist()
-        plain = model.generate(idx, n, temperature=0.0, use_cache=False)[0, len(p):].tolist()
+        cached = list(stream(model, p, greedy))  # one row through the engine's KV cache
+        plain = model.generate(torch.tensor([p], device=device), n, temperature=0.0)[0, len(p):].tolist()  # no cache
         agree += cached == plain == rows[0].tokens
     return agree, len(prompts)
 

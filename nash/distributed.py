@@ -126,7 +126,18 @@ def grad_scaler(device_type, enabled, sharded):
     them, so every rank skips the same steps and keeps the same scale."""
     if sharded:
         from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
-        return ShardedGradScaler(device_type, enabled=enabled)
+
+        class Scaler(ShardedGradScaler):
+            def step(self, optimizer, *args, **kwargs):
+                # GradScaler hands a fused AdamW (model.configure_optimizers, CPU and CUDA) its overflow flags to
+                # skip inside the kernel; ShardedGradScaler's are shaped (1,) and the update went NaN over DTensors.
+                # The plain path is exact: gradients unscaled, the step skipped whole if any rank overflowed.
+                fused, optimizer._step_supports_amp_scaling = getattr(optimizer, "_step_supports_amp_scaling", False), False
+                try:
+                    return super().step(optimizer, *args, **kwargs)
+                finally:
+                    optimizer._step_supports_amp_scaling = fused
+        return Scaler(device_type, enabled=enabled)
     return torch.amp.GradScaler(device_type, enabled=enabled)
 
 
