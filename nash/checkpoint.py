@@ -12,6 +12,7 @@ temporary file and renamed into place, so a crash mid-save leaves the previous o
 """
 import fcntl
 import os
+import pickle
 import re
 
 import torch
@@ -178,7 +179,6 @@ def load_checkpoint(path, map_location="cpu", needs=()):
         fail(f"{path} is not a Nash-LLM checkpoint (format {state.get('format') if isinstance(state, dict) else None!r}, "
              f"expected {FORMAT!r})")
     if state.get("shards"):  # FSDP's: the weights are in a shard folder beside it, made whole here (distributed.py)
-        from nash.distributed import read_model_shards
         state["shards"] = os.path.join(os.path.dirname(os.path.abspath(path)), state["shards"])
         state["model"], state["optimizers"] = read_model_shards(state["shards"]), None  # (resume reads the shards)
     missing = [key for key in needs if key not in state]
@@ -285,3 +285,46 @@ def load_model(init_from="", out_dir="out", ckpt="best", device="cpu"):
         model = model_from_checkpoint(state, dropout=0.0)
     model.eval()
     return model.to(device), state, source
+
+
+# -----------------------------------------------------------------------------
+# FSDP's sharded checkpoints (nash/distributed.py writes them): read whole, in one process, without running code
+
+def read_model_shards(folder):
+    """The whole model's state dict (CPU tensors) from a shard folder, read in this process (no process group
+    needed), without running code: DCP's .metadata is a pickle, read here with an allow-list of its own classes."""
+    import warnings
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+    if not os.path.isfile(os.path.join(folder, ".metadata")):
+        fail(f"the sharded checkpoint's folder {folder} is missing or incomplete; was it moved apart from its .pt file?")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ("assuming the intent is to load in a single process": it is)
+        return _load_state_dict_from_keys("model", storage_reader=shard_reader(folder))["model"]
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """DCP's metadata holds only its own dataclasses, torch sizes and dtypes: anything else is refused."""
+
+    def find_class(self, module, name):
+        torch_value = isinstance(getattr(torch, name, None), (torch.dtype, torch.memory_format, torch.layout))
+        if module.startswith("torch.distributed.checkpoint.") or (module == "torch" and (name == "Size" or torch_value)) \
+                or (module, name) in (("torch.serialization", "_get_layout"), ("collections", "OrderedDict"),
+                                      ("builtins", "set"), ("builtins", "frozenset"),
+                                      ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath")):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a DCP checkpoint's metadata")
+
+
+def shard_reader(folder):
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class SafeReader(FileSystemReader):
+        def read_metadata(self, *args, **kwargs):
+            with open(os.path.join(folder, ".metadata"), "rb") as f:
+                metadata = _SafeUnpickler(f).load()
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+    return SafeReader(folder)

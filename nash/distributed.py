@@ -18,7 +18,6 @@ model (sample.py, evaluate.py, export.py, the next stage's init_from) get one fr
 which consolidates the shards in memory; resuming with FSDP loads them resharded to any number of processes.
 """
 import os
-import pickle
 import shutil
 import time
 from contextlib import contextmanager
@@ -181,6 +180,7 @@ def load_sharded(model, optimizers, resume):
     reshards, so the number of processes may differ from the run that saved them)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+    from nash.checkpoint import shard_reader
     from nash.common import fail
     if not resume.get("shards"):
         fail("this run was trained without --fsdp (its checkpoint holds whole weights): resume it without "
@@ -189,47 +189,6 @@ def load_sharded(model, optimizers, resume):
         fail("this run was trained with --fsdp=True (a sharded checkpoint): resume it with --fsdp=True under "
              "torchrun, on any number of processes")
     state = _state_dicts(model, optimizers)
-    dcp.load(state, storage_reader=_reader(resume["shards"]))
+    dcp.load(state, storage_reader=shard_reader(resume["shards"]))
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, optimizers, state["optim"])
-
-
-def read_model_shards(folder):
-    """The whole model's state dict (CPU tensors) from a shard folder, read in this process (no process group
-    needed), without running code: DCP's .metadata is a pickle, read here with an allow-list of its own classes."""
-    import warnings
-    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
-    from nash.common import fail
-    if not os.path.isfile(os.path.join(folder, ".metadata")):
-        fail(f"the sharded checkpoint's folder {folder} is missing or incomplete; was it moved apart from its .pt file?")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # ("assuming the intent is to load in a single process": it is)
-        return _load_state_dict_from_keys("model", storage_reader=_reader(folder))["model"]
-
-
-class _SafeUnpickler(pickle.Unpickler):
-    """DCP's metadata holds only its own dataclasses, torch sizes and dtypes: anything else is refused."""
-
-    def find_class(self, module, name):
-        torch_value = isinstance(getattr(torch, name, None), (torch.dtype, torch.memory_format, torch.layout))
-        if module.startswith("torch.distributed.checkpoint.") or (module == "torch" and (name == "Size" or torch_value)) \
-                or (module, name) in (("torch.serialization", "_get_layout"), ("collections", "OrderedDict"),
-                                      ("builtins", "set"), ("builtins", "frozenset"),
-                                      ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath")):
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name} is not part of a DCP checkpoint's metadata")
-
-
-def _reader(folder):
-    from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.metadata import StorageMeta
-
-    class SafeReader(FileSystemReader):
-        def read_metadata(self, *args, **kwargs):
-            with open(os.path.join(folder, ".metadata"), "rb") as f:
-                metadata = _SafeUnpickler(f).load()
-            if getattr(metadata, "storage_meta", None) is None:
-                metadata.storage_meta = StorageMeta()
-            metadata.storage_meta.load_id = self.load_id
-            return metadata
-    return SafeReader(folder)

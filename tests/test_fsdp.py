@@ -11,7 +11,7 @@ import torch
 
 from conftest import ROOT, TINY_MODEL, TINY_TRAINING, assert_ddp_matches, error_line, read_metrics, run_script
 from nash import distributed
-from nash.checkpoint import load_checkpoint
+from nash.checkpoint import load_checkpoint, shard_reader
 from test_moe import MOE_FLAGS
 
 
@@ -140,7 +140,7 @@ def test_shard_metadata_that_holds_code_is_refused(tmp_path):
             return (os.system, ("true",))
     (tmp_path / ".metadata").write_bytes(pickle.dumps(Evil()))
     with pytest.raises(pickle.UnpicklingError, match="not part of a DCP"):
-        distributed._reader(str(tmp_path)).read_metadata()
+        shard_reader(str(tmp_path)).read_metadata()
 
 
 def slurm_command(tmp_path, *args, env=None):

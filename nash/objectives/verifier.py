@@ -31,7 +31,7 @@ from nash import lora
 from nash import tasks as downstream
 from nash.common import fail
 from nash.data import EpochSampler, mix
-from nash.objectives import rl
+import nash.objectives.rl as rl  # (the module, not the package: the package imports this file)
 from nash.objectives.rl import AsksRewardTask, reward_metric_problem, reward_of, reward_task_problem, task_questions
 from nash.tokenizer import special_ids
 from nash.tasks.sampling import best_of_n
