@@ -174,7 +174,7 @@ def test_errors_are_one_line(tiny_run, tmp_path, monkeypatch):
         evaluate(monkeypatch, f"--out_dir={tiny_run}", "--tasks=hellaswag", "--num_fewshot=1",
                  f"--task_data={tmp_path}")
     (tmp_path / "sst2.jsonl").write_text('{"sentence": "fine"}\n')  # no label
-    with pytest.raises(SystemExit, match="row of sst2 does not have the schema of stanfordnlp/sst2"):
+    with pytest.raises(SystemExit, match=r"row 1 of sst2 \(validation\) does not have the schema of stanfordnlp/sst2"):
         evaluate(monkeypatch, f"--out_dir={tiny_run}", "--tasks=sst2", f"--task_data={tmp_path}")
     # offline and no local files: the hub dataset and --task_data named, no traceback
     proc = run_script("evaluate.py", f"--out_dir={tiny_run}", "--tasks=arc_challenge", "--device=cpu", check=False,
