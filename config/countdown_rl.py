@@ -7,15 +7,16 @@
 #   python train.py config/countdown_rl.py
 #   python data/countdown/generate.py --seed=11 --count=1000 > fresh.jsonl
 #   python -m nash.tasks.paired --task=countdown --questions=fresh.jsonl out-countdown-sft out-countdown-rl
-task = "rl"
+objective = "rl"
 reward_task = "countdown"
 init_from = "out-countdown-sft"
 dropout = 0.0
 
 batch_size = 8  # questions per step ...
-rl_samples = 8  # ... times answers to each: 64 rollouts a step
+rl_samples = 16  # ... times answers to each: 128 rollouts a step (more groups with both a right and a wrong answer)
 rl_max_new_tokens = 32  # an answer is ~20 tokens
-rl_temperature = 1.0  # on-policy: the loss scores the rollouts at temperature 1
+rl_temperature = 0.7  # sampled and scored at 0.7 (the policy is logits / 0.7): more right answers than at 1, on-policy
+rl_skip_zero_std = True  # groups whose answers all got the same reward are dropped (no signal, only dilution)
 lora_rank = 16
 lora_targets = "all"
 learning_rate = 1e-3

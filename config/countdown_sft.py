@@ -3,7 +3,7 @@
 # time: it learns the format and the facts, and the demonstrator's choices of sign.
 #   python train.py config/countdown_sft.py
 #   python evaluate.py --out_dir=out-countdown-sft --tasks=countdown_heldout     # greedy pass@1, 500 problems
-task = "chat"
+objective = "chat"
 dataset = "countdown/chat"
 init_from = "scratch"
 vocab_size = 50267  # the tokenizer's: GPT-2's 50257 + six chat + four tool tokens (so a run from it can reuse this file)
