@@ -3,13 +3,14 @@
 # the train problems, nash/tasks/countdown.py's check rewards the ones that reach the target with true working, and
 # the policy gradient makes them likelier. More SFT on the same demonstrations cannot do that: they hold the
 # demonstrator's mistakes. docs/learning.md has the measured comparison with an SFT run of the same wall time.
-#   python train.py config/countdown_sft.py       # first: the SFT model (out-countdown-sft/)
+#   python train.py config/countdown_sft.py       # first: the SFT model (out-countdown-sft/), then continue it to
+#   its plateau as config/countdown_sft.py says (out-countdown-sft2, the start this file names):
 #   python train.py config/countdown_rl.py
 #   python data/countdown/generate.py --seed=11 --count=1000 > fresh.jsonl
-#   python -m nash.tasks.paired --task=countdown --questions=fresh.jsonl out-countdown-sft out-countdown-rl
+#   python -m nash.tasks.paired --task=countdown --questions=fresh.jsonl out-countdown-sft2 out-countdown-rl --ckpt=latest
 objective = "rl"
 reward_task = "countdown"
-init_from = "out-countdown-sft"
+init_from = "out-countdown-sft2"  # the SFT run continued to (near) its plateau; see config/countdown_sft.py
 dropout = 0.0
 
 batch_size = 8  # questions per step ...
