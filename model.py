@@ -496,9 +496,10 @@ class GPT(nn.Module):
         # the logits and zero-filled a padded gradient: ~20% of a CPU step). Padding rows serve the lookup only.
         return self.lm_head.weight[:self.config.vocab_size]
 
-    def forward(self, idx, targets=None, return_logits=True, reduction="mean", last=None):
+    def forward(self, idx, targets=None, return_logits=True, reduction="mean", last=None, temperature=1.0):
         """idx (B, T) token ids -> (logits (B, T, vocab_size) or None, loss or None).
         last (B,): the score head's logits instead, (B,) (score(); through forward so DDP and compile see it).
+        temperature: logits / temperature and the loss under that distribution (RL scores rollouts sampled at T).
 
         targets (B, T): the next token at each position; -1 marks positions without loss (SFT masks prompts
         this way). reduction="mean": the mean token_loss over the other positions (0 when there are none,
@@ -509,6 +510,8 @@ class GPT(nn.Module):
         if last is not None:
             return self.score(idx, last), None
         x = self.hidden_states(idx)
+        if temperature != 1:  # logits / T == (x / T) @ head: scaled before the head, so no path builds extra logits
+            x = x / temperature
         if targets is None:
             return F.linear(x, self.head), None
         logits = F.linear(x, self.head) if return_logits else None

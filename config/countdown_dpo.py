@@ -4,7 +4,7 @@
 #   python -m nash.tasks.pairs --out_dir=out-countdown-sft --task=countdown --output=out-countdown-sft/dpo_pairs
 #   python train.py config/countdown_dpo.py
 #   python -m nash.tasks.paired --task=countdown out-countdown-sft out-countdown-dpo
-task = "dpo"
+objective = "dpo"
 dataset = "countdown_dpo"
 data_dir = "out-countdown-sft/dpo_pairs"  # written by nash/tasks/pairs.py
 init_from = "out-countdown-sft"

@@ -236,14 +236,15 @@ def test_rl_resume_is_exact(arith_sft_run, tmp_path, updates):
 
 def test_rl_lora(arith_sft_run, tmp_path):
     out = tmp_path / "lora"
-    rl_run(out, arith_sft_run, "--max_steps=1", "--eval_interval=0", "--lora_rank=4", "--rl_kl_beta=0.1")
+    rl_run(out, arith_sft_run, "--max_steps=1", "--eval_interval=0", "--lora_rank=4", "--rl_kl_beta=0.1",
+           "--rl_temperature=0.7", "--rl_skip_zero_std=True")  # sampled and scored at 0.7, flat groups dropped
     assert load_checkpoint(out / "ckpt.pt")["lora"]["rank"] == 4
 
 
 def test_rl_bad_input_is_one_error_line(arith_sft_run, tiny_sft_run, tmp_path):
     out = tmp_path / "bad"
     assert "rl_samples=1" in error_line(rl_run(out, arith_sft_run, "--rl_samples=1", check=False))
-    assert "leave it at 1" in error_line(rl_run(out, arith_sft_run, "--rl_temperature=0.7", check=False))
+    assert "above 0" in error_line(rl_run(out, arith_sft_run, "--rl_temperature=0", check=False))
     assert "reward_metric='final'" in error_line(rl_run(out, arith_sft_run, "--reward_metric=final", check=False))
     assert "starts from a trained model" in error_line(rl_run(out, "scratch", check=False))
     assert "not a chat model" in error_line(rl_run(out, tiny_sft_run, check=False))
@@ -300,6 +301,21 @@ def test_rl_and_dpo_losses_never_build_the_full_logits():
         full = torch.log_softmax(model(x)[0].float(), -1).gather(-1, y.clamp(min=0)[..., None])[..., 0]
         full = (full * (y != -1)).detach()
         assert torch.allclose(logps.detach(), full if score is token_logps else full.sum(-1), atol=1e-5)
+
+
+def test_rl_scores_rollouts_at_their_sampling_temperature():
+    # rollouts sampled at T are scored under log_softmax(logits / T), through the loss path (no full logits), and
+    # the gradient flows; T=1 is the plain distribution
+    model = tiny_policy()
+    x, y = rollout_batch(PROMPTS, REPLIES)
+    logits = model(x)[0].float().detach()
+    for T in (0.6, 1.0, 1.7):
+        want = torch.log_softmax(logits / T, -1).gather(-1, y.clamp(min=0)[..., None])[..., 0] * (y != -1)
+        got = token_logps(model, x, y, temperature=T)
+        assert torch.allclose(got.detach(), want, atol=1e-5), T
+    assert not torch.allclose(token_logps(model, x, y, 0.6), token_logps(model, x, y, 1.0))
+    token_logps(model, x, y, 0.6).sum().backward()
+    assert model.lm_head.weight.grad is not None
 
 
 def test_arith_reward_needs_every_line_of_the_working_true():

@@ -43,7 +43,8 @@ reward_task = "arith"  # the generated-answer task whose train questions are ask
 reward_metric = ""  # which of the check's metrics is the reward; "" = the task's first (arith: correct, every line of working true and the final number; exact_match: the final number alone)
 rl_samples = 8  # answers sampled per question, a group (TRL's num_generations; nanochat samples 16)
 rl_max_new_tokens = 64  # the longest answer sampled
-rl_temperature = 1.0  # sampling temperature of the answers
+rl_temperature = 1.0  # temperature the answers are sampled at and their log-probs scored at (the policy is logits / T)
+rl_skip_zero_std = False  # drop the groups whose answers all got the same reward (DAPO's dynamic sampling, filtering only): the loss averages over the groups with signal, and skips the others' forward
 rl_top_k = 0  # sample from the top k tokens only; 0 = all (nanochat's 50 narrows exploration)
 rl_std_normalize = False  # divide the advantages by their group's std (GRPO's); False: reward - mean (nanochat)
 rl_updates = 1  # optimizer steps on each batch of rollouts; above 1 the PPO clip keeps the later ones close
@@ -76,9 +77,10 @@ def rollout_batch(prompts, replies, forced=None):
                             ignore=[f for _, _, f in rows])
 
 
-def token_logps(model, x, y):
-    """(N, T) log-probability of each target, 0 where y is -1, through the model's forward (DDP-safe)."""
-    return -model(x, y, return_logits=False, reduction="none")[1]
+def token_logps(model, x, y, temperature=1.0):
+    """(N, T) log-probability of each target under the model at temperature (log_softmax(logits / T)), 0 where y
+    is -1, through the model's forward (DDP-safe)."""
+    return -model(x, y, return_logits=False, reduction="none", temperature=temperature)[1]
 
 
 def policy_loss(logps, old_logps, advantages, mask, clip=0.2, ref_logps=None, kl_beta=0.0):
@@ -198,12 +200,10 @@ class RL(AsksRewardTask):
             return f"rl_clip={s['rl_clip']} should be between 0 and 1 (PPO's epsilon, 0.2)"
         if s["rl_kl_beta"] < 0:
             return f"rl_kl_beta={s['rl_kl_beta']} should be 0 (no KL penalty) or positive"
-        if s["rl_temperature"] != 1:
-            # the loss scores the rollouts with the model's own distribution (temperature 1, the fused loss path
-            # that never builds the whole logits): sampling at another temperature would train on answers the
-            # policy it updates did not give, off-policy with no correction (the issue measured it)
-            return (f"rl_temperature={s['rl_temperature']}: rollouts are sampled at temperature 1, the distribution "
-                    f"their log-probs are scored under; leave it at 1")
+        if s["rl_temperature"] <= 0:
+            # the loss scores the rollouts under the policy at rl_temperature (logits / T): greedy has no log-probs
+            return (f"rl_temperature={s['rl_temperature']}: rollouts are sampled and scored at this temperature; "
+                    f"it should be above 0 (1 = the model's own distribution; 0.6-0.7 gives more right answers)")
         if s["rl_max_new_tokens"] < 1:
             return f"rl_max_new_tokens={s['rl_max_new_tokens']} should be at least 1"
         if s["rl_top_k"] < 0:
@@ -274,10 +274,17 @@ class RL(AsksRewardTask):
             advantages, std = group_advantages(rewards, s["rl_std_normalize"])
             tokens, targets = rollout_batch(prompts, replies, forced)
             stats = [rewards.mean(), std.mean(), (std == 0).float().mean(), (targets != -1).sum() / len(targets)]
-            rollout = {"x": tokens, "y": targets, "advantages": advantages.flatten(), "stats": torch.stack(stats)}
+            advantages = advantages.flatten()
+            if s["rl_skip_zero_std"]:  # a group without reward spread has advantage 0: no gradient, only dilution
+                keep = (std > 0).repeat_interleave(rewards.size(1))
+                if not keep.any():
+                    keep[:rewards.size(1)] = True  # one group (loss 0) keeps the step's graph and shapes valid
+                tokens, targets, advantages = tokens[keep], targets[keep], advantages[keep]
+            rollout = {"x": tokens, "y": targets, "advantages": advantages, "stats": torch.stack(stats)}
             if s["rl_updates"] > 1:  # the sampling policy's log-probs, for the ratio of the later updates
                 with torch.no_grad():
-                    rollout["old_logps"] = token_logps(self.policy, tokens.to(x.device), targets.to(x.device)).cpu()
+                    rollout["old_logps"] = token_logps(self.policy, tokens.to(x.device), targets.to(x.device),
+                                                       s["rl_temperature"]).cpu()
             self.rollouts = {k: v for k, v in self.rollouts.items() if k[0] == group}  # older batches are done
             self.rollouts[key] = rollout
         return self.rollouts[key]
@@ -285,14 +292,15 @@ class RL(AsksRewardTask):
     def loss(self, model, x, y):
         rollout = {k: v.to(x.device) for k, v in self.rollouts_for(x, y).items()}
         tokens, targets = rollout["x"], rollout["y"]
-        logps = token_logps(model, tokens, targets)
+        temperature = self.settings["rl_temperature"]
+        logps = token_logps(model, tokens, targets, temperature)
         old_logps = rollout.get("old_logps", logps.detach())
         ref_logps = None
         if self.reference is not None:
             with torch.no_grad(), adapters_disabled(self.reference.reference):
                 reference = self.reference.reference
                 was_training = reference.training
-                ref_logps = token_logps(reference.eval(), tokens, targets)
+                ref_logps = token_logps(reference.eval(), tokens, targets, temperature)
                 reference.train(was_training)
         loss, kl, clip_ratio = policy_loss(logps, old_logps, rollout["advantages"], targets != -1,
                                            self.settings["rl_clip"], ref_logps, self.settings["rl_kl_beta"])
