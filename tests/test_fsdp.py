@@ -231,7 +231,7 @@ def test_memory_bench_measures_fsdp_holding_half_per_rank_on_two(tmp_path):
 
 
 FP16_OVERFLOW = '''
-import sys, torch, torch.distributed as dist
+import os, sys, torch, torch.distributed as dist
 sys.path.insert(0, sys.argv[1])
 from model import GPT, GPTConfig
 from nash import distributed
@@ -252,7 +252,8 @@ for i in range(3):
     scaler.step(opt)
     scaler.update()
     opt.zero_grad()
-    print(dist.get_rank(), i, scaler.get_scale(), loss.item(), flush=True)
+    # one write of the whole line: the two ranks share the pipe, and print's pieces could interleave
+    os.write(1, f"{dist.get_rank()} {i} {scaler.get_scale()} {loss.item()}\\n".encode())
 '''
 
 
