@@ -101,6 +101,8 @@ sample_d_ff = 1536
 sample_context = 256  # the model's max_seq_len; a generation stops at its end (prompt + new tokens)
 sample_lengths = "64,128,256"  # new tokens per generate call, comma-separated
 sample_batch = 1  # sequences generated together
+sample_temperature = 1.0  # both sides sample at it; 0 = greedy on both, which times the KV cache alone (the engine's
+# draw and model.generate's torch.multinomial differ in cost: nash/engine.py draw)
 top_k = 200  # as sample.py's default; 0 = off
 # data
 data_mb = 32.0  # generated corpus for the throughput runs, MB of text
@@ -153,8 +155,8 @@ for name in ("repeats", "batch_size", "train_steps", "sample_batch", "task_examp
              "memory_seq", "memory_d_model", "gen_prompt_tokens", "gen_samples", "gen_new_tokens", "gen_single"):
     if settings[name] < 1:
         fail(f"{name}={settings[name]} must be at least 1")
-if min(lengths) < 1 or min(threads, top_k, train_warmup) < 0:
-    fail("sample_lengths must be positive, and threads, top_k and train_warmup not negative")
+if min(lengths) < 1 or min(threads, top_k, train_warmup, sample_temperature) < 0:
+    fail("sample_lengths must be positive, and threads, top_k, train_warmup and sample_temperature not negative")
 if train_warmup >= train_steps or log_interval < 1 or train_steps % log_interval or train_warmup % log_interval:
     fail(f"train_steps={train_steps} must exceed train_warmup={train_warmup}, and both be multiples of "
          f"log_interval={log_interval}")
@@ -279,7 +281,7 @@ def report(info, results):
     if "sample" in results:
         r = results["sample"]
         table(f"sample: {sample_layers} layers x {sample_d_model} ({r['num_params'] / 1e6:.1f}M parameters), context "
-              f"{sample_context}, batch {sample_batch}, temperature 1, {dtype}, {device}",
+              f"{sample_context}, batch {sample_batch}, temperature {sample_temperature:g}, {dtype}, {device}",
               ["new tokens", "KV cache tok/s", "recompute tok/s", "speedup"],
               [[row["new_tokens"], f"{row['cache_tokens_per_sec']:.1f}", f"{row['recompute_tokens_per_sec']:.1f}",
                 f"{row['speedup']:.2f}x"] for row in r["rows"]])

@@ -16,19 +16,20 @@ def bench_sample(tmp, cfg):
     prompt = [tokenizer.EOT_ID]  # sample.py's default start
 
     def tokens_per_sec(new_tokens, use_cache):
-        # plain sampling at temperature 1 on both sides (model.generate has no top-k): the same work per token;
-        # the cached engine stops at the context's end, so neither side goes past it
+        # plain sampling at sample_temperature on both sides (model.generate has no top-k); the cached engine
+        # stops at the context's end, so neither side goes past it
         new_tokens = min(new_tokens, model.config.max_seq_len - len(prompt))
         sync(cfg.device)
         t0 = time.perf_counter()
         with torch.no_grad(), cfg.ctx:
             if use_cache:
-                sampling = Sampling(temperature=1.0, top_k=None, max_new_tokens=new_tokens, seed=cfg.seed)
+                sampling = Sampling(temperature=cfg.sample_temperature, top_k=None, max_new_tokens=new_tokens,
+                                    seed=cfg.seed)
                 rows = sample_batch(model, [prompt], cfg.sample_batch, sampling, set(), cfg.ctx)[0]
                 assert all(len(r.tokens) == new_tokens for r in rows)
             else:
                 idx = torch.tensor([prompt] * cfg.sample_batch, device=cfg.device)
-                model.generate(idx, new_tokens, generator=torch.Generator(device=cfg.device).manual_seed(cfg.seed))
+                model.generate(idx, new_tokens, temperature=cfg.sample_temperature, generator=torch.Generator(device=cfg.device).manual_seed(cfg.seed))
         sync(cfg.device)
         return cfg.sample_batch * new_tokens / (time.perf_counter() - t0)
 

@@ -141,6 +141,23 @@ def test_sample_next_filters():
     torch.testing.assert_close(sharp, probs ** 2 / (probs ** 2).sum(), atol=0.03, rtol=0)  # softmax(logits / 0.5)
 
 
+def test_draw_inverts_the_cdf_and_never_picks_a_token_of_probability_zero():
+    """The engine's draw (one uniform per row against the row's cumulative probabilities, not torch.multinomial)
+    follows the probabilities, with a generator per row or one for all, and leaves probability-0 tokens alone, at
+    the edges too (the first and last columns, where a cumsum's rounding or u's top end could land)."""
+    probs = torch.tensor([0.0, 0.1, 0.0, 0.6, 0.3, 0.0])
+    g = torch.Generator().manual_seed(0)
+    picks = E.draw(probs.expand(20000, 6), g)
+    torch.testing.assert_close(torch.bincount(picks, minlength=6).float() / 20000, probs, atol=0.015, rtol=0)
+    rows = [torch.Generator().manual_seed(s) for s in range(300)]
+    assert set(E.draw(probs.expand(300, 6), rows).tolist()) <= {1, 3, 4}
+    one_hot = torch.eye(6)[[0, 5, 2]]  # all mass on the first, the last, a middle token
+    for _ in range(200):
+        assert E.draw(one_hot, g).tolist() == [0, 5, 2]
+    tiny = torch.tensor([[1e-30, 1.0 - 1e-7, 0.0, 0.0]])  # zeros after the mass stay zero in the cumsum
+    assert set(E.draw(tiny.expand(5000, 4), g).tolist()) <= {0, 1}
+
+
 def test_per_row_generators_make_rows_independent():
     logits = torch.zeros(3, 50)
     gens = lambda: [torch.Generator().manual_seed(s) for s in (1, 2, 3)]
