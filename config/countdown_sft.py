@@ -1,12 +1,10 @@
 # The SFT start of the RL demo (config/countdown_rl.py): a small chat model learns, from scratch, the countdown
-# problems of data/countdown (data/countdown/generate.py) from a demonstrator that reaches the target half the
-# time: it learns the format and the facts, and the demonstrator's choices of sign.
+# problems of data/countdown (data/countdown/generate.py) from a demonstrator with a habit: 40% of its answers reach
+# the target on purpose, the other 60% just add the three numbers. The model learns the format, the facts and the
+# habit: its greedy answer adds wherever adding is likelier than the right signs.
 #   python train.py config/countdown_sft.py
 #   python evaluate.py --out_dir=out-countdown-sft --tasks=countdown_heldout     # greedy pass@1, 500 problems
-# Measured (docs/learning.md): stopped at step 400 it is far from its plateau (33.5% on a fresh draw); the RL start
-# is this run continued 800 steps at 1e-3 (73.2%, test pass@1 79.5%, still +3.5 points per 100 steps at the end):
-#   python train.py config/countdown_sft.py --init_from=out-countdown-sft --out_dir=out-countdown-sft2 \
-#       --max_steps=800 --learning_rate=1e-3 --warmup_steps=0
+# Measured in docs/learning.md: test pass@1 at each eval, and where it levels off.
 objective = "chat"
 dataset = "countdown/chat"
 init_from = "scratch"
@@ -21,13 +19,13 @@ dropout = 0.0
 batch_size = 16
 learning_rate = 3e-3
 warmup_steps = 50
-max_steps = 600
+max_steps = 1400  # ~10 min on 2 cores
 weight_decay = 0.0
 
-eval_interval = 100
+eval_interval = 200
 eval_iters = 7  # the whole val set: 100 conversations / 16
 eval_tasks = "countdown"  # pass@1 on the 200 test problems at each eval
 eval_task_examples = 200
-checkpoint_interval = 100
+checkpoint_interval = 200
 
 out_dir = "out-countdown-sft"

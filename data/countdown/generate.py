@@ -14,9 +14,12 @@ take at each step: four ways, one or two of which reach the target.
 train.jsonl, test.jsonl, heldout.jsonl: GSM8K-style rows {"question", "answer"} (the answer a right one), the
 questions RL asks (train) and measures pass@1 on (test, heldout). chat/train.jsonl and chat/val.jsonl are the SFT
 demonstrations, conversations on the train questions (val: their own questions), written the way a weaker
-demonstrator would: half of them reach the target, the other half try signs at random and stop wherever that lands
-(true working, a wrong result for the question). SFT learns the format and the facts from them, and imitates the
-demonstrator's choices; the answer check is what RL adds, and what more SFT on the same data cannot.
+demonstrator with a habit would: 40% of them reach the target on purpose, the other 60% just add the three numbers
+(true working, and the target only where + + happens to be the answer, 40% of the questions). An imitator's most
+likely answer is then the habit wherever the habit is wrong: SFT learns the format, the facts and the habit, and its
+greedy answers are right about as often as adding is. The answer check is what RL adds: a sampled answer that
+reaches the target is rewarded, one that adds where adding misses is not, so the policy can learn to drop the habit
+where it misses; more SFT on the same demonstrations keeps it.
 Deterministic (fixed seeds, no dependencies); no test or held-out question is in train or chat, and a --seed draw
 holds none of the shipped questions.
 """
@@ -28,7 +31,8 @@ import sys
 
 NUM_TRAIN, NUM_VAL, NUM_TEST, NUM_HELDOUT, SEED = 2000, 100, 200, 500, 2468
 MAX = 12  # the numbers are 1..MAX: about 5,600 questions exist, 2,800 are shipped
-DEMO_RIGHT = 0.5  # the share of SFT demonstrations that reach the target on purpose
+DEMO_RIGHT = 0.4  # the share of SFT demonstrations that reach the target on purpose; the others add (the habit)
+HABIT = ("+", "+")
 FOLDER = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -80,13 +84,12 @@ def row(rng):
 
 
 def demonstration(rng, row_):
-    """The SFT demonstration of a row: its right answer, or (half the time) signs tried at random."""
+    """The SFT demonstration of a row: its right answer (DEMO_RIGHT of the time), or the habit, a + b + c."""
     import re
     answer = row_["answer"]
     if rng.random() >= DEMO_RIGHT:
         a, b, c = map(int, re.findall(r"(\d+), (\d+) and (\d+)", row_["question"])[0])
-        tries = [w for w in (working(a, b, c, s) for s in SIGNS) if w]
-        answer = rng.choice(tries)[0]
+        answer = working(a, b, c, HABIT)[0]  # always valid: no step goes below 0
     return {"messages": [{"role": "user", "content": row_["question"]}, {"role": "assistant", "content": answer}]}
 
 
