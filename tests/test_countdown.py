@@ -4,6 +4,8 @@ import json
 import os
 import shutil
 
+import pytest
+
 from conftest import ROOT, run_script
 from nash.tasks import TASKS
 
@@ -63,3 +65,36 @@ def test_chat_preference_pairs_mask_the_prompt_and_end_at_assistant_end(tmp_path
     for row, reply in zip(y, ("7 + 3 = 10\n10 + 1 = 11\n#### 11", "7 - 3 = 4\n4 + 1 = 5\n#### 5")):
         trained = row[row != -1].tolist()
         assert trained == enc.encode_ordinary(reply) + [end]  # the reply and its end, never the question
+
+
+def test_the_demonstrator_has_a_habit_where_it_misses_the_target():
+    """The SFT demonstrations reach the target or add the three numbers (the habit), nothing else: the habit is what
+    makes the SFT model's mistakes choices that RL can unlearn (docs/learning.md). About 60% add, and adding misses
+    the target on a good share of them (else there would be nothing to unlearn)."""
+    import re
+    task = TASKS["countdown"]
+    rows = [json.loads(line) for line in open(os.path.join(ROOT, "data", "countdown", "chat", "train.jsonl"))]
+    habit = misses = 0
+    for r in rows:
+        question, answer = r["messages"][0]["content"], r["messages"][1]["content"]
+        a, b, c = map(int, re.findall(r"(\d+), (\d+) and (\d+)", question)[0])
+        target = int(re.match(r"Make (\d+)", question).group(1))
+        right = task.check(task.doc({"question": question, "answer": f"#### {target}"}), answer)["correct"] == 1.0
+        adds = answer == f"{a} + {b} = {a + b}\n{a + b} + {c} = {a + b + c}\n#### {a + b + c}"
+        assert right or adds, answer
+        habit += adds
+        misses += adds and not right
+    assert 0.7 < habit / len(rows) < 0.85  # 60% habit + the right answers that happen to add (40% of 40%)
+    assert misses / len(rows) > 0.3
+
+
+@pytest.mark.slow
+def test_the_readme_countdown_commands_run_as_written(tmp_path):
+    """README, past SFT: config/countdown_sft.py then config/countdown_rl.py from its run folder, as written (tiny
+    step counts): the RL run starts from the SFT run's folder, samples, rewards with the check and saves."""
+    run_script("train.py", "config/countdown_sft.py", "--max_steps=2", "--eval_interval=0", "--log_interval=1",
+               "--batch_size=2")
+    out = run_script("train.py", "config/countdown_rl.py", "--max_steps=1", "--batch_size=2", "--rl_samples=2",
+                     "--eval_interval=0", "--log_interval=1", "--checkpoint_interval=1").stdout
+    assert "starting from out-countdown-sft" in out and "reward" in out
+    assert os.path.isfile("out-countdown-rl/ckpt.pt")
