@@ -435,3 +435,23 @@ def test_kv_cache_chunked_prefill(name):
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="longer than max_seq_len"):
         model.hidden_states(idx[:, :1], cache)
+
+
+def test_an_edited_token_loss_still_drives_the_fused_path(monkeypatch):
+    """The fused path writes plain cross-entropy's gradient (softmax - onehot) in place; a researcher's edit of
+    token_loss (here a z-loss, PaLM's) must still be what trains: the check sees the edit and autograd takes over,
+    and the loss and gradients equal the edited loss on the full logits."""
+    assert M.is_plain_cross_entropy(M.token_loss)
+    z_loss = lambda logits, targets: (F.cross_entropy(logits.float(), targets, reduction="none")
+                                      + 1e-2 * torch.logsumexp(logits.float(), -1) ** 2)
+    assert not M.is_plain_cross_entropy(z_loss)
+    model = make(dict(CLASSIC, dropout=0.0))
+    idx, targets = torch.randint(0, 100, (2, 16)), torch.randint(0, 100, (2, 16))
+    logits = F.linear(model.hidden_states(idx), model.lm_head.weight[:100])
+    z_loss(logits.view(-1, 100), targets.view(-1)).mean().backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    monkeypatch.setattr(M, "token_loss", z_loss)
+    model(idx, targets, return_logits=False)[1].backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[n], rtol=1e-5, atol=1e-6, msg=n)
