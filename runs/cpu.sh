@@ -2,7 +2,7 @@
 # The whole pipeline on the embedded data, offline, on a laptop CPU: tokenizer -> data -> base pretraining -> base
 # eval -> chat SFT -> eval -> DPO pairs from the chat model's own answers -> DPO -> eval -> RL -> eval -> SFT for
 # RL's compute (the baseline RL must beat) -> eval
-# -> a verifier of the RL model's answers -> best-of-N -> report card. The seeds' Base -> SFT -> DPO -> Verifier and
+# -> a verifier of the chat model's answers -> best-of-N -> report card. The seeds' Base -> SFT -> DPO -> Verifier and
 # nanochat's Base -> SFT -> RL on one card. Each stage is one of the project's own commands with its flags in view,
 # so this file is also a tour of them.
 #
@@ -34,8 +34,8 @@ else
 fi
 export OMP_NUM_THREADS
 
-# Context: the base model learns 256 positions, so a chat holds a few turns (an arithmetic turn is up to ~90 tokens
-# with the pipeline's tokenizer); SFT trains on windows of 96, which hold every example of data/arith/chat whole.
+# Context: the base model learns 256 positions, so a chat holds a few turns; SFT trains on windows of 96, which hold
+# every countdown conversation whole.
 if [ "$SMOKE" = 1 ]; then  # tiny everything: the test of the script, not of the model
     VOCAB=512; BASE=(--max_steps=4 --eval_interval=2 --eval_iters=1 --n_layers=1 --d_model=32 --n_heads=2 --d_ff=64)
     SFT=(--max_steps=4 --eval_interval=2 --eval_iters=1 --eval_task_examples=4); EXAMPLES=4; TEXT_EXAMPLES=4
@@ -55,24 +55,25 @@ case "$TOKENIZER" in
     *) echo "error: TOKENIZER=$TOKENIZER should be bpe or gpt2" >&2; exit 1 ;;
 esac
 # the headline (report card): held-out Shakespeare continuations for the base model (500 items, chance 1/4), its val
-# bits per byte, and the 200 arithmetic test problems for every chat stage. The benchmark fixtures in tests/task_data
+# bits per byte, and the 200 countdown test problems for every chat stage (data/countdown: the task whose mistakes
+# are choices, where RL and a verifier can show a gain; docs/learning.md). The benchmark fixtures in tests/task_data
 # (3-5 hub-schema rows each) and HumanEval check the machinery only (HumanEval asked of the chat models, as nanochat
 # does: a base model of Shakespeare writes no Python).
 BASE_TASKS=shakespeare_heldout,arc_easy,arc_challenge,mmlu,hellaswag
-CHAT_TASKS=arith,arc_easy,arc_challenge,mmlu,gsm8k,humaneval
+CHAT_TASKS=countdown,arc_easy,arc_challenge,mmlu,gsm8k,humaneval
 EVAL=(--task_data=tests/task_data --max_examples=$EXAMPLES)
 
-# DPO on the chat model's own answers (issue 34 item 4): nash/tasks/pairs.py samples 16 answers to each of the first
-# 300 train problems at temperature 1 and the arithmetic check (`correct`: every line of working true, then the final
-# number) labels them; a question with a right and a wrong answer gives up to 4 pairs (right chosen). Measured on an
-# SFT model of this size (learn's out-arith-sft: 4 layers, d_model 128, step 240): 16 samples and 4 pairs give
-# 0.27-0.36 pairs a question (8 and 2: 0.05-0.10) for twice the sampling, ~29 ms of one core a sample: ~90 train
-# pairs, ~35 val, ~3 minutes. DPO from the chat model on them, LoRA r16 as config/countdown_dpo.py, at a tenth of its
-# learning rate and for about two epochs: at 1e-3 and 4 epochs DPO collapsed on countdown (-15 points,
-# docs/learning.md), both likelihoods falling.
-DPO_COMMAND=(python train.py --objective=dpo --data_dir="$DIR/dpo_pairs" --init_from="$DIR/sft" --out_dir="$DIR/dpo"
-             --max_seq_len=96 --batch_size=8 --lora_rank=16 --lora_targets=all --learning_rate=1e-4 --warmup_steps=3
-             --max_steps=24 --weight_decay=0.0 --dpo_beta=0.1 --eval_interval=8 --eval_iters=4)
+# config/countdown_sft.py's training settings, from the base model (that file also sets a shape of its own, from
+# scratch: a run from a model takes the model's shape)
+COUNTDOWN_SFT=(--objective=chat --dataset=countdown/chat --max_seq_len=96 --batch_size=16 --weight_decay=0.0
+               --eval_iters=7 --eval_tasks=countdown --eval_task_examples=200)
+
+# DPO on the chat model's own answers (issue 34 item 4): nash/tasks/pairs.py samples 8 answers to each of the first
+# 400 train problems at temperature 1 and the countdown check labels them; a question with a right and a wrong answer
+# gives up to 2 pairs (right chosen): ~360 train pairs (docs/learning.md). DPO from the chat model on them as
+# config/countdown_dpo.py (60 steps: at 180 it collapsed, both likelihoods falling).
+DPO_COMMAND=(python train.py config/countdown_dpo.py --data_dir="$DIR/dpo_pairs" --init_from="$DIR/sft"
+             --out_dir="$DIR/dpo" --max_seq_len=96)
 
 # A chat model that answers no question both right and wrong (SMOKE's 4-step model) gives no pairs: pairs.py says so
 # and stops; here that is one line, and DPO and its eval are skipped (the card's DPO column reads "not run"). Any other
@@ -106,34 +107,33 @@ stage base_eval "held-out Shakespeare continuations, and the benchmark fixtures 
         --max_examples=$TEXT_EXAMPLES --output="$DIR/eval/base.json"
 stage base_loss "bits per byte on the held-out Shakespeare (val split)" 5 - -- \
     python evaluate.py --out_dir="$DIR/base" --output="$DIR/eval/base_loss.json"
-stage sft "chat fine-tuning on the arithmetic word problems" 110 sft -- \
-    python train.py --objective=chat --dataset=arith/chat --init_from="$DIR/base" --out_dir="$DIR/sft" --max_seq_len=96 \
-        --batch_size=16 --learning_rate=3e-3 --warmup_steps=50 --max_steps=800 --weight_decay=0.0 \
-        --eval_interval=100 --eval_iters=7 --eval_tasks=arith --eval_task_examples=200 "${SFT[@]}"
-stage sft_eval "the chat model: the arithmetic test problems and the chat-format fixtures" 15 - -- \
+stage sft "chat fine-tuning on countdown, imitating a demonstrator with a habit" 330 sft -- \
+    python train.py "${COUNTDOWN_SFT[@]}" --init_from="$DIR/base" --out_dir="$DIR/sft" --learning_rate=3e-3 \
+        --warmup_steps=50 --max_steps=1400 --eval_interval=200 "${SFT[@]}"
+stage sft_eval "the chat model: the countdown test problems and the chat-format fixtures" 15 - -- \
     python evaluate.py --out_dir="$DIR/sft" --tasks=$CHAT_TASKS "${EVAL[@]}" --output="$DIR/eval/sft.json"
-stage dpo_pairs "the chat model's own answers to the train problems, labelled by the answer check" 180 - -- \
-    own_pairs python -m nash.tasks.pairs --out_dir="$DIR/sft" --task=arith --output="$DIR/dpo_pairs" --questions=300 \
-        --samples=16 --pairs=4 "${PAIRS[@]}"
-stage dpo "DPO from the chat model: its right answer preferred to its wrong one, to the same problem" 30 dpo -- \
+stage dpo_pairs "the chat model's own answers to the train problems, labelled by the answer check" 30 - -- \
+    own_pairs python -m nash.tasks.pairs --out_dir="$DIR/sft" --task=countdown --output="$DIR/dpo_pairs" \
+        --questions=400 "${PAIRS[@]}"
+stage dpo "DPO from the chat model: its right answer preferred to its wrong one, to the same problem" 45 dpo -- \
     with_pairs "${DPO_COMMAND[@]}" "${DPO[@]}"
-stage dpo_eval "the DPO model: the arithmetic test problems and the chat-format fixtures (asked in chat)" 15 - -- \
+stage dpo_eval "the DPO model: the countdown test problems and the chat-format fixtures (asked in chat)" 15 - -- \
     with_pairs python evaluate.py --out_dir="$DIR/dpo" --objective=chat --tasks=$CHAT_TASKS "${EVAL[@]}" \
         --output="$DIR/eval/dpo.json"
-stage rl "RL from the chat model on the arithmetic problems, rewarded by the answer check" 50 rl -- \
-    python train.py config/rl_demo.py --init_from="$DIR/sft" --out_dir="$DIR/rl" "${RL[@]}"
-stage rl_eval "the RL model: the arithmetic test problems and the chat-format fixtures" 15 - -- \
+stage rl "RL from the chat model on the countdown problems, rewarded by the answer check" 180 rl -- \
+    python train.py config/countdown_rl.py --init_from="$DIR/sft" --out_dir="$DIR/rl" "${RL[@]}"
+stage rl_eval "the RL model: the countdown test problems and the chat-format fixtures" 15 - -- \
     python evaluate.py --out_dir="$DIR/rl" --tasks=$CHAT_TASKS "${EVAL[@]}" --output="$DIR/eval/rl.json"
-stage sft_more "the baseline RL must beat: SFT from the chat model for RL's wall time, on the same problems" 50 sft_more -- \
-    python train.py --objective=chat --dataset=arith/chat --init_from="$DIR/sft" --out_dir="$DIR/sft_more" \
-        --max_seq_len=96 --batch_size=16 --learning_rate=1e-3 --warmup_steps=10 --max_steps=250 --weight_decay=0.0 \
-        --eval_interval=125 --eval_iters=7 --eval_tasks=arith --eval_task_examples=200 "${MORE[@]}"
-stage sft_more_eval "that baseline: the arithmetic test problems and the chat-format fixtures" 15 - -- \
+stage sft_more "the baseline RL must beat: more SFT from the chat model, on the same demonstrations" 180 sft_more -- \
+    python train.py "${COUNTDOWN_SFT[@]}" --init_from="$DIR/sft" --out_dir="$DIR/sft_more" --learning_rate=3e-4 \
+        --warmup_steps=0 --max_steps=800 --eval_interval=400 "${MORE[@]}"
+stage sft_more_eval "that baseline: the countdown test problems and the chat-format fixtures" 15 - -- \
     python evaluate.py --out_dir="$DIR/sft_more" --tasks=$CHAT_TASKS "${EVAL[@]}" --output="$DIR/eval/sft_more.json"
-stage verifier "a verifier: the RL model's sampled answers, labelled by the answer check" 115 verifier -- \
-    python train.py config/verifier_demo.py --init_from="$DIR/rl" --out_dir="$DIR/verifier" "${VERIFIER[@]}"
-stage best_of_n "$SAMPLES answers to each problem, the verifier's pick beside pass@k and the vote" 20 - -- \
-    python evaluate.py --out_dir="$DIR/rl" --tasks=arith,gsm8k --num_samples=$SAMPLES --max_gen_tokens=32 \
+stage verifier "a verifier: the chat model's sampled answers, labelled by the answer check" 120 verifier -- \
+    python train.py config/verifier_demo.py --reward_task=countdown --init_from="$DIR/sft" --out_dir="$DIR/verifier" \
+        --verifier_questions=1000 "${VERIFIER[@]}"
+stage best_of_n "$SAMPLES answers of the chat model to each problem, the verifier's pick beside pass@k and the vote" 30 - -- \
+    python evaluate.py --out_dir="$DIR/sft" --tasks=countdown,gsm8k --num_samples=$SAMPLES --max_gen_tokens=32 \
         --verifier="$DIR/verifier" "${EVAL[@]}" --output="$DIR/eval/best_of_n.json"
 }
 run_pipeline pipeline

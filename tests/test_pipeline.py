@@ -27,15 +27,16 @@ STAGES = ["data", "base", "base_eval", "base_loss", "sft", "sft_eval", "dpo_pair
 
 def write_pairs(folder, n=4):
     """DPO pairs as nash/tasks/pairs.py writes them, by hand: the SMOKE chat model answers nothing right, so it gives
-    none. Chosen: the reference working; rejected: the same with a wrong final number."""
-    rows = [json.loads(line) for line in open(os.path.join(ROOT, "data", "arith", "chat", "train.jsonl"))][:n]
+    none. Chosen: a right answer; rejected: the same working with a wrong result."""
+    rows = [json.loads(line) for line in open(os.path.join(ROOT, "data", "countdown", "train.jsonl"))][:n]
     folder.mkdir()
     for split in ("train", "val"):
         with open(folder / f"{split}.jsonl", "w") as f:
             for r in rows:
-                reply = r["messages"][1]["content"]
+                reply = r["answer"]
                 wrong = reply.rsplit("#### ", 1)[0] + f"#### {int(reply.rsplit('#### ', 1)[1]) + 1}"
-                f.write(json.dumps({"messages": r["messages"][:1], "chosen": reply, "rejected": wrong}) + "\n")
+                f.write(json.dumps({"messages": [{"role": "user", "content": r["question"]}], "chosen": reply,
+                                    "rejected": wrong}) + "\n")
 
 
 def table(report, section):
@@ -71,7 +72,7 @@ def test_smoke_pipeline_runs_every_stage_and_writes_the_report(smoke):
         in lines and lines.count("   skipped: no DPO pairs (stage dpo_pairs)") == 2
     assert not (tmp_path / "pipeline" / "dpo").exists() and "error:" not in proc.stderr
     report = (tmp_path / "pipeline" / "report.md").read_text()
-    assert list(table(report, "Headline").values())[2][2] == "not run"  # arithmetic, DPO
+    assert list(table(report, "Headline").values())[2][2] == "not run"  # countdown, DPO
     # with pairs (written by hand here), a rerun trains DPO from the chat model on them and asks it in chat format
     write_pairs(tmp_path / "pipeline" / "dpo_pairs")
     for stage in ("dpo", "dpo_eval"):
@@ -83,25 +84,25 @@ def test_smoke_pipeline_runs_every_stage_and_writes_the_report(smoke):
     report = (tmp_path / "pipeline" / "report.md").read_text()
     headline, checks = table(report, "Headline"), table(report, "Machinery checks")
     assert all(len(cells) == 6 for cells in headline.values()) and all(c for cells in headline.values() for c in cells)
-    text, bpb, arith = headline.values()
+    text, bpb, countdown = headline.values()
     # 4 items of each at SMOKE scale: refused unless their interval excludes chance; bits per byte has its tokens
     assert text[0] == "no signal (n=4): in the machinery checks" or "± " in text[0]
     assert bpb[0].endswith(")") and int(bpb[0].split("n=")[1][:-1]) >= 200 and bpb[1:] == ["not run"] * 5
-    assert all(c.startswith("no signal (n=4)") or "(n=4)" in c for c in arith[1:])
-    assert arith[0] == "not run" and text[1] == "not run"
+    assert all(c.startswith("no signal (n=4)") or "(n=4)" in c for c in countdown[1:])
+    assert countdown[0] == "not run" and text[1] == "not run"
     assert checks["CORE"][0] != "not run" and checks["ChatCORE"][1] != "not run" and checks["ChatCORE"][3] != "not run"
     assert checks["HumanEval"][1].endswith("(n=4)") and checks["ChatCORE"][4] == "not run"  # (a mean of greedy figures)
-    # what the headline refused, measured: the held-out text on the base model, arithmetic on every chat stage
+    # what the headline refused, measured: the held-out text on the base model, countdown on every chat stage
     assert checks["Held-out Shakespeare"][0].endswith("(n=4)") and checks["Held-out Shakespeare"][1] == "not run"
-    arith_checks = checks["Arithmetic (correct: working and answer)"]
-    assert all(c.endswith("(n=4)") for c in arith_checks[1:]) and arith_checks[0] == "not run"
+    countdown_checks = checks["Countdown (correct: working and target)"]
+    assert all(c.endswith("(n=4)") for c in countdown_checks[1:]) and countdown_checks[0] == "not run"
     assert all(cell for cells in checks.values() for cell in cells)
     stages = report.split("## Stages")[1]
     for stage in ("base", "sft", "dpo", "rl", "sft_more", "verifier"):
         assert f"| {stage} |" in stages
     settings = table(report, "Settings that matter")
-    assert settings["rl"][1].startswith("arith problems") and settings["verifier"][1].startswith("arith problems")
-    assert settings["base"][1] == "corpus" and settings["sft"][1] == "arith/chat" and settings["dpo"][1] == "dpo_pairs"
+    assert settings["rl"][1].startswith("countdown problems") and settings["verifier"][1].startswith("countdown problems")
+    assert settings["base"][1] == "corpus" and settings["sft"][1] == "countdown/chat" and settings["dpo"][1] == "dpo_pairs"
     assert "![one panel per kind of quantity](pipeline_curves.png)" in report
 
     again = run(tmp_path)  # everything finished: every stage is skipped

@@ -131,17 +131,17 @@ MIN_N = 200
 # the stages' columns: (label, eval/<key>.json)
 COLUMNS = (("BASE", "base"), ("SFT", "sft"), ("DPO", "dpo"), ("RL", "rl"), ("best-of-N", "best_of_n"),
            ("SFT, RL's compute", "sft_more"))
-# the headline: (label, task or "bits_per_byte", metric, chance). Arithmetic is scored by its `correct` metric (nash/
-# tasks/arith.py's first: every `a + b = c` line true, then the final number), not GSM8K's final-number exact_match,
-# which paid for false working; best-of-N's figure is of the same metric (the sampled summary of a task's first).
+# the headline: (label, task or "bits_per_byte", metric, chance). Countdown is scored by its `correct` metric (nash/
+# tasks/countdown.py's first: both lines of working true, the numbers in order, the target reached), not the final
+# number alone; best-of-N's figure is of the same metric (the sampled summary of a task's first).
 HEADLINE_ROWS = (("Held-out Shakespeare: the true ending of a line among 4 (acc_norm)", "shakespeare_heldout",
                   "acc_norm", 0.25),
                  ("Val bits per byte", "bits_per_byte", None, None),
-                 ("Arithmetic word problems, pass@1 with every line of working true and the right final number "
-                  "(metric `correct`; greedy; best-of-N: the verifier's pick of N samples)", "arith", "correct", 0.0))
+                 ("Countdown: reach the target from three numbers with + and -, pass@1 with true working (metric "
+                  "`correct`; greedy; best-of-N: the verifier's pick of N samples)", "countdown", "correct", 0.0))
 # the machinery checks, in nanochat's summary shape: (row label, where its figure is in evaluate.py's JSON)
 # (with the headline's rows, whatever their n: a figure the headline refuses is here)
-SUMMARY_ROWS = (("Held-out Shakespeare", "shakespeare_heldout", "acc_norm"), ("Arithmetic (correct: working and answer)", "arith", "correct"),
+SUMMARY_ROWS = (("Held-out Shakespeare", "shakespeare_heldout", "acc_norm"), ("Countdown (correct: working and target)", "countdown", "correct"),
                 ("CORE", "core", None), ("ARC-Easy", "arc_easy", "acc"), ("ARC-Challenge", "arc_challenge", "acc"),
                 ("MMLU", "mmlu", "acc"), ("HellaSwag", "hellaswag", "acc_norm"), ("GSM8K", "gsm8k", "exact_match"),
                 ("HumanEval", "humaneval", "pass@1"), ("ChatCORE", "chatcore", None))
