@@ -127,9 +127,9 @@ stage rl "RL from the chat model on the countdown problems, rewarded by the answ
     python train.py config/countdown_rl.py --init_from="$DIR/sft" --out_dir="$DIR/rl" "${RL[@]}"
 stage rl_eval "the RL model: the countdown test problems and the chat-format fixtures" 15 - -- \
     python evaluate.py --out_dir="$DIR/rl" --tasks=$CHAT_TASKS "${EVAL[@]}" --output="$DIR/eval/rl.json"
-stage sft_more "the baseline RL must beat: more SFT from the chat model, on the same demonstrations" 240 sft_more -- \
+stage sft_more "the baseline RL must beat: more SFT from the chat model, on the same demonstrations" 360 sft_more -- \
     python train.py "${COUNTDOWN_SFT[@]}" --init_from="$DIR/sft" --out_dir="$DIR/sft_more" --learning_rate=3e-4 \
-        --warmup_steps=0 --max_steps=800 --eval_interval=400 "${MORE[@]}"
+        --warmup_steps=0 --max_steps=1750 --eval_interval=875 "${MORE[@]}"
 stage sft_more_eval "that baseline: the countdown test problems and the chat-format fixtures" 15 - -- \
     python evaluate.py --out_dir="$DIR/sft_more" --tasks=$CHAT_TASKS "${EVAL[@]}" --output="$DIR/eval/sft_more.json"
 stage verifier "a verifier: the chat model's sampled answers, labelled by the answer check" 180 verifier -- \
