@@ -16,9 +16,8 @@
 # cores free when it starts: the core count less the 1-minute load average, at least 1.
 # Rerun after an interruption: finished stages are skipped, an interrupted training stage resumes from its last
 # checkpoint. A failing stage stops the script with its own error. Each stage line shows the pipeline's progress
-# and the time left, from the stage times below (seconds on 2 free cores of an AMD EPYC: measured at commit cd3643a
-# for the stages that run had, scaled by their new step counts and context; dpo_pairs, dpo, sft_more and base_loss
-# estimated from their steps until a quiet run measures them), scaled by this run's speed so far.
+# and the time left, from the stage times below (seconds on 2 free cores of an AMD EPYC, as measured on the card at
+# commit 73f822b, docs/pipeline-cpu/), scaled by this run's speed so far.
 cd "$(dirname "$0")/.."
 DIR=${DIR:-out-pipeline-cpu}
 SMOKE=${SMOKE:-0}
@@ -103,36 +102,36 @@ with_pairs() {  # the command, if the dpo_pairs stage wrote pairs
 pipeline() {
 stage data "the tokenizer and the token shards of the embedded Shakespeare" 5 - -- \
     python prepare.py --input=data/shakespeare/input.txt --name=corpus --data_root="$DIR/data" "${TOKENIZER_FLAGS[@]}"
-stage base "pretraining the base model" 300 base -- \
+stage base "pretraining the base model" 410 base -- \
     python train.py --data_dir="$DIR/data/corpus" --out_dir="$DIR/base" --max_seq_len=256 --batch_size=4 "${BASE[@]}"
 stage base_eval "held-out Shakespeare continuations, and the benchmark fixtures (CORE)" 20 - -- \
     python evaluate.py --out_dir="$DIR/base" --tasks=$BASE_TASKS --task_data=tests/task_data \
         --max_examples=$TEXT_EXAMPLES --output="$DIR/eval/base.json"
 stage base_loss "bits per byte on the held-out Shakespeare (val split)" 5 - -- \
     python evaluate.py --out_dir="$DIR/base" --output="$DIR/eval/base_loss.json"
-stage sft "chat fine-tuning on countdown, imitating a demonstrator with a habit" 450 sft -- \
+stage sft "chat fine-tuning on countdown, imitating a demonstrator with a habit" 335 sft -- \
     python train.py "${COUNTDOWN_SFT[@]}" --init_from="$DIR/base" --out_dir="$DIR/sft" --learning_rate=3e-3 \
         --warmup_steps=50 --max_steps=1400 --eval_interval=200 "${SFT[@]}"
-stage sft_eval "the chat model: the countdown test problems and the chat-format fixtures" 15 - -- \
+stage sft_eval "the chat model: the countdown test problems and the chat-format fixtures" 25 - -- \
     python evaluate.py --out_dir="$DIR/sft" --tasks=$CHAT_TASKS "${EVAL[@]}" --output="$DIR/eval/sft.json"
-stage dpo_pairs "the chat model's own answers to the train problems, labelled by the answer check" 40 - -- \
+stage dpo_pairs "the chat model's own answers to the train problems, labelled by the answer check" 30 - -- \
     own_pairs python -m nash.tasks.pairs --out_dir="$DIR/sft" --task=countdown --output="$DIR/dpo_pairs" \
         --questions=400 "${PAIRS[@]}"
-stage dpo "DPO from the chat model: its right answer preferred to its wrong one, to the same problem" 60 dpo -- \
+stage dpo "DPO from the chat model: its right answer preferred to its wrong one, to the same problem" 50 dpo -- \
     with_pairs "${DPO_COMMAND[@]}" "${DPO[@]}"
-stage dpo_eval "the DPO model: the countdown test problems and the chat-format fixtures (asked in chat)" 15 - -- \
+stage dpo_eval "the DPO model: the countdown test problems and the chat-format fixtures (asked in chat)" 25 - -- \
     with_pairs python evaluate.py --out_dir="$DIR/dpo" --objective=chat --tasks=$CHAT_TASKS "${EVAL[@]}" \
         --output="$DIR/eval/dpo.json"
-stage rl "RL from the chat model on the countdown problems, rewarded by the answer check" 300 rl -- \
+stage rl "RL from the chat model on the countdown problems, rewarded by the answer check" 355 rl -- \
     python train.py config/countdown_rl.py --init_from="$DIR/sft" --out_dir="$DIR/rl" "${RL[@]}"
-stage rl_eval "the RL model: the countdown test problems and the chat-format fixtures" 15 - -- \
+stage rl_eval "the RL model: the countdown test problems and the chat-format fixtures" 25 - -- \
     python evaluate.py --out_dir="$DIR/rl" --tasks=$CHAT_TASKS "${EVAL[@]}" --output="$DIR/eval/rl.json"
 stage sft_more "the baseline RL must beat: more SFT from the chat model, on the same demonstrations" 360 sft_more -- \
     python train.py "${COUNTDOWN_SFT[@]}" --init_from="$DIR/sft" --out_dir="$DIR/sft_more" --learning_rate=3e-4 \
         --warmup_steps=0 --max_steps=1750 --eval_interval=875 "${MORE[@]}"
-stage sft_more_eval "that baseline: the countdown test problems and the chat-format fixtures" 15 - -- \
+stage sft_more_eval "that baseline: the countdown test problems and the chat-format fixtures" 25 - -- \
     python evaluate.py --out_dir="$DIR/sft_more" --tasks=$CHAT_TASKS "${EVAL[@]}" --output="$DIR/eval/sft_more.json"
-stage verifier "a verifier: the chat model's sampled answers, labelled by the answer check" 180 verifier -- \
+stage verifier "a verifier: the chat model's sampled answers, labelled by the answer check" 100 verifier -- \
     python train.py config/verifier_demo.py --reward_task=countdown --init_from="$DIR/sft" --out_dir="$DIR/verifier" \
         --verifier_questions=1000 "${VERIFIER[@]}"
 stage best_of_n "$SAMPLES answers of the chat model to each problem, the verifier's pick beside pass@k and the vote" 30 - -- \
