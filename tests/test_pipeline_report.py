@@ -48,20 +48,20 @@ def test_every_cell_has_a_number_a_refusal_or_says_not_run(tmp_path):
     write(tmp_path / "base" / "metrics.jsonl", "\n".join(json.dumps(r) for r in [
         {"event": "train", "step": 10, "tokens": 640, "time": 1.0, "loss": 3.5},
         {"event": "eval", "step": 10, "tokens": 640, "time": 2.0, "val_loss": 3.25, "train_loss": 3.4}]) + "\n")
-    write(tmp_path / "rl" / "config.json", {"objective": "rl", "dataset": "shakespeare", "reward_task": "arith"})
+    write(tmp_path / "rl" / "config.json", {"objective": "rl", "dataset": "shakespeare", "reward_task": "countdown"})
     write(tmp_path / "eval" / "base.json", {"task_data": "tests/task_data", "core": 0.125, "tasks": {
         "arc_easy": {"acc": 0.4, "acc_stderr": 0.2449, "n": 5},
         "shakespeare_heldout": {"acc": 0.3, "acc_norm": 0.41, "acc_norm_stderr": 0.022, "n": 500}}})
     write(tmp_path / "eval" / "base_loss.json", {"bits_per_byte": 2.25, "tokens": 14505})
     write(tmp_path / "eval" / "sft.json", {"task_data": "", "core": -0.05, "chatcore": 0.3, "tasks": {
         "gsm8k": {"exact_match": 0.5, "exact_match_stderr": None, "n": 1},
-        # arithmetic's figure is `correct` (working and answer), never exact_match (the final number alone)
-        "arith": {"correct": 0.25, "correct_stderr": 0.0307, "exact_match": 0.75, "exact_match_stderr": 0.03, "n": 200}}})
+        # countdown's figure is `correct` (working and target), never exact_match (the final number alone)
+        "countdown": {"correct": 0.25, "correct_stderr": 0.0307, "exact_match": 0.75, "exact_match_stderr": 0.03, "n": 200}}})
     write(tmp_path / "eval" / "rl.json", {"task_data": "", "tasks": {  # few items, but far from chance (0)
-        "arith": {"correct": 0.5, "correct_stderr": 0.1118, "exact_match": 0.9, "exact_match_stderr": 0.07, "n": 20}}})
+        "countdown": {"correct": 0.5, "correct_stderr": 0.1118, "exact_match": 0.9, "exact_match_stderr": 0.07, "n": 20}}})
     write(tmp_path / "eval" / "dpo.json", {"task_data": "", "tasks": {  # few items, at chance's reach
-        "arith": {"correct": 0.05, "correct_stderr": 0.05, "exact_match": 0.5, "exact_match_stderr": 0.11, "n": 20}}})
-    write(tmp_path / "eval" / "best_of_n.json", {"task_data": "", "tasks": {"arith": {
+        "countdown": {"correct": 0.05, "correct_stderr": 0.05, "exact_match": 0.5, "exact_match_stderr": 0.11, "n": 20}}})
+    write(tmp_path / "eval" / "best_of_n.json", {"task_data": "", "tasks": {"countdown": {
         "correct": 0.25, "correct_stderr": 0.03, "n": 200,  # (the greedy figure: not this column's)
         "sampled": {"num_samples": 8, "n": 200, "pass@1": 0.2, "best_of_8": 0.3, "best_of_8_stderr": 0.0325}}}})
     text = open(write_pipeline_report(str(tmp_path), hourly_cost=2.0)).read()
@@ -69,10 +69,10 @@ def test_every_cell_has_a_number_a_refusal_or_says_not_run(tmp_path):
     headline = table(text, "Headline")
     assert headline.pop("metric") == [label for label, _ in COLUMNS]
     assert len(headline) == len(HEADLINE_ROWS)
-    text_row, bpb_row, arith_row = headline.values()
+    text_row, bpb_row, countdown_row = headline.values()
     assert text_row == ["0.4100 ± 0.0220 (n=500)"] + ["not run"] * 5
     assert bpb_row == ["2.2500 (n=14505)"] + ["not run"] * 5
-    assert arith_row == ["not run", "0.2500 ± 0.0307 (n=200)", "no signal (n=20): in the machinery checks",
+    assert countdown_row == ["not run", "0.2500 ± 0.0307 (n=200)", "no signal (n=20): in the machinery checks",
                          "0.5000 ± 0.1118 (n=20)", "0.3000 ± 0.0325 (n=200)", "not run"]
     label = next(k for k in table(text, "Headline") if k.startswith("Val bits per byte"))
     assert "unigram baseline: unknown" in label  # (no prepared data in this folder)
@@ -81,15 +81,15 @@ def test_every_cell_has_a_number_a_refusal_or_says_not_run(tmp_path):
     assert set(checks) == {label for label, _, _ in SUMMARY_ROWS}
     assert checks["CORE"] == ["0.1250", "-0.0500", "not run", "not run", "not run", "not run"]
     assert checks["ARC-Easy"] == ["0.4000 ± 0.2449 (n=5)"] + ["not run"] * 5
-    assert checks["Arithmetic (correct: working and answer)"][2] == "0.0500 ± 0.0500 (n=20)"  # the headline refused it
-    arith_label = next(k for k in table(text, "Headline") if k.startswith("Arithmetic"))
-    assert "metric `correct`" in arith_label and "every line of working true" in arith_label
+    assert checks["Countdown (correct: working and target)"][2] == "0.0500 ± 0.0500 (n=20)"  # the headline refused it
+    countdown_label = next(k for k in table(text, "Headline") if k.startswith("Countdown"))
+    assert "metric `correct`" in countdown_label and "pass@1 with true working" in countdown_label
     assert checks["GSM8K"][1] == "0.5000 (n=1)" and checks["ChatCORE"][:2] == ["not run", "0.3000"]
     assert "base: offline files in tests/task_data; sft: the Hugging Face hub" in text
     assert "| base | 10.0 min | 1234 | 640 | 10 | LM loss (nats/token) | 3.5000 | 3.2500 |" in text
     settings = table(text, "Settings that matter")
     assert settings["base"][:2] == ["pretrain", "corpus"]  # its data folder, not the default dataset setting
-    assert settings["rl"][:2] == ["rl", "arith problems (generated, checked by its answer check)"]  # not shakespeare
+    assert settings["rl"][:2] == ["rl", "countdown problems (generated, checked by its answer check)"]  # not shakespeare
     assert "| total wall time | 13.5 min over 4 stages |" in text and "| cost | 0.45 at 2.00 per hour |" in text
     commit, _ = git_state()
     assert commit in text and commit != "unknown"  # the tests run in a checkout
