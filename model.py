@@ -290,7 +290,8 @@ def is_plain_cross_entropy(loss_fn, _seen={}):
     fused path writes its gradient, softmax - onehot, in place (~20% of a CPU training step, bench.py); an edited
     token_loss (a z-loss, a soft-cap) fails the check and is differentiated by autograd."""
     if loss_fn not in _seen:
-        logits, t = torch.randn(4, 7, generator=torch.Generator().manual_seed(0)).requires_grad_(), torch.tensor([0, 3, 6, 2])
+        logits = torch.randn(4, 7, generator=torch.Generator().manual_seed(0)).requires_grad_()
+        t = torch.tensor([0, 3, 6, 2])
         with torch.enable_grad():  # (called inside an autograd.Function's forward, where grad mode is off)
             (grad,) = torch.autograd.grad((loss := loss_fn(logits, t)).sum(), logits)
         want = torch.logsumexp(logits, 1) - logits[torch.arange(4), t]
@@ -335,11 +336,11 @@ class _FusedHeadLoss(torch.autograd.Function):
         loss = torch.zeros((), dtype=torch.float32, device=x.device)
         dx = torch.zeros_like(x, dtype=torch.float32) if needs_grad else None
         dw = torch.zeros_like(weight, dtype=torch.float32) if needs_grad else None
-        plain, buf = needs_grad and is_plain_cross_entropy(token_loss), None
+        plain = needs_grad and is_plain_cross_entropy(token_loss)
+        # (rows, V): the only logits at any time, in one buffer for every chunk (a fresh one paid its page faults)
+        buf = torch.empty(min(rows, x.size(0)), weight.size(0), device=x.device) if x.dtype == torch.float32 else None
         for i in range(0, x.size(0), rows):
             xc, tc = x[i:i + rows], targets[i:i + rows]
-            if x.dtype == torch.float32 and buf is None:  # (rows, V), the only logits at any time, in one buffer
-                buf = torch.empty(min(rows, x.size(0)), weight.size(0), device=x.device)  # (fresh: page faults)
             logits = torch.matmul(xc, weight.t(), out=buf[:len(tc)]) if buf is not None else (xc @ weight.t()).float()
             if not needs_grad:
                 loss += token_loss(logits, tc).sum()
