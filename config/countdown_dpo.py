@@ -19,6 +19,7 @@ warmup_steps = 5
 max_steps = 60
 weight_decay = 0.0
 dpo_beta = 0.1
+dpo_rpo_alpha = 1.0  # plus the right answers' NLL (RPO): plain DPO broke the working (docs/learning.md)
 
 eval_interval = 20
 eval_iters = 4

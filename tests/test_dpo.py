@@ -89,6 +89,11 @@ def test_loss_on_a_tiny_example_matches_a_computation_by_hand():
     assert stats[1].item() == pytest.approx(sum(margins) / 2, rel=1e-6)  # rewards/margins
     assert stats[2].item() == pytest.approx(beta * (logp[0] - ref[0] + logp[1] - ref[1]) / 2, rel=1e-6)
     loss.backward()  # the loss reaches the policy
+    # RPO: plus alpha times the chosen rows' NLL as a mean over their 3 counted tokens (not the rejected rows')
+    chosen_nll = -(logp[0] + logp[1]) / 3
+    assert stats[4].item() == pytest.approx((-logp[0] / 2 - logp[1] / 1) / 2, rel=1e-6)  # nll_loss: mean per answer
+    rpo, _ = dpo.batch_loss(FixedLM(policy), FixedLM(reference), torch.zeros(4, 3, dtype=torch.long), y, beta, 0.7)
+    assert rpo.item() == pytest.approx(sum(expected_losses) / 2 + 0.7 * chosen_nll, rel=1e-6)
 
 
 def test_preference_batches_are_chosen_rows_then_rejected_rows(tmp_path):
@@ -193,7 +198,8 @@ def test_bad_preference_data_is_one_line(tmp_path, line, message):
 @pytest.mark.slow
 def test_dpo_setting_errors(prefs, base_run, tmp_path):
     for flags, message in ((["--init_from=scratch"], "objective=dpo starts from a trained model"),
-                           (["--dpo_beta=0"], "dpo_beta=0.0 must be positive")):
+                           (["--dpo_beta=0"], "dpo_beta=0.0 must be positive"),
+                           (["--dpo_rpo_alpha=-1"], "dpo_rpo_alpha=-1.0 must be 0")):
         proc = run_script("train.py", *TINY_MODEL, "--objective=dpo", "--dataset=colours", f"--data_dir={prefs}",
                           f"--out_dir={tmp_path}", f"--init_from={base_run}", *flags, check=False)
         assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [proc.stderr.strip()]

@@ -10,6 +10,11 @@ never the prompt's, from the model's own per-token loss (GPT.forward with reduct
 the starting model, frozen; a model holding LoRA adapters is its own reference with the adapters turned off.
 The implicit rewards are beta * (log pi - log ref), and the statistics carry TRL's names.
 
+dpo_rpo_alpha > 0 adds the chosen completions' negative log-likelihood, as a mean over their tokens, times alpha
+(RPO: Pang et al. 2024, "Iterative Reasoning Preference Optimization"; TRL's `rpo_alpha`). Plain DPO only asks that
+the chosen answer gain on the rejected one, and both can fall together: on countdown (docs/learning.md) the
+model stopped writing its own habit and wrote false working instead. The NLL term keeps the chosen answers likely.
+
 Batches come from data.PreferenceExamples: (x, y) of 2B rows, the B chosen sequences then their B rejected
 ones, with y = -1 on the prompt and the padding.
 """
@@ -27,13 +32,19 @@ from nash.objectives.sft import SFT
 
 # settings of objective=dpo (train.py merges them into its own: --dpo_beta=0.2)
 dpo_beta = 0.1  # strength of the pull towards the reference model (TRL's beta); rewards are beta * log-ratios
+dpo_rpo_alpha = 0.0  # weight of the chosen answers' mean token NLL added to the loss (RPO; 0 = plain DPO)
 
-STATS = ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")
+STATS = ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "nll_loss")
+
+
+def token_nlls(model, x, y):
+    """(B, T) the targets' negative log-probs, 0 where y == -1, through the model's forward (DDP-safe)."""
+    return model(x, y, return_logits=False, reduction="none")[1]
 
 
 def sequence_logps(model, x, y):
-    """(B,) sums of the targets' log-probs, y == -1 not counted, through the model's forward (DDP-safe)."""
-    return -model(x, y, return_logits=False, reduction="none")[1].sum(-1)
+    """(B,) sums of the targets' log-probs, y == -1 not counted."""
+    return -token_nlls(model, x, y).sum(-1)
 
 
 def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta):
@@ -44,10 +55,10 @@ def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejecte
     return losses, chosen_rewards, rejected_rewards
 
 
-def pair_stats(chosen_rewards, rejected_rewards):
-    """(B, 4): per pair, in the order of STATS."""
+def pair_stats(chosen_rewards, rejected_rewards, chosen_nlls):
+    """(B, 5): per pair, in the order of STATS (the last: the chosen answer's mean token NLL)."""
     return torch.stack([(chosen_rewards > rejected_rewards).float(), chosen_rewards - rejected_rewards,
-                        chosen_rewards, rejected_rewards], dim=1)
+                        chosen_rewards, rejected_rewards, chosen_nlls], dim=1)
 
 
 @torch.no_grad()
@@ -63,24 +74,33 @@ def reference_logps(reference, x, y):
 
 
 def pair_losses(model, reference, x, y, beta):
+    """Per pair: (DPO losses (B,), statistics (B, 5), the chosen rows' token NLLs (B, T) and their target mask)."""
     B = x.size(0) // 2
-    logps = sequence_logps(model, x, y)
+    nlls = token_nlls(model, x, y)
+    logps = -nlls.sum(-1)
     ref = reference_logps(reference, x, y)
     losses, chosen_rewards, rejected_rewards = dpo_loss(logps[:B], logps[B:], ref[:B], ref[B:], beta)
-    return losses, pair_stats(chosen_rewards.detach(), rejected_rewards.detach())
+    chosen, counted = nlls[:B], (y[:B] != -1)
+    per_answer = chosen.sum(-1).detach() / counted.sum(-1).clamp(min=1)
+    return losses, pair_stats(chosen_rewards.detach(), rejected_rewards.detach(), per_answer), chosen, counted
 
 
-def batch_loss(model, reference, x, y, beta):
-    """(mean loss to backpropagate, mean of each statistic (4,))."""
-    losses, stats = pair_losses(model, reference, x, y, beta)
-    return losses.mean(), stats.mean(0)
+def batch_loss(model, reference, x, y, beta, rpo_alpha=0.0):
+    """(mean loss to backpropagate, mean of each statistic (5,)). The NLL term is a mean over all the batch's chosen
+    tokens, so a long answer weighs by its length, as in TRL."""
+    losses, stats, chosen, counted = pair_losses(model, reference, x, y, beta)
+    loss = losses.mean()
+    if rpo_alpha:
+        loss = loss + rpo_alpha * chosen.sum() / counted.sum().clamp(min=1)
+    return loss, stats.mean(0)
 
 
 def describe(values, prefix=""):
     """The statistics as a console fragment."""
     v = {name: values[prefix + name] for name in STATS}
     return (f"reward acc {100 * v['rewards/accuracies']:.1f}% | margin {v['rewards/margins']:.3f} | "
-            f"chosen {v['rewards/chosen']:.3f} | rejected {v['rewards/rejected']:.3f}")
+            f"chosen {v['rewards/chosen']:.3f} | rejected {v['rewards/rejected']:.3f} | "
+            f"chosen nll {v['nll_loss']:.3f}")
 
 
 class DPO(SFT):
@@ -93,6 +113,8 @@ class DPO(SFT):
     def check_settings(self):
         if self.settings["dpo_beta"] <= 0:
             return f"dpo_beta={self.settings['dpo_beta']} must be positive (TRL uses 0.1)"
+        if self.settings["dpo_rpo_alpha"] < 0:
+            return f"dpo_rpo_alpha={self.settings['dpo_rpo_alpha']} must be 0 (plain DPO) or positive (1.0 in RPO)"
 
     def setup(self, model, init_from, resume, lora_info):
         """The frozen reference: the policy itself with its adapters off (LoRA), or a copy of the starting model.
@@ -113,12 +135,13 @@ class DPO(SFT):
         return self
 
     def loss(self, model, x, y):
-        return batch_loss(model, self.reference, x, y, self.settings["dpo_beta"])
+        return batch_loss(model, self.reference, x, y, self.settings["dpo_beta"], self.settings["dpo_rpo_alpha"])
 
     def eval_sums(self, model, x, y):
-        """Summed loss, summed statistics, number of pairs."""
-        losses, stats = pair_losses(model, self.reference, x, y, self.settings["dpo_beta"])
-        return torch.cat([losses.sum()[None], stats.sum(0), torch.tensor([float(len(losses))], device=losses.device)])
+        """Summed loss (each pair weighing its batch's loss, as in training), summed statistics, number of pairs."""
+        loss, stats = batch_loss(model, self.reference, x, y, self.settings["dpo_beta"], self.settings["dpo_rpo_alpha"])
+        B = x.size(0) // 2
+        return torch.cat([(B * loss)[None], B * stats, torch.tensor([float(B)], device=loss.device)])
 
     def eval_metrics(self, val, train):
         out = {}
