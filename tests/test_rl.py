@@ -301,6 +301,12 @@ def test_rl_and_dpo_losses_never_build_the_full_logits():
         full = torch.log_softmax(model(x)[0].float(), -1).gather(-1, y.clamp(min=0)[..., None])[..., 0]
         full = (full * (y != -1)).detach()
         assert torch.allclose(logps.detach(), full if score is token_logps else full.sum(-1), atol=1e-5)
+    # and DPO's whole loss, the RPO term included (the rows as 4 chosen then 4 rejected; the model its own reference)
+    from nash.objectives.dpo import batch_loss
+    with LargestTensor() as seen:
+        loss, _ = batch_loss(model, model, x, y, beta=0.1, rpo_alpha=1.0)
+        loss.backward()
+    assert seen.largest < N * T * V // 4, ("dpo batch_loss", seen.largest, N * T * V)
 
 
 def test_rl_scores_rollouts_at_their_sampling_temperature():
