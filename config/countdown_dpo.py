@@ -4,6 +4,8 @@
 #   python -m nash.tasks.pairs --out_dir=out-countdown-sft --task=countdown --output=out-countdown-sft/dpo_pairs
 #   python train.py config/countdown_dpo.py
 #   python -m nash.tasks.paired --task=countdown out-countdown-sft out-countdown-dpo
+# Measured on 1,000 fresh problems (docs/learning.md): SFT 40.3% -> 67.0% (+26.7 +- 1.8 paired); plain DPO
+# (--dpo_rpo_alpha=0) -0.7 +- 1.8, its answers keeping the final number and breaking the working.
 objective = "dpo"
 dataset = "countdown_dpo"
 data_dir = "out-countdown-sft/dpo_pairs"  # written by nash/tasks/pairs.py
