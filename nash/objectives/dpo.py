@@ -87,7 +87,8 @@ def pair_losses(model, reference, x, y, beta):
 
 def batch_loss(model, reference, x, y, beta, rpo_alpha=0.0):
     """(mean loss to backpropagate, mean of each statistic (5,)). The NLL term is a mean over all the batch's chosen
-    tokens, so a long answer weighs by its length, as in TRL."""
+    tokens, so a long answer weighs by its length (the form TRL's DPOTrainer uses for rpo_alpha, read from its
+    source; not run against it here)."""
     losses, stats, chosen, counted = pair_losses(model, reference, x, y, beta)
     loss = losses.mean()
     if rpo_alpha:
