@@ -73,7 +73,7 @@ COUNTDOWN_SFT=(--objective=chat --dataset=countdown/chat --max_seq_len=96 --batc
 # DPO on the chat model's own answers (issue 34 item 4): nash/tasks/pairs.py samples 8 answers to each of the first
 # 400 train problems at temperature 1 and the countdown check labels them; a question with a right and a wrong answer
 # gives up to 2 pairs (right chosen): ~360 train pairs (docs/learning.md). DPO from the chat model on them as
-# config/countdown_dpo.py (60 steps: at 180 it collapsed, both likelihoods falling).
+# config/countdown_dpo.py: 60 steps, with the right answers' NLL added (RPO); plain DPO broke the working (0.110).
 DPO_COMMAND=(python train.py config/countdown_dpo.py --data_dir="$DIR/dpo_pairs" --init_from="$DIR/sft"
              --out_dir="$DIR/dpo" --max_seq_len=96)
 
