@@ -13,7 +13,7 @@ The implicit rewards are beta * (log pi - log ref), and the statistics carry TRL
 dpo_rpo_alpha > 0 adds the chosen completions' negative log-likelihood, as a mean over their tokens, times alpha
 (RPO: Pang et al. 2024, "Iterative Reasoning Preference Optimization"; TRL's `rpo_alpha`). Plain DPO only asks that
 the chosen answer gain on the rejected one, and both can fall together: on countdown (docs/learning.md) the
-model stopped writing its own habit and wrote false working instead. The NLL term keeps the chosen answers likely.
+model kept the right final numbers and broke the working that led to them. The NLL term keeps the chosen answers likely.
 
 Batches come from data.PreferenceExamples: (x, y) of 2B rows, the B chosen sequences then their B rejected
 ones, with y = -1 on the prompt and the padding.
