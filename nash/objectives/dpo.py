@@ -73,8 +73,10 @@ def reference_logps(reference, x, y):
         reference.train(was_training)
 
 
-def pair_losses(model, reference, x, y, beta):
-    """Per pair: (DPO losses (B,), statistics (B, 5), the chosen rows' token NLLs (B, T) and their target mask)."""
+def batch_loss(model, reference, x, y, beta, rpo_alpha=0.0):
+    """(mean loss to backpropagate, mean of each statistic (5,)). The NLL term is a mean over all the batch's chosen
+    tokens, so a long answer weighs by its length (the form TRL's DPOTrainer uses for rpo_alpha, read from its
+    source; not run against it here)."""
     B = x.size(0) // 2
     nlls = token_nlls(model, x, y)
     logps = -nlls.sum(-1)
@@ -82,14 +84,7 @@ def pair_losses(model, reference, x, y, beta):
     losses, chosen_rewards, rejected_rewards = dpo_loss(logps[:B], logps[B:], ref[:B], ref[B:], beta)
     chosen, counted = nlls[:B], (y[:B] != -1)
     per_answer = chosen.sum(-1).detach() / counted.sum(-1).clamp(min=1)
-    return losses, pair_stats(chosen_rewards.detach(), rejected_rewards.detach(), per_answer), chosen, counted
-
-
-def batch_loss(model, reference, x, y, beta, rpo_alpha=0.0):
-    """(mean loss to backpropagate, mean of each statistic (5,)). The NLL term is a mean over all the batch's chosen
-    tokens, so a long answer weighs by its length (the form TRL's DPOTrainer uses for rpo_alpha, read from its
-    source; not run against it here)."""
-    losses, stats, chosen, counted = pair_losses(model, reference, x, y, beta)
+    stats = pair_stats(chosen_rewards.detach(), rejected_rewards.detach(), per_answer)
     loss = losses.mean()
     if rpo_alpha:
         loss = loss + rpo_alpha * chosen.sum() / counted.sum().clamp(min=1)
